@@ -1,0 +1,1 @@
+"""The `diffit` command line (installed as the import package ``diffit_cli``)."""

@@ -1,0 +1,34 @@
+"""Root of the `diffit` command: it only wires the sub-commands together."""
+
+from typing import Annotated
+
+import typer
+
+import diffit
+
+app = typer.Typer(
+    name="diffit",
+    help="DiffiT: train, sample and evaluate Diffusion Vision Transformers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"diffit {diffit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """DiffiT: train, sample and evaluate Diffusion Vision Transformers."""
+
+
+if __name__ == "__main__":
+    app()
