@@ -1,0 +1,22 @@
+"""Layers and backbones of DiffiT. Knows nothing of noise schedules."""
+
+from diffit.nn.attention import TMSA
+from diffit.nn.blocks import GroupNorm32, Mlp, ResBlock, TMSABlock, layer_norm_fp32
+from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, sincos_pos_embed_2d, sinusoidal_embedding
+from diffit.nn.windows import relative_position_index, window_merge, window_partition
+
+__all__ = [
+    "TMSA",
+    "GroupNorm32",
+    "LabelEmbedding",
+    "Mlp",
+    "ResBlock",
+    "TMSABlock",
+    "TimestepEmbedding",
+    "layer_norm_fp32",
+    "relative_position_index",
+    "sincos_pos_embed_2d",
+    "sinusoidal_embedding",
+    "window_merge",
+    "window_partition",
+]

@@ -1,0 +1,224 @@
+"""diffit.nn core: window ops, relative position index, TMSA against the paper's equations, blocks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jaxtyping import TypeCheckError
+
+from diffit.nn import (
+    TMSA,
+    LabelEmbedding,
+    ResBlock,
+    TimestepEmbedding,
+    TMSABlock,
+    relative_position_index,
+    sincos_pos_embed_2d,
+    sinusoidal_embedding,
+    window_merge,
+    window_partition,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 3), nh=st.integers(1, 3), nw=st.integers(1, 3), w=st.integers(1, 4), c=st.integers(1, 5))
+def test_window_merge_inverts_partition(b: int, nh: int, nw: int, w: int, c: int) -> None:
+    x = torch.randn(b, nh * w, nw * w, c)
+    windows = window_partition(x, w)
+    assert windows.shape == (b * nh * nw, w * w, c)
+    assert torch.equal(window_merge(windows, w, nh * w, nw * w), x)
+
+
+def test_window_partition_matches_brute_force_loop() -> None:
+    b, h, w, c, win = 2, 6, 9, 3, 3
+    x = torch.randn(b, h, w, c)
+    expected = []
+    for bi in range(b):
+        for i in range(0, h, win):
+            for j in range(0, w, win):
+                expected.append(x[bi, i : i + win, j : j + win].reshape(win * win, c))
+    assert torch.equal(window_partition(x, win), torch.stack(expected))
+
+
+def test_window_errors_name_the_argument() -> None:
+    with pytest.raises(ValueError, match="window=4 must divide"):
+        window_partition(torch.randn(1, 6, 8, 2), 4)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        relative_position_index(0)
+
+
+@pytest.mark.parametrize("w", [1, 2, 3, 5])
+def test_relative_position_index_brute_force(w: int) -> None:
+    idx = relative_position_index(w)
+    n = w * w
+    for i in range(n):
+        for j in range(n):
+            dy, dx = i // w - j // w, i % w - j % w
+            assert idx[i, j] == (dy + w - 1) * (2 * w - 1) + (dx + w - 1)
+    assert idx.max() == (2 * w - 1) ** 2 - 1
+
+
+def tmsa_reference(attn: TMSA, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Slow per-token TMSA straight from the paper's Eq. 3-6, one window (b, n, d) at a time."""
+    d, h, e = attn.dim, attn.num_heads, attn.head_dim
+    W_s, b_s = attn.qkv.weight.double(), attn.qkv.bias.double()
+    W_t, b_t = attn.qkv_temb.weight.double(), attn.qkv_temb.bias.double()
+    table, index = attn.relative_position_bias_table.double(), attn.relative_position_index
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for bi in range(x.shape[0]):
+        xt = W_t @ t[bi].double() + b_t  # x_t [W_qt W_kt W_vt]
+        qkv = [W_s @ x[bi, i].double() + b_s + xt for i in range(x.shape[1])]  # q_s = x_s W_qs + x_t W_qt ...
+        q = torch.stack([v[:d] for v in qkv]).reshape(-1, h, e)
+        k = torch.stack([v[d : 2 * d] for v in qkv]).reshape(-1, h, e)
+        v = torch.stack([v[2 * d :] for v in qkv]).reshape(-1, h, e)
+        heads = []
+        for hi in range(h):
+            logits = torch.empty(x.shape[1], x.shape[1], dtype=torch.float64)
+            for i in range(x.shape[1]):
+                for j in range(x.shape[1]):
+                    logits[i, j] = q[i, hi] @ k[j, hi] / math.sqrt(e) + table[index[i, j], hi]
+            heads.append(torch.softmax(logits, dim=-1) @ v[:, hi])
+        out[bi] = torch.cat(heads, dim=-1) @ attn.proj.weight.double().T + attn.proj.bias.double()
+    return out
+
+
+def _random_tmsa(dim: int = 16, heads: int = 4, window: int = 2, time_dim: int = 8) -> TMSA:
+    attn = TMSA(dim=dim, time_dim=time_dim, num_heads=heads, window=window)
+    with torch.no_grad():  # non-trivial bias table and biases so every term of Eq. 3-6 matters
+        for p in attn.parameters():
+            p.normal_(0, 0.3)
+    return attn
+
+
+def test_tmsa_global_matches_paper_equations() -> None:
+    attn = _random_tmsa(window=3)
+    x, t = torch.randn(2, 9, 16), torch.randn(2, 8)
+    torch.testing.assert_close(attn(x, t).double(), tmsa_reference(attn, x, t), atol=1e-5, rtol=1e-5)
+
+
+def test_tmsa_windowed_matches_paper_equations_per_window() -> None:
+    attn = _random_tmsa(window=2)
+    x, t = torch.randn(2, 4, 6, 16), torch.randn(2, 8)
+    out = attn.forward_grid(x, t)
+    for bi in range(2):
+        for i in range(0, 4, 2):
+            for j in range(0, 6, 2):
+                win = x[bi : bi + 1, i : i + 2, j : j + 2].reshape(1, 4, 16)
+                ref = tmsa_reference(attn, win, t[bi : bi + 1]).reshape(2, 2, 16)
+                torch.testing.assert_close(out[bi, i : i + 2, j : j + 2].double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_window_equal_to_grid_is_global_attention() -> None:
+    attn = _random_tmsa(window=4)
+    x, t = torch.randn(3, 4, 4, 16), torch.randn(3, 8)
+    torch.testing.assert_close(attn.forward_grid(x, t), attn(x.reshape(3, 16, 16), t).reshape(3, 4, 4, 16))
+
+
+def test_tmsa_without_time_projection_is_mhsa_with_relative_bias() -> None:
+    attn = _random_tmsa(dim=16, heads=4, window=3)
+    with torch.no_grad():
+        attn.qkv_temb.weight.zero_()
+        attn.qkv_temb.bias.zero_()
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(attn.qkv.weight)
+        mha.in_proj_bias.copy_(attn.qkv.bias)
+        mha.out_proj.weight.copy_(attn.proj.weight)
+        mha.out_proj.bias.copy_(attn.proj.bias)
+    x = torch.randn(2, 9, 16)
+    bias = attn.relative_position_bias().detach().repeat(2, 1, 1)  # (b * heads, n, n)
+    expected, _ = mha(x, x, x, attn_mask=bias, need_weights=False)
+    torch.testing.assert_close(attn(x, torch.randn(2, 8)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_time_token_changes_the_attention_pattern() -> None:
+    attn = _random_tmsa(window=2)
+    x = torch.randn(1, 4, 16)
+    assert not torch.allclose(attn(x, torch.zeros(1, 8)), attn(x, torch.ones(1, 8)))
+
+
+def test_gradients_reach_every_parameter() -> None:
+    block = ResBlock(dim=16, time_dim=8, num_heads=2, window=2, groups=4)
+    temb = TimestepEmbedding(dim=8, frequency_dim=32)
+    t = temb(torch.rand(2) * 999)
+    block(torch.randn(2, 16, 4, 4), t).square().sum().backward()
+    for module in (block, temb):
+        for name, p in module.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_checkpointing_gives_identical_outputs_and_gradients() -> None:
+    plain = ResBlock(dim=16, time_dim=8, num_heads=2, window=2, groups=4)
+    ckpt = ResBlock(dim=16, time_dim=8, num_heads=2, window=2, groups=4, checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x, t = torch.randn(2, 16, 4, 4), torch.randn(2, 8)
+    outs = []
+    for m in (plain, ckpt):
+        y = m(x, t)
+        y.square().sum().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in m.parameters()]))
+    assert torch.equal(outs[0][0], outs[1][0])
+    for g0, g1 in zip(outs[0][1], outs[1][1], strict=True):
+        torch.testing.assert_close(g0, g1, rtol=0, atol=1e-7)
+
+
+def test_bf16_autocast_stays_close_to_fp32() -> None:
+    """Documented tolerance: bf16 keeps 8 mantissa bits, so a block's output drifts by ~1e-2 relative."""
+    block = TMSABlock(dim=32, time_dim=16, num_heads=4, window=4)
+    x, t = torch.randn(2, 16, 32), torch.randn(2, 16)
+    ref = block(x, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = block(x, t)
+    assert low.dtype == torch.float32  # the residual stream stays fp32
+    assert (low - ref).norm() / ref.norm() < 2e-2
+
+
+def test_sinusoidal_embedding_is_cos_then_sin() -> None:
+    t = torch.tensor([0.0, 3.0])
+    emb = sinusoidal_embedding(t, 8)
+    freqs = torch.exp(-math.log(1e4) * torch.arange(4) / 4)
+    torch.testing.assert_close(emb[1], torch.cat([torch.cos(3 * freqs), torch.sin(3 * freqs)]))
+    assert torch.equal(emb[0, :4], torch.ones(4)) and torch.equal(emb[0, 4:], torch.zeros(4))
+
+
+def test_label_embedding_dropout_and_force_drop() -> None:
+    emb = LabelEmbedding(num_classes=3, dim=4, dropout_prob=0.5)
+    labels = torch.tensor([0, 1, 2, 1])
+    emb.eval()
+    forced = emb(labels, force_drop=torch.tensor([True, False, True, False]))
+    null = emb.embedding_table.weight[3]
+    assert torch.equal(forced[0], null) and torch.equal(forced[2], null)
+    assert torch.equal(forced[1], emb.embedding_table.weight[1])
+    emb.train()
+    dropped = emb(torch.zeros(4000, dtype=torch.long)).eq(null).all(dim=1).float().mean()
+    assert 0.45 < dropped < 0.55
+    with pytest.raises(ValueError, match="labels must be class ids in \\[0, 3\\]"):
+        emb(torch.tensor([4]))
+
+
+def test_sincos_pos_embed_matches_release_formula() -> None:
+    dim, g = 16, 3
+    grid = np.meshgrid(np.arange(g, dtype=np.float64), np.arange(g, dtype=np.float64))  # (w, h): x first
+
+    def one(d: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    expected = np.concatenate([one(dim // 2, grid[0]), one(dim // 2, grid[1])], axis=1)
+    torch.testing.assert_close(sincos_pos_embed_2d(dim, g), torch.from_numpy(expected).float())
+
+
+def test_bad_shapes_raise_errors_naming_the_argument() -> None:
+    attn = TMSA(dim=16, time_dim=8, num_heads=4, window=2)
+    with pytest.raises(ValueError, match="window\\*\\*2=4 tokens"):
+        attn(torch.randn(1, 5, 16), torch.randn(1, 8))
+    with pytest.raises(TypeCheckError, match="parameter 't'"):  # batch of t does not match x (jaxtyping hook)
+        attn(torch.randn(2, 4, 16), torch.randn(3, 8))
+    with pytest.raises(TypeCheckError, match="parameter 'x'"):  # a 2-D tensor where (b, n, d) is expected
+        TMSABlock(dim=16, time_dim=8, num_heads=4, window=2)(torch.randn(4, 16), torch.randn(1, 8))
+    with pytest.raises(ValueError, match="dim=10 must be divisible by num_heads=4"):
+        TMSA(dim=10, time_dim=8, num_heads=4, window=2)
