@@ -1,0 +1,193 @@
+"""Writing image shards from an image folder, a NumPy array file, or any iterable of labelled images.
+
+Sources yield ``(key, image, label)``; ``label`` is None for unconditional data. ``write_image_shards``
+optionally converts channels and crops/resizes, encodes PNG (or JPEG), writes numbered shards with a
+``cls`` member when labelled, and finishes with ``dataset.json``. On any error the shards written by the
+call are removed again, so the output is complete or absent.
+"""
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from diffit.data.badinput import BadSampleLog
+from diffit.data.images import IMAGE_EXTENSIONS, center_crop_resize, encode_image, resize_square
+from diffit.data.manifest import Manifest, write_manifest
+from diffit.data.shards import ShardWriter
+
+__all__ = ["ImageSource", "array_source", "folder_source", "write_image_shards"]
+
+LabelledImage = tuple[str, Image.Image, int | None]
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Images to shard: ``samples()`` yields ``(key, PIL image, label or None)`` in a stable order."""
+
+    samples: Callable[[], Iterator[LabelledImage]]
+    count: int
+    class_names: list[str]
+    labelled: bool
+    channels: int | None = None
+    extra: dict[str, object] | None = None
+
+
+def _is_image(name: str) -> bool:
+    return name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+
+
+def _key(relpath: str) -> str:
+    """A stable WebDataset key from a relative path: no extension, and no dots (they split keys)."""
+    stem = relpath.rsplit(".", 1)[0]
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", stem)
+
+
+def _walk_images(folder: str) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found.extend(os.path.join(root, f) for f in sorted(files) if _is_image(f))
+    return found
+
+
+def folder_source(root: str, *, log: BadSampleLog | None = None) -> ImageSource:
+    """Images under ``root``: one subfolder per class (labels = sorted folder names) or flat (unlabelled).
+
+    Keys are the relative paths with separators and dots replaced by ``_`` (stable across rewrites).
+    Undecodable files are skipped and counted in ``log``.
+    """
+    if not os.path.isdir(root):
+        raise ValueError(f"src: {root!r} is not a folder")
+    log = log or BadSampleLog()
+    classes = sorted(d for d in os.listdir(root)
+                     if os.path.isdir(os.path.join(root, d)) and _walk_images(os.path.join(root, d)))
+    flat = sorted(f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f)) and _is_image(f))
+    if classes and flat:
+        raise ValueError(f"src: {root!r} mixes images and class subfolders; use only one layout")
+    files = [(p, i) for i, c in enumerate(classes) for p in _walk_images(os.path.join(root, c))] if classes \
+        else [(os.path.join(root, f), None) for f in flat]
+    if not files:
+        raise ValueError(f"src: no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root!r}")
+    keys = [_key(os.path.relpath(p, root)) for p, _ in files]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"src: two files in {root!r} map to the same sample key {dup!r}; rename one")
+
+    def samples() -> Iterator[LabelledImage]:
+        for key, (path, label) in zip(keys, files, strict=True):
+            try:
+                img = Image.open(path)
+                img.load()
+            except Exception as exc:  # PIL raises many types for bad files
+                log.skip(path, key, f"undecodable image ({type(exc).__name__}: {exc})")
+                continue
+            yield key, img, label
+
+    return ImageSource(samples, len(files), classes, bool(classes), extra={"source": "folder"})
+
+
+def _array_layout(images: np.ndarray, path: str) -> np.ndarray:
+    """Bring an image array to (N, H, W, C): accepts NHW, NHWC and NCHW with C in {1, 3}."""
+    if images.dtype != np.uint8:
+        raise ValueError(f"src: images in {path!r} must be uint8 (0..255), got {images.dtype}")
+    if images.ndim == 3:
+        return images[..., None]
+    if images.ndim == 4 and images.shape[-1] in (1, 3):
+        return images
+    if images.ndim == 4 and images.shape[1] in (1, 3):
+        return images.transpose(0, 2, 3, 1)
+    raise ValueError(f"src: images in {path!r} must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C in "
+                     f"{{1, 3}}, got shape {images.shape}")
+
+
+def array_source(path: str) -> ImageSource:
+    """Images from ``.npy`` (images only, unlabelled) or ``.npz`` (``images`` or ``x`` or ``arr_0``, and
+    optional ``labels`` or ``y`` or ``arr_1``). Keys are ``%08d`` indices."""
+    if not os.path.isfile(path):
+        raise ValueError(f"src: {path!r} does not exist")
+    labels = None
+    if path.endswith(".npy"):
+        images = np.load(path, allow_pickle=False)
+    elif path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as npz:
+            name = next((k for k in ("images", "x", "arr_0") if k in npz), None)
+            if name is None:
+                raise ValueError(f"src: {path!r} has no 'images', 'x' or 'arr_0' array (has {list(npz)})")
+            images = npz[name]
+            label_name = next((k for k in ("labels", "y", "arr_1") if k in npz), None)
+            labels = None if label_name is None else npz[label_name].astype(np.int64).reshape(-1)
+    else:
+        raise ValueError(f"src: expected a folder, .npy or .npz, got {path!r}")
+    images = _array_layout(images, path)
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"src: {path!r} has {len(images)} images but {len(labels)} labels")
+    if labels is not None and labels.min(initial=0) < 0:
+        raise ValueError(f"src: labels in {path!r} must be >= 0")
+    channels = images.shape[-1]
+
+    def samples() -> Iterator[LabelledImage]:
+        for i, image in enumerate(images):
+            img = Image.fromarray(np.ascontiguousarray(image[..., 0] if channels == 1 else image))
+            yield f"{i:08d}", img, None if labels is None else int(labels[i])
+
+    names = [str(i) for i in range(int(labels.max()) + 1)] if labels is not None and len(labels) else []
+    return ImageSource(samples, len(images), names, labels is not None, channels=channels,
+                       extra={"source": os.path.basename(path)})
+
+
+def write_image_shards(source: ImageSource, out_pattern: str, *, resolution: int | None = None,
+                       center_crop: bool = False, channels: int | None = None, image_format: str = "png",
+                       jpeg_quality: int = 95, png_compress_level: int = 6, max_count: int = 10_000,
+                       max_size: int = 1 << 30, progress: Callable[[int, int], None] | None = None) -> Manifest:
+    """Write ``source`` as shards ``out_pattern % i`` plus ``dataset.json``; return the manifest.
+
+    ``resolution``: square side to produce (``center_crop``: ADM center crop, else a plain resize);
+    None keeps the sizes. ``channels``: 1 or 3 (default: the source's, else 3). ``progress(done, total)``
+    is called after each sample.
+    """
+    if resolution is not None and resolution < 1:
+        raise ValueError(f"resolution: expected a positive side length, got {resolution}")
+    channels = channels or source.channels or 3
+    if channels not in (1, 3):
+        raise ValueError(f"channels: expected 1 or 3, got {channels}")
+    if image_format not in ("png", "jpg", "jpeg"):
+        raise ValueError(f"image_format: expected 'png' or 'jpg', got {image_format!r}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality: expected 1..100, got {jpeg_quality}")
+    ext = "jpg" if image_format in ("jpg", "jpeg") else "png"
+    writer = ShardWriter(out_pattern, max_count=max_count, max_size=max_size)
+    sizes: set[tuple[int, int]] = set()
+    done = 0
+    try:
+        for key, img, label in source.samples():
+            img = img.convert("L" if channels == 1 else "RGB")
+            if resolution is not None:
+                img = center_crop_resize(img, resolution) if center_crop else resize_square(img, resolution)
+            sizes.add(img.size)
+            fields = {ext: encode_image(img, ext, quality=jpeg_quality, png_compress_level=png_compress_level)}
+            if label is not None:
+                fields["cls"] = str(label).encode()
+            writer.write(key, fields)
+            done += 1
+            if progress is not None:
+                progress(done, source.count)
+        shards = writer.close()
+        if not shards:
+            raise ValueError("src: no readable images to write")
+    except BaseException:
+        writer.abort()
+        for shard in writer.shards:
+            os.remove(os.path.join(os.path.dirname(os.path.abspath(out_pattern)), shard.name))
+        raise
+    side = next(iter(sizes)) if len(sizes) == 1 else None
+    square = side[0] if side is not None and side[0] == side[1] else None
+    return write_manifest(os.path.dirname(os.path.abspath(out_pattern)), kind="image", shards=shards,
+                          resolution=square, channels=channels,
+                          classes=len(source.class_names) if source.labelled else 0,
+                          class_names=source.class_names,
+                          extra={**(source.extra or {}), "image_format": ext,
+                                 **({"jpeg_quality": jpeg_quality} if ext == "jpg" else {})})
