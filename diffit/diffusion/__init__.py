@@ -1,0 +1,86 @@
+"""diffit.diffusion: noise schedules, denoiser wrappers, guidance, losses and samplers.
+
+Independent of the backbones: a model is only a callable. Every sampler has the signature
+``sample_X(denoiser, x, sigmas, *, callback=None, noise=None, ...) -> x`` (see ``sampling`` for the
+denoiser contract).
+"""
+
+from diffit.diffusion.denoisers import EDMPrecond, VPEpsDenoiser, edm_coefficients
+from diffit.diffusion.guidance import ClassifierFreeGuidance, GuidanceScale, PowerCosineScale
+from diffit.diffusion.losses import (
+    adm_hybrid_loss,
+    discretized_gaussian_log_likelihood,
+    edm_loss,
+    normal_kl,
+    sample_timesteps,
+)
+from diffit.diffusion.noise import NoiseSampler, PerSampleNoise, generator_noise, global_noise, per_sample_noise
+from diffit.diffusion.ode_samplers import sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun
+from diffit.diffusion.sampling import Callback, Denoiser, bind_labels, check_sigmas
+from diffit.diffusion.schedules import (
+    alpha_bar_to_sigma,
+    betas_to_alphas_cumprod,
+    cosine_betas,
+    karras_sigmas,
+    linear_betas,
+    respaced_sigmas,
+    sigma_to_alpha_bar,
+    sigma_to_timestep,
+    space_timesteps,
+    timestep_to_sigma,
+)
+from diffit.diffusion.sde_samplers import sample_ddpm, sample_edm_stochastic, sample_euler_maruyama
+from diffit.diffusion.toy import GaussianMixture
+
+# Name -> sampler, for the CLI (the only place that maps a string to a function).
+SAMPLERS = {
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "dpmpp-2m": sample_dpmpp_2m,
+    "ddim": sample_ddim,
+    "edm-stochastic": sample_edm_stochastic,
+    "euler-maruyama": sample_euler_maruyama,
+    "ddpm": sample_ddpm,
+}
+
+__all__ = [
+    "SAMPLERS",
+    "Callback",
+    "ClassifierFreeGuidance",
+    "Denoiser",
+    "EDMPrecond",
+    "GaussianMixture",
+    "GuidanceScale",
+    "NoiseSampler",
+    "PerSampleNoise",
+    "PowerCosineScale",
+    "VPEpsDenoiser",
+    "adm_hybrid_loss",
+    "alpha_bar_to_sigma",
+    "betas_to_alphas_cumprod",
+    "bind_labels",
+    "check_sigmas",
+    "cosine_betas",
+    "discretized_gaussian_log_likelihood",
+    "edm_coefficients",
+    "edm_loss",
+    "generator_noise",
+    "global_noise",
+    "karras_sigmas",
+    "linear_betas",
+    "normal_kl",
+    "per_sample_noise",
+    "respaced_sigmas",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpmpp_2m",
+    "sample_edm_stochastic",
+    "sample_euler",
+    "sample_euler_maruyama",
+    "sample_heun",
+    "sample_timesteps",
+    "sigma_to_alpha_bar",
+    "sigma_to_timestep",
+    "space_timesteps",
+    "timestep_to_sigma",
+]

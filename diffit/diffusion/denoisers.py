@@ -1,0 +1,130 @@
+"""Denoiser wrappers: turn a backbone into ``denoiser(x, sigma, y=None) -> x0_hat`` in sigma-scaled space.
+
+Backbones know nothing of noise schedules; the wrapper owns the preconditioning:
+
+- :class:`EDMPrecond` for image-space models trained the EDM way (the paper's image-space DiffiT),
+  backbone called as ``model(c_in * x, c_noise, y)``.
+- :class:`VPEpsDenoiser` for ADM-style epsilon-prediction models with a DDPM timestep input (the latent
+  DiffiT release), backbone called as ``model(x_t, t, y)``.
+"""
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from diffit.diffusion.schedules import sigma_to_timestep
+
+
+def _per_sample(sigma: Tensor, x: Tensor) -> Tensor:
+    """(B,) -> (B, 1, ..., 1) to broadcast against x, in x's dtype."""
+    return sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def edm_coefficients(
+    sigma: Float[Tensor, "*s"], sigma_data: float = 0.5
+) -> tuple[Float[Tensor, "*s"], Float[Tensor, "*s"], Float[Tensor, "*s"], Float[Tensor, "*s"]]:
+    """EDM Table 1 preconditioning (c_skip, c_out, c_in, c_noise) for D = c_skip x + c_out F(c_in x, c_noise).
+
+    c_skip = s_d^2/(sigma^2 + s_d^2), c_out = sigma s_d/sqrt(sigma^2 + s_d^2), c_in = 1/sqrt(sigma^2 + s_d^2),
+    c_noise = ln(sigma)/4: the network input and its training target both have unit variance (EDM App. B.6).
+    """
+    if sigma_data <= 0:
+        raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+    total = sigma**2 + sigma_data**2
+    c_skip = sigma_data**2 / total
+    c_out = sigma * sigma_data / total.sqrt()
+    c_in = 1 / total.sqrt()
+    c_noise = sigma.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+class EDMPrecond(nn.Module):
+    """EDM preconditioning (Karras et al. 2022, Sec. 5 / Table 1) around an image-space backbone F."""
+
+    def __init__(self, model: nn.Module, *, sigma_data: float = 0.5) -> None:
+        """
+        Args:
+            model: backbone ``model(c_in * x, c_noise, y) -> F`` with c_noise a (B,) float tensor and F shaped
+                like x; ``y`` is None for unconditional models.
+            sigma_data: standard deviation of the training data (0.5 for images in [-1, 1]).
+        """
+        super().__init__()
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        self.model = model
+        self.sigma_data = sigma_data
+
+    def forward(
+        self, x: Float[Tensor, " b *dims"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
+    ) -> Float[Tensor, " b *dims"]:
+        # Coefficients in float32 at least: c_noise = ln(sigma)/4 must not round in bf16.
+        sigma = sigma if sigma.dtype == torch.float64 else sigma.float()
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        f = self.model(_per_sample(c_in, x) * x, c_noise, y)
+        # D(x; sigma) = c_skip x + c_out F (EDM Eq. 7).
+        return _per_sample(c_skip, x) * x + _per_sample(c_out, x) * f.to(x.dtype)
+
+
+class VPEpsDenoiser(nn.Module):
+    """An ADM-style epsilon model on a discrete VP chain, seen as a sigma-space denoiser.
+
+    With alpha_bar = 1/(1 + sigma^2): x_t = x / sqrt(1 + sigma^2) = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps,
+    so x0_hat = x - sigma * eps_hat. sigma is mapped to the DDPM timestep t (nearest integer, or the
+    log-sigma interpolation) and passed to the model as a float (B,) tensor in [0, T-1].
+
+    With ``learned_sigma`` the model returns 2C channels: eps, then ADM's variance interpolation v in
+    [-1, 1]; :meth:`forward` drops v, :meth:`denoise_with_variance` returns it too (what ``sample_ddpm``
+    asks for).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        alphas_cumprod: Float[Tensor, " t"],
+        learned_sigma: bool = True,
+        continuous_timesteps: bool = False,
+    ) -> None:
+        """
+        Args:
+            model: backbone ``model(x_t, t, y) -> out`` with t a float (B,) DDPM timestep.
+            alphas_cumprod: the training chain's alpha_bar (T,), e.g. ``betas_to_alphas_cumprod(linear_betas())``.
+            learned_sigma: the model outputs 2C channels (eps, v) rather than C (eps).
+            continuous_timesteps: pass the fractional timestep of sigma instead of the nearest integer one
+                (useful for sigmas that are not on the training chain, e.g. Karras schedules).
+        """
+        super().__init__()
+        if alphas_cumprod.ndim != 1 or not bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all()):
+            raise ValueError("alphas_cumprod must be a 1-D tensor with values in (0, 1)")
+        self.model = model
+        self.learned_sigma = learned_sigma
+        self.continuous_timesteps = continuous_timesteps
+        # A plain float64 tensor, not a buffer: module casts (.half()) must not round the schedule;
+        # sigma_to_timestep moves it to sigma's device.
+        self.alphas_cumprod = alphas_cumprod.detach().double().cpu()
+
+    def timestep(self, sigma: Float[Tensor, " b"]) -> Float[Tensor, " b"]:
+        """The DDPM timestep fed to the model for noise level sigma."""
+        return sigma_to_timestep(sigma, self.alphas_cumprod, continuous=self.continuous_timesteps)
+
+    def denoise_with_variance(
+        self, x: Float[Tensor, "b c *dims"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
+    ) -> tuple[Float[Tensor, "b c *dims"], Float[Tensor, "b c *dims"] | None]:
+        """(x0_hat, v) with v the learned variance interpolation (None without ``learned_sigma``)."""
+        s = _per_sample(sigma, x)
+        x_t = x / (1 + s**2).sqrt()
+        out = self.model(x_t, self.timestep(sigma), y)
+        channels = x.shape[1] * (2 if self.learned_sigma else 1)
+        if out.shape[1] != channels:
+            raise ValueError(
+                f"model must return {channels} channels for {x.shape[1]}-channel input, got {out.shape[1]}"
+            )
+        eps, v = out.chunk(2, dim=1) if self.learned_sigma else (out, None)
+        # x0_hat = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) = x - sigma eps (ADM pred_xstart_from_eps).
+        x0 = x - s * eps.to(x.dtype)
+        return x0, v
+
+    def forward(
+        self, x: Float[Tensor, "b c *dims"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
+    ) -> Float[Tensor, "b c *dims"]:
+        return self.denoise_with_variance(x, sigma, y)[0]

@@ -1,0 +1,137 @@
+"""Training losses, per sample (B,) so that callers can weight or mask them.
+
+- :func:`edm_loss`: EDM's denoising score matching with log-normal sigma and the lambda(sigma) weighting
+  (Karras et al. 2022, Sec. 5, Table 1) for image-space models wrapped in ``EDMPrecond``.
+- :func:`adm_hybrid_loss`: ADM's L_hybrid = L_simple + L_vlb-term for epsilon models with a learned variance
+  range (Nichol & Dhariwal 2021, Sec. 3.1), as the latent DiffiT release (via DiT) was trained.
+
+Randomness only enters through the injected ``generator`` / ``noise``.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def _mean_flat(x: Tensor) -> Tensor:
+    return x.flatten(1).mean(dim=1)
+
+
+def _per_sample(v: Tensor, x: Tensor) -> Tensor:
+    return v.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def edm_loss(
+    precond_denoiser: Callable[..., Tensor],
+    x0: Float[Tensor, " b *dims"],
+    *,
+    y: Int[Tensor, " b"] | None = None,
+    generator: torch.Generator | None = None,
+    P_mean: float = -1.2,
+    P_std: float = 1.2,
+    sigma_data: float = 0.5,
+) -> Float[Tensor, " b"]:
+    """EDM training loss: ln sigma ~ N(P_mean, P_std^2), n ~ N(0, sigma^2 I),
+    loss = lambda(sigma) * mean ||D(x0 + n, sigma) - x0||^2 with lambda = (sigma^2 + s_d^2)/(sigma s_d)^2,
+    which makes the effective target of F unit-weighted (EDM Eq. 8 and Table 1). Mean over non-batch dims.
+    """
+    b = x0.shape[0]
+    rnd = torch.randn(b, generator=generator, device=x0.device, dtype=torch.float32)
+    sigma = (rnd * P_std + P_mean).exp().to(x0.dtype)
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) * _per_sample(sigma, x0)
+    denoised = precond_denoiser(x0 + n, sigma) if y is None else precond_denoiser(x0 + n, sigma, y=y)
+    return weight * _mean_flat((denoised - x0) ** 2)
+
+
+def sample_timesteps(
+    batch_size: int,
+    num_timesteps: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Int[Tensor, " b"]:
+    """t ~ Uniform{0, ..., T-1} per sample (ADM's UniformSampler)."""
+    if batch_size < 1 or num_timesteps < 1:
+        raise ValueError(f"batch_size and num_timesteps must be >= 1, got {batch_size}, {num_timesteps}")
+    return torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device)
+
+
+def normal_kl(
+    mean1: Float[Tensor, "*s"], logvar1: Float[Tensor, "*s"], mean2: Float[Tensor, "*s"], logvar2: Float[Tensor, "*s"]
+) -> Float[Tensor, "*s"]:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (-1 + logvar2 - logvar1 + (logvar1 - logvar2).exp() + (mean1 - mean2) ** 2 * (-logvar2).exp())
+
+
+def discretized_gaussian_log_likelihood(
+    x: Float[Tensor, "*s"], mean: Float[Tensor, "*s"], log_scale: Float[Tensor, "*s"], *, bin_width: float = 2 / 255
+) -> Float[Tensor, "*s"]:
+    """log P(bin of x) under N(mean, e^(2 log_scale)) for data quantised to 256 levels in [-1, 1]
+    (DDPM Sec. 3.3, ADM's L_0 decoder); the outer bins (|x| > 0.999) extend to -inf / +inf.
+    Uses the exact normal CDF (ADM uses a tanh approximation of it)."""
+    inv_std = (-log_scale).exp()
+    upper = inv_std * (x - mean + bin_width / 2)
+    lower = inv_std * (x - mean - bin_width / 2)
+    log_cdf_upper = torch.special.log_ndtr(upper)  # log P(X <= upper edge)
+    log_sf_lower = torch.special.log_ndtr(-lower)  # log P(X >= lower edge)
+    log_delta = (torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=1e-12).log()
+    return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, log_delta))
+
+
+def adm_hybrid_loss(
+    model: Callable[..., Tensor],
+    x0: Float[Tensor, "b c *dims"],
+    t: Int[Tensor, " b"],
+    *,
+    y: Int[Tensor, " b"] | None,
+    alphas_cumprod: Float[Tensor, " T"],
+    noise: Float[Tensor, "b c *dims"] | None = None,
+    generator: torch.Generator | None = None,
+) -> Float[Tensor, " b"]:
+    """ADM L_hybrid per sample: mean ||eps - eps_hat||^2 + L_t, for a model ``model(x_t, t, y)`` returning
+    2C channels (eps_hat, v).
+
+    L_t (in bits per dimension) is KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) for t > 0 and the
+    discretised decoder NLL for t = 0; the model's mean uses a stop-gradient eps_hat so the VLB only trains
+    the variance, log var = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1)/2 (Nichol & Dhariwal
+    Eq. 15-16). Adding one per-timestep term with uniform t gives lambda = 1/T on the full VLB sum
+    (lambda = 0.001 at T = 1000, as in the paper).
+    """
+    T = len(alphas_cumprod)
+    if bool((t < 0).any()) or bool((t >= T).any()):
+        raise ValueError(f"t must lie in [0, {T - 1}]")
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    # Chain coefficients in float64 (ADM computes them in numpy float64), gathered at t and cast.
+    acp = alphas_cumprod.detach().double().to(x0.device)
+    acp_prev = torch.cat([acp.new_ones(1), acp[:-1]])
+    betas = 1 - acp / acp_prev
+    post_var = betas * (1 - acp_prev) / (1 - acp)  # beta~_t (DDPM Eq. 7); 0 at t = 0
+    post_logvar = torch.cat([post_var[1:2], post_var[1:]]).log()  # clipped at t = 0 as in ADM
+    coef_x0 = betas * acp_prev.sqrt() / (1 - acp)
+    coef_xt = (1 - acp_prev) * (1 - betas).sqrt() / (1 - acp)
+
+    def at(v: Tensor) -> Tensor:
+        return _per_sample(v[t], x0)
+
+    # Forward process q(x_t | x0) (DDPM Eq. 4).
+    x_t = at(acp.sqrt()) * x0 + at((1 - acp).sqrt()) * noise
+    out = model(x_t, t.to(torch.float32 if x0.dtype != torch.float64 else torch.float64), y)
+    if out.shape[1] != 2 * x0.shape[1]:
+        raise ValueError(f"model must return {2 * x0.shape[1]} channels (eps, v), got {out.shape[1]}")
+    eps, v = out.to(x0.dtype).chunk(2, dim=1)
+    mse = _mean_flat((eps - noise) ** 2)
+
+    # p(x_{t-1} | x_t) with a frozen mean: x0_hat from the detached eps_hat, then the posterior mean.
+    x0_hat = at((1 / acp).sqrt()) * x_t - at((1 / acp - 1).sqrt()) * eps.detach()
+    model_mean = at(coef_x0) * x0_hat + at(coef_xt) * x_t
+    frac = (v + 1) / 2
+    model_logvar = frac * at(betas.log()) + (1 - frac) * at(post_logvar)
+    true_mean = at(coef_x0) * x0 + at(coef_xt) * x_t
+    kl = _mean_flat(normal_kl(true_mean, at(post_logvar), model_mean, model_logvar)) / math.log(2.0)
+    nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)) / math.log(2.0)
+    return mse + torch.where(t == 0, nll, kl)

@@ -1,0 +1,81 @@
+"""Injected randomness: noise samplers, including one torch.Generator per sample (per-sample seeds).
+
+A noise sampler is a zero-argument callable returning a fresh standard normal tensor shaped like the batch.
+Samplers draw every stochastic step from it and never touch the global RNG, so the caller decides how
+randomness is made. :class:`PerSampleNoise` is the EDM approach (``StackedRandomGenerator``): sample ``i``
+draws only from its own generator seeded with ``seeds[i]``, so an image depends on its seed alone, not on
+the batch it was generated in or how many devices shared the work.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+NoiseSampler = Callable[[], Tensor]
+
+
+class PerSampleNoise:
+    """Stacked per-sample generators: each call returns (len(seeds), *shape) standard normal noise.
+
+    The first call is conventionally the initial noise (multiply by sigmas[0]); the sampler's later calls
+    are its stochastic steps. Every row consumes its own generator in the same order whatever the batch.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        shape: Sequence[int],
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """
+        Args:
+            seeds: one integer seed per sample (the batch size is ``len(seeds)``).
+            shape: the shape of ONE sample, without the batch dimension (e.g. (4, 32, 32)).
+            device: where the generators live and the noise is made.
+            dtype: dtype of the returned noise (drawn in float32 or float64, then cast).
+        """
+        if len(seeds) < 1:
+            raise ValueError("seeds must hold at least one seed")
+        if any(d < 1 for d in shape):
+            raise ValueError(f"shape must be positive per-sample dimensions, got {tuple(shape)}")
+        self.shape = tuple(shape)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self) -> Float[Tensor, " b *shape"]:
+        # Drawn in at least float32 so that low-precision outputs still see the same stream.
+        draw_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        draws = [torch.randn(self.shape, generator=g, device=self.device, dtype=draw_dtype) for g in self.generators]
+        return torch.stack(draws).to(self.dtype)
+
+
+def per_sample_noise(
+    seeds: Sequence[int],
+    shape: Sequence[int],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> PerSampleNoise:
+    """A :class:`PerSampleNoise` for ``seeds``; ``shape`` is one sample's shape (no batch dimension).
+
+    Typical use::
+
+        noise = per_sample_noise(seeds, (4, 32, 32), device="cuda")
+        x = sample_ddpm(denoiser, noise() * sigmas[0], sigmas, noise=noise)
+    """
+    return PerSampleNoise(seeds, shape, device=device, dtype=dtype)
+
+
+def global_noise(like: Tensor) -> NoiseSampler:
+    """The default noise sampler: ``torch.randn_like(like)`` from the global RNG."""
+    return lambda: torch.randn_like(like)
+
+
+def generator_noise(like: Tensor, generator: torch.Generator) -> NoiseSampler:
+    """A noise sampler drawing the whole batch from one ``generator`` (reproducible for a fixed batch)."""
+    return lambda: torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)

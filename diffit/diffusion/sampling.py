@@ -1,0 +1,116 @@
+"""What every sampler shares: the denoiser contract, input checks, NFE accounting and the callback.
+
+The denoiser contract. A denoiser is any callable ``denoiser(x, sigma) -> x0_hat`` with x (B, ...) in the
+sigma-scaled space x = x0 + sigma * n and sigma a (B,) float tensor; it returns an estimate of E[x0 | x].
+Class labels are bound before sampling (``functools.partial(wrapper, y=labels)`` or :func:`bind_labels`).
+Two optional methods refine it, found through any ``functools.partial`` layers:
+
+- ``evaluations(sigma) -> int``: how many network evaluations one call at this noise level costs
+  (classifier-free guidance answers 2 inside its interval, 1 outside); 1 when absent.
+- ``denoise_with_variance(x, sigma) -> (x0_hat, v | None)``: also returns ADM's learned variance
+  interpolation v in [-1, 1] (Nichol & Dhariwal Eq. 15); only :func:`sample_ddpm` asks for it.
+"""
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from diffit.diffusion.noise import NoiseSampler, global_noise
+
+Denoiser = Callable[..., Tensor]
+Callback = Callable[[dict[str, Any]], None]
+
+
+def bind_labels(denoiser: Denoiser, y: Int[Tensor, " b"]) -> Denoiser:
+    """``functools.partial(denoiser, y=y)``: a class-conditional wrapper seen as a plain denoiser."""
+    return functools.partial(denoiser, y=y)
+
+
+def find_method(denoiser: Denoiser, name: str) -> Callable[..., Any] | None:
+    """The optional method ``name`` of the object under any partials, with the partials' bound arguments."""
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    while isinstance(denoiser, functools.partial):
+        args, kwargs = denoiser.args + args, {**denoiser.keywords, **kwargs}
+        denoiser = denoiser.func
+    method = getattr(denoiser, name, None)
+    if method is None or not callable(method):
+        return None
+    return functools.partial(method, *args, **kwargs)
+
+
+def check_sigmas(sigmas: Tensor) -> list[float]:
+    """Validate a schedule (1-D, finite, strictly descending, >= 2 values, last exactly 0) -> Python floats.
+
+    Step arithmetic then runs in float64 on the host, with no device synchronisation inside the loop.
+    """
+    if sigmas.ndim != 1:
+        raise ValueError(f"sigmas must be a 1-D tensor, got shape {tuple(sigmas.shape)}")
+    if len(sigmas) < 2:
+        raise ValueError(f"sigmas must hold at least 2 values (steps >= 1), got {len(sigmas)}")
+    values = [float(s) for s in sigmas.detach().cpu().double()]
+    if not all(math.isfinite(s) for s in values):
+        raise ValueError("sigmas must be finite")
+    if values[-1] != 0.0:
+        raise ValueError(f"sigmas must end with 0, got last value {values[-1]}")
+    if any(a <= b for a, b in zip(values[:-1], values[1:], strict=True)):
+        raise ValueError("sigmas must be strictly decreasing")
+    return values
+
+
+def check_x(x: Tensor) -> None:
+    """Reject NaN / inf in the starting point (a silent NaN would otherwise propagate to every image)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite (it contains NaN or inf)")
+
+
+class Stepper:
+    """Per-run bookkeeping shared by the samplers: the denoiser call at a scalar sigma, the cumulative
+    number of function evaluations (NFE) and the callback."""
+
+    def __init__(self, denoiser: Denoiser, x: Tensor, callback: Callback | None, noise: NoiseSampler | None):
+        check_x(x)
+        self.denoiser = denoiser
+        self.with_variance = find_method(denoiser, "denoise_with_variance")
+        self.cost = find_method(denoiser, "evaluations")
+        self.callback = callback
+        self.noise = noise if noise is not None else global_noise(x)
+        self.nfe = 0
+
+    def _sigma(self, x: Tensor, sigma: float) -> Float[Tensor, " b"]:
+        return torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
+
+    def _count(self, sigma: Tensor) -> None:
+        self.nfe += int(self.cost(sigma)) if self.cost is not None else 1
+
+    def denoise(self, x: Tensor, sigma: float) -> Tensor:
+        """D(x, sigma) with sigma broadcast to (B,), counting its evaluations."""
+        s = self._sigma(x, sigma)
+        self._count(s)
+        return self.denoiser(x, s)
+
+    def denoise_and_variance(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor | None]:
+        """(D(x, sigma), learned variance interpolation or None when the denoiser has none)."""
+        if self.with_variance is None:
+            return self.denoise(x, sigma), None
+        s = self._sigma(x, sigma)
+        self._count(s)
+        return self.with_variance(x, s)
+
+    def draw(self, like: Tensor) -> Tensor:
+        """One standard normal draw from the injected noise sampler, checked against the batch shape."""
+        n = self.noise()
+        if n.shape != like.shape:
+            raise ValueError(f"noise must return tensors shaped {tuple(like.shape)}, got {tuple(n.shape)}")
+        return n.to(like)
+
+    def report(self, i: int, x: Tensor, sigma: float, sigma_next: float, denoised: Tensor, **extra: Any) -> None:
+        """Call the callback with the step's state: i, x, sigma, sigma_next, denoised, nfe (cumulative)."""
+        if self.callback is not None:
+            state = {"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised}
+            self.callback({**state, "nfe": self.nfe, **extra})

@@ -1,0 +1,163 @@
+"""Noise schedules and the conversions between their three coordinates.
+
+Every sampler in ``diffit.diffusion`` works in the sigma-scaled ("VE") space of Karras et al. 2022
+(EDM, Sec. 2): x = x0 + sigma * n. A discrete VP (DDPM) process with cumulative product alpha_bar_t is the
+same process seen through x_vp = sqrt(alpha_bar) * x (EDM Eq. 4 with s = sqrt(alpha_bar)), so
+
+    sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t),        alpha_bar_t = 1 / (1 + sigma_t^2).
+
+A schedule handed to a sampler is a 1-D descending tensor of sigmas ending with an exact zero
+(k-diffusion's convention): ``n`` steps -> ``n + 1`` values.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+def karras_sigmas(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Float[Tensor, " n_plus_1"]:
+    """EDM Eq. 5: sigma_i = (s_max^(1/rho) + i/(n-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, then a zero.
+
+    ``n = 1`` gives [sigma_max, 0]. rho = 7 concentrates steps at low noise, where the ODE curves most.
+    """
+    if n < 1:
+        raise ValueError(f"n (number of steps) must be >= 1, got {n}")
+    if not 0.0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).to(device=device, dtype=dtype)
+
+
+def linear_betas(num_timesteps: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02) -> Float[Tensor, " t"]:
+    """DDPM / ADM linear betas (float64). ``beta_start``/``beta_end`` are the values for T = 1000 and are
+    scaled by 1000 / T as ADM does, so any T describes the same continuous process."""
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    scale = 1000.0 / num_timesteps
+    return torch.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64)
+
+
+def cosine_betas(num_timesteps: int = 1000, *, s: float = 0.008, max_beta: float = 0.999) -> Float[Tensor, " t"]:
+    """Nichol & Dhariwal 2021 Eq. 17: alpha_bar(t) = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) * pi/2);
+    beta_t = 1 - alpha_bar(t+1)/alpha_bar(t), clipped at ``max_beta`` to avoid the singularity at t = T."""
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    t = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    f = torch.cos((t + s) / (1 + s) * torch.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+
+
+def betas_to_alphas_cumprod(betas: Float[Tensor, " t"]) -> Float[Tensor, " t"]:
+    """alpha_bar_t = prod_{s <= t} (1 - beta_s) (DDPM Eq. 4), in float64."""
+    if not bool(((betas > 0) & (betas < 1)).all()):
+        raise ValueError("betas must lie in (0, 1)")
+    return torch.cumprod(1 - betas.double(), dim=0)
+
+
+def alpha_bar_to_sigma(alpha_bar: Float[Tensor, "*s"]) -> Float[Tensor, "*s"]:
+    """sigma = sqrt((1 - alpha_bar) / alpha_bar): the VE noise level of a VP marginal."""
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
+def sigma_to_alpha_bar(sigma: Float[Tensor, "*s"]) -> Float[Tensor, "*s"]:
+    """alpha_bar = 1 / (1 + sigma^2): the inverse of :func:`alpha_bar_to_sigma`."""
+    return 1 / (1 + sigma**2)
+
+
+def timestep_to_sigma(t: Float[Tensor, "*s"], alphas_cumprod: Float[Tensor, " t"]) -> Float[Tensor, "*s"]:
+    """Sigma at a (possibly fractional) DDPM timestep: linear interpolation of log sigma between the
+    integer timesteps (the continuous extension k-diffusion uses for discrete models)."""
+    log_sigmas = alpha_bar_to_sigma(alphas_cumprod.double()).log().to(t.device)
+    t64 = t.double().clamp(0, len(alphas_cumprod) - 1)
+    lo = t64.floor().long()
+    hi = (lo + 1).clamp(max=len(alphas_cumprod) - 1)
+    w = t64 - lo
+    return ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp().to(t.dtype)
+
+
+def sigma_to_timestep(
+    sigma: Float[Tensor, "*s"], alphas_cumprod: Float[Tensor, " t"], *, continuous: bool = False
+) -> Float[Tensor, "*s"]:
+    """DDPM timestep of a noise level, as a float in [0, T-1].
+
+    ``continuous=False``: the nearest integer timestep in log sigma (exact for sigmas taken from the same
+    schedule, e.g. :func:`respaced_sigmas`). ``continuous=True``: the inverse of :func:`timestep_to_sigma`.
+    Sigmas outside the schedule's range clamp to its ends.
+    """
+    log_sigmas = alpha_bar_to_sigma(alphas_cumprod.double()).log().to(sigma.device)  # ascending in t
+    log_sigma = sigma.double().clamp(min=torch.finfo(torch.float64).tiny).log()
+    if not continuous:
+        t = (log_sigma[..., None] - log_sigmas).abs().argmin(dim=-1).double()
+    else:
+        hi = torch.searchsorted(log_sigmas, log_sigma.contiguous()).clamp(1, len(log_sigmas) - 1)
+        lo = hi - 1
+        w = (log_sigma - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])
+        t = (lo.double() + w).clamp(0, len(log_sigmas) - 1)
+    out_dtype = sigma.dtype if sigma.dtype == torch.float64 else torch.float32
+    return t.to(out_dtype)
+
+
+def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int]) -> list[int]:
+    """The DDPM timesteps kept when respacing, with ADM's ``space_timesteps`` semantics (sorted ascending).
+
+    ``section_counts`` is an int (e.g. 250 of 1000), a list of per-section counts (the T timesteps are cut
+    into equal sections, each strided evenly with Python rounding), a comma string "10,15,20", or
+    "ddimN" for DDIM's fixed integer stride.
+    """
+    if isinstance(section_counts, str):
+        if section_counts.startswith("ddim"):
+            wanted = int(section_counts[len("ddim") :])
+            for stride in range(1, num_timesteps):
+                if len(range(0, num_timesteps, stride)) == wanted:
+                    return list(range(0, num_timesteps, stride))
+            raise ValueError(f"section_counts: no integer stride gives {wanted} of {num_timesteps} steps")
+        section_counts = [int(c) for c in section_counts.split(",")]
+    if isinstance(section_counts, int):
+        section_counts = [section_counts]
+    if not section_counts or min(section_counts) < 1:
+        raise ValueError(f"section_counts must be >= 1 steps per section, got {list(section_counts)}")
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start, kept = 0, set()
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(f"section_counts: cannot take {count} steps from a section of {size}")
+        stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
+        cur = 0.0  # accumulated, not multiplied, to round exactly as ADM does
+        for _ in range(count):
+            kept.add(start + round(cur))
+            cur += stride
+        start += size
+    return sorted(kept)
+
+
+def respaced_sigmas(
+    alphas_cumprod: Float[Tensor, " t"],
+    section_counts: int | str | Sequence[int],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Float[Tensor, " n_plus_1"]:
+    """Sigmas of the respaced DDPM process (descending, trailing zero) for DDPM/DDIM sampling.
+
+    The respaced chain keeps alpha_bar at the chosen timesteps (its betas are 1 - alpha_bar_i/alpha_bar_j
+    for consecutive kept steps), so it is fully described by those sigmas; the final step goes to sigma 0
+    (alpha_bar = 1), where ADM returns the predicted x0.
+    """
+    kept = torch.tensor(space_timesteps(len(alphas_cumprod), section_counts))
+    sigmas = alpha_bar_to_sigma(alphas_cumprod.double()[kept]).flip(0)
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).to(device=device, dtype=dtype)
