@@ -3,6 +3,7 @@
 from typing import Annotated
 
 import typer
+from diffit_cli.data import data_app
 
 import diffit
 
@@ -13,6 +14,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(data_app, name="data")
 
 
 def _version(value: bool) -> None:

@@ -8,7 +8,7 @@ count lives in shared memory so that ``log.count`` in the main process includes 
 import multiprocessing
 import warnings
 
-__all__ = ["BadSample", "BadSampleLog", "BadSampleWarning"]
+__all__ = ["BadSample", "BadSampleLog", "BadSampleWarning", "IgnoreLog"]
 
 
 class BadSample(Exception):
@@ -54,3 +54,17 @@ class BadSampleLog:
         if self.count:
             warnings.warn(f"{what}: skipped {self.count} bad sample(s) in total", BadSampleWarning,
                           stacklevel=2)
+
+
+class IgnoreLog(BadSampleLog):
+    """A log that records nothing: for readers that scan samples another reader is responsible for."""
+
+    def __init__(self) -> None:
+        self._warned = set()
+
+    @property
+    def count(self) -> int:
+        return 0
+
+    def skip(self, url: str, key: str, reason: str) -> None:
+        pass

@@ -102,7 +102,7 @@ def verify_shards(folder: str) -> Manifest:
         path = os.path.join(folder, shard.name)
         if not os.path.isfile(path):
             raise ValueError(f"shards: {path!r} listed in {MANIFEST_NAME} is missing")
-        count, sha = shard_digest(path)
+        count, _, sha = shard_digest(path)
         if (count, sha) != (shard.count, shard.sha256):
             raise ValueError(f"shards: {path!r} does not match {MANIFEST_NAME} "
                              f"(count {count} vs {shard.count}, sha256 {sha[:12]} vs {shard.sha256[:12]})")

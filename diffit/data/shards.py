@@ -72,19 +72,20 @@ def read_shard(url: str, log: BadSampleLog) -> Iterator[dict[str, object]]:
         yield current
 
 
-def shard_digest(path: str) -> tuple[int, str]:
-    """``(samples, sha256 of the uncompressed tar bytes)`` of a local shard, as recorded in dataset.json."""
+def shard_digest(path: str) -> tuple[int, int, str]:
+    """``(samples, uncompressed bytes, sha256 of the uncompressed tar)`` of a local shard (see dataset.json)."""
     opener = gzip.open if path.endswith(".gz") else open
-    sha = hashlib.sha256()
+    sha, size = hashlib.sha256(), 0
     with opener(path, "rb") as f:
         while chunk := f.read(1 << 20):
             sha.update(chunk)
+            size += len(chunk)
     keys: set[str] = set()
     with tarfile.open(path, "r:*") as tar:
         for info in tar:
             if info.isreg():
                 keys.add(split_member_name(info.name)[0])
-    return len(keys), sha.hexdigest()
+    return len(keys), size, sha.hexdigest()
 
 
 @dataclass(frozen=True)

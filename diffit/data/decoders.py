@@ -1,0 +1,116 @@
+"""Per-sample decoders (raw shard members -> arrays) and batch collation (arrays -> model tensors).
+
+Decoders are picklable so DataLoader workers can run them. They take the raw sample and a NumPy generator
+for the random choices (horizontal flip, latent noise); ``rng=None`` means evaluation: no flip, latent mean.
+A decoder raises ``BadSample`` for a sample to skip and ValueError for a dataset that does not match the
+request (wrong resolution or channels), which stops the run.
+"""
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int64
+from torch import Tensor
+
+from diffit.data.badinput import BadSample
+from diffit.data.images import IMAGE_EXTENSIONS, decode_image
+
+__all__ = ["ImageDecoder", "LatentDecoder", "collate_images", "collate_latents", "decode_label"]
+
+UNLABELLED = -1  # label of every sample of an unconditional dataset
+
+
+def decode_label(sample: dict[str, object], labelled: bool) -> int:
+    """The sample's ``cls`` as an int; ``UNLABELLED`` (-1) when the dataset is unlabelled."""
+    if not labelled:
+        return UNLABELLED
+    raw = sample.get("cls")
+    if raw is None:
+        raise BadSample("missing label 'cls' in a labelled dataset")
+    try:
+        label = int(bytes(raw).decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        raise BadSample(f"label 'cls' is not an integer ({bytes(raw)[:20]!r})") from None
+    if label < 0:
+        raise BadSample(f"label 'cls' is negative ({label})")
+    return label
+
+
+@dataclass(frozen=True)
+class ImageDecoder:
+    """Image member -> uint8 (C, H, W), random horizontal flip with probability 1/2 when ``flip``."""
+
+    resolution: int | None
+    channels: int | None
+    resize: bool
+    labelled: bool
+    flip: bool
+
+    def __call__(self, sample: dict[str, object], rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+        if ext is None:
+            raise BadSample(f"no image member ({'/'.join(IMAGE_EXTENSIONS)})")
+        label = decode_label(sample, self.labelled)
+        image = decode_image(bytes(sample[ext]), resolution=self.resolution, channels=self.channels,
+                             resize=self.resize, key=str(sample["__key__"]))
+        if self.flip and rng is not None and rng.random() < 0.5:
+            image = image[:, :, ::-1]
+        return image, label
+
+
+def _load_npy(data: object, name: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(bytes(data)), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BadSample(f"undecodable {name} ({exc})") from None
+
+
+@dataclass(frozen=True)
+class LatentDecoder:
+    """Latent members -> float32 (C, h, w) of the raw (unscaled) VAE latent.
+
+    Stored layouts (see ``encode``): ``mean.npy`` and ``std.npy`` of shape (2, C, h, w), index 0 for the
+    image and 1 for its horizontal mirror, or ``latent.npy`` (2, C, h, w) of one posterior sample. ``flip``
+    picks the mirrored encoding with probability 1/2 (an exact flip augmentation: the VAE is not
+    equivariant, so flipping the latent itself would be wrong); ``sample`` draws z = mean + std * eps
+    from the stored diagonal Gaussian posterior instead of taking its mean.
+    """
+
+    labelled: bool
+    flip: bool
+    sample: bool
+
+    def __call__(self, sample: dict[str, object], rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+        label = decode_label(sample, self.labelled)
+        if "mean.npy" in sample:
+            mean = _load_npy(sample["mean.npy"], "mean.npy")
+            std = _load_npy(sample["std.npy"], "std.npy") if "std.npy" in sample else None
+        elif "latent.npy" in sample:
+            mean, std = _load_npy(sample["latent.npy"], "latent.npy"), None
+        else:
+            raise BadSample("no latent member (mean.npy or latent.npy)")
+        if mean.ndim == 3:  # no mirrored variant stored
+            mean, std = mean[None], None if std is None else std[None]
+        if mean.ndim != 4 or (std is not None and std.shape != mean.shape):
+            raise BadSample(f"latent arrays have unexpected shapes {mean.shape}, {None if std is None else std.shape}")
+        view = 1 if self.flip and rng is not None and len(mean) > 1 and rng.random() < 0.5 else 0
+        z = mean[view].astype(np.float32)
+        if self.sample and rng is not None and std is not None:
+            # Reparameterised draw from the posterior N(mean, diag(std^2)).
+            z = z + std[view].astype(np.float32) * rng.standard_normal(z.shape, dtype=np.float32)
+        return z, label
+
+
+def collate_images(images: list[np.ndarray], labels: list[int]) -> tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]:
+    """Stack uint8 images and map 0..255 to [-1, 1]: x = u / 127.5 - 1."""
+    x = torch.from_numpy(np.stack(images)).float().div_(127.5).sub_(1.0)
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def collate_latents(latents: list[np.ndarray], labels: list[int],
+                    scale_factor: float) -> tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]:
+    """Stack latents and multiply by the VAE scale factor (0.18215 for SD VAEs: unit-variance latents)."""
+    z = torch.from_numpy(np.stack(latents)).mul_(scale_factor)
+    return z, torch.tensor(labels, dtype=torch.int64)

@@ -1,0 +1,158 @@
+"""Pre-encoding image shards into latent shards with a diffusers ``AutoencoderKL``.
+
+Input shard i becomes output shard ``out_pattern % i`` (same keys and ``cls``), which makes the job
+resumable: an output shard that exists is complete (shards are renamed into place when finished) and is
+skipped. Each sample stores, in float16, the VAE's diagonal Gaussian posterior of the image *and* of its
+horizontal mirror, so flip augmentation stays exact for a VAE that is not flip-equivariant:
+
+    mean.npy, std.npy : (2, C, h, w), index 0 = image, 1 = mirrored image      (store="mean_std")
+    latent.npy        : (2, C, h, w), one posterior sample z = mean + std * eps (store="sample")
+
+Latents are stored unscaled; ``dataset.json`` records ``scale_factor`` and ``latent_pipeline`` applies it.
+"""
+
+import io
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from diffit.data.badinput import BadSample, BadSampleLog
+from diffit.data.decoders import ImageDecoder
+from diffit.data.manifest import Manifest, find_manifest, write_manifest
+from diffit.data.shards import ShardInfo, ShardWriter, read_shard, shard_digest
+from diffit.data.urls import expand_urls, mix_seed
+
+__all__ = ["encode_latents", "load_vae", "vae_posterior"]
+
+DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
+
+
+def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A diffusers ``AutoencoderKL`` from a local folder or a Hub id, in eval mode on ``device``."""
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError:
+        raise ValueError("vae: encoding needs diffusers (pip install 'diffit[latent]')") from None
+    try:
+        vae = AutoencoderKL.from_pretrained(path_or_id, low_cpu_mem_usage=False)
+    except Exception as exc:  # hub/network/format errors come in many types
+        where = "local folder" if os.path.isdir(path_or_id) else "Hub id (no local folder of that name)"
+        offline = " Hugging Face Hub access is off (HF_HUB_OFFLINE=1) or unreachable;" \
+            if not os.path.isdir(path_or_id) else ""
+        raise ValueError(f"vae: cannot load an AutoencoderKL from {path_or_id!r} as a {where}:{offline} "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return vae.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def vae_posterior(vae: torch.nn.Module, x: Float[Tensor, "b c h w"]) -> tuple[Float[Tensor, "b z hz wz"],
+                                                                              Float[Tensor, "b z hz wz"]]:
+    """Mean and standard deviation of the VAE posterior q(z | x) for images x in [-1, 1]."""
+    dist = vae.encode(x).latent_dist
+    return dist.mean, dist.std
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _batches(url: str, decoder: ImageDecoder, batch_size: int,
+             log: BadSampleLog) -> Iterator[tuple[list[str], list[int], np.ndarray]]:
+    keys: list[str] = []
+    labels: list[int] = []
+    images: list[np.ndarray] = []
+    for raw in read_shard(url, log):
+        try:
+            image, label = decoder(raw, None)
+        except BadSample as exc:
+            log.skip(url, str(raw["__key__"]), str(exc))
+            continue
+        keys.append(str(raw["__key__"]))
+        labels.append(label)
+        images.append(image)
+        if len(images) == batch_size:
+            yield keys, labels, np.stack(images)
+            keys, labels, images = [], [], []
+    if images:
+        yield keys, labels, np.stack(images)
+
+
+def encode_latents(urls: str | list[str], out_pattern: str, *, vae: str | torch.nn.Module,
+                   resolution: int = 256, batch_size: int = 32, device: str = "cpu",
+                   scale_factor: float = 0.18215, store: str = "mean_std", seed: int = 0,
+                   labelled: bool | None = None, log: BadSampleLog | None = None,
+                   progress: Callable[[int, int | None], None] | None = None) -> Manifest:
+    """Encode image shards into latent shards ``out_pattern % i`` and write their ``dataset.json``.
+
+    ``vae``: a loaded AutoencoderKL or a path/Hub id for ``load_vae``. Images are converted to RGB and
+    center-cropped/resized to ``resolution``. ``progress(images_done, total or None)`` after each batch.
+    Shards already present are kept (resume). Returns the manifest of all output shards.
+    """
+    expanded = expand_urls(urls)
+    if "%" not in out_pattern:
+        raise ValueError(f"out_pattern: expected a printf-style shard name such as 'out/latents-%06d.tar', "
+                         f"got {out_pattern!r}")
+    if store not in ("mean_std", "sample"):
+        raise ValueError(f"store: expected 'mean_std' or 'sample', got {store!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    source = find_manifest(expanded)
+    labelled = labelled if labelled is not None else (source.labelled if source is not None else True)
+    model = load_vae(vae, device) if isinstance(vae, str) else vae
+    log = log or BadSampleLog()
+    decoder = ImageDecoder(resolution, 3, True, labelled, flip=False)
+    total = source.count if source is not None else None
+    shards: list[ShardInfo] = []
+    done, latent_shape, max_label = 0, None, -1
+    for index, url in enumerate(expanded):
+        path = out_pattern % index
+        if os.path.exists(path):  # finished earlier: resume after it
+            count, size, sha = shard_digest(path)
+            shards.append(ShardInfo(os.path.basename(path), count, size, sha))
+            done += count
+            continue
+        with ShardWriter(out_pattern, max_count=1 << 40, max_size=1 << 60, start_index=index) as writer:
+            for keys, labels, images in _batches(url, decoder, batch_size, log):
+                x = torch.from_numpy(images).to(device).float().div(127.5).sub(1.0)
+                # Encode the images and their mirrors in one pass: rows [0, B) and [B, 2B).
+                mean, std = vae_posterior(model, torch.cat([x, x.flip(-1)]))
+                mean, std = mean.float().cpu().numpy(), std.float().cpu().numpy()
+                b = len(keys)
+                for i, (key, label) in enumerate(zip(keys, labels, strict=True)):
+                    pair = np.stack([mean[i], mean[b + i]])  # (2, C, h, w): image, mirror
+                    pair_std = np.stack([std[i], std[b + i]])
+                    if store == "mean_std":
+                        fields = {"mean.npy": _npy(pair.astype(np.float16)),
+                                  "std.npy": _npy(pair_std.astype(np.float16))}
+                    else:
+                        eps = np.random.default_rng(mix_seed(seed, index, i, done)).standard_normal(pair.shape)
+                        fields = {"latent.npy": _npy((pair + pair_std * eps).astype(np.float16))}
+                    if label >= 0:
+                        fields["cls"] = str(label).encode()
+                        max_label = max(max_label, label)
+                    writer.write(key, fields)
+                latent_shape = mean.shape[1:]
+                done += b
+                if progress is not None:
+                    progress(done, total)
+        shards.extend(writer.shards)  # empty when no sample of the input shard was readable
+    if not shards or sum(s.count for s in shards) == 0:
+        raise ValueError(f"urls: no readable images in {urls!r}")
+    extra: dict[str, object] = {"scale_factor": scale_factor, "store": store,
+                                "vae": vae if isinstance(vae, str) else type(vae).__name__,
+                                "image_resolution": resolution, "flip_variant": True}
+    folder = os.path.dirname(os.path.abspath(out_pattern))
+    if latent_shape is None:  # everything was resumed: read the shape from a stored sample
+        first = next(read_shard(os.path.join(folder, shards[0].name), log))
+        latent_shape = np.load(io.BytesIO(first.get("mean.npy") or first["latent.npy"])).shape[1:]
+    # Without a source dataset.json the class count is inferred from the labels encoded in this call.
+    classes = source.classes if source is not None else (max_label + 1 if labelled else 0)
+    return write_manifest(folder, kind="latent", shards=shards,
+                          resolution=int(latent_shape[-1]), channels=int(latent_shape[0]), classes=classes,
+                          class_names=source.class_names if source is not None else [], extra=extra)

@@ -1,0 +1,155 @@
+"""Streaming pipelines over shards: image training, latent training, and a finite evaluation pass.
+
+Conventions shared by every pipeline:
+- ``batch_size`` is the *global* batch; rank r receives ``batch_size // world_size`` samples per batch
+  (batch_size must be divisible by world_size). ``rank``/``world_size`` default to torch.distributed's
+  when it is initialised, else (0, 1).
+- images come out as float32 (B, C, H, W) in [-1, 1]; latents as float32 (B, C, h, w) already multiplied
+  by the scale factor; labels as int64 (B,), -1 for an unlabelled (unconditional) dataset.
+- ``labelled=None`` reads ``dataset.json`` beside local shards (classes > 0); without one, labelled.
+- bad samples are skipped and counted (``BadSampleWarning`` once per shard); ``.skipped`` gives the count
+  so far, and a finite pass warns the total when it ends.
+- URLs: brace patterns, local paths, ``http(s):`` and ``pipe:`` URLs (anything WebDataset's gopen opens).
+"""
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from diffit.data.badinput import BadSampleLog
+from diffit.data.decoders import ImageDecoder, LatentDecoder, collate_images, collate_latents
+from diffit.data.manifest import Manifest, find_manifest
+from diffit.data.streams import EvalStream, TrainStream
+from diffit.data.urls import expand_urls, resolve_rank
+
+__all__ = ["SD_SCALE_FACTOR", "Batches", "eval_pipeline", "image_pipeline", "latent_pipeline"]
+
+SD_SCALE_FACTOR = 0.18215  # Stable Diffusion VAE: scales latents to roughly unit variance (LDM, Rombach 2022)
+
+
+class Batches:
+    """An iterable of batches read by a DataLoader, with the count of skipped bad samples."""
+
+    def __init__(self, dataset: IterableDataset, *, num_workers: int, log: BadSampleLog, finite: bool,
+                 name: str) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
+        self.dataset, self.num_workers, self.log, self.finite, self.name = dataset, num_workers, log, finite, name
+
+    @property
+    def skipped(self) -> int:
+        """Bad samples skipped so far, by this process and its workers."""
+        return self.log.count
+
+    def __iter__(self) -> Iterator[tuple]:
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            prefetch_factor=4 if self.num_workers else None)
+        yield from loader
+        if self.finite:
+            self.log.report(self.name)
+
+
+def _per_rank(batch_size: int, world_size: int) -> int:
+    if batch_size < 1 or batch_size % world_size:
+        raise ValueError(f"batch_size: expected a positive multiple of world_size={world_size} (the global "
+                         f"batch is split between ranks), got {batch_size}")
+    return batch_size // world_size
+
+
+def _labelled(labelled: bool | None, manifest: Manifest | None) -> bool:
+    if labelled is not None:
+        return labelled
+    return manifest.labelled if manifest is not None else True
+
+
+def _check_images(manifest: Manifest | None, resolution: int | None, channels: int | None, resize: bool) -> None:
+    """Fail before streaming when dataset.json already says the images do not match the request."""
+    if manifest is None or resize:
+        return
+    if manifest.kind != "image":
+        raise ValueError(f"urls: these are {manifest.kind} shards; expected image shards")
+    if resolution is not None and manifest.resolution is not None and manifest.resolution != resolution:
+        raise ValueError(f"resolution: the shards hold {manifest.resolution}x{manifest.resolution} images but "
+                         f"resolution={resolution} was requested; pass resize=True to resize")
+    if channels is not None and manifest.channels != channels:
+        raise ValueError(f"channels: the shards hold {manifest.channels}-channel images but channels={channels} "
+                         "was requested; pass resize=True to convert")
+
+
+def image_pipeline(urls: str | list[str], *, batch_size: int, resolution: int, channels: int, seed: int = 0,
+                   rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
+                   start_step: int = 0, flip: bool = True, resize: bool = False, labelled: bool | None = None,
+                   shuffle_buffer: int = 1000) -> Batches:
+    """Endless shuffled ``(x, y)`` training batches of images from shards (see the module docstring).
+
+    ``flip``: random horizontal flips. ``resize``: convert/center-crop images of another channel count or
+    size instead of failing. Resume: pass the training step as ``start_step``; the stream is reseeded by it
+    (no replay of the first batches, but not bit-identical to an uninterrupted run).
+    """
+    expanded = expand_urls(urls)
+    rank, world_size = resolve_rank(rank, world_size)
+    manifest = find_manifest(expanded)
+    _check_images(manifest, resolution, channels, resize)
+    log = BadSampleLog()
+    decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), flip)
+    stream = TrainStream(expanded, decoder, collate_images, batch_size=_per_rank(batch_size, world_size),
+                         seed=seed, start_step=start_step, rank=rank, world_size=world_size,
+                         shuffle_buffer=shuffle_buffer, log=log)
+    return Batches(stream, num_workers=num_workers, log=log, finite=False, name="image_pipeline")
+
+
+def _latent_scale(scale_factor: float | None, manifest: Manifest | None) -> float:
+    if scale_factor is not None:
+        return scale_factor
+    stored = None if manifest is None else manifest.extra.get("scale_factor")
+    return float(stored) if isinstance(stored, (int, float)) else SD_SCALE_FACTOR
+
+
+class _LatentCollate:
+    """Picklable collate closing over the scale factor."""
+
+    def __init__(self, scale_factor: float) -> None:
+        self.scale_factor = scale_factor
+
+    def __call__(self, latents: list, labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return collate_latents(latents, labels, self.scale_factor)
+
+
+def latent_pipeline(urls: str | list[str], *, batch_size: int, seed: int = 0, rank: int | None = None,
+                    world_size: int | None = None, num_workers: int = 0, start_step: int = 0, flip: bool = True,
+                    sample: bool = True, scale_factor: float | None = None, labelled: bool | None = None,
+                    shuffle_buffer: int = 1000) -> Batches:
+    """Endless shuffled ``(z, y)`` training batches of pre-encoded latents (from ``encode_latents``).
+
+    ``flip``: use the stored encoding of the mirrored image with probability 1/2. ``sample``: draw from the
+    stored posterior N(mean, std^2) rather than its mean. ``z`` is multiplied by ``scale_factor`` (default:
+    dataset.json's, else 0.18215). Seeding and resume as in ``image_pipeline``.
+    """
+    expanded = expand_urls(urls)
+    rank, world_size = resolve_rank(rank, world_size)
+    manifest = find_manifest(expanded)
+    if manifest is not None and manifest.kind != "latent":
+        raise ValueError(f"urls: these are {manifest.kind} shards; expected latent shards (diffit data encode)")
+    log = BadSampleLog()
+    decoder = LatentDecoder(_labelled(labelled, manifest), flip, sample)
+    stream = TrainStream(expanded, decoder, _LatentCollate(_latent_scale(scale_factor, manifest)),
+                         batch_size=_per_rank(batch_size, world_size), seed=seed, start_step=start_step,
+                         rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, log=log)
+    return Batches(stream, num_workers=num_workers, log=log, finite=False, name="latent_pipeline")
+
+
+def eval_pipeline(urls: str | list[str], *, batch_size: int, resolution: int | None = None,
+                  channels: int | None = None, resize: bool = False, rank: int | None = None,
+                  world_size: int | None = None, num_workers: int = 0, labelled: bool | None = None) -> Batches:
+    """One finite pass of ``(x, y, keys)`` image batches, no augmentation; across all ranks and workers
+    every readable sample is yielded exactly once (the last batch of each reader may be smaller)."""
+    expanded = expand_urls(urls)
+    rank, world_size = resolve_rank(rank, world_size)
+    manifest = find_manifest(expanded)
+    _check_images(manifest, resolution, channels, resize)
+    log = BadSampleLog()
+    decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), False)
+    stream = EvalStream(expanded, decoder, collate_images, batch_size=_per_rank(batch_size, world_size),
+                        rank=rank, world_size=world_size, log=log)
+    return Batches(stream, num_workers=num_workers, log=log, finite=True, name="eval_pipeline")
