@@ -20,3 +20,7 @@ __all__ = [
     "window_merge",
     "window_partition",
 ]
+
+from diffit.nn.unet import ImageDiffiT, diffit_cifar10, diffit_ffhq64, diffit_tiny  # noqa: E402
+
+__all__ += ["ImageDiffiT", "diffit_cifar10", "diffit_ffhq64", "diffit_tiny"]

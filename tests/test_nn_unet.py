@@ -1,0 +1,139 @@
+"""Image-space DiffiT U-Net: presets, zero init, conditioning, config round trip, checkpointing, bf16, errors."""
+
+import json
+
+import pytest
+import torch
+
+from diffit.nn import ImageDiffiT, diffit_cifar10, diffit_ffhq64, diffit_tiny
+
+
+def _small(**overrides: object) -> ImageDiffiT:
+    kwargs: dict = dict(
+        resolution=8, in_channels=2, channels=(16, 32), blocks_per_stage=(1, 1), window=2, num_heads=2,
+        time_dim=16, groups=4,
+    )  # fmt: skip
+    return ImageDiffiT(**(kwargs | overrides))
+
+
+def _randomise_head(model: ImageDiffiT) -> None:
+    """Break the zero init of the output conv so outputs depend on everything upstream."""
+    with torch.no_grad():
+        model.head_conv.weight.normal_(0, 0.1)
+        model.head_conv.bias.normal_(0, 0.1)
+
+
+@pytest.mark.parametrize("factory", [diffit_cifar10, diffit_ffhq64])
+def test_paper_presets_shapes_on_meta(factory) -> None:
+    with torch.device("meta"):
+        model = factory()
+        r = model.resolution
+        out = model(torch.randn(2, 3, r, r), torch.randn(2))
+    assert out.shape == (2, 3, r, r)
+    assert model.num_classes is None and model.in_channels == 3
+
+
+def test_preset_sizes() -> None:
+    with torch.device("meta"):
+        counts = {f.__name__: sum(p.numel() for p in f().parameters()) for f in (diffit_cifar10, diffit_ffhq64)}
+    assert 20e6 < counts["diffit_cifar10"] < 40e6 and 30e6 < counts["diffit_ffhq64"] < 60e6
+    tiny = diffit_tiny()
+    assert 1e6 < sum(p.numel() for p in tiny.parameters()) < 4e6
+
+
+def test_tiny_forward_shape_and_zero_init() -> None:
+    model = diffit_tiny()
+    x = torch.randn(3, 1, 16, 16)
+    out = model(x, torch.randn(3), torch.tensor([0, 5, 9]))
+    assert out.shape == x.shape and torch.equal(out, torch.zeros_like(out))  # EDM-friendly: F = 0 at init
+
+
+def test_conditional_none_is_null_class_and_unconditional_ignores_y() -> None:
+    model = _small(num_classes=3).eval()
+    _randomise_head(model)
+    x, s = torch.randn(2, 2, 8, 8), torch.randn(2)
+    torch.testing.assert_close(model(x, s), model(x, s, torch.tensor([3, 3])))
+    assert not torch.allclose(model(x, s, torch.tensor([0, 0])), model(x, s, torch.tensor([1, 1])))
+    uncond = _small().eval()
+    _randomise_head(uncond)
+    torch.testing.assert_close(uncond(x, s), uncond(x, s, torch.tensor([0, 1])))
+
+
+def test_noise_label_changes_output_and_samples_are_independent() -> None:
+    model = _small().eval()
+    _randomise_head(model)
+    x = torch.randn(2, 2, 8, 8)
+    out = model(x, torch.tensor([0.1, -0.5]))
+    assert not torch.allclose(out[0], model(x, torch.tensor([0.7, -0.5]))[0])
+    torch.testing.assert_close(out[1:], model(x[1:], torch.tensor([-0.5])), atol=1e-5, rtol=1e-5)
+
+
+def test_config_is_json_and_rebuilds_the_same_model() -> None:
+    model = _small(num_classes=4, window=(2, 4), num_heads=(2, 4))
+    _randomise_head(model)
+    config = json.loads(json.dumps(model.config))
+    rebuilt = type(model)(**config)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    x, s, y = torch.randn(2, 2, 8, 8), torch.randn(2), torch.tensor([0, 3])
+    model.eval(), rebuilt.eval()
+    torch.testing.assert_close(rebuilt(x, s, y), model(x, s, y))
+    assert rebuilt.config == config
+
+
+def test_gradients_reach_every_parameter() -> None:
+    model = _small(num_classes=3, class_dropout_prob=0.0)
+    _randomise_head(model)
+    model(torch.randn(2, 2, 8, 8), torch.randn(2), torch.tensor([0, 2])).square().sum().backward()
+    for name, p in model.named_parameters():
+        if name.startswith("label_embed"):
+            continue  # only the rows of the classes used get gradients
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_checkpointing_gives_identical_outputs_and_gradients() -> None:
+    plain, ckpt = _small(), _small(checkpointing=True)
+    _randomise_head(plain)
+    ckpt.load_state_dict(plain.state_dict())
+    x, s = torch.randn(2, 2, 8, 8), torch.randn(2)
+    results = []
+    for m in (plain, ckpt):
+        out = m(x, s)
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    for g0, g1 in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(g0, g1, rtol=0, atol=1e-6)
+
+
+def test_bf16_autocast_close_to_fp32() -> None:
+    """Documented tolerance: bf16 matmuls/convs (8 mantissa bits) give ~1e-2 relative error at the output;
+    norms and softmax stay fp32 and the output keeps the input's dtype."""
+    model = _small().eval()
+    _randomise_head(model)
+    x, s = torch.randn(2, 2, 8, 8), torch.randn(2)
+    ref = model(x, s)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x, s)
+    assert low.dtype == torch.float32
+    assert (low - ref).norm() / ref.norm() < 3e-2
+
+
+def test_construction_errors_name_the_argument() -> None:
+    with pytest.raises(ValueError, match="resolution must be a positive multiple of 2\\^\\(stages-1\\)=4"):
+        _small(resolution=10, channels=(8, 8, 8), blocks_per_stage=(1, 1, 1))
+    with pytest.raises(ValueError, match="window=4 must divide the 6x6 feature map of stage 1"):
+        _small(resolution=12, window=4)
+    with pytest.raises(ValueError, match="window must be an int or have one entry per stage"):
+        _small(window=(2, 2, 2))
+    with pytest.raises(ValueError, match="num_heads=3 must divide the width channels\\[0\\]=16"):
+        _small(num_heads=3)
+    with pytest.raises(ValueError, match="blocks_per_stage must have one entry per stage"):
+        _small(blocks_per_stage=(1,))
+
+
+def test_forward_errors_name_the_argument() -> None:
+    model = _small()
+    with pytest.raises(ValueError, match="x must have shape \\(b, 2, 8, 8\\), got \\(1, 2, 16, 16\\)"):
+        model(torch.randn(1, 2, 16, 16), torch.randn(1))
+    with pytest.raises(ValueError, match="x must have shape"):
+        model(torch.randn(1, 3, 8, 8), torch.randn(1))
