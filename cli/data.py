@@ -27,20 +27,30 @@ _err = Console(stderr=True)
 
 def _fail(message: str) -> None:
     """One line on stderr and exit code 2 (bad input), no traceback."""
-    _err.print(f"error: {message}", markup=False, highlight=False)
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
     raise typer.Exit(code=2)
 
 
 @contextmanager
 def _progress_bar(description: str) -> Iterator[Callable[[int, int | None], None]]:
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=_err, transient=False) as progress:
-        task = progress.add_task(description, total=None)
+    """A ``progress(done, total)`` callback drawing a rich bar, started at the first call (so that argument
+    errors raised before any work print no bar)."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=_err)
+    task = None
 
-        def update(done: int, total: int | None) -> None:
-            progress.update(task, completed=done, total=total)
+    def update(done: int, total: int | None) -> None:
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task(description, total=total)
+        progress.update(task, completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        if task is not None:
+            progress.stop()
 
 
 @contextmanager
@@ -52,7 +62,7 @@ def _bad_sample_summary(log: BadSampleLog) -> Iterator[None]:
 
         def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
             if issubclass(category, BadSampleWarning):
-                _err.print(f"warning: {message}", markup=False, highlight=False)
+                _err.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
             else:
                 original(message, category, *args, **kwargs)
 

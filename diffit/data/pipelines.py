@@ -15,7 +15,7 @@ Conventions shared by every pipeline:
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 
 from diffit.data.badinput import BadSampleLog
 from diffit.data.decoders import ImageDecoder, LatentDecoder, collate_images, collate_latents
@@ -31,7 +31,7 @@ SD_SCALE_FACTOR = 0.18215  # Stable Diffusion VAE: scales latents to roughly uni
 class Batches:
     """An iterable of batches read by a DataLoader, with the count of skipped bad samples."""
 
-    def __init__(self, dataset: IterableDataset, *, num_workers: int, log: BadSampleLog, finite: bool,
+    def __init__(self, dataset: Dataset, *, num_workers: int, log: BadSampleLog, finite: bool,
                  name: str) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers: expected >= 0, got {num_workers}")

@@ -55,7 +55,7 @@ class TrainStream(IterableDataset):
         buffer: list[dict[str, object]] = []
         items: list[np.ndarray] = []
         labels: list[int] = []
-        decoded = 0
+        attempts = decoded = 0
         for epoch in itertools.count():
             order = np.random.default_rng(
                 mix_seed(self.seed, self.start_step, epoch, slot.rank, slot.worker, slot.num_workers)
@@ -70,6 +70,7 @@ class TrainStream(IterableDataset):
                         continue
                     j = int(rng.integers(len(buffer)))
                     raw, buffer[j] = buffer[j], raw
+                    attempts += 1
                     item = _decode(self.decoder, raw, rng, self.log)
                     if item is None:
                         continue
@@ -82,7 +83,7 @@ class TrainStream(IterableDataset):
             if seen == 0:
                 raise RuntimeError(f"no readable samples in any of the {len(self.urls)} shard(s) "
                                    f"(first: {self.urls[0]}); see the BadSampleWarning above")
-            if epoch >= 1 and decoded == 0:
+            if attempts >= self.shuffle_buffer and decoded == 0:
                 raise RuntimeError(f"no sample of the {len(self.urls)} shard(s) could be decoded "
                                    f"(first: {self.urls[0]}); see the BadSampleWarning above")
 

@@ -1,0 +1,97 @@
+"""Latent encoding with a tiny random AutoencoderKL (offline), resume, and the latent pipeline on top."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from diffit.data import (
+    BadSampleLog,
+    array_source,
+    encode_latents,
+    latent_pipeline,
+    load_images,
+    load_vae,
+    read_manifest,
+    read_shard,
+    vae_posterior,
+    write_image_shards,
+)
+
+pytest.importorskip("diffusers")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory) -> str:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=4, sample_size=8)
+    path = str(tmp_path_factory.mktemp("vae"))
+    vae.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def image_shards(tmp_path) -> str:
+    images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images, labels=np.arange(10) % 4)
+    write_image_shards(array_source(str(tmp_path / "a.npz")), str(tmp_path / "img" / "i-%03d.tar"), max_count=4)
+    return str(tmp_path / "img" / "i-{000..002}.tar")
+
+
+def test_encode_stores_posterior_of_image_and_mirror(tmp_path, tiny_vae, image_shards):
+    calls = []
+    manifest = encode_latents(image_shards, str(tmp_path / "lat" / "l-%03d.tar"), vae=tiny_vae, resolution=8,
+                              batch_size=3, progress=lambda done, total: calls.append((done, total)))
+    assert (manifest.kind, manifest.count, manifest.channels, manifest.resolution) == ("latent", 10, 4, 4)
+    assert manifest.classes == 4 and manifest.extra["scale_factor"] == 0.18215
+    assert calls[-1] == (10, 10)
+    vae = load_vae(tiny_vae)
+    images, labels = load_images(image_shards)
+    x = images.float() / 127.5 - 1
+    mean, std = vae_posterior(vae, x)
+    mean_m, std_m = vae_posterior(vae, x.flip(-1))
+    samples = [s for i in range(3) for s in read_shard(str(tmp_path / "lat" / f"l-{i:03d}.tar"), BadSampleLog())]
+    assert [s["__key__"] for s in samples] == [f"{i:08d}" for i in range(10)]
+    for i, s in enumerate(samples):
+        m = np.load(io.BytesIO(s["mean.npy"]))
+        sd = np.load(io.BytesIO(s["std.npy"]))
+        assert m.dtype == np.float16 and m.shape == (2, 4, 4, 4)
+        np.testing.assert_allclose(m[0], mean[i].numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(m[1], mean_m[i].numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(sd[1], std_m[i].numpy(), rtol=2e-3, atol=2e-3)
+        assert int(s["cls"]) == labels[i]
+    # The pipeline's deterministic view (no flip, no sampling) is the scaled posterior mean.
+    z, y = next(iter(latent_pipeline(str(tmp_path / "lat" / "l-{000..002}.tar"), batch_size=10, flip=False,
+                                     sample=False, shuffle_buffer=1)))
+    assert z.shape == (10, 4, 4, 4)
+    assert set(y.tolist()) <= set(range(4))
+    scaled = (mean * 0.18215).half().float()
+    assert all(any(torch.allclose(zi, s, atol=1e-3) for s in scaled) for zi in z)
+
+
+def test_encode_resumes_by_skipping_finished_shards(tmp_path, tiny_vae, image_shards):
+    out = str(tmp_path / "lat" / "l-%03d.tar")
+    first = encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
+    os.remove(out % 1)
+    stamp = os.path.getmtime(out % 0)
+    done = []
+    again = encode_latents(image_shards, out, vae=tiny_vae, resolution=8, progress=lambda d, t: done.append(d))
+    assert os.path.getmtime(out % 0) == stamp  # untouched
+    assert again.content_hash == first.content_hash == read_manifest(str(tmp_path / "lat")).content_hash
+    assert done == [8]  # only shard 1's 4 images were encoded (after 4 skipped), ending at 8 of 10
+
+
+def test_sample_store_and_offline_error(tmp_path, tiny_vae, image_shards):
+    manifest = encode_latents(image_shards, str(tmp_path / "s" / "l-%03d.tar"), vae=tiny_vae, resolution=8,
+                              store="sample")
+    z, _ = next(iter(latent_pipeline(str(tmp_path / "s" / "l-{000..002}.tar"), batch_size=4)))
+    assert manifest.extra["store"] == "sample" and z.shape == (4, 4, 4, 4)
+    with pytest.raises(ValueError, match="cannot load an AutoencoderKL.*HF_HUB_OFFLINE"):
+        load_vae("nobody/no-such-vae")

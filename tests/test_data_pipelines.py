@@ -1,0 +1,259 @@
+"""Reading pipelines: determinism, rank/worker splitting, exact in-memory batches, latents, bad input."""
+
+import io
+import os
+import tarfile
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffit.data import (
+    BadSampleWarning,
+    ShardWriter,
+    array_source,
+    batch_indices,
+    digits_urls,
+    eval_pipeline,
+    image_pipeline,
+    latent_pipeline,
+    load_images,
+    memory_batches,
+    write_image_shards,
+)
+
+
+def _images(n: int, res: int = 4, channels: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, channels, res, res), dtype=np.uint8)
+
+
+def _shards(folder, n: int = 30, per_shard: int = 5, res: int = 4, channels: int = 1) -> str:
+    """n random images with labels i % 7 in shards of per_shard; returns the brace pattern."""
+    os.makedirs(folder, exist_ok=True)
+    np.savez(os.path.join(folder, "a.npz"), images=_images(n, res, channels), labels=np.arange(n) % 7)
+    m = write_image_shards(array_source(os.path.join(folder, "a.npz")), os.path.join(folder, "s-%03d.tar"),
+                           max_count=per_shard)
+    return os.path.join(folder, f"s-{{000..{len(m.shards) - 1:03d}}}.tar")
+
+
+def _take(batches, k: int) -> list:
+    it = iter(batches)
+    return [next(it) for _ in range(k)]
+
+
+# ----------------------------------------------------------------------------------------- image streams
+
+
+def test_image_pipeline_batches_are_valid_and_deterministic(tmp_path):
+    urls = _shards(tmp_path)
+    images, labels = load_images(urls)
+    make = lambda **kw: image_pipeline(urls, batch_size=8, resolution=4, channels=1, seed=3, shuffle_buffer=10, **kw)
+    a, b = _take(make(), 6), _take(make(), 6)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    x, y = a[0]
+    assert x.shape == (8, 1, 4, 4) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.min() >= -1 and x.max() <= 1
+    # Every sample is a dataset image (possibly mirrored) with its own label.
+    table = {(img.numpy().tobytes(), int(lab)) for img, lab in zip(images, labels, strict=True)}
+    table |= {(img.flip(-1).numpy().tobytes(), int(lab)) for img, lab in zip(images, labels, strict=True)}
+    for xb, yb in a:
+        u8 = ((xb + 1) * 127.5).round().to(torch.uint8)
+        assert all((img.numpy().tobytes(), int(lab)) in table for img, lab in zip(u8, yb, strict=True))
+
+
+def test_image_pipeline_flip_off_yields_unflipped_images(tmp_path):
+    urls = _shards(tmp_path)
+    images, _ = load_images(urls)
+    known = {img.numpy().tobytes() for img in images}
+    for x, _ in _take(image_pipeline(urls, batch_size=10, resolution=4, channels=1, flip=False), 6):
+        u8 = ((x + 1) * 127.5).round().to(torch.uint8)
+        assert all(img.numpy().tobytes() in known for img in u8)
+
+
+def test_resume_and_ranks_reseed_the_stream(tmp_path):
+    urls = _shards(tmp_path)
+    base = dict(batch_size=8, resolution=4, channels=1, seed=0, shuffle_buffer=10, world_size=2)
+    first = _take(image_pipeline(urls, rank=0, **base), 3)
+    resumed = _take(image_pipeline(urls, rank=0, start_step=100, **base), 3)
+    other_rank = _take(image_pipeline(urls, rank=1, **base), 3)
+    assert first[0][0].shape[0] == 4  # the global batch of 8 split over 2 ranks
+    assert not torch.equal(first[0][0], resumed[0][0])
+    assert not torch.equal(first[0][0], other_rank[0][0])
+
+
+def test_workers_are_deterministic_and_distinct(tmp_path):
+    urls = _shards(tmp_path)
+    make = lambda: image_pipeline(urls, batch_size=6, resolution=4, channels=1, seed=1, num_workers=2,
+                                  shuffle_buffer=5)
+    a, b = _take(make(), 4), _take(make(), 4)
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b, strict=True))
+    assert not torch.equal(a[0][0], a[1][0])  # consecutive batches come from different workers
+
+
+@pytest.mark.parametrize("per_shard", [3, 40])  # 10 shards (split by shard) and 1 shard (split by sample)
+def test_eval_pass_yields_every_sample_once_over_2_ranks_x_2_workers(tmp_path, per_shard):
+    urls = _shards(tmp_path, n=30, per_shard=per_shard)
+    keys = []
+    for rank in range(2):
+        for x, y, k in eval_pipeline(urls, batch_size=4, rank=rank, world_size=2, num_workers=2):
+            assert x.shape[0] == y.shape[0] == len(k) <= 2
+            keys.extend(k)
+    assert sorted(keys) == [f"{i:08d}" for i in range(30)]
+
+
+def test_eval_pass_is_unflipped_and_ordered_for_one_reader(tmp_path):
+    urls = _shards(tmp_path)
+    images, labels = load_images(urls)
+    batches = list(eval_pipeline(urls, batch_size=7, resolution=4, channels=1))
+    x = torch.cat([b[0] for b in batches])
+    assert torch.equal(((x + 1) * 127.5).round().to(torch.uint8), images)
+    assert torch.equal(torch.cat([b[1] for b in batches]), labels)
+
+
+# ---------------------------------------------------------------------------------- exact in-memory batches
+
+
+def test_memory_batches_resume_exactly():
+    images, labels = torch.from_numpy(_images(13)), torch.arange(13) % 5
+    run = _take(memory_batches(images, labels, batch_size=4, seed=7), 10)
+    resumed = _take(memory_batches(images, labels, batch_size=4, seed=7, start_step=6), 4)
+    for (xa, ya), (xb, yb) in zip(run[6:], resumed, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    other_seed = next(iter(memory_batches(images, labels, batch_size=4, seed=8)))
+    assert not torch.equal(run[0][0], other_seed[0])
+
+
+def test_memory_batches_two_ranks_equal_one_process():
+    images, labels = torch.from_numpy(_images(11, channels=3)), torch.arange(11)
+    single = _take(memory_batches(images, labels, batch_size=6, seed=2, world_size=1, rank=0), 5)
+    r0 = _take(memory_batches(images, labels, batch_size=6, seed=2, world_size=2, rank=0), 5)
+    r1 = _take(memory_batches(images, labels, batch_size=6, seed=2, world_size=2, rank=1), 5)
+    for (x, y), (x0, y0), (x1, y1) in zip(single, r0, r1, strict=True):
+        assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
+    with pytest.raises(ValueError, match="batch_size"):
+        next(iter(memory_batches(images, labels, batch_size=5, seed=0, world_size=2, rank=0)))
+
+
+def test_memory_batches_sample_epochs_without_replacement_and_flip_exactly():
+    n, b = 12, 4
+    seen = np.concatenate([batch_indices(n, b, seed=0, step=k) for k in range(3 * n // b)])
+    for epoch in range(3):
+        assert sorted(seen[epoch * n:(epoch + 1) * n]) == list(range(n))
+    images, labels = torch.from_numpy(_images(n)), torch.arange(n)
+    flips = 0
+    for k, (x, y) in enumerate(_take(memory_batches(images, labels, batch_size=b, seed=0), 6)):
+        assert torch.equal(y, torch.from_numpy(batch_indices(n, b, 0, k)))
+        base = images[y].float() / 127.5 - 1
+        same = (x == base).flatten(1).all(1)
+        mirrored = (x == base.flip(-1)).flatten(1).all(1)
+        assert bool((same | mirrored).all())
+        flips += int((mirrored & ~same).sum())
+    assert 0 < flips < 24
+
+
+def test_digits_load_in_memory():
+    images, labels = load_images(digits_urls())
+    x, y = next(iter(memory_batches(images, labels, batch_size=16, seed=0)))
+    assert x.shape == (16, 1, 16, 16) and set(y.tolist()) <= set(range(10))
+
+
+# ----------------------------------------------------------------------------------------------- latents
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def test_latent_pipeline_flip_choice_scaling_and_posterior_sampling(tmp_path):
+    mean = np.stack([np.full((4, 2, 2), 1.0), np.full((4, 2, 2), -1.0)]).astype(np.float16)  # image, mirror
+    std = np.full((2, 4, 2, 2), 0.5, dtype=np.float16)
+    with ShardWriter(str(tmp_path / "l-%03d.tar")) as w:
+        for i in range(20):
+            w.write(f"k{i:02d}", {"mean.npy": _npy(mean), "std.npy": _npy(std), "cls": b"3"})
+    url = str(tmp_path / "l-000.tar")
+    z, y = next(iter(latent_pipeline(url, batch_size=8, flip=False, sample=False, scale_factor=0.5)))
+    assert z.shape == (8, 4, 2, 2) and torch.all(z == 0.5) and torch.all(y == 3)
+    z, _ = next(iter(latent_pipeline(url, batch_size=16, flip=True, sample=False, scale_factor=1.0)))
+    per_sample = z.flatten(1)[:, 0]
+    assert set(per_sample.tolist()) == {1.0, -1.0}  # both stored variants are picked
+    z, _ = next(iter(latent_pipeline(url, batch_size=16, flip=False, sample=True, scale_factor=1.0)))
+    assert abs(z.mean().item() - 1.0) < 0.15 and abs(z.std().item() - 0.5) < 0.15
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+def test_missing_or_empty_urls_fail_immediately(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        image_pipeline(str(tmp_path / "nope-{000..003}.tar"), batch_size=2, resolution=4, channels=1)
+    with pytest.raises(ValueError, match="urls"):
+        eval_pipeline("", batch_size=2)
+    with pytest.raises(ValueError, match="urls"):
+        load_images([])
+
+
+def test_wrong_resolution_or_channels_is_rejected_unless_resized(tmp_path):
+    urls = _shards(tmp_path, n=6, res=4, channels=3)
+    with pytest.raises(ValueError, match="resolution"):
+        image_pipeline(urls, batch_size=2, resolution=8, channels=3)
+    with pytest.raises(ValueError, match="channels"):
+        image_pipeline(urls, batch_size=2, resolution=4, channels=1)
+    os.remove(tmp_path / "dataset.json")  # without a manifest the check happens per image
+    with pytest.raises(ValueError, match="4x4 but resolution=8"):
+        next(iter(image_pipeline(urls, batch_size=2, resolution=8, channels=3, shuffle_buffer=1)))
+    x, _ = next(iter(image_pipeline(urls, batch_size=2, resolution=8, channels=1, resize=True)))
+    assert x.shape == (2, 1, 8, 8)
+
+
+def _bad_dataset(folder) -> tuple[list[str], int]:
+    """Shard 0 good (5), shard 1 with an undecodable image and a missing label (3 good), shard 2 truncated."""
+    urls = _shards(folder / "good", n=5, per_shard=5)
+    good = load_images(urls)
+    def png(i: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(good[0][i, 0].numpy()).save(buf, format="PNG")
+        return buf.getvalue()
+
+    with ShardWriter(str(folder / "b-%03d.tar"), start_index=1) as w:
+        w.write("b0", {"png": png(0), "cls": b"1"})
+        w.write("b1", {"png": b"not an image", "cls": b"1"})
+        w.write("b2", {"png": png(1)})  # label missing
+        w.write("b3", {"png": png(2), "cls": b"2"})
+        w.write("b4", {"png": png(3), "cls": b"2"})
+    with ShardWriter(str(folder / "b-%03d.tar"), start_index=2) as w:
+        for i in range(4):
+            w.write(f"c{i}", {"png": png(i), "cls": b"0"})
+    data = (folder / "b-002.tar").read_bytes()
+    (folder / "b-002.tar").write_bytes(data[: 512 * 5 + 100])  # cut inside the 3rd member of sample c1
+    with tarfile.open(folder / "good" / "s-000.tar") as tar:
+        assert len(tar.getmembers()) == 10
+    os.replace(folder / "good" / "s-000.tar", folder / "b-000.tar")
+    return [str(folder / f"b-{i:03d}.tar") for i in range(3)], 5 + 3 + 1
+
+
+def test_bad_samples_are_skipped_counted_and_warned_once_per_shard(tmp_path):
+    urls, good = _bad_dataset(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = eval_pipeline(urls, batch_size=3, labelled=True)
+        keys = [k for _, _, ks in batches for k in ks]
+    assert len(keys) == good and "b1" not in keys and "b2" not in keys and "c1" not in keys
+    assert batches.skipped == 3  # undecodable, missing label, truncated
+    messages = [str(w.message) for w in caught if issubclass(w.category, BadSampleWarning)]
+    per_shard = [m for m in messages if "skipping bad sample" in m]
+    assert len(per_shard) == 2 and urls[1] in per_shard[0] and urls[2] in per_shard[1]
+    assert any("skipped 3 bad sample(s) in total" in m for m in messages)
+
+
+def test_training_stream_survives_bad_shards(tmp_path):
+    urls, _ = _bad_dataset(tmp_path)
+    with pytest.warns(BadSampleWarning):
+        stream = image_pipeline(urls, batch_size=4, resolution=4, channels=1, labelled=True, shuffle_buffer=4)
+        batches = _take(stream, 8)  # several epochs over 9 good samples
+    assert all(x.shape == (4, 1, 4, 4) for x, _ in batches)
+    assert stream.skipped >= 3

@@ -1,0 +1,170 @@
+"""Shard writing and reading: determinism, round trips, manifests, the bundled digits, sources."""
+
+import gzip
+import hashlib
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffit.data import (
+    BadSampleLog,
+    ImageSource,
+    ShardWriter,
+    array_source,
+    center_crop_resize,
+    digits_folder,
+    digits_manifest,
+    digits_urls,
+    folder_source,
+    load_images,
+    read_manifest,
+    read_shard,
+    verify_shards,
+    write_digits_shards,
+    write_image_shards,
+)
+from diffit.data.digits import DIGITS_PATTERN
+from diffit.data.shards import split_member_name
+
+
+def _write(pattern: str, n: int, **kw: int) -> list:
+    with ShardWriter(pattern, **kw) as w:
+        for i in range(n):
+            w.write(f"s{i:03d}", {"txt": f"sample {i}".encode(), "cls": str(i % 3).encode()})
+    return w.shards
+
+
+def test_writer_round_trip_and_split_by_count(tmp_path):
+    shards = _write(str(tmp_path / "a-%03d.tar"), 10, max_count=4)
+    assert [s.count for s in shards] == [4, 4, 2]
+    samples = [s for sh in shards for s in read_shard(str(tmp_path / sh.name), BadSampleLog())]
+    assert [s["__key__"] for s in samples] == [f"s{i:03d}" for i in range(10)]
+    assert samples[7]["txt"] == b"sample 7" and samples[7]["cls"] == b"1"
+
+
+def test_writer_split_by_size(tmp_path):
+    # Each sample is 2 members x (512 header + 512 data) = 2048 tar bytes.
+    shards = _write(str(tmp_path / "b-%03d.tar"), 6, max_size=3 * 2048)
+    assert [s.count for s in shards] == [3, 3]
+    assert all(s.bytes <= 3 * 2048 + 10240 for s in shards)
+
+
+def test_writer_is_byte_deterministic_and_gzip_hash_is_of_the_tar(tmp_path):
+    a = _write(str(tmp_path / "x-%03d.tar"), 5)
+    b = _write(str(tmp_path / "y-%03d.tar.gz"), 5)
+    raw = (tmp_path / "x-000.tar").read_bytes()
+    assert a[0].sha256 == hashlib.sha256(raw).hexdigest() == b[0].sha256
+    assert gzip.decompress((tmp_path / "y-000.tar.gz").read_bytes()) == raw
+    with tarfile.open(tmp_path / "x-000.tar") as tar:
+        assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in tar.getmembers())
+
+
+def test_writer_rejects_bad_pattern_and_keys(tmp_path):
+    with pytest.raises(ValueError, match="out_pattern"):
+        ShardWriter(str(tmp_path / "no-pattern.tar"))
+    with ShardWriter(str(tmp_path / "k-%03d.tar")) as w:
+        with pytest.raises(ValueError, match="key"):
+            w.write("has.dot", {"txt": b""})
+        w.write("ok", {"txt": b""})
+        with pytest.raises(ValueError, match="duplicate"):
+            w.write("ok", {"txt": b""})
+
+
+def test_failed_write_leaves_no_shards(tmp_path):
+    def samples():
+        img = Image.new("L", (4, 4))
+        yield "a", img, 0
+        yield "b", img, 1
+        raise RuntimeError("source broke")
+
+    source = ImageSource(samples, 3, ["0", "1"], True)
+    with pytest.raises(RuntimeError):
+        write_image_shards(source, str(tmp_path / "f-%03d.tar"), max_count=1)
+    assert os.listdir(tmp_path) == []
+
+
+def test_split_member_name_follows_webdataset():
+    assert split_member_name("dir/abc.seg.PNG") == ("dir/abc", "seg.png")
+    assert split_member_name("abc.cls") == ("abc", "cls")
+
+
+def test_bundled_digits_match_manifest_and_regenerate_identically(tmp_path):
+    manifest = digits_manifest()
+    assert (manifest.count, manifest.resolution, manifest.channels, manifest.classes) == (1797, 16, 1, 10)
+    assert verify_shards(digits_folder()).content_hash == manifest.content_hash
+    size = sum(os.path.getsize(u) for u in digits_urls())
+    assert size < 2_000_000
+    regenerated = write_digits_shards(str(tmp_path / DIGITS_PATTERN))
+    assert regenerated.content_hash == manifest.content_hash  # byte-identical tar contents
+
+
+def test_bundled_digits_content():
+    from sklearn.datasets import load_digits
+
+    images, labels = load_images(digits_urls())
+    assert images.shape == (1797, 1, 16, 16) and labels.tolist() == load_digits().target.tolist()
+    # Downsampling the 16x16 image by 2x2 averaging recovers the 8x8 original (0..16 scale) closely.
+    small = images.float().reshape(1797, 8, 2, 8, 2).mean((2, 4)).numpy() * 16 / 255
+    assert np.abs(small - load_digits().images).mean() < 0.8
+
+
+def test_folder_source_labels_keys_and_manifest(tmp_path):
+    src = tmp_path / "src"
+    for cls, n in (("cat", 2), ("dog", 3)):
+        (src / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (12, 8), color=(40 * i, 0, 0)).save(src / cls / f"img.{i}.png")
+    manifest = write_image_shards(folder_source(str(src)), str(tmp_path / "out" / "t-%06d.tar"), resolution=8,
+                                  center_crop=True, max_count=2)
+    assert (manifest.count, manifest.classes, manifest.class_names) == (5, 2, ["cat", "dog"])
+    assert (manifest.resolution, manifest.channels, len(manifest.shards)) == (8, 3, 3)
+    assert read_manifest(str(tmp_path / "out")) == manifest
+    images, labels = load_images(str(tmp_path / "out" / "t-{000000..000002}.tar"))
+    assert images.shape == (5, 3, 8, 8) and labels.tolist() == [0, 0, 1, 1, 1]
+    keys = [s["__key__"] for s in read_shard(str(tmp_path / "out" / "t-000000.tar"), BadSampleLog())]
+    assert keys == ["cat_img_0", "cat_img_1"]
+
+
+def test_flat_folder_is_unlabelled(tmp_path):
+    for i in range(3):
+        Image.new("L", (6, 6), color=i).save(tmp_path / f"{i}.png")
+    manifest = write_image_shards(folder_source(str(tmp_path)), str(tmp_path / "o" / "u-%03d.tar"))
+    assert manifest.classes == 0 and manifest.channels == 3
+    _, labels = load_images(str(tmp_path / "o" / "u-000.tar"))
+    assert labels.tolist() == [-1, -1, -1]
+
+
+def test_array_sources_round_trip_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    nchw = rng.integers(0, 256, (4, 3, 5, 5), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=nchw, labels=np.array([3, 1, 0, 2]))
+    manifest = write_image_shards(array_source(str(tmp_path / "a.npz")), str(tmp_path / "o" / "a-%03d.tar"))
+    images, labels = load_images(str(tmp_path / "o" / "a-000.tar"))
+    assert np.array_equal(images.numpy(), nchw) and labels.tolist() == [3, 1, 0, 2]
+    assert manifest.classes == 4
+    gray = rng.integers(0, 256, (2, 7, 7), dtype=np.uint8)
+    np.save(tmp_path / "g.npy", gray)
+    write_image_shards(array_source(str(tmp_path / "g.npy")), str(tmp_path / "p" / "g-%03d.tar"))
+    images, labels = load_images(str(tmp_path / "p" / "g-000.tar"))
+    assert np.array_equal(images.numpy()[:, 0], gray) and labels.tolist() == [-1, -1]
+
+
+def test_array_source_errors(tmp_path):
+    np.save(tmp_path / "f.npy", np.zeros((2, 4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        array_source(str(tmp_path / "f.npy"))
+    with pytest.raises(ValueError, match="does not exist"):
+        array_source(str(tmp_path / "missing.npz"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        folder_source(str(tmp_path / "empty"))
+
+
+def test_center_crop_resize_is_adm_style():
+    img = Image.new("RGB", (300, 100))
+    img.paste((255, 255, 255), (100, 0, 200, 100))  # white square in the middle third
+    out = center_crop_resize(img, 32)
+    assert out.size == (32, 32) and np.asarray(out).min() > 200  # only the middle survives
