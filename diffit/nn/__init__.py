@@ -24,3 +24,13 @@ __all__ = [
 from diffit.nn.unet import ImageDiffiT, diffit_cifar10, diffit_ffhq64, diffit_tiny  # noqa: E402
 
 __all__ += ["ImageDiffiT", "diffit_cifar10", "diffit_ffhq64", "diffit_tiny"]
+
+from diffit.nn.latent import (  # noqa: E402
+    LatentDiffiT,
+    latent_diffit_b_2,
+    latent_diffit_l_2,
+    latent_diffit_s_2,
+    latent_diffit_xl_2,
+)
+
+__all__ += ["LatentDiffiT", "latent_diffit_b_2", "latent_diffit_l_2", "latent_diffit_s_2", "latent_diffit_xl_2"]
