@@ -8,6 +8,8 @@ Backbones know nothing of noise schedules; the wrapper owns the preconditioning:
   DiffiT release), backbone called as ``model(x_t, t, y)``.
 """
 
+from collections.abc import Callable
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -41,7 +43,7 @@ def edm_coefficients(
 class EDMPrecond(nn.Module):
     """EDM preconditioning (Karras et al. 2022, Sec. 5 / Table 1) around an image-space backbone F."""
 
-    def __init__(self, model: nn.Module, *, sigma_data: float = 0.5) -> None:
+    def __init__(self, model: Callable[..., Tensor], *, sigma_data: float = 0.5) -> None:
         """
         Args:
             model: backbone ``model(c_in * x, c_noise, y) -> F`` with c_noise a (B,) float tensor and F shaped
@@ -79,7 +81,7 @@ class VPEpsDenoiser(nn.Module):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Callable[..., Tensor],
         *,
         alphas_cumprod: Float[Tensor, " t"],
         learned_sigma: bool = True,

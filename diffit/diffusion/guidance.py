@@ -52,7 +52,7 @@ class ClassifierFreeGuidance(nn.Module):
 
     def __init__(
         self,
-        denoiser: nn.Module,
+        denoiser: Callable[..., Tensor],
         *,
         num_classes: int,
         scale: float | GuidanceScale,

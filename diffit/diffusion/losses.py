@@ -30,6 +30,8 @@ def edm_loss(
     *,
     y: Int[Tensor, " b"] | None = None,
     generator: torch.Generator | None = None,
+    sigma: Float[Tensor, " b"] | None = None,
+    noise: Float[Tensor, " b *dims"] | None = None,
     P_mean: float = -1.2,
     P_std: float = 1.2,
     sigma_data: float = 0.5,
@@ -37,12 +39,19 @@ def edm_loss(
     """EDM training loss: ln sigma ~ N(P_mean, P_std^2), n ~ N(0, sigma^2 I),
     loss = lambda(sigma) * mean ||D(x0 + n, sigma) - x0||^2 with lambda = (sigma^2 + s_d^2)/(sigma s_d)^2,
     which makes the effective target of F unit-weighted (EDM Eq. 8 and Table 1). Mean over non-batch dims.
+
+    ``sigma`` and ``noise`` (unit normal, scaled by sigma here) may be given instead of drawn from
+    ``generator``: a distributed trainer draws them for the global batch and passes each rank its slice.
     """
     b = x0.shape[0]
-    rnd = torch.randn(b, generator=generator, device=x0.device, dtype=torch.float32)
-    sigma = (rnd * P_std + P_mean).exp().to(x0.dtype)
+    if sigma is None:
+        rnd = torch.randn(b, generator=generator, device=x0.device, dtype=torch.float32)
+        sigma = (rnd * P_std + P_mean).exp()
+    sigma = sigma.to(device=x0.device, dtype=x0.dtype)
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) * _per_sample(sigma, x0)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    n = noise.to(device=x0.device, dtype=x0.dtype) * _per_sample(sigma, x0)
     denoised = precond_denoiser(x0 + n, sigma) if y is None else precond_denoiser(x0 + n, sigma, y=y)
     return weight * _mean_flat((denoised - x0) ** 2)
 

@@ -24,7 +24,7 @@ from diffit.diffusion.sampling import Callback, Denoiser, Stepper, check_sigmas
 def sample_euler(
     denoiser: Denoiser,
     x: Float[Tensor, " b *dims"],
-    sigmas: Float[Tensor, " n_plus_1"],
+    sigmas: Float[Tensor, "..."],  # 1-D, descending, trailing 0 (checked)
     *,
     callback: Callback | None = None,
     noise: NoiseSampler | None = None,
@@ -45,7 +45,7 @@ def sample_euler(
 def sample_heun(
     denoiser: Denoiser,
     x: Float[Tensor, " b *dims"],
-    sigmas: Float[Tensor, " n_plus_1"],
+    sigmas: Float[Tensor, "..."],  # 1-D, descending, trailing 0 (checked)
     *,
     callback: Callback | None = None,
     noise: NoiseSampler | None = None,
@@ -72,7 +72,7 @@ def sample_heun(
 def sample_dpmpp_2m(
     denoiser: Denoiser,
     x: Float[Tensor, " b *dims"],
-    sigmas: Float[Tensor, " n_plus_1"],
+    sigmas: Float[Tensor, "..."],  # 1-D, descending, trailing 0 (checked)
     *,
     callback: Callback | None = None,
     noise: NoiseSampler | None = None,
@@ -107,7 +107,7 @@ def sample_dpmpp_2m(
 def sample_ddim(
     denoiser: Denoiser,
     x: Float[Tensor, " b *dims"],
-    sigmas: Float[Tensor, " n_plus_1"],
+    sigmas: Float[Tensor, "..."],  # 1-D, descending, trailing 0 (checked)
     *,
     callback: Callback | None = None,
     noise: NoiseSampler | None = None,

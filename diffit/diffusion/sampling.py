@@ -5,8 +5,8 @@ sigma-scaled space x = x0 + sigma * n and sigma a (B,) float tensor; it returns 
 Class labels are bound before sampling (``functools.partial(wrapper, y=labels)`` or :func:`bind_labels`).
 Two optional methods refine it, found through any ``functools.partial`` layers:
 
-- ``evaluations(sigma) -> int``: how many network evaluations one call at this noise level costs
-  (classifier-free guidance answers 2 inside its interval, 1 outside); 1 when absent.
+- ``evaluations(sigma) -> int`` (called without the bound labels): how many network evaluations one
+  call at this noise level costs (classifier-free guidance: 2 inside its interval, 1 outside); 1 if absent.
 - ``denoise_with_variance(x, sigma) -> (x0_hat, v | None)``: also returns ADM's learned variance
   interpolation v in [-1, 1] (Nichol & Dhariwal Eq. 15); only :func:`sample_ddpm` asks for it.
 """
@@ -31,8 +31,9 @@ def bind_labels(denoiser: Denoiser, y: Int[Tensor, " b"]) -> Denoiser:
     return functools.partial(denoiser, y=y)
 
 
-def find_method(denoiser: Denoiser, name: str) -> Callable[..., Any] | None:
-    """The optional method ``name`` of the object under any partials, with the partials' bound arguments."""
+def find_method(denoiser: Denoiser, name: str, *, bind: bool = True) -> Callable[..., Any] | None:
+    """The optional method ``name`` of the object under any partials, with the partials' bound arguments
+    applied when ``bind`` (labels for ``denoise_with_variance``; not for ``evaluations(sigma)``)."""
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = {}
     while isinstance(denoiser, functools.partial):
@@ -41,7 +42,7 @@ def find_method(denoiser: Denoiser, name: str) -> Callable[..., Any] | None:
     method = getattr(denoiser, name, None)
     if method is None or not callable(method):
         return None
-    return functools.partial(method, *args, **kwargs)
+    return functools.partial(method, *args, **kwargs) if bind else method
 
 
 def check_sigmas(sigmas: Tensor) -> list[float]:
@@ -77,7 +78,7 @@ class Stepper:
         check_x(x)
         self.denoiser = denoiser
         self.with_variance = find_method(denoiser, "denoise_with_variance")
-        self.cost = find_method(denoiser, "evaluations")
+        self.cost = find_method(denoiser, "evaluations", bind=False)
         self.callback = callback
         self.noise = noise if noise is not None else global_noise(x)
         self.nfe = 0

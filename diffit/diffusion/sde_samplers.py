@@ -18,7 +18,7 @@ from diffit.diffusion.sampling import Callback, Denoiser, Stepper, check_sigmas
 def sample_edm_stochastic(
     denoiser: Denoiser,
     x: Float[Tensor, " b *dims"],
-    sigmas: Float[Tensor, " n_plus_1"],
+    sigmas: Float[Tensor, "..."],  # 1-D, descending, trailing 0 (checked)
     *,
     callback: Callback | None = None,
     noise: NoiseSampler | None = None,
@@ -61,7 +61,7 @@ def sample_edm_stochastic(
 def sample_euler_maruyama(
     denoiser: Denoiser,
     x: Float[Tensor, " b *dims"],
-    sigmas: Float[Tensor, " n_plus_1"],
+    sigmas: Float[Tensor, "..."],  # 1-D, descending, trailing 0 (checked)
     *,
     callback: Callback | None = None,
     noise: NoiseSampler | None = None,
@@ -91,7 +91,7 @@ def sample_euler_maruyama(
 def sample_ddpm(
     denoiser: Denoiser,
     x: Float[Tensor, " b *dims"],
-    sigmas: Float[Tensor, " n_plus_1"],
+    sigmas: Float[Tensor, "..."],  # 1-D, descending, trailing 0 (checked)
     *,
     callback: Callback | None = None,
     noise: NoiseSampler | None = None,

@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from diffit.diffusion import (
+    alpha_bar_to_sigma,
+    betas_to_alphas_cumprod,
+    cosine_betas,
+    karras_sigmas,
+    linear_betas,
+    respaced_sigmas,
+    sigma_to_alpha_bar,
+    sigma_to_timestep,
+    space_timesteps,
+    timestep_to_sigma,
+)
+
+
+def test_karras_sigmas_match_edm_eq5() -> None:
+    n, lo, hi, rho = 18, 0.002, 80.0, 7.0
+    s = karras_sigmas(n, lo, hi, rho, dtype=torch.float64)
+    expected = [(hi ** (1 / rho) + i / (n - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho for i in range(n)]
+    assert s.shape == (n + 1,)
+    torch.testing.assert_close(s[:-1], torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert s[-1] == 0 and s[0] == pytest.approx(hi) and s[-2] == pytest.approx(lo)
+    assert bool((s[:-1] > s[1:]).all())
+    assert karras_sigmas(1, lo, hi).tolist() == [hi, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"n": 0}, "n"), ({"sigma_min": 100.0}, "sigma_min"), ({"rho": 0.0}, "rho")],
+)
+def test_karras_sigmas_bad_input(kwargs: dict, match: str) -> None:
+    args = {"n": 10, "sigma_min": 0.002, "sigma_max": 80.0} | kwargs
+    with pytest.raises(ValueError, match=match):
+        karras_sigmas(**args)
+
+
+def test_linear_and_cosine_betas() -> None:
+    b = linear_betas()
+    assert b.dtype == torch.float64 and b.shape == (1000,)
+    assert b[0].item() == pytest.approx(1e-4) and b[-1].item() == pytest.approx(0.02)
+    # ADM's 1000/T rescaling: 4000 steps of a quarter the size.
+    assert linear_betas(4000)[-1].item() == pytest.approx(0.02 / 4)
+    acp = betas_to_alphas_cumprod(cosine_betas(1000))
+    t = torch.arange(1, 900, dtype=torch.float64)  # away from the max_beta clipping near t = T
+    f = torch.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
+    torch.testing.assert_close(acp[t.long() - 1], f, rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match="betas"):
+        betas_to_alphas_cumprod(torch.tensor([0.5, 1.5], dtype=torch.float64))
+
+
+def test_sigma_alpha_bar_timestep_round_trips() -> None:
+    acp = betas_to_alphas_cumprod(linear_betas())
+    sig = alpha_bar_to_sigma(acp)
+    torch.testing.assert_close(sigma_to_alpha_bar(sig), acp, rtol=1e-12, atol=0)
+    t = torch.arange(1000, dtype=torch.float64)
+    torch.testing.assert_close(timestep_to_sigma(t, acp), sig, rtol=1e-12, atol=0)
+    # Integer timesteps are recovered exactly, also from float32 sigmas; fractional ones continuously.
+    assert torch.equal(sigma_to_timestep(sig.float(), acp), t.float())
+    frac = torch.tensor([0.25, 10.5, 500.75, 998.9], dtype=torch.float64)
+    torch.testing.assert_close(sigma_to_timestep(timestep_to_sigma(frac, acp), acp, continuous=True), frac)
+    # Out-of-range sigmas clamp to the chain's ends.
+    assert sigma_to_timestep(torch.tensor([1e-9, 1e9]), acp, continuous=True).tolist() == [0.0, 999.0]
+
+
+def test_space_timesteps_adm_semantics() -> None:
+    kept = space_timesteps(1000, 250)
+    assert len(kept) == 250 and kept[0] == 0 and kept[-1] == 999
+    assert space_timesteps(1000, "ddim25") == list(range(0, 1000, 40))
+    # ADM's documented example: 300 steps in 3 sections of 100, strided to 10, 15 and 20 steps.
+    kept = space_timesteps(300, [10, 15, 20])
+    counts = [sum(lo <= k < lo + 100 for k in kept) for lo in (0, 100, 200)]
+    assert counts == [10, 15, 20] and kept[:2] == [0, 11] and kept[-1] == 299
+    assert space_timesteps(300, "10,15,20") == kept
+    assert space_timesteps(10, 10) == list(range(10))
+    with pytest.raises(ValueError, match="section_counts"):
+        space_timesteps(100, 101)
+
+
+def test_respaced_sigmas() -> None:
+    acp = betas_to_alphas_cumprod(linear_betas())
+    s = respaced_sigmas(acp, 250, dtype=torch.float64)
+    assert s.shape == (251,) and s[-1] == 0 and bool((s[:-1] > s[1:]).all())
+    kept = torch.tensor(space_timesteps(1000, 250))
+    torch.testing.assert_close(s[:-1].flip(0), alpha_bar_to_sigma(acp[kept]))
+    assert torch.equal(sigma_to_timestep(s[:-1], acp).long().flip(0), kept)
