@@ -34,3 +34,7 @@ from diffit.nn.latent import (  # noqa: E402
 )
 
 __all__ += ["LatentDiffiT", "latent_diffit_b_2", "latent_diffit_l_2", "latent_diffit_s_2", "latent_diffit_xl_2"]
+
+from diffit.nn.count import count_flops, count_params  # noqa: E402
+
+__all__ += ["count_flops", "count_params"]
