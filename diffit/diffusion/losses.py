@@ -70,17 +70,20 @@ def sample_timesteps(
 
 
 def normal_kl(
-    mean1: Float[Tensor, "*s"], logvar1: Float[Tensor, "*s"], mean2: Float[Tensor, "*s"], logvar2: Float[Tensor, "*s"]
-) -> Float[Tensor, "*s"]:
-    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    mean1: Float[Tensor, "..."],
+    logvar1: Float[Tensor, "..."],
+    mean2: Float[Tensor, "..."],
+    logvar2: Float[Tensor, "..."],
+) -> Float[Tensor, "..."]:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise with broadcasting, in nats."""
     return 0.5 * (-1 + logvar2 - logvar1 + (logvar1 - logvar2).exp() + (mean1 - mean2) ** 2 * (-logvar2).exp())
 
 
 def discretized_gaussian_log_likelihood(
-    x: Float[Tensor, "*s"], mean: Float[Tensor, "*s"], log_scale: Float[Tensor, "*s"], *, bin_width: float = 2 / 255
-) -> Float[Tensor, "*s"]:
+    x: Float[Tensor, "..."], mean: Float[Tensor, "..."], log_scale: Float[Tensor, "..."], *, bin_width: float = 2 / 255
+) -> Float[Tensor, "..."]:
     """log P(bin of x) under N(mean, e^(2 log_scale)) for data quantised to 256 levels in [-1, 1]
-    (DDPM Sec. 3.3, ADM's L_0 decoder); the outer bins (|x| > 0.999) extend to -inf / +inf.
+    (DDPM Sec. 3.3, ADM's L_0 decoder); the outer bins (|x| > 0.999) extend to -inf / +inf. Arguments broadcast.
     Uses the exact normal CDF (ADM uses a tanh approximation of it)."""
     inv_std = (-log_scale).exp()
     upper = inv_std * (x - mean + bin_width / 2)
@@ -115,20 +118,28 @@ def adm_hybrid_loss(
         raise ValueError(f"t must lie in [0, {T - 1}]")
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    # Chain coefficients in float64 (ADM computes them in numpy float64), gathered at t and cast.
+    # Chain coefficients at t, in float64 as ADM computes them (DDPM Eq. 4 and 7), then cast to x0's dtype.
     acp = alphas_cumprod.detach().double().to(x0.device)
-    acp_prev = torch.cat([acp.new_ones(1), acp[:-1]])
-    betas = 1 - acp / acp_prev
-    post_var = betas * (1 - acp_prev) / (1 - acp)  # beta~_t (DDPM Eq. 7); 0 at t = 0
-    post_logvar = torch.cat([post_var[1:2], post_var[1:]]).log()  # clipped at t = 0 as in ADM
-    coef_x0 = betas * acp_prev.sqrt() / (1 - acp)
-    coef_xt = (1 - acp_prev) * (1 - betas).sqrt() / (1 - acp)
-
-    def at(v: Tensor) -> Tensor:
-        return _per_sample(v[t], x0)
+    a_t = acp[t]
+    a_prev = torch.where(t > 0, acp[(t - 1).clamp(min=0)], torch.ones_like(a_t))
+    beta = 1 - a_t / a_prev
+    # beta~_t is 0 at t = 0; ADM clips its log there to beta~_1 (the value used by the decoder term).
+    beta_tilde_1 = (1 - acp[1] / acp[0]) * (1 - acp[0]) / (1 - acp[1])
+    post_var = torch.where(t > 0, beta * (1 - a_prev) / (1 - a_t), beta_tilde_1)
+    c = {
+        "sqrt_a": a_t.sqrt(),
+        "sqrt_1ma": (1 - a_t).sqrt(),
+        "sqrt_recip_a": (1 / a_t).sqrt(),
+        "sqrt_recipm1_a": (1 / a_t - 1).sqrt(),
+        "coef_x0": beta * a_prev.sqrt() / (1 - a_t),
+        "coef_xt": (1 - a_prev) * (1 - beta).sqrt() / (1 - a_t),
+        "log_beta": beta.log(),
+        "post_logvar": post_var.log(),
+    }
+    c = {k: _per_sample(v, x0) for k, v in c.items()}
 
     # Forward process q(x_t | x0) (DDPM Eq. 4).
-    x_t = at(acp.sqrt()) * x0 + at((1 - acp).sqrt()) * noise
+    x_t = c["sqrt_a"] * x0 + c["sqrt_1ma"] * noise
     out = model(x_t, t.to(torch.float32 if x0.dtype != torch.float64 else torch.float64), y)
     if out.shape[1] != 2 * x0.shape[1]:
         raise ValueError(f"model must return {2 * x0.shape[1]} channels (eps, v), got {out.shape[1]}")
@@ -136,11 +147,11 @@ def adm_hybrid_loss(
     mse = _mean_flat((eps - noise) ** 2)
 
     # p(x_{t-1} | x_t) with a frozen mean: x0_hat from the detached eps_hat, then the posterior mean.
-    x0_hat = at((1 / acp).sqrt()) * x_t - at((1 / acp - 1).sqrt()) * eps.detach()
-    model_mean = at(coef_x0) * x0_hat + at(coef_xt) * x_t
-    frac = (v + 1) / 2
-    model_logvar = frac * at(betas.log()) + (1 - frac) * at(post_logvar)
-    true_mean = at(coef_x0) * x0 + at(coef_xt) * x_t
-    kl = _mean_flat(normal_kl(true_mean, at(post_logvar), model_mean, model_logvar)) / math.log(2.0)
+    x0_hat = c["sqrt_recip_a"] * x_t - c["sqrt_recipm1_a"] * eps.detach()
+    model_mean = c["coef_x0"] * x0_hat + c["coef_xt"] * x_t
+    frac = (v + 1) / 2  # learned interpolation between log beta~_t (v = -1) and log beta_t (v = +1)
+    model_logvar = frac * c["log_beta"] + (1 - frac) * c["post_logvar"]
+    true_mean = c["coef_x0"] * x0 + c["coef_xt"] * x_t
+    kl = _mean_flat(normal_kl(true_mean, c["post_logvar"], model_mean, model_logvar)) / math.log(2.0)
     nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)) / math.log(2.0)
     return mse + torch.where(t == 0, nll, kl)

@@ -1,0 +1,128 @@
+import math
+
+import pytest
+import torch
+
+from diffit.diffusion import (
+    ClassifierFreeGuidance,
+    GaussianMixture,
+    PowerCosineScale,
+    VPEpsDenoiser,
+    betas_to_alphas_cumprod,
+    linear_betas,
+    timestep_to_sigma,
+)
+
+F64 = torch.float64
+
+
+def mixture4() -> GaussianMixture:
+    """3 classes in R^4 (dim 1 plays the role of channels)."""
+    means = torch.tensor([[1.0, 0.0, 0.5, -1.0], [-1.0, 0.5, 0.0, 1.0], [0.0, -1.0, 1.0, 0.5]], dtype=F64)
+    return GaussianMixture(means, torch.tensor([0.3, 0.5, 0.2], dtype=F64))
+
+
+def batch(b: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = torch.randn(b, 4, dtype=F64) * 2
+    sigma = torch.linspace(0.1, 5.0, b, dtype=F64)
+    y = torch.arange(b) % 3
+    return x, sigma, y
+
+
+def test_scale_semantics() -> None:
+    gm = mixture4()
+    x, sigma, y = batch()
+    cond, uncond = gm(x, sigma, y), gm(x, sigma, torch.full_like(y, 3))
+    # s = 1 is the conditional model (and skips the unconditional pass) ...
+    one = ClassifierFreeGuidance(gm, num_classes=3, scale=1.0)
+    assert torch.equal(one(x, sigma, y), cond) and one.evaluations(sigma) == 1
+    # ... also when the scale is a schedule that happens to be 1 (then both passes run).
+    ones = ClassifierFreeGuidance(gm, num_classes=3, scale=lambda s: torch.ones_like(s))
+    torch.testing.assert_close(ones(x, sigma, y), cond, rtol=1e-12, atol=1e-12)
+    assert ones.evaluations(sigma) == 2
+    # s = 0 is the unconditional model; s = 2.5 extrapolates: uncond + s (cond - uncond).
+    zero = ClassifierFreeGuidance(gm, num_classes=3, scale=0.0)
+    torch.testing.assert_close(zero(x, sigma, y), uncond, rtol=1e-12, atol=1e-12)
+    w = ClassifierFreeGuidance(gm, num_classes=3, scale=2.5)
+    torch.testing.assert_close(w(x, sigma, y), uncond + 2.5 * (cond - uncond), rtol=1e-12, atol=1e-12)
+
+
+def test_guidance_channels_3_keeps_the_rest_conditional() -> None:
+    gm = mixture4()
+    x, sigma, y = batch()
+    cond, uncond = gm(x, sigma, y), gm(x, sigma, torch.full_like(y, 3))
+    out = ClassifierFreeGuidance(gm, num_classes=3, scale=4.0, guidance_channels=3)(x, sigma, y)
+    assert torch.equal(out[:, 3], cond[:, 3])
+    torch.testing.assert_close(out[:, :3], (uncond + 4.0 * (cond - uncond))[:, :3], rtol=1e-12, atol=1e-12)
+
+
+def test_learned_variance_comes_from_the_conditional_half() -> None:
+    acp = betas_to_alphas_cumprod(linear_betas())
+
+    def model(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # eps depends on the label; the variance channels encode the label so we can tell the halves apart.
+        label = y.to(x_t.dtype)[:, None]
+        return torch.cat([0.1 * x_t + label, torch.tanh(label - 2).expand_as(x_t)], dim=1)
+
+    vp = VPEpsDenoiser(model, alphas_cumprod=acp)
+    x, sigma, y = batch()
+    cfg = ClassifierFreeGuidance(vp, num_classes=3, scale=3.0, guidance_channels=3)
+    x0, v = cfg.denoise_with_variance(x, sigma, y)
+    _, v_cond = vp.denoise_with_variance(x, sigma, y)
+    assert torch.equal(v, v_cond)
+    torch.testing.assert_close(x0, cfg(x, sigma, y), rtol=0, atol=0)
+
+
+def test_interval_limits_are_honoured() -> None:
+    gm = mixture4()
+    x, _, y = batch(4)
+    lo, hi = 0.5, 2.0
+    cfg = ClassifierFreeGuidance(gm, num_classes=3, scale=3.0, interval=(lo, hi))
+    sigma = torch.tensor([0.4999, 0.5, 2.0, 2.0001], dtype=F64)  # out, edge, edge, out
+    assert cfg.active(sigma).tolist() == [False, True, True, False]
+    out = cfg(x, sigma, y)
+    cond, uncond = gm(x, sigma, y), gm(x, sigma, torch.full_like(y, 3))
+    guided = uncond + 3.0 * (cond - uncond)
+    assert torch.equal(out[[0, 3]], cond[[0, 3]])
+    torch.testing.assert_close(out[[1, 2]], guided[[1, 2]], rtol=1e-12, atol=1e-12)
+    # Entirely outside: only the conditional pass runs and one evaluation is counted.
+    calls: list[int] = []
+
+    def counting(x: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return gm(x, s, y)
+
+    outside = torch.full((4,), 3.0, dtype=F64)
+    cfg = ClassifierFreeGuidance(counting, num_classes=3, scale=3.0, interval=(lo, hi))
+    assert torch.equal(cfg(x, outside, y), gm(x, outside, y)) and calls == [4]
+    assert cfg.evaluations(outside) == 1 and cfg.evaluations(sigma) == 2
+    cfg(x, sigma, y)
+    assert calls == [4, 8]  # one batched forward of [cond, uncond]
+
+
+def test_power_cosine_scale_matches_release_formula() -> None:
+    acp = betas_to_alphas_cumprod(linear_betas())
+    w, T = 4.4, 1000
+    schedule = PowerCosineScale(w, alphas_cumprod=acp)
+    t = torch.tensor([0.0, 100.0, 250.0, 500.0, 750.0, 999.0], dtype=F64)
+    expected = 1 + (w - 1) * 0.5 * (1 - torch.cos(math.pi * (1 - t / T) ** 4))
+    torch.testing.assert_close(schedule(timestep_to_sigma(t, acp)), expected, rtol=1e-9, atol=1e-9)
+    assert schedule(timestep_to_sigma(torch.tensor([0.0], dtype=F64), acp)).item() == pytest.approx(w)
+    cfg = ClassifierFreeGuidance(mixture4(), num_classes=3, scale=schedule, guidance_channels=3)
+    x, sigma, y = batch()
+    gm = mixture4()
+    cond, uncond = gm(x, sigma, y), gm(x, sigma, torch.full_like(y, 3))
+    s = schedule(sigma)[:, None]
+    torch.testing.assert_close(cfg(x, sigma, y)[:, :3], (uncond + s * (cond - uncond))[:, :3])
+
+
+def test_bad_guidance_arguments() -> None:
+    gm = mixture4()
+    with pytest.raises(ValueError, match="scale"):
+        ClassifierFreeGuidance(gm, num_classes=3, scale=-1.0)
+    with pytest.raises(ValueError, match="w"):
+        PowerCosineScale(-0.5, alphas_cumprod=betas_to_alphas_cumprod(linear_betas()))
+    with pytest.raises(ValueError, match="interval"):
+        ClassifierFreeGuidance(gm, num_classes=3, scale=2.0, interval=(2.0, 1.0))
+    with pytest.raises(ValueError, match="guidance_channels"):
+        ClassifierFreeGuidance(gm, num_classes=3, scale=2.0, guidance_channels=0)
