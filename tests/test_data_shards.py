@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import io
 import os
 import tarfile
 
@@ -168,3 +169,38 @@ def test_center_crop_resize_is_adm_style():
     img.paste((255, 255, 255), (100, 0, 200, 100))  # white square in the middle third
     out = center_crop_resize(img, 32)
     assert out.size == (32, 32) and np.asarray(out).min() > 200  # only the middle survives
+
+
+def test_tar_parser_matches_tarfile_on_long_and_pax_names(tmp_path):
+    from diffit.data.shards import iter_tar
+
+    members = {"short.txt": b"a", "d/" + "x" * 150 + ".bin": b"b" * 700, "p/\u00e9t\u00e9.txt": b"c"}
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        path = tmp_path / f"t{fmt}.tar"
+        with tarfile.open(path, "w", format=fmt) as tar:
+            folder = tarfile.TarInfo("adir")
+            folder.type = tarfile.DIRTYPE
+            tar.addfile(folder)  # not a file: skipped
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        with open(path, "rb") as f:
+            assert dict(iter_tar(f)) == members
+
+
+def test_png_codec_round_trips_and_pil_agrees():
+    from diffit.data.png import decode_png_fast, encode_png
+
+    rng = np.random.default_rng(0)
+    for shape in ((5, 7), (6, 4, 3)):
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        data = encode_png(pixels, level=6)
+        decoded = decode_png_fast(data)
+        chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        assert np.array_equal(decoded, chw)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)  # a standard PNG
+    pil_png = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(pil_png, format="PNG")
+    decoded = decode_png_fast(pil_png.getvalue())  # other filters: handled, or declined (None) for PIL
+    assert decoded is None or decoded.shape == (3, 8, 8)

@@ -60,10 +60,25 @@ class ImageDecoder:
         return image, label
 
 
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
+
+
 def _load_npy(data: object, name: str) -> np.ndarray:
+    """``np.load`` of .npy bytes, with the parsed header cached: every sample of a shard has the same
+    header, and parsing it dominates the cost of loading a small array."""
+    raw = data if isinstance(data, bytes) else bytes(data)
     try:
-        return np.load(io.BytesIO(bytes(data)), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        # Layout: magic (6) + version (2) + header length (2 or 4, little endian) + header + data.
+        head_len = int.from_bytes(raw[8:10], "little") + 10 if raw[6] == 1 else int.from_bytes(raw[8:12], "little") + 12
+        header = raw[:head_len]
+        if header not in _NPY_HEADERS:
+            probe = np.load(io.BytesIO(raw), allow_pickle=False)
+            if probe.dtype.hasobject or probe.flags.f_contiguous and probe.ndim > 1:
+                return probe
+            _NPY_HEADERS[header] = (probe.dtype, probe.shape, head_len)
+        dtype, shape, offset = _NPY_HEADERS[header]
+        return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(shape)
+    except (ValueError, OSError, EOFError, IndexError) as exc:
         raise BadSample(f"undecodable {name} ({exc})") from None
 
 
@@ -105,12 +120,15 @@ class LatentDecoder:
 
 def collate_images(images: list[np.ndarray], labels: list[int]) -> tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]:
     """Stack uint8 images and map 0..255 to [-1, 1]: x = u / 127.5 - 1."""
-    x = torch.from_numpy(np.stack(images)).float().div_(127.5).sub_(1.0)
-    return x, torch.tensor(labels, dtype=torch.int64)
+    x = np.stack(images).astype(np.float32)
+    x /= 127.5
+    x -= 1.0
+    return torch.from_numpy(x), torch.tensor(labels, dtype=torch.int64)
 
 
 def collate_latents(latents: list[np.ndarray], labels: list[int],
                     scale_factor: float) -> tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]:
     """Stack latents and multiply by the VAE scale factor (0.18215 for SD VAEs: unit-variance latents)."""
-    z = torch.from_numpy(np.stack(latents)).mul_(scale_factor)
-    return z, torch.tensor(labels, dtype=torch.int64)
+    z = np.stack(latents)
+    z *= np.float32(scale_factor)
+    return torch.from_numpy(z), torch.tensor(labels, dtype=torch.int64)

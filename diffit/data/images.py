@@ -4,11 +4,14 @@ Arrays are uint8 ``(C, H, W)`` with C = 1 (grayscale, PIL mode "L") or 3 (RGB).
 """
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from diffit.data.badinput import BadSample
+from diffit.data.png import PNG_SIGNATURE, decode_png_fast, encode_png
 
 __all__ = ["IMAGE_EXTENSIONS", "center_crop_resize", "decode_image", "encode_image", "resize_square"]
 
@@ -39,11 +42,15 @@ def resize_square(img: Image.Image, resolution: int) -> Image.Image:
 
 def encode_image(img: Image.Image, image_format: str = "png", *, quality: int = 95,
                  png_compress_level: int = 6) -> bytes:
-    """PNG (lossless) or JPEG (``quality`` 1..95) bytes of a PIL image in mode L or RGB."""
-    buf = io.BytesIO()
+    """PNG (lossless; Up-filtered, see ``diffit.data.png``) or JPEG (``quality`` 1..95) bytes of an image."""
     if image_format == "png":
+        if img.mode in ("L", "RGB"):
+            return encode_png(np.asarray(img), level=png_compress_level)
+        buf = io.BytesIO()
         img.save(buf, format="PNG", compress_level=png_compress_level)
-    elif image_format in ("jpg", "jpeg"):
+        return buf.getvalue()
+    buf = io.BytesIO()
+    if image_format in ("jpg", "jpeg"):
         img.save(buf, format="JPEG", quality=quality)
     else:
         raise ValueError(f"image_format: expected 'png' or 'jpg', got {image_format!r}")
@@ -58,6 +65,14 @@ def decode_image(data: bytes, *, resolution: int | None = None, channels: int | 
     resolution or channel count raises ValueError unless ``resize`` (then it is converted and
     center-cropped/resized); ``None`` accepts whatever the image has (L -> 1 channel, else RGB).
     """
+    if data[:8] == PNG_SIGNATURE:
+        try:
+            fast = decode_png_fast(data)
+        except (ValueError, zlib.error, struct.error) as exc:
+            raise BadSample(f"undecodable image ({type(exc).__name__}: {exc})") from None
+        if fast is not None and (channels in (None, fast.shape[0])) and \
+                (resolution is None or fast.shape[1:] == (resolution, resolution)):
+            return fast
     try:
         img = Image.open(io.BytesIO(data))
         img.load()

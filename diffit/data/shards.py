@@ -17,12 +17,14 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from webdataset.gopen import gopen
 
 from diffit.data.badinput import BadSampleLog
 
-__all__ = ["ShardInfo", "ShardWriter", "read_shard", "shard_digest", "split_member_name"]
+__all__ = ["ShardInfo", "ShardWriter", "TarFormatError", "iter_tar", "read_shard", "shard_digest",
+           "split_member_name"]
 
 Sample = dict[str, bytes]
 
@@ -35,6 +37,108 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
+class TarFormatError(Exception):
+    """A tar stream that is corrupt (bad header checksum, bad number) or truncated; ``member`` names the
+    member whose data was cut off, when its header could still be read."""
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+_BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
+_FILE_TYPES = (b"0", b"\0", b"7")  # regular file (old and new flags), contiguous file
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] == b"\x80":  # GNU base-256 for sizes >= 8 GiB
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise TarFormatError(f"bad number {field!r} in tar header") from None
+
+
+def _pax_path(data: bytes) -> bytes | None:
+    """The ``path`` record of a pax extended header ("<len> path=<value>\\n" records)."""
+    pos = 0
+    while pos < len(data):
+        length = int(data[pos:data.index(b" ", pos)])
+        record = data[pos:pos + length]
+        key, _, value = record[record.index(b" ") + 1:-1].partition(b"=")
+        if key == b"path":
+            return value
+        pos += length
+    return None
+
+
+@runtime_checkable
+class Readable(Protocol):
+    """A binary stream: a file, a gzip stream, a WebDataset pipe."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def iter_tar(stream: Readable) -> Iterator[tuple[str, bytes]]:
+    """``(member name, bytes)`` of the regular files of a tar stream, in order.
+
+    A small streaming parser of the POSIX/GNU tar layout (512-byte headers, octal fields, ustar prefix,
+    GNU long names, pax paths): several times faster than ``tarfile`` for many small members, which is
+    what limits shard throughput. Raises TarFormatError on a bad checksum or a truncated member.
+    """
+    read = stream.read
+    long_name: bytes | None = None
+    while True:
+        header = read(_BLOCK)
+        if len(header) < _BLOCK:
+            if header:
+                raise TarFormatError("truncated tar header")
+            return  # end of data without the end-of-archive blocks: accepted, as tar does
+        if header == _ZERO_BLOCK:
+            return
+        # Header checksum: byte sum with the checksum field itself counted as 8 spaces.
+        if sum(header[:148]) + sum(header[156:]) + 8 * 32 != _octal(header[148:156]):
+            raise TarFormatError("bad tar header checksum")
+        size = _octal(header[124:136])
+        padded = (size + _BLOCK - 1) // _BLOCK * _BLOCK
+        data = read(padded)
+        if len(data) < padded:
+            member = (long_name or header[:100].split(b"\0", 1)[0]).decode("utf-8", "replace")
+            raise TarFormatError(f"truncated tar member ({len(data)} of {padded} bytes)", member)
+        data = data[:size]
+        kind = header[156:157]
+        if kind == b"L":  # GNU long name for the next member
+            long_name = data.rstrip(b"\0")
+            continue
+        if kind == b"x":  # pax extended header for the next member
+            long_name = _pax_path(data) or long_name
+            continue
+        if kind not in _FILE_TYPES:
+            long_name = None
+            continue
+        name = long_name
+        if name is None:
+            name = header[:100].split(b"\0", 1)[0]
+            prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+            if prefix:
+                name = prefix + b"/" + name
+        long_name = None
+        yield name.decode("utf-8", "replace"), data
+
+
+def _open_tar_stream(url: str) -> Readable:
+    """Open ``url`` with WebDataset's gopen; gunzip when the name or the first bytes say gzip."""
+    stream = gopen(url, "rb")
+    magic = stream.peek(2)[:2] if hasattr(stream, "peek") else b""
+    if url.endswith((".gz", ".tgz")) or magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    return stream
+
+
 def read_shard(url: str, log: BadSampleLog) -> Iterator[dict[str, object]]:
     """Samples of one shard in file order, as ``{'__key__': str, '__url__': str, ext: bytes, ...}``.
 
@@ -42,28 +146,27 @@ def read_shard(url: str, log: BadSampleLog) -> Iterator[dict[str, object]]:
     the error happened is dropped and counted in ``log`` (which warns once, naming the shard).
     """
     try:
-        stream = gopen(url, "rb")
+        stream = _open_tar_stream(url)
     except Exception as exc:  # any opener failure (missing file, failing pipe command, HTTP error)
         log.skip(url, "<shard>", f"cannot open shard ({exc})")
         return
     current: dict[str, object] | None = None
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for info in tar:
-                tar.members = []  # streaming: do not keep every TarInfo in memory
-                if not info.isreg():
-                    continue
-                key, ext = split_member_name(info.name)
-                member = tar.extractfile(info)
-                data = member.read() if member is not None else b""
-                if current is not None and key != current["__key__"]:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": url}
-                current[ext] = data
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        key = str(current["__key__"]) if current is not None else "<shard>"
+        for name, data in iter_tar(stream):
+            key, ext = split_member_name(name)
+            if current is not None and key != current["__key__"]:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+            current[ext] = data
+    except (TarFormatError, OSError, EOFError, zlib.error) as exc:
+        cut = getattr(exc, "member", None)
+        if cut is not None and current is not None and split_member_name(cut)[0] != current["__key__"]:
+            yield current  # the cut-off member starts a new sample: the current one is complete
+            current = None
+        key = split_member_name(cut)[0] if cut is not None else \
+            str(current["__key__"]) if current is not None else "<shard>"
         log.skip(url, key, f"corrupt or truncated shard, rest of the shard skipped ({type(exc).__name__}: {exc})")
         return
     finally:
@@ -80,11 +183,8 @@ def shard_digest(path: str) -> tuple[int, int, str]:
         while chunk := f.read(1 << 20):
             sha.update(chunk)
             size += len(chunk)
-    keys: set[str] = set()
-    with tarfile.open(path, "r:*") as tar:
-        for info in tar:
-            if info.isreg():
-                keys.add(split_member_name(info.name)[0])
+    with opener(path, "rb") as f:
+        keys = {split_member_name(name)[0] for name, _ in iter_tar(f)}
     return len(keys), size, sha.hexdigest()
 
 
