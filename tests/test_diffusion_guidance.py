@@ -126,3 +126,39 @@ def test_bad_guidance_arguments() -> None:
         ClassifierFreeGuidance(gm, num_classes=3, scale=2.0, interval=(2.0, 1.0))
     with pytest.raises(ValueError, match="guidance_channels"):
         ClassifierFreeGuidance(gm, num_classes=3, scale=2.0, guidance_channels=0)
+
+
+def test_release_pipeline_on_latent_shaped_tensors() -> None:
+    """VPEpsDenoiser (learned sigma) -> CFG on 3 of 4 channels with the power-cosine scale -> 10-step DDPM."""
+    from functools import partial
+
+    from diffit.diffusion import per_sample_noise, respaced_sigmas, sample_ddpm
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+    table = torch.nn.Embedding(4, 8)
+
+    def model(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(conv(x_t) + table(y)[:, :, None, None] + t[:, None, None, None] / 1000)
+
+    acp = betas_to_alphas_cumprod(linear_betas())
+    cfg = ClassifierFreeGuidance(
+        VPEpsDenoiser(model, alphas_cumprod=acp),
+        num_classes=3,
+        scale=PowerCosineScale(4.4, alphas_cumprod=acp),
+        guidance_channels=3,
+    )
+    sigmas = respaced_sigmas(acp, 10)
+    seeds, y = [7, 8], torch.tensor([2, 0])
+
+    def run(idx: list[int]) -> tuple[torch.Tensor, int]:
+        noise = per_sample_noise([seeds[i] for i in idx], (4, 8, 8))
+        nfe: list[int] = []
+        with torch.no_grad():
+            x = noise() * sigmas[0]
+            out = sample_ddpm(partial(cfg, y=y[idx]), x, sigmas, noise=noise, callback=lambda s: nfe.append(s["nfe"]))
+        return out, nfe[-1]
+
+    both, nfe = run([0, 1])
+    assert both.shape == (2, 4, 8, 8) and bool(torch.isfinite(both).all()) and nfe == 20
+    torch.testing.assert_close(torch.cat([run([0])[0], run([1])[0]]), both, rtol=1e-5, atol=1e-5)
