@@ -100,8 +100,10 @@ def iter_tar(stream: Readable) -> Iterator[tuple[str, bytes]]:
             return  # end of data without the end-of-archive blocks: accepted, as tar does
         if header == _ZERO_BLOCK:
             return
-        # Header checksum: byte sum with the checksum field itself counted as 8 spaces.
-        if sum(header[:148]) + sum(header[156:]) + 8 * 32 != _octal(header[148:156]):
+        # Header checksum: the byte sum with the checksum field read as 8 spaces. adler32's low half is
+        # (1 + byte sum) mod 65521: one C call instead of summing 512 bytes in Python.
+        if zlib.adler32(header[:148] + b"        " + header[156:]) & 0xFFFF != \
+                (1 + _octal(header[148:156])) % 65521:
             raise TarFormatError("bad tar header checksum")
         size = _octal(header[124:136])
         padded = (size + _BLOCK - 1) // _BLOCK * _BLOCK
