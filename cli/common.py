@@ -1,0 +1,41 @@
+"""What the commands share: one-line failures with exit code 2, and the model names the CLI knows."""
+
+from collections.abc import Callable
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from torch import nn
+
+from diffit.nn.latent import latent_diffit_b_2, latent_diffit_l_2, latent_diffit_s_2, latent_diffit_xl_2
+from diffit.nn.unet import diffit_cifar10, diffit_ffhq64, diffit_tiny
+
+console = Console(stderr=True)
+
+# The CLI is the only place that maps a name to a factory.
+IMAGE_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "tiny": diffit_tiny,
+    "cifar10": diffit_cifar10,
+    "ffhq64": diffit_ffhq64,
+}
+LATENT_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "s2": latent_diffit_s_2,
+    "b2": latent_diffit_b_2,
+    "l2": latent_diffit_l_2,
+    "xl2": latent_diffit_xl_2,
+}
+
+Precision = Annotated[str, typer.Option(help="fp32 or bf16 (autocast; weights stay fp32).")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")]
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line error and exit with code 2 (bad usage), without a traceback."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in ("fp32", "bf16"):
+        fail(f"--precision must be fp32 or bf16, got {precision!r}")
+    return precision

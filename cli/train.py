@@ -1,0 +1,280 @@
+"""`diffit train`: image-space DiffiT with EDM, or latent DiffiT with the ADM objective, DDP under torchrun."""
+
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from diffit_cli.common import IMAGE_MODELS, LATENT_MODELS, Device, Precision, check_precision, console, fail
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from diffit.data import (
+    digits_urls,
+    expand_urls,
+    find_manifest,
+    image_pipeline,
+    latent_pipeline,
+    load_images,
+    memory_batches,
+)
+from diffit.diffusion import sample_heun
+from diffit.distributed import init_distributed, shutdown
+from diffit.generate import default_sigmas, make_grid, release_alphas_cumprod, sample, save_png, to_uint8
+from diffit.train import ADMObjective, EDMObjective, TrainingDiverged, train
+
+MEMORY_LIMIT_BYTES = 2 << 30  # image datasets below this size are held in RAM: exact, seekable batches
+
+
+def train_command(
+    data: Annotated[
+        str | None, typer.Option(help="Shard URLs ('d/train-{000000..000127}.tar'); default: the bundled digits.")
+    ] = None,
+    res: Annotated[
+        int | None,
+        typer.Option(help="Resolution (pixels, or latent side with --latent); checked against dataset.json."),
+    ] = None,
+    latent: Annotated[
+        bool, typer.Option(help="Train latent DiffiT on pre-encoded latent shards (ADM objective).")
+    ] = False,
+    model: Annotated[str, typer.Option(help="Image: tiny | cifar10 | ffhq64. Latent: s2 | b2 | l2 | xl2.")] = "tiny",
+    batch_size: Annotated[int, typer.Option(help="Global batch size (all ranks together).")] = 64,
+    micro_batch: Annotated[
+        int | None,
+        typer.Option(help="Per-device micro-batch (gradient accumulation); default: the whole per-rank batch."),
+    ] = None,
+    lr: Annotated[
+        float,
+        typer.Option(help="Peak learning rate (paper: 1e-3 CIFAR-10 at batch 512, 2e-4 FFHQ-64, 3e-4 latent-256)."),
+    ] = 5e-4,
+    warmup: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 200,
+    beta1: Annotated[float, typer.Option(help="Adam beta1.")] = 0.9,
+    beta2: Annotated[float, typer.Option(help="Adam beta2.")] = 0.999,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    ema: Annotated[float, typer.Option(help="EMA decay (warmed up as min(decay, (1+n)/(10+n))).")] = 0.9999,
+    grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this value; 0 disables.")] = 0.0,
+    precision: Precision = "fp32",
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    grad_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute block activations in backward (less memory).")
+    ] = False,
+    seed: Annotated[
+        int, typer.Option(help="Seed of all data order, noise and dropout (a pure function of seed and step).")
+    ] = 0,
+    steps: Annotated[int, typer.Option(help="Total optimizer steps.")] = 2000,
+    ckpt_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and at the end / on SIGTERM).")] = 500,
+    keep_last: Annotated[int, typer.Option(help="Checkpoints kept besides the best one.")] = 3,
+    log_every: Annotated[int, typer.Option(help="Log every N steps (log.jsonl and the progress bar).")] = 10,
+    sample_every: Annotated[
+        int, typer.Option(help="Write a fixed-seed EMA sample grid every N steps; 0 disables.")
+    ] = 500,
+    label_dropout: Annotated[
+        float, typer.Option(help="Probability of the null label (classifier-free guidance).")
+    ] = 0.1,
+    max_bad_steps: Annotated[int, typer.Option(help="Stop after this many consecutive non-finite steps.")] = 10,
+    num_workers: Annotated[int, typer.Option(help="DataLoader workers per rank for streamed shards.")] = 2,
+    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, log.jsonl, sample grids).")] = Path(
+        "runs/digits"
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
+    device: Device = None,
+) -> None:
+    """Train DiffiT. With no --data: the class-conditional tiny model on the bundled 16x16 digits."""
+    check_precision(precision)
+    for name, value in (
+        ("--steps", steps),
+        ("--batch-size", batch_size),
+        ("--ckpt-every", ckpt_every),
+        ("--log-every", log_every),
+        ("--keep-last", keep_last),
+        ("--max-bad-steps", max_bad_steps),
+    ):
+        if value < 1:
+            fail(f"{name} must be >= 1, got {value}")
+    if sample_every < 0 or warmup < 0 or grad_clip < 0 or not 0 <= ema < 1 or not 0 <= label_dropout < 1:
+        fail("--sample-every, --warmup and --grad-clip must be >= 0; --ema and --label-dropout in [0, 1)")
+    factories = LATENT_MODELS if latent else IMAGE_MODELS
+    if latent and model == "tiny":
+        model = "xl2"
+    if model not in factories:
+        fail(f"--model must be one of {', '.join(factories)} {'with' if latent else 'without'} --latent, got {model!r}")
+    if latent and data is None:
+        fail("--latent needs --data: latent shards made by `diffit data encode`")
+    urls = digits_urls() if data is None else _expand(data)
+    manifest = find_manifest(urls)
+    if manifest is None and data is not None:
+        fail(f"no dataset.json found beside {urls[0]}: write shards with `diffit data shard` or `diffit data encode`")
+    data_res = manifest.resolution if manifest is not None else None
+    if latent:
+        data_res = manifest.extra.get("latent_resolution", data_res) if manifest is not None else None
+    res = res if res is not None else data_res
+    if res is None:
+        fail("--res is required (the dataset does not record its resolution)")
+    if data_res is not None and res != data_res:
+        fail(f"--res {res} does not match the data's resolution {data_res} (dataset.json)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch_size % world:
+        fail(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
+    per_rank = batch_size // world
+    micro = micro_batch or per_rank
+    if micro < 1 or per_rank % micro:
+        fail(f"--micro-batch {micro} must divide the per-process batch {per_rank}")
+    num_classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
+    channels = manifest.channels if manifest is not None else 1
+    try:
+        if latent:
+            net = factories[model](
+                input_size=res, in_channels=channels, num_classes=num_classes or 1000, checkpointing=grad_checkpointing
+            )
+        else:
+            net = factories[model](
+                resolution=res, in_channels=channels, num_classes=num_classes, checkpointing=grad_checkpointing
+            )
+    except ValueError as err:
+        fail(f"--model {model} at --res {res}: {err}")
+
+    dist = init_distributed(device)
+    torch.manual_seed(seed + dist.rank)
+    if latent:
+        objective: Any = ADMObjective(alphas_cumprod=release_alphas_cumprod())
+
+        def data_fn(start: int) -> Any:
+            return iter(
+                latent_pipeline(
+                    urls,
+                    batch_size=batch_size,
+                    seed=seed,
+                    rank=dist.rank,
+                    world_size=dist.world_size,
+                    num_workers=num_workers,
+                    start_step=start,
+                )
+            )
+    else:
+        objective = EDMObjective()
+        size = (manifest.count if manifest else 0) * channels * res * res
+        if size <= MEMORY_LIMIT_BYTES:
+            images, labels = load_images(urls, resolution=res, channels=channels)
+
+            def data_fn(start: int) -> Any:
+                return memory_batches(
+                    images,
+                    labels,
+                    batch_size=batch_size,
+                    seed=seed,
+                    start_step=start,
+                    rank=dist.rank,
+                    world_size=dist.world_size,
+                    flip=False,
+                )
+        else:
+
+            def data_fn(start: int) -> Any:
+                return iter(
+                    image_pipeline(
+                        urls,
+                        batch_size=batch_size,
+                        resolution=res,
+                        channels=channels,
+                        seed=seed,
+                        rank=dist.rank,
+                        world_size=dist.world_size,
+                        num_workers=num_workers,
+                        start_step=start,
+                    )
+                )
+
+    run_args = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in locals().items()
+        if k in train_command.__code__.co_varnames[: train_command.__code__.co_argcount]
+    }
+
+    def on_sample(step: int, ema_model: torch.nn.Module) -> None:
+        if latent:
+            return  # latent grids need the VAE: decode with `diffit sample --ckpt RUN --vae ...`
+        n = 64 if num_classes is None else 8 * min(num_classes, 10)
+        labels = None if num_classes is None else torch.arange(n) % num_classes
+        x = sample(
+            ema_model, sampler=sample_heun, sigmas=default_sigmas(ema_model, 18), seeds=list(range(n)), labels=labels
+        )
+        save_png(make_grid(to_uint8(x), nrow=10 if num_classes else 8), out / f"samples-{step:08d}.png", upscale=2)
+
+    progress = Progress(
+        TextColumn("[bold]step {task.completed}/{task.total}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s  {task.fields[its]:.2f} it/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not dist.is_main,
+    )
+    task = progress.add_task("train", total=steps, loss=math.nan, ips=0.0, its=0.0)
+
+    def callback(event: dict[str, Any]) -> None:
+        if event["event"] == "log":
+            progress.update(
+                task,
+                completed=event["step"],
+                loss=event["loss"],
+                ips=event["images_per_s"],
+                its=event["images_per_s"] / batch_size,
+            )
+        elif event["event"] == "checkpoint":
+            progress.console.log(f"checkpoint step {event['step']}: {event['path']}")
+
+    try:
+        with progress:
+            result = train(
+                model=net,
+                objective=objective,
+                data=data_fn,
+                run_dir=out,
+                dist=dist,
+                steps=steps,
+                batch_size=batch_size,
+                micro_batch=micro,
+                lr=lr,
+                warmup=warmup,
+                betas=(beta1, beta2),
+                weight_decay=weight_decay,
+                ema=ema,
+                grad_clip=grad_clip,
+                precision=precision,
+                compile=compile,
+                seed=seed,
+                label_dropout=label_dropout,
+                ckpt_every=ckpt_every,
+                keep_last=keep_last,
+                log_every=log_every,
+                sample_every=sample_every,
+                on_sample=on_sample,
+                max_bad_steps=max_bad_steps,
+                resume=resume,
+                run_args=run_args,
+                callback=callback,
+            )
+    except TrainingDiverged as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    finally:
+        shutdown(dist)
+    if dist.is_main:
+        console.print(
+            f"{result.status} at step {result.step}; checkpoint: {result.checkpoint}; "
+            f"skipped steps: {result.skipped_steps}"
+            + ("; continue with --resume" if result.status == "interrupted" else "")
+        )
+    if result.status == "interrupted":
+        raise typer.Exit(code=128 + (result.signal or signal.SIGINT))
+
+
+def _expand(data: str) -> list[str]:
+    try:
+        return expand_urls(data)
+    except (ValueError, FileNotFoundError) as err:
+        fail(f"--data {data!r}: {err}")

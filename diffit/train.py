@@ -1,0 +1,414 @@
+"""The training loop: objectives, one optimizer step, and the run with EMA, checkpoints and exact resume.
+
+Every random draw of a step (data order and flips, noise levels, noise, label dropout) is a pure function of
+(seed, step) over the *global* batch, and each rank takes its slice. Hence:
+
+- resuming at step k replays exactly what an uninterrupted run would have done (bit-identical on CPU);
+- N ranks x M micro-batches see exactly the samples and noise of one process with the same global batch.
+"""
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from diffit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from diffit.diffusion import EDMPrecond, adm_hybrid_loss, edm_loss
+from diffit.distributed import DistInfo, all_reduce_max, all_reduce_mean
+from diffit.ema import ema_decay, ema_update, make_ema, unwrap
+from diffit.nn import LabelEmbedding
+
+DataFn = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
+"""``data(start_step)`` -> iterator over this rank's (x, y) slice of every global batch from ``start_step`` on."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after too many consecutive steps with a non-finite loss or gradient."""
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator whose state is a pure function of (seed, step, stream)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
+
+
+class EDMObjective:
+    """Image-space objective of the paper: EDM preconditioning and loss (Karras et al. 2022)."""
+
+    def __init__(self, *, sigma_data: float = 0.5, P_mean: float = -1.2, P_std: float = 1.2) -> None:
+        """
+        Args:
+            sigma_data: data standard deviation (0.5 for images in [-1, 1]).
+            P_mean: mean of ln(sigma) during training.
+            P_std: standard deviation of ln(sigma) during training.
+        """
+        self.sigma_data, self.P_mean, self.P_std = sigma_data, P_mean, P_std
+
+    def draw(self, generator: torch.Generator, n: int, sample_shape: tuple[int, ...]) -> dict[str, Tensor]:
+        """Per-sample randomness of a global batch: ln sigma ~ N(P_mean, P_std^2) and unit noise."""
+        sigma = (torch.randn(n, generator=generator) * self.P_std + self.P_mean).exp()
+        return {"sigma": sigma, "noise": torch.randn((n, *sample_shape), generator=generator)}
+
+    def loss(
+        self, model: nn.Module, x0: Float[Tensor, "b c h w"], y: Int[Tensor, " b"] | None, draws: dict[str, Tensor]
+    ) -> Float[Tensor, " b"]:
+        precond = EDMPrecond(model, sigma_data=self.sigma_data)
+        return edm_loss(precond, x0, y=y, sigma=draws["sigma"], noise=draws["noise"], sigma_data=self.sigma_data)
+
+
+class ADMObjective:
+    """Latent objective of the release: ADM epsilon prediction with learned-range variance (L_hybrid)."""
+
+    def __init__(self, *, alphas_cumprod: Float[Tensor, " T"]) -> None:
+        """
+        Args:
+            alphas_cumprod: the DDPM chain's alpha_bar (linear betas 1e-4..0.02, T = 1000 in the release).
+        """
+        self.alphas_cumprod = alphas_cumprod
+
+    def draw(self, generator: torch.Generator, n: int, sample_shape: tuple[int, ...]) -> dict[str, Tensor]:
+        """t ~ Uniform{0..T-1} and unit noise per sample."""
+        t = torch.randint(0, len(self.alphas_cumprod), (n,), generator=generator)
+        return {"t": t, "noise": torch.randn((n, *sample_shape), generator=generator)}
+
+    def loss(
+        self, model: nn.Module, x0: Float[Tensor, "b c h w"], y: Int[Tensor, " b"] | None, draws: dict[str, Tensor]
+    ) -> Float[Tensor, " b"]:
+        return adm_hybrid_loss(
+            model, x0, draws["t"], y=y, alphas_cumprod=self.alphas_cumprod.to(x0.device), noise=draws["noise"]
+        )
+
+
+Objective = EDMObjective | ADMObjective
+
+
+def lr_at(step: int, *, lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps to ``lr``, then constant (the paper trains at a constant rate)."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+
+
+@dataclass
+class StepStats:
+    loss: float
+    grad_norm: float
+    skipped: bool
+
+
+def train_step(
+    *,
+    model: nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    x: Float[Tensor, "b c h w"],
+    y: Int[Tensor, " b"] | None,
+    draws: dict[str, Tensor],
+    micro_batch: int,
+    grad_clip: float,
+    precision: str,
+    dist: DistInfo,
+) -> StepStats:
+    """One optimizer step on this rank's slice ``x`` of the global batch, accumulated over micro-batches.
+
+    The loss is the mean over the global batch: each micro-batch's mean is weighted by its share of the rank's
+    slice and DDP averages over ranks. A step whose loss or gradient norm is not finite is skipped: the
+    gradients are dropped and the weights and optimizer state are left untouched.
+    """
+    n = x.shape[0]
+    if n % micro_batch:
+        raise ValueError(f"micro_batch={micro_batch} must divide the per-rank batch {n}")
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=x.device)
+    chunks = range(0, n, micro_batch)
+    for i, start in enumerate(chunks):
+        sl = slice(start, start + micro_batch)
+        last = i == len(chunks) - 1
+        sync = model.no_sync() if (dist.enabled and not last and hasattr(model, "no_sync")) else _nullcontext()
+        with sync, torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            micro_draws = {k: v[sl] for k, v in draws.items()}
+            loss = objective.loss(model, x[sl], None if y is None else y[sl], micro_draws).float().mean()
+            (loss * (micro_batch / n)).backward()
+        total += loss.detach() * (micro_batch / n)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    mean_loss = float(all_reduce_mean(total, dist))
+    finite = math.isfinite(mean_loss) and math.isfinite(float(grad_norm))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepStats(loss=mean_loss, grad_norm=float(grad_norm), skipped=not finite)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@dataclass
+class TrainResult:
+    step: int
+    status: str  # "completed" | "interrupted"
+    checkpoint: Path | None
+    skipped_steps: int
+    signal: int | None = None  # the signal that interrupted the run, if any
+
+
+class _StopFlag:
+    """Set by SIGTERM / SIGINT: the loop finishes the current step, checkpoints and returns."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.stop, self.signum = True, signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _rng_states(dist: DistInfo) -> dict[str, Tensor]:
+    """Every rank's torch RNG states (gathered to all ranks), for the checkpoint."""
+    local = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and dist.device.type == "cuda":
+        local["cuda"] = torch.cuda.get_rng_state(dist.device)
+    gathered: list[dict[str, Tensor]] = [local]
+    if dist.enabled:
+        gathered = [None] * dist.world_size  # type: ignore[list-item]
+        torch.distributed.all_gather_object(gathered, local)
+    return {f"rank{r}.{k}": v for r, states in enumerate(gathered) for k, v in states.items()}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines after ``step`` (written by a run that died after its last checkpoint)."""
+    if path.is_file():
+        kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def train(
+    *,
+    model: nn.Module,
+    objective: Objective,
+    data: DataFn,
+    run_dir: Path,
+    dist: DistInfo,
+    steps: int,
+    batch_size: int,
+    micro_batch: int,
+    lr: float,
+    warmup: int = 0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    ema: float = 0.9999,
+    ema_warmup: bool = True,
+    grad_clip: float = 0.0,
+    precision: str = "fp32",
+    compile: bool = False,
+    seed: int = 0,
+    label_dropout: float | None = None,
+    ckpt_every: int = 1000,
+    keep_last: int = 3,
+    log_every: int = 10,
+    sample_every: int = 0,
+    on_sample: Callable[[int, nn.Module], None] | None = None,
+    max_bad_steps: int = 10,
+    resume: bool = False,
+    run_args: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``steps`` optimizer steps with AdamW, EMA and atomic checkpoints in ``run_dir``.
+
+    ``batch_size`` is global: each of ``dist.world_size`` ranks gets batch_size / world_size samples per step
+    from ``data`` and accumulates them in micro-batches of ``micro_batch``. ``callback`` receives a dict per
+    logged step (and per checkpoint / sample event); rank 0 appends the logged steps to ``run_dir/log.jsonl``.
+
+    Label dropout for classifier-free guidance (``label_dropout``, default: the backbone's own
+    ``class_dropout_prob``) is drawn here for the global batch, so the backbone's internal random dropout is
+    switched off for the run (and restored afterwards).
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if batch_size % dist.world_size:
+        raise ValueError(f"batch_size={batch_size} must be divisible by the world size {dist.world_size}")
+    per_rank = batch_size // dist.world_size
+    if micro_batch < 1 or per_rank % micro_batch:
+        raise ValueError(f"micro_batch={micro_batch} must divide the per-rank batch {per_rank}")
+    run_dir = Path(run_dir)
+    model = unwrap(model).to(dist.device).train()
+    num_classes = getattr(model, "num_classes", None)
+    label_embeddings = [m for m in model.modules() if isinstance(m, LabelEmbedding)]
+    if label_dropout is None:
+        label_dropout = label_embeddings[0].dropout_prob if label_embeddings else 0.0
+    if not 0.0 <= label_dropout < 1.0:
+        raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+    ema_model = make_ema(model)
+    decay_params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(decay_params, lr=lr, betas=betas, weight_decay=weight_decay)
+    start, skipped_total, best = 0, 0, (math.inf, -1)
+    if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+        record, rng = load_checkpoint(ckpt, model=model, ema=ema_model, optimizer=optimizer, map_location=dist.device)
+        start, skipped_total = record["step"], record.get("skipped_steps", 0)
+        best = (record.get("best_loss", math.inf), record.get("best_step", -1))
+        if f"rank{dist.rank}.cpu" in rng:
+            torch.set_rng_state(rng[f"rank{dist.rank}.cpu"])
+        if f"rank{dist.rank}.cuda" in rng and dist.device.type == "cuda":
+            torch.cuda.set_rng_state(rng[f"rank{dist.rank}.cuda"], dist.device)
+    log_path = run_dir / "log.jsonl"
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_log(log_path, start)
+
+    wrapped: nn.Module = model
+    if dist.enabled:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile:
+        wrapped = torch.compile(wrapped)
+
+    def checkpoint(step: int, window_loss: float) -> Path | None:
+        nonlocal best
+        if math.isfinite(window_loss) and window_loss < best[0]:
+            best = (window_loss, step)
+        rng = _rng_states(dist)  # collective: every rank takes part
+        if not dist.is_main:
+            return None
+        state = {
+            "skipped_steps": skipped_total,
+            "best_loss": best[0] if math.isfinite(best[0]) else None,
+            "best_step": best[1],
+            "data": {"seed": seed, "next_step": step, "guarantee": "batches are a pure function of (seed, step)"},
+            "args": run_args or {},
+            "versions": {"torch": torch.__version__},
+        }
+        path = save_checkpoint(
+            run_dir,
+            step=step,
+            model=model,
+            ema=ema_model,
+            optimizer=optimizer,
+            rng_states=rng,
+            state=state,
+            keep_last=keep_last,
+            keep={best[1]} if best[1] >= 0 else None,
+        )
+        return path
+
+    last_ckpt: Path | None = latest_checkpoint(run_dir) if resume else None
+    step, bad_streak, window = start, 0, []
+    t_last, n_last = time.perf_counter(), 0
+    status = "completed"
+    batches = data(start)
+
+    def run_loop() -> TrainResult:
+        nonlocal last_ckpt, step, bad_streak, window, t_last, n_last, status, skipped_total
+        with _StopFlag() as flag:
+            while step < steps:
+                x, y = next(batches)
+                x = x.to(dist.device, non_blocking=True)
+                gen = step_generator(seed, step)
+                sl = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
+                global_draws = objective.draw(gen, batch_size, tuple(x.shape[1:]))
+                draws = {k: v[sl].to(dist.device) for k, v in global_draws.items()}
+                labels = None
+                if num_classes is not None:
+                    # Label dropout for classifier-free guidance, drawn for the global batch like everything else.
+                    drop = (torch.rand(batch_size, generator=gen) < label_dropout)[sl].to(dist.device)
+                    labels = torch.where(drop, torch.full_like(y, num_classes), y).to(dist.device)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr_at(step, lr=lr, warmup=warmup)
+                stats = train_step(
+                    model=wrapped,
+                    objective=objective,
+                    optimizer=optimizer,
+                    x=x,
+                    y=labels,
+                    draws=draws,
+                    micro_batch=micro_batch,
+                    grad_clip=grad_clip,
+                    precision=precision,
+                    dist=dist,
+                )
+                step += 1
+                n_last += batch_size
+                if stats.skipped:
+                    skipped_total += 1
+                    bad_streak += 1
+                    if bad_streak >= max_bad_steps:
+                        raise TrainingDiverged(
+                            f"{bad_streak} consecutive steps had a non-finite loss or gradient (last at step {step}); "
+                            f"stopping. The last good checkpoint is {last_ckpt}"
+                        )
+                else:
+                    bad_streak = 0
+                    ema_update(ema_model, model, ema_decay(step - 1, decay=ema, warmup=ema_warmup))
+                    window.append(stats.loss)
+                if step % log_every == 0 or step == steps:
+                    now = time.perf_counter()
+                    event = {
+                        "event": "log",
+                        "step": step,
+                        "loss": stats.loss,
+                        "grad_norm": stats.grad_norm,
+                        "lr": lr_at(step - 1, lr=lr, warmup=warmup),
+                        "images_per_s": n_last / max(now - t_last, 1e-9),
+                        "skipped_steps": skipped_total,
+                        "time": time.time(),
+                    }
+                    t_last, n_last = now, 0
+                    if dist.is_main:
+                        with open(log_path, "a") as f:
+                            f.write(json.dumps(event) + "\n")
+                    if callback is not None and dist.is_main:
+                        callback(event)
+                stop = bool(all_reduce_max(torch.tensor(float(flag.stop), device=dist.device), dist) > 0)
+                # No periodic checkpoint inside a run of non-finite steps: the latest stays a healthy one.
+                if (step % ckpt_every == 0 or step == steps) and bad_streak == 0 or stop:
+                    window_loss = sum(window) / len(window) if window else math.inf
+                    last_ckpt = checkpoint(step, window_loss) or last_ckpt
+                    window = []
+                    if callback is not None and dist.is_main:
+                        callback({"event": "checkpoint", "step": step, "path": str(last_ckpt)})
+                due = sample_every > 0 and (step % sample_every == 0 or step == steps)
+                if due and on_sample is not None and dist.is_main:
+                    on_sample(step, ema_model)
+                    if callback is not None:
+                        callback({"event": "sample", "step": step})
+                if stop:
+                    status = "interrupted"
+                    break
+        return TrainResult(
+            step=step,
+            status=status,
+            checkpoint=last_ckpt,
+            skipped_steps=skipped_total,
+            signal=flag.signum if status == "interrupted" else None,
+        )
+
+    saved_dropout = [m.dropout_prob for m in label_embeddings]
+    for m in label_embeddings:
+        m.dropout_prob = 0.0
+    try:
+        return run_loop()
+    finally:
+        for m, p in zip(label_embeddings, saved_dropout, strict=True):
+            m.dropout_prob = p

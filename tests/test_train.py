@@ -1,0 +1,286 @@
+"""Training: exact resume, DDP equivalence, atomic checkpoints, non-finite guard, SIGTERM, compile prefixes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import diffit.checkpoint as ckpt_mod
+from diffit.checkpoint import checkpoint_dirs, latest_checkpoint, load_weights
+from diffit.data import memory_batches
+from diffit.distributed import DistInfo
+from diffit.ema import ema_decay, ema_update, make_ema, strip_wrapper_prefixes, unwrap
+from diffit.nn import ImageDiffiT
+from diffit.train import EDMObjective, TrainingDiverged, lr_at, train
+
+CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def tiny_model(num_classes: int | None = 3) -> ImageDiffiT:
+    torch.manual_seed(0)
+    return ImageDiffiT(
+        resolution=8,
+        in_channels=1,
+        channels=(8, 16),
+        blocks_per_stage=(1, 1),
+        window=4,
+        num_heads=2,
+        time_dim=16,
+        num_classes=num_classes,
+    )
+
+
+def toy_data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (40, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(40) % 3
+
+
+def run(tmp: Path, steps: int, *, resume: bool = False, dist: DistInfo = CPU, **kw: object) -> object:
+    images, labels = toy_data()
+    defaults: dict = dict(batch_size=8, micro_batch=4, lr=1e-3, warmup=3, ema=0.9, ckpt_every=5, log_every=5, seed=3)
+    return train(
+        model=tiny_model(),
+        objective=EDMObjective(),
+        run_dir=tmp,
+        dist=dist,
+        steps=steps,
+        resume=resume,
+        data=lambda s: memory_batches(
+            images, labels, batch_size=8, seed=3, start_step=s, rank=dist.rank, world_size=dist.world_size, flip=True
+        ),
+        **(defaults | kw),
+    )
+
+
+def weights(ckpt: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: load_file(str(ckpt / name)) for name in ("model.safetensors", "ema.safetensors")}
+
+
+def test_exact_resume_is_bit_identical(tmp_path: Path) -> None:
+    straight = run(tmp_path / "a", 20)
+    first = run(tmp_path / "b", 10)
+    assert first.step == 10
+    resumed = run(tmp_path / "b", 20, resume=True)
+    assert resumed.step == 20
+    wa, wb = weights(straight.checkpoint), weights(resumed.checkpoint)
+    for name in wa:
+        for key in wa[name]:
+            assert torch.equal(wa[name][key], wb[name][key]), (name, key)
+    opt_a = torch.load(straight.checkpoint / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(resumed.checkpoint / "optimizer.pt", weights_only=True)
+    for k, state in opt_a["state"].items():
+        assert torch.equal(state["exp_avg_sq"], opt_b["state"][k]["exp_avg_sq"])
+    # The log of the resumed run continues without duplicate steps.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20]
+
+
+def test_micro_batches_equal_one_batch(tmp_path: Path) -> None:
+    whole = run(tmp_path / "a", 3, micro_batch=8)
+    accumulated = run(tmp_path / "b", 3, micro_batch=2)
+    wa, wb = weights(whole.checkpoint), weights(accumulated.checkpoint)
+    for key in wa["model.safetensors"]:
+        torch.testing.assert_close(wa["model.safetensors"][key], wb["model.safetensors"][key], atol=2e-5, rtol=1e-4)
+
+
+def test_checkpoint_is_self_describing_and_rotated(tmp_path: Path) -> None:
+    result = run(tmp_path, 20, keep_last=2)
+    names = [p.name for p in checkpoint_dirs(tmp_path)]
+    state = json.loads((result.checkpoint / "state.json").read_text())
+    assert names[-2:] == ["ckpt-00000015", "ckpt-00000020"]
+    assert len(names) <= 3 and f"ckpt-{state['best_step']:08d}" in names  # the best one is kept too
+    model, _ = load_weights(result.checkpoint / "ema.safetensors")
+    assert isinstance(model, ImageDiffiT) and model.config == tiny_model().config
+    assert not any(
+        k.startswith(("_orig_mod.", "module.")) for k in load_file(str(result.checkpoint / "model.safetensors"))
+    )
+
+
+def test_crash_mid_write_keeps_the_latest_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run(tmp_path, 5)
+    before = latest_checkpoint(tmp_path)
+    real_rename = os.rename
+
+    def crash(src: object, dst: object) -> None:
+        if str(dst).endswith("ckpt-00000010"):
+            raise OSError("simulated crash during checkpoint")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(ckpt_mod.os, "rename", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        run(tmp_path, 10, resume=True)
+    assert latest_checkpoint(tmp_path) == before  # the stray .tmp directory is ignored
+    monkeypatch.undo()
+    assert run(tmp_path, 10, resume=True).step == 10
+
+
+class NaNObjective(EDMObjective):
+    """EDM, but the loss is NaN at the given steps (counted by calls)."""
+
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def loss(self, model, x0, y, draws):  # type: ignore[no-untyped-def]
+        out = super().loss(model, x0, y, draws)
+        self.calls += 1
+        return out * float("nan") if self.calls in self.bad else out
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path: Path) -> None:
+    images, labels = toy_data()
+    data = lambda s: memory_batches(images, labels, batch_size=8, seed=0, start_step=s, flip=False)  # noqa: E731
+    common: dict = dict(data=data, dist=CPU, batch_size=8, micro_batch=8, lr=1e-3, ckpt_every=2, log_every=1)
+    result = train(model=tiny_model(), objective=NaNObjective({3}), run_dir=tmp_path / "a", steps=4, **common)
+    assert result.skipped_steps == 1 and result.step == 4
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["skipped_steps"] == 1
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps had a non-finite loss"):
+        train(
+            model=tiny_model(),
+            objective=NaNObjective({3, 4, 5}),
+            run_dir=tmp_path / "b",
+            steps=8,
+            max_bad_steps=3,
+            **common,
+        )
+    last = latest_checkpoint(tmp_path / "b")
+    assert last is not None and last.name == "ckpt-00000002"
+    model, _ = load_weights(last / "model.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_compiled_model_checkpoints_without_orig_mod(tmp_path: Path) -> None:
+    # Dynamo cannot trace through the jaxtyping hook of the test run, so the compiled run is a subprocess
+    # (backend "eager": the wrapper and its `_orig_mod.` prefix without inductor's C++ build time).
+    script = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from pathlib import Path\n"
+        "real = torch.compile\n"
+        "torch.compile = lambda m, **kw: real(m, backend='eager')\n"
+        "from test_train import run\n"
+        f"print(run(Path({str(tmp_path / 'run')!r}), 5, compile=True).checkpoint)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = Path(proc.stdout.strip().splitlines()[-1])
+    for name in ("model.safetensors", "ema.safetensors"):
+        keys = set(load_file(str(ckpt / name)))
+        assert keys == set(tiny_model().state_dict()), name
+    compiled = torch.compile(tiny_model(), backend="eager")  # wrapping only; never called under the hook
+    assert unwrap(compiled) is compiled._orig_mod
+    assert set(strip_wrapper_prefixes(compiled.state_dict())) == set(tiny_model().state_dict())
+
+
+def test_ema_update_and_warmup() -> None:
+    model = tiny_model()
+    ema = make_ema(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    ema_update(ema, model, 0.75)
+    for (k, p), (_, q) in zip(ema.named_parameters(), model.named_parameters(), strict=True):
+        torch.testing.assert_close(p, 0.75 * before[k] + 0.25 * q)
+    assert ema_decay(0, decay=0.9999) == pytest.approx(0.1) and ema_decay(10**7, decay=0.9999) == 0.9999
+    assert lr_at(0, lr=1.0, warmup=4) == 0.25 and lr_at(10, lr=1.0, warmup=4) == 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
+    port = _free_port()
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from pathlib import Path\n"
+        "from safetensors.torch import save_file\n"
+        "from diffit.distributed import init_distributed, shutdown\n"
+        "import diffit.train as T\n"
+        "from test_train import run\n"
+        "torch.set_num_threads(1)\n"
+        "dist = init_distributed('cpu')\n"
+        "seen = {}\n"
+        "orig = T.make_ema\n"
+        "def spy(model):\n"
+        "    seen['model'] = model\n"
+        "    return orig(model)\n"
+        "T.make_ema = spy\n"
+        f"run(Path({str(tmp_path / 'ddp')!r}), 3, dist=dist, micro_batch=2)\n"
+        "save_file({k: v.contiguous() for k, v in seen['model'].state_dict().items()},\n"
+        f"          {str(tmp_path)!r} + f'/rank{{dist.rank}}.safetensors')\n"
+        "shutdown(dist)\n"
+    )
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-2000:]
+    r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k  # replicas stay bit-identical
+    single = weights(run(tmp_path / "single", 3, micro_batch=4).checkpoint)["model.safetensors"]
+    for k in r0:
+        torch.testing.assert_close(r0[k], single[k], atol=5e-5, rtol=1e-4)
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffit_cli.main",
+        "train",
+        "--steps",
+        "100000",
+        "--batch-size",
+        "8",
+        "--log-every",
+        "1",
+        "--ckpt-every",
+        "100000",
+        "--sample-every",
+        "0",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "log.jsonl").is_file():
+        time.sleep(0.2)
+    assert (out / "log.jsonl").is_file(), proc.stderr.read() if proc.poll() is not None else "no log"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    last = latest_checkpoint(out)
+    assert last is not None
+    step = json.loads((last / "state.json").read_text())["step"]
+    assert 1 <= step < 100000 and "interrupted" in err
