@@ -39,3 +39,16 @@ def check_precision(precision: str) -> str:
     if precision not in ("fp32", "bf16"):
         fail(f"--precision must be fp32 or bf16, got {precision!r}")
     return precision
+
+
+def parse_int_ranges(text: str, *, name: str) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (non-negative, inclusive ranges); a one-line error otherwise."""
+    values: list[int] = []
+    for part in text.split(","):
+        bounds = part.strip().split("-")
+        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+            fail(f"{name} must be non-negative integers or inclusive ranges like '0-49999,50', got {text!r}")
+        values.extend(range(int(bounds[0]), int(bounds[-1]) + 1))
+    if not values:
+        fail(f"{name} is empty: {text!r} selects nothing")
+    return values

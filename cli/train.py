@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import torch
 import typer
-from diffit_cli.common import IMAGE_MODELS, LATENT_MODELS, Device, Precision, check_precision, console, fail
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from diffit.checkpoint import latest_checkpoint
 from diffit.data import (
     digits_urls,
     expand_urls,
@@ -24,6 +24,7 @@ from diffit.diffusion import sample_heun
 from diffit.distributed import init_distributed, shutdown
 from diffit.generate import default_sigmas, make_grid, release_alphas_cumprod, sample, save_png, to_uint8
 from diffit.train import ADMObjective, EDMObjective, TrainingDiverged, train
+from diffit_cli.common import IMAGE_MODELS, LATENT_MODELS, Device, Precision, check_precision, console, fail
 
 MEMORY_LIMIT_BYTES = 2 << 30  # image datasets below this size are held in RAM: exact, seekable batches
 
@@ -135,6 +136,8 @@ def train_command(
     except ValueError as err:
         fail(f"--model {model} at --res {res}: {err}")
 
+    if not resume and latest_checkpoint(out) is not None:
+        fail(f"--out {out} already holds checkpoints: add --resume to continue that run, or choose another --out")
     dist = init_distributed(device)
     torch.manual_seed(seed + dist.rank)
     if latent:

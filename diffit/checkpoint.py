@@ -187,3 +187,24 @@ def load_checkpoint(
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", map_location=map_location, weights_only=True))
     return record, load_file(str(ckpt_dir / "rng.safetensors"))
+
+
+BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "digits16.safetensors"
+
+
+def resolve_weights(source: str | Path | None, *, use_ema: bool = True) -> Path:
+    """The weights file that ``source`` names: None = the bundled digits model; a run directory (its latest
+    checkpoint), a ``ckpt-*`` directory, or a ``.safetensors`` file. EMA weights unless ``use_ema`` is False."""
+    if source is None:
+        if not BUNDLED_CHECKPOINT.is_file():
+            raise FileNotFoundError(f"the bundled checkpoint is missing from the installation: {BUNDLED_CHECKPOINT}")
+        return BUNDLED_CHECKPOINT
+    path = Path(source)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        ckpt = path if (path / "state.json").is_file() else latest_checkpoint(path)
+        if ckpt is None:
+            raise FileNotFoundError(f"no checkpoint (ckpt-*/state.json) in {path}")
+        return ckpt / ("ema.safetensors" if use_ema else "model.safetensors")
+    raise FileNotFoundError(f"checkpoint not found: {source}")

@@ -51,7 +51,9 @@ def conditional_denoiser(model: nn.Module) -> nn.Module:
     if isinstance(model, ImageDiffiT):
         return EDMPrecond(model, sigma_data=0.5)
     if isinstance(model, LatentDiffiT):
-        return VPEpsDenoiser(model, alphas_cumprod=release_alphas_cumprod(), learned_sigma=model.learn_sigma)
+        return VPEpsDenoiser(
+            model, alphas_cumprod=release_alphas_cumprod(), learned_sigma=bool(model.config["learn_sigma"])
+        )
     raise ValueError(f"model must be an ImageDiffiT or LatentDiffiT, got {type(model).__name__}")
 
 
@@ -111,6 +113,13 @@ def guided_denoiser(model: nn.Module, labels: Int[Tensor, " b"] | None, guidance
         base, num_classes=num_classes, scale=scale, guidance_channels=guidance.channels, interval=guidance.interval
     )
     return bind_labels(guided, labels)
+
+
+def random_labels(seeds: Sequence[int], num_classes: int) -> Int[Tensor, " b"]:
+    """A random class per seed that depends on that seed alone (not on the batch or the process count)."""
+    return torch.tensor(
+        [int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(s + 2**40))) for s in seeds]
+    )
 
 
 @torch.no_grad()

@@ -265,6 +265,8 @@ def train(
     decay_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(decay_params, lr=lr, betas=betas, weight_decay=weight_decay)
     start, skipped_total, best = 0, 0, (math.inf, -1)
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise ValueError(f"run_dir {run_dir} already holds checkpoints: resume it or choose another directory")
     if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
         record, rng = load_checkpoint(ckpt, model=model, ema=ema_model, optimizer=optimizer, map_location=dist.device)
         start, skipped_total = record["step"], record.get("skipped_steps", 0)

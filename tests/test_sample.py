@@ -1,0 +1,227 @@
+"""Generation and `diffit sample`: seed invariance, output formats, protocol record, release loading, errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from diffit.checkpoint import save_weights
+from diffit.diffusion import sample_dpmpp_2m, sample_edm_stochastic
+from diffit.generate import Guidance, default_sigmas, make_grid, random_labels, sample, to_uint8
+from diffit.nn import ImageDiffiT, LatentDiffiT
+from diffit_cli.main import app
+
+runner = CliRunner()
+
+
+def tiny_image_model(num_classes: int | None = 3) -> ImageDiffiT:
+    torch.manual_seed(0)
+    model = ImageDiffiT(
+        resolution=8,
+        in_channels=1,
+        channels=(8, 16),
+        blocks_per_stage=(1, 1),
+        window=4,
+        num_heads=2,
+        time_dim=16,
+        num_classes=num_classes,
+    )
+    with torch.no_grad():  # a non-zero output head, so that samples depend on the weights
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_weights(path, tiny_image_model())
+    return path
+
+
+@pytest.mark.parametrize("sampler", [sample_edm_stochastic, sample_dpmpp_2m])
+def test_each_image_depends_on_its_seed_only(sampler: object) -> None:
+    model, seeds = tiny_image_model(), [5, 11, 42]
+    labels = random_labels(seeds, 3)
+    sigmas = default_sigmas(model, 4)
+    kwargs = {"S_churn": 10.0} if sampler is sample_edm_stochastic else {}
+    guidance = Guidance(scale=2.0)
+    together = sample(
+        model, sampler=sampler, sigmas=sigmas, seeds=seeds, labels=labels, guidance=guidance, sampler_kwargs=kwargs
+    )
+    for i, s in enumerate(seeds):
+        alone = sample(
+            model,
+            sampler=sampler,
+            sigmas=sigmas,
+            seeds=[s],
+            labels=labels[i : i + 1],
+            guidance=guidance,
+            sampler_kwargs=kwargs,
+        )
+        # Equal up to float rounding (batched kernels may sum in another order).
+        torch.testing.assert_close(alone[0], together[i], atol=1e-4, rtol=1e-4)
+    assert random_labels([5], 3)[0] == labels[0]
+
+
+def test_uint8_and_grid_layout() -> None:
+    x = torch.tensor([-1.0, -0.999, 0.0, 1.0, 2.0]).reshape(1, 1, 1, 5)
+    assert to_uint8(x).flatten().tolist() == [0, 0, 128, 255, 255]
+    grid = make_grid(torch.full((3, 2, 2, 1), 7, dtype=torch.uint8), nrow=2, pad=1)
+    assert grid.shape == (7, 7, 1) and grid[1, 1, 0] == 7 and grid[0, 0, 0] == 0
+
+
+def test_guidance_rejects_what_does_not_apply() -> None:
+    with pytest.raises(ValueError, match="class ids must lie in \\[0, 2\\]"):
+        sample(
+            tiny_image_model(),
+            sampler=sample_dpmpp_2m,
+            sigmas=default_sigmas(tiny_image_model(), 2),
+            seeds=[0],
+            labels=torch.tensor([3]),
+        )
+    with pytest.raises(ValueError, match="unconditional"):
+        sample(
+            tiny_image_model(None),
+            sampler=sample_dpmpp_2m,
+            sigmas=default_sigmas(tiny_image_model(), 2),
+            seeds=[0],
+            labels=None,
+            guidance=Guidance(scale=2.0),
+        )
+
+
+def test_cli_png_npz_dir_and_protocol(tmp_path: Path, ckpt: Path) -> None:
+    args = ["sample", "--ckpt", str(ckpt), "--steps", "3", "--seeds", "0-5", "--batch-size", "4", "--class", "0-2"]
+    npz = tmp_path / "s.npz"
+    res = runner.invoke(app, [*args, "--out", str(npz)])
+    assert res.exit_code == 0, res.output
+    data = np.load(npz)
+    assert data["arr_0"].shape == (6, 8, 8, 1) and data["arr_0"].dtype == np.uint8
+    assert data["arr_1"].tolist() == [0, 1, 2, 0, 1, 2]
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["sampler"] == "heun" and record["steps"] == 3 and record["nfe_per_image"] == 5
+    assert record["weights"] == "ema" and record["count"] == 6 and len(record["checkpoint"]["sha256"]) == 64
+    # The same seeds in other batches and formats give the same pixels.
+    res = runner.invoke(
+        app, [*args[:-4], "--seeds", "3-5", "--batch-size", "1", "--class", "0-2", "--out", str(tmp_path / "pngs")]
+    )
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    third = np.asarray(Image.open(tmp_path / "pngs" / "000000.png"))
+    assert np.abs(third.astype(int) - data["arr_0"][3, ..., 0]).max() <= 1  # float rounding at most
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "g.png")]).exit_code == 0
+    assert (tmp_path / "g.png").is_file() and (tmp_path / "g.json").is_file()
+
+
+def test_cli_guided_sampling_counts_both_passes(tmp_path: Path, ckpt: Path) -> None:
+    out = tmp_path / "g.npz"
+    res = runner.invoke(
+        app,
+        [
+            "sample",
+            "--ckpt",
+            str(ckpt),
+            "--steps",
+            "3",
+            "--n",
+            "2",
+            "--cfg",
+            "2",
+            "--guidance-interval",
+            "0.1,5",
+            "--sampler",
+            "euler",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    sigmas = default_sigmas(tiny_image_model(), 3)[:-1]
+    inside = sum(1 for s in sigmas.tolist() if 0.1 <= s <= 5)
+    assert json.loads(out.with_suffix(".json").read_text())["nfe_per_image"] == 3 + inside
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ckpt", "/nonexistent/ckpt.safetensors"], "checkpoint not found"),
+        (["--class", "7"], "--class ids must be in [0, 2]"),
+        (["--out", "/nonexistent/dir/s.png"], "does not exist"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--seeds", "5-3"], "--seeds is empty"),
+        (["--seeds", "a-b"], "--seeds must be"),
+        (["--sampler", "rk45"], "--sampler must be one of"),
+        (["--cfg", "-1"], "--cfg must be >= 0"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, ckpt: Path, extra: list[str], message: str) -> None:
+    base = ["sample", "--ckpt", str(ckpt), "--n", "2", "--steps", "2", "--out", str(tmp_path / "x.png")]
+    res = runner.invoke(app, [*base, *extra])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_rejects_a_file_that_is_no_checkpoint(tmp_path: Path) -> None:
+    bogus = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(bogus))
+    res = runner.invoke(app, ["sample", "--ckpt", str(bogus), "--out", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "not a DiffiT release checkpoint" in res.output
+
+
+def test_cli_samples_a_release_layout_latent_checkpoint(tmp_path: Path) -> None:
+    """A bare state dict with the authors' key layout, decoded by a tiny random AutoencoderKL, offline."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    latent = LatentDiffiT(
+        input_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=3
+    )
+    release = tmp_path / "diffit_256.safetensors"
+    save_file({k: v.contiguous() for k, v in latent.state_dict().items()}, str(release))
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=8,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+    out = tmp_path / "latent.npz"
+    res = runner.invoke(
+        app,
+        [
+            "sample",
+            "--ckpt",
+            str(release),
+            "--vae",
+            str(tmp_path / "vae"),
+            "--steps",
+            "4",
+            "--n",
+            "2",
+            "--cfg",
+            "4.4",
+            "--cfg-schedule",
+            "power-cosine",
+            "--cfg-channels",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    images = np.load(out)["arr_0"]
+    assert images.shape == (2, 8, 8, 3)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["sampler"] == "ddpm" and record["checkpoint"]["kind"] == "release"
+    assert record["guidance"] == {"scale": 4.4, "schedule": "power-cosine", "channels": 3, "interval": None}
