@@ -4,6 +4,7 @@ from typing import Annotated
 
 import typer
 from diffit_cli.data import data_app
+from diffit_cli.info import info
 
 import diffit
 
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.command("info")(info)
 
 
 def _version(value: bool) -> None:
