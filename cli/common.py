@@ -25,6 +25,16 @@ LATENT_MODELS: dict[str, Callable[..., nn.Module]] = {
     "xl2": latent_diffit_xl_2,
 }
 
+VAE_FACTOR = 8  # the Stable Diffusion VAE maps H x W x 3 pixels to H/8 x W/8 x 4 latents
+
+
+def latent_side(res: int) -> int:
+    """Latent grid side of an image resolution; exits with a one-line error unless res is a multiple of 8."""
+    if res < VAE_FACTOR or res % VAE_FACTOR:
+        fail(f"--res {res} must be a multiple of {VAE_FACTOR} for latent models (the VAE downsamples by 8)")
+    return res // VAE_FACTOR
+
+
 Precision = Annotated[str, typer.Option(help="fp32 or bf16 (autocast; weights stay fp32).")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")]
 

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diffit.nn import ImageDiffiT, LatentDiffiT, count_flops, count_params
-from diffit_cli.common import IMAGE_MODELS, LATENT_MODELS, fail
+from diffit_cli.common import IMAGE_MODELS, LATENT_MODELS, VAE_FACTOR, fail, latent_side
 
 
 def _build(name: str, res: int | None) -> ImageDiffiT | LatentDiffiT:
@@ -16,13 +16,13 @@ def _build(name: str, res: int | None) -> ImageDiffiT | LatentDiffiT:
     with torch.device("meta"):
         if name in IMAGE_MODELS:
             return IMAGE_MODELS[name](**({} if res is None else {"resolution": res}))
-        return LATENT_MODELS[name](**({} if res is None else {"input_size": res}))
+        return LATENT_MODELS[name](**({} if res is None else {"input_size": latent_side(res)}))
 
 
 def info(
     model: Annotated[str, typer.Option(help="Image: tiny | cifar10 | ffhq64. Latent: s2 | b2 | l2 | xl2.")] = "tiny",
     res: Annotated[
-        int | None, typer.Option(help="Resolution: pixels for image models, the latent side for latent ones.")
+        int | None, typer.Option(help="Image resolution in pixels (latent models: the latent side is res / 8).")
     ] = None,
 ) -> None:
     """Print a preset's parameters, GFLOPs of one forward pass, and tokens / windows per stage."""
@@ -39,7 +39,11 @@ def info(
     except ValueError as err:
         fail(f"--res/--model: {err}")
 
-    table = Table(title=f"diffit {model} at {side}x{side}" + (" (latent)" if isinstance(net, LatentDiffiT) else ""))
+    latent = isinstance(net, LatentDiffiT)
+    title = f"diffit {model} at {side * VAE_FACTOR if latent else side} px" + (
+        f" ({side}x{side} latents)" if latent else ""
+    )
+    table = Table(title=title)
     for col in ("stage", "resolution", "channels", "blocks", "tokens", "window", "windows"):
         table.add_column(col, justify="right")
     if isinstance(net, ImageDiffiT):

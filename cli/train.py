@@ -24,7 +24,17 @@ from diffit.diffusion import sample_heun
 from diffit.distributed import init_distributed, shutdown
 from diffit.generate import default_sigmas, make_grid, release_alphas_cumprod, sample, save_png, to_uint8
 from diffit.train import ADMObjective, EDMObjective, TrainingDiverged, train
-from diffit_cli.common import IMAGE_MODELS, LATENT_MODELS, Device, Precision, check_precision, console, fail
+from diffit_cli.common import (
+    IMAGE_MODELS,
+    LATENT_MODELS,
+    VAE_FACTOR,
+    Device,
+    Precision,
+    check_precision,
+    console,
+    fail,
+    latent_side,
+)
 
 MEMORY_LIMIT_BYTES = 2 << 30  # image datasets below this size are held in RAM: exact, seekable batches
 
@@ -35,7 +45,7 @@ def train_command(
     ] = None,
     res: Annotated[
         int | None,
-        typer.Option(help="Resolution (pixels, or latent side with --latent); checked against dataset.json."),
+        typer.Option(help="Image resolution in pixels (also with --latent); checked against dataset.json."),
     ] = None,
     latent: Annotated[
         bool, typer.Option(help="Train latent DiffiT on pre-encoded latent shards (ADM objective).")
@@ -107,14 +117,17 @@ def train_command(
     manifest = find_manifest(urls)
     if manifest is None and data is not None:
         fail(f"no dataset.json found beside {urls[0]}: write shards with `diffit data shard` or `diffit data encode`")
+    # --res is always the image resolution in pixels; latent shards record it as image_resolution and their
+    # own (latent) side as resolution, whatever the VAE's downsampling factor.
     data_res = manifest.resolution if manifest is not None else None
-    if latent:
-        data_res = manifest.extra.get("latent_resolution", data_res) if manifest is not None else None
+    if latent and manifest is not None:
+        data_res = manifest.extra.get("image_resolution", (manifest.resolution or 0) * VAE_FACTOR)
     res = res if res is not None else data_res
     if res is None:
         fail("--res is required (the dataset does not record its resolution)")
     if data_res is not None and res != data_res:
         fail(f"--res {res} does not match the data's resolution {data_res} (dataset.json)")
+    side = (manifest.resolution or latent_side(res)) if latent and manifest is not None else res
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if batch_size % world:
         fail(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
@@ -127,7 +140,7 @@ def train_command(
     try:
         if latent:
             net = factories[model](
-                input_size=res, in_channels=channels, num_classes=num_classes or 1000, checkpointing=grad_checkpointing
+                input_size=side, in_channels=channels, num_classes=num_classes or 1000, checkpointing=grad_checkpointing
             )
         else:
             net = factories[model](

@@ -1,0 +1,97 @@
+"""`diffit train` from the command line: argument errors before any work, and a latent run on encoded shards."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from diffit.data import array_source, encode_latents, write_image_shards
+from diffit_cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "xl9"], "--model must be one of tiny, cifar10, ffhq64"),
+        (["--res", "32"], "--res 32 does not match the data's resolution 16"),
+        (["--data", "/nonexistent/train-{000000..000003}.tar"], "--data"),
+        (["--micro-batch", "3"], "--micro-batch 3 must divide the per-process batch 8"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--precision", "fp8"], "--precision must be fp32 or bf16"),
+        (["--latent"], "--latent needs --data"),
+    ],
+)
+def test_bad_arguments_exit_2_before_work(tmp_path: Path, args: list[str], message: str) -> None:
+    res = runner.invoke(app, ["train", "--batch-size", "8", "--out", str(tmp_path / "run"), *args])
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split()) and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_must_divide_over_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    res = runner.invoke(app, ["train", "--batch-size", "8", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "divisible by the number of processes (3)" in res.output
+
+
+def test_latent_training_on_encoded_shards(tmp_path: Path) -> None:
+    diffusers = pytest.importorskip("diffusers")
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=8,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images, labels=np.arange(8) % 4)
+    write_image_shards(array_source(str(tmp_path / "a.npz")), str(tmp_path / "img" / "i-%03d.tar"), max_count=4)
+    encode_latents(
+        str(tmp_path / "img" / "i-{000..001}.tar"),
+        str(tmp_path / "lat" / "l-%03d.tar"),
+        vae=str(tmp_path / "vae"),
+        resolution=8,
+    )
+    data = str(tmp_path / "lat" / "l-{000..001}.tar")
+    mismatch = runner.invoke(app, ["train", "--latent", "--data", data, "--res", "16", "--out", str(tmp_path / "x")])
+    assert mismatch.exit_code == 2 and "does not match the data's resolution 8" in mismatch.output
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--latent",
+            "--data",
+            data,
+            "--model",
+            "s2",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--ckpt-every",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    state = json.loads((out / "ckpt-00000002" / "state.json").read_text())
+    assert state["model"]["class"] == "LatentDiffiT" and state["model"]["config"]["input_size"] == 4
+    assert state["model"]["config"]["num_classes"] == 4
+    again = runner.invoke(
+        app,
+        ["train", "--latent", "--data", data, "--model", "s2", "--steps", "2", "--batch-size", "4", "--out", str(out)],
+    )
+    assert again.exit_code == 2 and "already holds checkpoints" in again.output
