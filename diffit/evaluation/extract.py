@@ -1,0 +1,90 @@
+"""From an image source to Inception statistics: one pass, batched, with an injected progress callback."""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from diffit.evaluation.inception import FEATURE_DIM, InceptionV3
+from diffit.evaluation.sources import ImageBatches, npz_keys, open_images
+from diffit.evaluation.statistics import FeatureStats, StatsAccumulator, load_statistics
+
+__all__ = ["Progress", "ImageEvaluation", "evaluate_images", "extract_features", "is_statistics_file",
+           "reference_statistics"]
+
+Progress = Callable[[int, int | None], None]  # progress(images done, total or None)
+
+
+@dataclass(frozen=True)
+class ImageEvaluation:
+    """Feature statistics of a set of images, and the classifier's probabilities when they were asked for."""
+
+    stats: FeatureStats
+    probabilities: Float[Tensor, "n k"] | None
+
+
+def _source(src: str | ImageBatches, batch_size: int, max_count: int | None) -> ImageBatches:
+    return open_images(src, batch_size=batch_size, max_count=max_count) if isinstance(src, str) else src
+
+
+def evaluate_images(src: str | ImageBatches, inception: InceptionV3, *, batch_size: int = 50,
+                    max_count: int | None = None, probabilities: bool = False,
+                    progress: Progress | None = None) -> ImageEvaluation:
+    """Inception pool-feature mean/covariance of every image of ``src`` (a path for ``open_images``, or an
+    opened source), plus the softmax probabilities for the Inception Score when ``probabilities``.
+    ValueError when fewer than 2 images were read (no covariance)."""
+    if probabilities and not inception.has_probabilities:
+        raise ValueError(f"inception: {inception.path!r} has no classifier head, so no Inception Score")
+    source = _source(src, batch_size, max_count)
+    acc = StatsAccumulator()
+    probs: list[Tensor] = []
+    for images in source.batches():
+        acc.update(inception(images).cpu())
+        if probabilities:
+            probs.append(inception.probabilities(images).cpu())
+        if progress is not None:
+            progress(acc.count, source.count)
+    if acc.count < 2:
+        raise ValueError(f"src: a covariance needs at least 2 images, got {acc.count}")
+    return ImageEvaluation(acc.result(), torch.cat(probs) if probabilities else None)
+
+
+def extract_features(src: str | ImageBatches, inception: InceptionV3, *, batch_size: int = 50,
+                     max_count: int | None = None, progress: Progress | None = None) -> Float[Tensor, "n 2048"]:
+    """All pool features of ``src``, in the source's order (float32, on the CPU)."""
+    source = _source(src, batch_size, max_count)
+    features: list[Tensor] = []
+    done = 0
+    for images in source.batches():
+        features.append(inception(images).cpu())
+        done += len(images)
+        if progress is not None:
+            progress(done, source.count)
+    if not features:
+        raise ValueError("src: no images were read")
+    return torch.cat(features)
+
+
+def is_statistics_file(path: str) -> bool:
+    """Whether ``path`` is an ``.npz`` holding ``mu`` and ``sigma`` (ours or an ADM reference batch)."""
+    if not path.endswith(".npz") or not os.path.isfile(path):
+        return False
+    keys = npz_keys(path)
+    return "mu" in keys and "sigma" in keys
+
+
+def reference_statistics(ref: str, inception: InceptionV3, *, batch_size: int = 50, max_count: int | None = None,
+                         progress: Progress | None = None) -> FeatureStats:
+    """The statistics of ``ref``: read from a statistics ``.npz`` (precomputed ``mu``/``sigma`` win over the
+    images an ADM reference batch also carries), else computed from its images."""
+    if is_statistics_file(ref):
+        stats = load_statistics(ref)
+        if stats.mu.shape != (FEATURE_DIM,):
+            raise ValueError(f"ref: {ref!r} holds {stats.mu.shape[0]}-d statistics, expected {FEATURE_DIM}-d "
+                             "Inception pool features")
+        return stats
+    return evaluate_images(ref, inception, batch_size=batch_size, max_count=max_count, progress=progress).stats
+

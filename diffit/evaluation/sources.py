@@ -1,0 +1,165 @@
+"""Images to evaluate, as uint8 batches: an ADM-layout ``.npz``, an image folder, or WebDataset shards.
+
+Every source yields uint8 ``(B, C, H, W)`` tensors (C = 1 or 3) in a stable order, each image exactly once,
+at its stored size (the Inception network resizes). Formats:
+
+- ``.npz`` in the layout of ADM's sample and reference batches: ``arr_0`` uint8 ``(N, H, W, C)`` (or
+  ``(N, H, W)``), optional ``arr_1`` labels (ignored). It is streamed from the archive batch by batch, so a
+  50k x 256 x 256 file never sits in memory whole.
+- a folder: every PNG/JPEG/WebP/BMP/PPM below it (recursive, sorted paths), decoded like shard members
+  (L stays one channel, anything else becomes RGB); consecutive images of equal size share a batch.
+- shards: a folder holding ``dataset.json``, a ``.tar`` path, a brace pattern or ``::``-joined list (any URL
+  ``diffit.data.eval_pipeline`` reads); its [-1, 1] floats are mapped back to the exact uint8 values.
+"""
+
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import UInt8
+from torch import Tensor
+
+from diffit.data import decode_image, eval_pipeline, expand_urls, find_manifest, read_manifest
+from diffit.data.badinput import BadSample
+from diffit.data.images import IMAGE_EXTENSIONS
+
+__all__ = ["ImageBatches", "npz_keys", "open_images"]
+
+Batch = UInt8[Tensor, "b c h w"]
+
+
+@dataclass(frozen=True)
+class ImageBatches:
+    """A re-iterable source: ``batches()`` yields uint8 (B, C, H, W); ``count`` is the number of images it will
+    yield when known up front (None for remote shards without a manifest)."""
+
+    batches: Callable[[], Iterator[Batch]]
+    count: int | None
+    kind: str  # "npz", "folder" or "shards"
+
+
+def npz_keys(path: str) -> list[str]:
+    """The array names of an ``.npz`` (without loading them); ValueError when it is not a readable npz."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n.removesuffix(".npy") for n in zf.namelist() if n.endswith(".npy")]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"src: {path!r} is not a readable .npz ({exc})") from None
+
+
+def _npz_header(f: object, path: str) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
+    if fortran:
+        raise ValueError(f"src: arr_0 in {path!r} is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
+    if dtype != np.uint8:
+        raise ValueError(f"src: arr_0 in {path!r} must be uint8 (0..255), got {dtype}")
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))):
+        raise ValueError(f"src: arr_0 in {path!r} must be (N, H, W) or (N, H, W, C) with C in {{1, 3}}, got shape "
+                         f"{shape}")
+    return shape, dtype
+
+
+def _npz_source(path: str, batch_size: int, limit: int | None) -> ImageBatches:
+    if "arr_0" not in npz_keys(path):
+        raise ValueError(f"src: {path!r} has no image array 'arr_0' (ADM layout: uint8 N x H x W x C)")
+    with zipfile.ZipFile(path) as zf, zf.open("arr_0.npy") as f:
+        shape, _ = _npz_header(f, path)
+    count = shape[0] if limit is None else min(shape[0], limit)
+
+    def batches() -> Iterator[Batch]:
+        per_image = int(np.prod(shape[1:]))
+        with zipfile.ZipFile(path) as zf, zf.open("arr_0.npy") as f:
+            _npz_header(f, path)
+            for start in range(0, count, batch_size):
+                n = min(batch_size, count - start)
+                data = f.read(n * per_image)
+                if len(data) != n * per_image:
+                    raise ValueError(f"src: {path!r} is truncated (arr_0 ends before image {start + n})")
+                images = np.frombuffer(data, np.uint8).reshape(n, *shape[1:])
+                # (N, H, W[, C]) -> (N, C, H, W)
+                images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+                yield torch.from_numpy(np.array(images, order="C"))  # a writable copy
+
+    return ImageBatches(batches, count, "npz")
+
+
+def _image_files(folder: str) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found.extend(os.path.join(root, f) for f in sorted(files)
+                     if not f.startswith(".") and f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS)
+    return found
+
+
+def _folder_source(folder: str, batch_size: int, limit: int | None) -> ImageBatches:
+    files = _image_files(folder)[:limit]
+    if not files:
+        raise ValueError(f"src: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder!r}")
+
+    def batches() -> Iterator[Batch]:
+        pending: list[np.ndarray] = []
+        for path in files:
+            with open(path, "rb") as f:
+                data = f.read()
+            try:
+                image = decode_image(data, key=path)
+            except BadSample as exc:
+                raise ValueError(f"src: {path!r}: {exc}") from None
+            if pending and (len(pending) == batch_size or image.shape != pending[0].shape):
+                yield torch.from_numpy(np.stack(pending))
+                pending = []
+            pending.append(image)
+        if pending:
+            yield torch.from_numpy(np.stack(pending))
+
+    return ImageBatches(batches, len(files), "folder")
+
+
+def _shard_source(urls: list[str], batch_size: int, limit: int | None) -> ImageBatches:
+    manifest = find_manifest(urls)
+    if manifest is not None and manifest.kind != "image":
+        raise ValueError(f"src: {urls[0]!r} holds {manifest.kind}, not images")
+    count = None if manifest is None else (manifest.count if limit is None else min(manifest.count, limit))
+
+    def batches() -> Iterator[Batch]:
+        done = 0
+        for x, _, _ in eval_pipeline(urls, batch_size=batch_size, labelled=False):
+            if limit is not None and done + len(x) > limit:
+                x = x[: limit - done]
+            # eval_pipeline maps u to x = u / 127.5 - 1; invert it exactly.
+            yield ((x + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+            done += len(x)
+            if limit is not None and done >= limit:
+                return
+
+    return ImageBatches(batches, count, "shards")
+
+
+def open_images(src: str, *, batch_size: int = 50, max_count: int | None = None) -> ImageBatches:
+    """The images of ``src`` (see the module docstring), at most ``max_count`` of them, in batches of at most
+    ``batch_size``. Checks existence and format up front; ValueError names the problem in one line."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if max_count is not None and max_count < 1:
+        raise ValueError(f"max_count: expected >= 1, got {max_count}")
+    if src.endswith(".npz"):
+        if not os.path.isfile(src):
+            raise ValueError(f"src: {src!r} does not exist")
+        return _npz_source(src, batch_size, max_count)
+    if os.path.isdir(src):
+        manifest_path = os.path.join(src, "dataset.json")
+        if os.path.isfile(manifest_path):
+            urls = [os.path.join(src, s.name) for s in read_manifest(manifest_path).shards]
+            return _shard_source(expand_urls(urls), batch_size, max_count)
+        return _folder_source(src, batch_size, max_count)
+    if ".tar" in src or "{" in src or "::" in src or "://" in src or src.startswith("pipe:"):
+        return _shard_source(expand_urls(src.split("::")), batch_size, max_count)
+    if not os.path.exists(src):
+        raise ValueError(f"src: {src!r} does not exist")
+    raise ValueError(f"src: {src!r} is not an images .npz, an image folder or WebDataset shards (.tar)")

