@@ -1,10 +1,13 @@
 """What the commands share: one-line failures with exit code 2, and the model names the CLI knows."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 from torch import nn
 
 from diffit.nn.latent import latent_diffit_b_2, latent_diffit_l_2, latent_diffit_s_2, latent_diffit_xl_2
@@ -41,7 +44,7 @@ Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default
 
 def fail(message: str) -> NoReturn:
     """Print a one-line error and exit with code 2 (bad usage), without a traceback."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("error: ", "bold red"), " ".join(message.split())), highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -62,3 +65,26 @@ def parse_int_ranges(text: str, *, name: str) -> list[int]:
     if not values:
         fail(f"{name} is empty: {text!r} selects nothing")
     return values
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A ``progress(done, total)`` callback drawing a rich bar on stderr, started at its first call (so that
+    argument errors raised before any work print no bar)."""
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    )
+    task = None
+
+    def update(done: int, total: int | None) -> None:
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task(description, total=total)
+        progress.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if task is not None:
+            progress.stop()

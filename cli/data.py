@@ -2,13 +2,11 @@
 
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffit.data import (
     BadSampleLog,
@@ -19,38 +17,11 @@ from diffit.data import (
     folder_source,
     write_image_shards,
 )
+from diffit_cli.common import console, fail, progress_bar
 
-data_app = typer.Typer(name="data", help="Write WebDataset shards of images or pre-encoded latents.",
-                       no_args_is_help=True)
-_err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    """One line on stderr and exit code 2 (bad input), no traceback."""
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
-    raise typer.Exit(code=2)
-
-
-@contextmanager
-def _progress_bar(description: str) -> Iterator[Callable[[int, int | None], None]]:
-    """A ``progress(done, total)`` callback drawing a rich bar, started at the first call (so that argument
-    errors raised before any work print no bar)."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=_err)
-    task = None
-
-    def update(done: int, total: int | None) -> None:
-        nonlocal task
-        if task is None:
-            progress.start()
-            task = progress.add_task(description, total=total)
-        progress.update(task, completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if task is not None:
-            progress.stop()
+data_app = typer.Typer(
+    name="data", help="Write WebDataset shards of images or pre-encoded latents.", no_args_is_help=True
+)
 
 
 @contextmanager
@@ -62,38 +33,48 @@ def _bad_sample_summary(log: BadSampleLog) -> Iterator[None]:
 
         def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
             if issubclass(category, BadSampleWarning):
-                _err.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+                console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
             else:
                 original(message, category, *args, **kwargs)
 
         warnings.showwarning = show
         yield
     if log.count:
-        _err.print(f"skipped {log.count} bad sample(s)", markup=False)
+        console.print(f"skipped {log.count} bad sample(s)", markup=False)
 
 
 @data_app.command("shard")
 def shard(
-    src: Annotated[str, typer.Argument(help="Image folder (class subfolders -> labels, flat -> unlabelled), "
-                                            ".npy or .npz; with --digits: the OUT_PATTERN.")],
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="Image folder (class subfolders -> labels, flat -> unlabelled), "
+            ".npy or .npz; with --digits: the OUT_PATTERN."
+        ),
+    ],
     out_pattern: Annotated[str | None, typer.Argument(help="Shard names, printf-style: out/train-%06d.tar")] = None,
     res: Annotated[int | None, typer.Option("--res", help="Square output resolution (default: keep).")] = None,
     center_crop: Annotated[bool, typer.Option("--center-crop", help="ADM center crop to --res (else resize).")] = False,
-    jpeg_quality: Annotated[int | None, typer.Option("--jpeg-quality", help="Store JPEG at this quality "
-                                                     "instead of lossless PNG.")] = None,
+    jpeg_quality: Annotated[
+        int | None, typer.Option("--jpeg-quality", help="Store JPEG at this quality instead of lossless PNG.")
+    ] = None,
     max_count: Annotated[int, typer.Option("--max-count", help="Samples per shard at most.")] = 10_000,
     max_size: Annotated[int, typer.Option("--max-size", help="Bytes per shard at most.")] = 1 << 30,
     channels: Annotated[int | None, typer.Option("--channels", help="1 (grayscale) or 3 (RGB).")] = None,
-    digits: Annotated[bool, typer.Option("--digits", help="Shard the bundled scikit-learn digits "
-                                         "(give only OUT_PATTERN; --res defaults to 16).")] = False,
+    digits: Annotated[
+        bool,
+        typer.Option(
+            "--digits", help="Shard the bundled scikit-learn digits (give only OUT_PATTERN; --res defaults to 16)."
+        ),
+    ] = False,
 ) -> None:
     """Write images as WebDataset shards plus dataset.json."""
     if digits:
         if out_pattern is not None:
-            _fail("with --digits give only OUT_PATTERN (there is no SRC)")
+            fail("with --digits give only OUT_PATTERN (there is no SRC)")
         out_pattern = src
     elif out_pattern is None:
-        _fail("missing OUT_PATTERN (e.g. out/train-%06d.tar)")
+        fail("missing OUT_PATTERN (e.g. out/train-%06d.tar)")
     log = BadSampleLog()
     try:
         if digits:
@@ -102,40 +83,64 @@ def shard(
             source = folder_source(src, log=log)
         else:
             source = array_source(src)
-        with _bad_sample_summary(log), _progress_bar("sharding") as progress:
+        with _bad_sample_summary(log), progress_bar("sharding") as progress:
             manifest = write_image_shards(
-                source, out_pattern, resolution=None if digits else res, center_crop=center_crop,
-                channels=channels, image_format="png" if jpeg_quality is None else "jpg",
-                jpeg_quality=jpeg_quality or 95, png_compress_level=0 if digits else 6, max_count=max_count,
-                max_size=max_size, progress=progress)
+                source,
+                out_pattern,
+                resolution=None if digits else res,
+                center_crop=center_crop,
+                channels=channels,
+                image_format="png" if jpeg_quality is None else "jpg",
+                jpeg_quality=jpeg_quality or 95,
+                png_compress_level=0 if digits else 6,
+                max_count=max_count,
+                max_size=max_size,
+                progress=progress,
+            )
     except (ValueError, OSError) as exc:
-        _fail(str(exc))
-    _err.print(f"wrote {manifest.count} samples in {len(manifest.shards)} shard(s), "
-               f"{manifest.classes} classes, content_hash {manifest.content_hash[:16]}", markup=False)
+        fail(str(exc))
+    console.print(
+        f"wrote {manifest.count} samples in {len(manifest.shards)} shard(s), "
+        f"{manifest.classes} classes, content_hash {manifest.content_hash[:16]}",
+        markup=False,
+    )
 
 
 @data_app.command("encode")
 def encode(
     shards: Annotated[str, typer.Argument(help="Image shards, e.g. 'data/train-{000000..000127}.tar'.")],
     out_pattern: Annotated[str, typer.Argument(help="Latent shard names, printf-style: out/lat-%06d.tar")],
-    vae: Annotated[str, typer.Option("--vae", help="AutoencoderKL folder or Hub id "
-                                     "(e.g. stabilityai/sd-vae-ft-ema).")],
+    vae: Annotated[str, typer.Option("--vae", help="AutoencoderKL folder or Hub id (e.g. stabilityai/sd-vae-ft-ema).")],
     res: Annotated[int, typer.Option("--res", help="Image resolution to encode at.")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per VAE call.")] = 32,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
-    scale_factor: Annotated[float, typer.Option("--scale-factor", help="Latent scale recorded "
-                                                "for training.")] = 0.18215,
-    sample: Annotated[bool, typer.Option("--sample", help="Store one posterior sample instead of "
-                                         "mean and std.")] = False,
+    scale_factor: Annotated[
+        float, typer.Option("--scale-factor", help="Latent scale recorded for training.")
+    ] = 0.18215,
+    sample: Annotated[
+        bool, typer.Option("--sample", help="Store one posterior sample instead of mean and std.")
+    ] = False,
 ) -> None:
     """Encode image shards into float16 latent shards (resumable: finished shards are skipped)."""
     log = BadSampleLog()
     try:
-        with _bad_sample_summary(log), _progress_bar("encoding") as progress:
-            manifest = encode_latents(shards, out_pattern, vae=vae, resolution=res, batch_size=batch_size,
-                                      device=device, scale_factor=scale_factor,
-                                      store="sample" if sample else "mean_std", log=log, progress=progress)
+        with _bad_sample_summary(log), progress_bar("encoding") as progress:
+            manifest = encode_latents(
+                shards,
+                out_pattern,
+                vae=vae,
+                resolution=res,
+                batch_size=batch_size,
+                device=device,
+                scale_factor=scale_factor,
+                store="sample" if sample else "mean_std",
+                log=log,
+                progress=progress,
+            )
     except (ValueError, OSError) as exc:
-        _fail(str(exc))
-    _err.print(f"wrote {manifest.count} latents {manifest.channels}x{manifest.resolution}x{manifest.resolution} "
-               f"in {len(manifest.shards)} shard(s)", markup=False)
+        fail(str(exc))
+    console.print(
+        f"wrote {manifest.count} latents {manifest.channels}x{manifest.resolution}x{manifest.resolution} "
+        f"in {len(manifest.shards)} shard(s)",
+        markup=False,
+    )

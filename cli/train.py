@@ -81,6 +81,13 @@ def train_command(
     sample_every: Annotated[
         int, typer.Option(help="Write a fixed-seed EMA sample grid every N steps; 0 disables.")
     ] = 500,
+    flip: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Random horizontal flips (default: on with --data; off for the digits, not mirror-symmetric).",
+        ),
+    ] = None,
     label_dropout: Annotated[
         float, typer.Option(help="Probability of the null label (classifier-free guidance).")
     ] = 0.1,
@@ -153,54 +160,30 @@ def train_command(
         fail(f"--out {out} already holds checkpoints: add --resume to continue that run, or choose another --out")
     dist = init_distributed(device)
     torch.manual_seed(seed + dist.rank)
+    flip = data is not None if flip is None else flip
+    split = dict(batch_size=batch_size, seed=seed, rank=dist.rank, world_size=dist.world_size)
     if latent:
         objective: Any = ADMObjective(alphas_cumprod=release_alphas_cumprod())
-
-        def data_fn(start: int) -> Any:
-            return iter(
-                latent_pipeline(
-                    urls,
-                    batch_size=batch_size,
-                    seed=seed,
-                    rank=dist.rank,
-                    world_size=dist.world_size,
-                    num_workers=num_workers,
-                    start_step=start,
-                )
-            )
+        data_fn = lambda start: iter(  # noqa: E731
+            latent_pipeline(urls, num_workers=num_workers, start_step=start, flip=flip, **split)
+        )
     else:
         objective = EDMObjective()
-        size = (manifest.count if manifest else 0) * channels * res * res
-        if size <= MEMORY_LIMIT_BYTES:
-            images, labels = load_images(urls, resolution=res, channels=channels)
-
-            def data_fn(start: int) -> Any:
-                return memory_batches(
-                    images,
-                    labels,
-                    batch_size=batch_size,
-                    seed=seed,
-                    start_step=start,
-                    rank=dist.rank,
-                    world_size=dist.world_size,
-                    flip=False,
-                )
+        if (manifest.count if manifest else 0) * channels * res * res <= MEMORY_LIMIT_BYTES:
+            images, labels = load_images(urls, resolution=res, channels=channels)  # exact, seekable batches
+            data_fn = lambda start: memory_batches(images, labels, start_step=start, flip=flip, **split)  # noqa: E731
         else:
-
-            def data_fn(start: int) -> Any:
-                return iter(
-                    image_pipeline(
-                        urls,
-                        batch_size=batch_size,
-                        resolution=res,
-                        channels=channels,
-                        seed=seed,
-                        rank=dist.rank,
-                        world_size=dist.world_size,
-                        num_workers=num_workers,
-                        start_step=start,
-                    )
+            data_fn = lambda start: iter(  # noqa: E731
+                image_pipeline(
+                    urls,
+                    resolution=res,
+                    channels=channels,
+                    num_workers=num_workers,
+                    start_step=start,
+                    flip=flip,
+                    **split,
                 )
+            )
 
     run_args = {
         k: (str(v) if isinstance(v, Path) else v)
