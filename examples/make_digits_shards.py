@@ -15,6 +15,8 @@ from diffit.data.digits import DIGITS_PATTERN
 out = sys.argv[1] if len(sys.argv) > 1 else digits_folder()
 manifest = write_digits_shards(os.path.join(out, DIGITS_PATTERN))
 size = sum(os.path.getsize(os.path.join(out, s.name)) for s in manifest.shards)
-print(f"{manifest.count} digits, {manifest.resolution}x{manifest.resolution}, {manifest.classes} classes, "
-      f"{len(manifest.shards)} shard(s), {size / 1e6:.2f} MB in {out}")
+print(
+    f"{manifest.count} digits, {manifest.resolution}x{manifest.resolution}, {manifest.classes} classes, "
+    f"{len(manifest.shards)} shard(s), {size / 1e6:.2f} MB in {out}"
+)
 print(f"content_hash {manifest.content_hash}")

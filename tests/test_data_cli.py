@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 import pytest
-from diffit_cli.main import app
 from PIL import Image
 from typer.testing import CliRunner
 
 from diffit.data import digits_manifest, load_images, read_manifest
+from diffit_cli.main import app
 
 runner = CliRunner()
 
@@ -19,8 +19,9 @@ def test_shard_image_folder_with_center_crop(tmp_path):
         for i in range(3):
             Image.new("RGB", (20, 10), color=(i * 50, 10, 10)).save(tmp_path / "src" / cls / f"{i}.png")
     out = tmp_path / "out" / "t-%06d.tar"
-    result = runner.invoke(app, ["data", "shard", str(tmp_path / "src"), str(out), "--res", "8", "--center-crop",
-                                 "--max-count", "4"])
+    result = runner.invoke(
+        app, ["data", "shard", str(tmp_path / "src"), str(out), "--res", "8", "--center-crop", "--max-count", "4"]
+    )
     assert result.exit_code == 0, result.output
     manifest = read_manifest(str(tmp_path / "out"))
     assert (manifest.count, manifest.classes, manifest.resolution, len(manifest.shards)) == (6, 2, 8, 2)
@@ -30,8 +31,9 @@ def test_shard_image_folder_with_center_crop(tmp_path):
 
 def test_shard_npz_as_jpeg(tmp_path):
     np.savez(tmp_path / "a.npz", images=np.full((3, 8, 8, 3), 128, dtype=np.uint8), labels=np.array([0, 1, 2]))
-    result = runner.invoke(app, ["data", "shard", str(tmp_path / "a.npz"), str(tmp_path / "o" / "j-%03d.tar"),
-                                 "--jpeg-quality", "90"])
+    result = runner.invoke(
+        app, ["data", "shard", str(tmp_path / "a.npz"), str(tmp_path / "o" / "j-%03d.tar"), "--jpeg-quality", "90"]
+    )
     assert result.exit_code == 0, result.output
     assert read_manifest(str(tmp_path / "o")).extra["image_format"] == "jpg"
     images, _ = load_images(str(tmp_path / "o" / "j-000.tar"))
@@ -44,11 +46,14 @@ def test_shard_digits_reproduces_the_bundled_hash(tmp_path):
     assert read_manifest(str(tmp_path)).content_hash == digits_manifest().content_hash
 
 
-@pytest.mark.parametrize("args, message", [
-    (["data", "shard", "/no/such/folder", "x-%03d.tar"], "does not exist"),
-    (["data", "shard", "{src}", "{tmp}/no-pattern.tar"], "out_pattern"),
-    (["data", "encode", "{tmp}/none-{{000..001}}.tar", "{tmp}/l-%03d.tar", "--vae", "x"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data", "shard", "/no/such/folder", "x-%03d.tar"], "does not exist"),
+        (["data", "shard", "{src}", "{tmp}/no-pattern.tar"], "out_pattern"),
+        (["data", "encode", "{tmp}/none-{{000..001}}.tar", "{tmp}/l-%03d.tar", "--vae", "x"], "does not exist"),
+    ],
+)
 def test_errors_exit_2_with_one_line(tmp_path, args, message):
     np.save(tmp_path / "a.npy", np.zeros((2, 4, 4), dtype=np.uint8))
     args = [a.format(src=tmp_path / "a.npy", tmp=tmp_path) for a in args]
@@ -59,24 +64,41 @@ def test_errors_exit_2_with_one_line(tmp_path, args, message):
     assert not any(name.endswith(".tar") for name in os.listdir(tmp_path))
 
 
-def test_encode_command(tmp_path):
-    pytest.importorskip("diffusers")
-    from diffusers import AutoencoderKL
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                  block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4).save_pretrained(tmp_path / "vae")
+def test_encode_command(tmp_path, tiny_vae):
     np.savez(tmp_path / "a.npz", images=np.zeros((5, 8, 8, 3), dtype=np.uint8), labels=np.arange(5))
     shard = runner.invoke(app, ["data", "shard", str(tmp_path / "a.npz"), str(tmp_path / "i" / "i-%03d.tar")])
     assert shard.exit_code == 0
-    result = runner.invoke(app, ["data", "encode", str(tmp_path / "i" / "i-000.tar"),
-                                 str(tmp_path / "l" / "l-%03d.tar"), "--vae", str(tmp_path / "vae"), "--res", "8",
-                                 "--batch-size", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "encode",
+            str(tmp_path / "i" / "i-000.tar"),
+            str(tmp_path / "l" / "l-%03d.tar"),
+            "--vae",
+            tiny_vae,
+            "--res",
+            "8",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = read_manifest(str(tmp_path / "l"))
     assert (manifest.kind, manifest.count, manifest.resolution) == ("latent", 5, 4)
-    bad = runner.invoke(app, ["data", "encode", str(tmp_path / "i" / "i-000.tar"), str(tmp_path / "m" / "l-%03d.tar"),
-                              "--vae", "nobody/none", "--res", "8"])
+    bad = runner.invoke(
+        app,
+        [
+            "data",
+            "encode",
+            str(tmp_path / "i" / "i-000.tar"),
+            str(tmp_path / "m" / "l-%03d.tar"),
+            "--vae",
+            "nobody/none",
+            "--res",
+            "8",
+        ],
+    )
     assert bad.exit_code == 2 and "cannot load an AutoencoderKL" in bad.output
 
 

@@ -24,19 +24,6 @@ pytest.importorskip("diffusers")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory) -> str:
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=4, sample_size=8)
-    path = str(tmp_path_factory.mktemp("vae"))
-    vae.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def image_shards(tmp_path) -> str:
     images = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
@@ -47,8 +34,14 @@ def image_shards(tmp_path) -> str:
 
 def test_encode_stores_posterior_of_image_and_mirror(tmp_path, tiny_vae, image_shards):
     calls = []
-    manifest = encode_latents(image_shards, str(tmp_path / "lat" / "l-%03d.tar"), vae=tiny_vae, resolution=8,
-                              batch_size=3, progress=lambda done, total: calls.append((done, total)))
+    manifest = encode_latents(
+        image_shards,
+        str(tmp_path / "lat" / "l-%03d.tar"),
+        vae=tiny_vae,
+        resolution=8,
+        batch_size=3,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert (manifest.kind, manifest.count, manifest.channels, manifest.resolution) == ("latent", 10, 4, 4)
     assert manifest.classes == 4 and manifest.extra["scale_factor"] == 0.18215
     assert calls[-1] == (10, 10)
@@ -68,8 +61,13 @@ def test_encode_stores_posterior_of_image_and_mirror(tmp_path, tiny_vae, image_s
         np.testing.assert_allclose(sd[1], std_m[i].numpy(), rtol=2e-3, atol=2e-3)
         assert int(s["cls"]) == labels[i]
     # The pipeline's deterministic view (no flip, no sampling) is the scaled posterior mean.
-    z, y = next(iter(latent_pipeline(str(tmp_path / "lat" / "l-{000..002}.tar"), batch_size=10, flip=False,
-                                     sample=False, shuffle_buffer=1)))
+    z, y = next(
+        iter(
+            latent_pipeline(
+                str(tmp_path / "lat" / "l-{000..002}.tar"), batch_size=10, flip=False, sample=False, shuffle_buffer=1
+            )
+        )
+    )
     assert z.shape == (10, 4, 4, 4)
     assert set(y.tolist()) <= set(range(4))
     scaled = (mean * 0.18215).half().float()
@@ -89,8 +87,9 @@ def test_encode_resumes_by_skipping_finished_shards(tmp_path, tiny_vae, image_sh
 
 
 def test_sample_store_and_offline_error(tmp_path, tiny_vae, image_shards):
-    manifest = encode_latents(image_shards, str(tmp_path / "s" / "l-%03d.tar"), vae=tiny_vae, resolution=8,
-                              store="sample")
+    manifest = encode_latents(
+        image_shards, str(tmp_path / "s" / "l-%03d.tar"), vae=tiny_vae, resolution=8, store="sample"
+    )
     z, _ = next(iter(latent_pipeline(str(tmp_path / "s" / "l-{000..002}.tar"), batch_size=4)))
     assert manifest.extra["store"] == "sample" and z.shape == (4, 4, 4, 4)
     with pytest.raises(ValueError, match="cannot load an AutoencoderKL.*HF_HUB_OFFLINE"):

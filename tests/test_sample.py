@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_image_diffit
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -19,17 +20,7 @@ runner = CliRunner()
 
 
 def tiny_image_model(num_classes: int | None = 3) -> ImageDiffiT:
-    torch.manual_seed(0)
-    model = ImageDiffiT(
-        resolution=8,
-        in_channels=1,
-        channels=(8, 16),
-        blocks_per_stage=(1, 1),
-        window=4,
-        num_heads=2,
-        time_dim=16,
-        num_classes=num_classes,
-    )
+    model = tiny_image_diffit(num_classes)
     with torch.no_grad():  # a non-zero output head, so that samples depend on the weights
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -175,27 +166,14 @@ def test_cli_rejects_a_file_that_is_no_checkpoint(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "not a DiffiT release checkpoint" in res.output
 
 
-def test_cli_samples_a_release_layout_latent_checkpoint(tmp_path: Path) -> None:
+def test_cli_samples_a_release_layout_latent_checkpoint(tmp_path: Path, tiny_vae: str) -> None:
     """A bare state dict with the authors' key layout, decoded by a tiny random AutoencoderKL, offline."""
-    diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     latent = LatentDiffiT(
         input_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=3
     )
     release = tmp_path / "diffit_256.safetensors"
     save_file({k: v.contiguous() for k, v in latent.state_dict().items()}, str(release))
-    vae = diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=8,
-    )
-    vae.save_pretrained(tmp_path / "vae")
     out = tmp_path / "latent.npz"
     res = runner.invoke(
         app,
@@ -204,7 +182,7 @@ def test_cli_samples_a_release_layout_latent_checkpoint(tmp_path: Path) -> None:
             "--ckpt",
             str(release),
             "--vae",
-            str(tmp_path / "vae"),
+            tiny_vae,
             "--steps",
             "4",
             "--n",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_image_diffit
 from safetensors.torch import load_file
 
 import diffit.checkpoint as ckpt_mod
@@ -25,17 +26,7 @@ CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 def tiny_model(num_classes: int | None = 3) -> ImageDiffiT:
-    torch.manual_seed(0)
-    return ImageDiffiT(
-        resolution=8,
-        in_channels=1,
-        channels=(8, 16),
-        blocks_per_stage=(1, 1),
-        window=4,
-        num_heads=2,
-        time_dim=16,
-        num_classes=num_classes,
-    )
+    return tiny_image_diffit(num_classes)
 
 
 def toy_data() -> tuple[torch.Tensor, torch.Tensor]:

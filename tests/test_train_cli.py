@@ -38,27 +38,14 @@ def test_batch_must_divide_over_processes(tmp_path: Path, monkeypatch: pytest.Mo
     assert res.exit_code == 2 and "divisible by the number of processes (3)" in res.output
 
 
-def test_latent_training_on_encoded_shards(tmp_path: Path) -> None:
-    diffusers = pytest.importorskip("diffusers")
-    vae = diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=8,
-    )
-    vae.save_pretrained(tmp_path / "vae")
+def test_latent_training_on_encoded_shards(tmp_path: Path, tiny_vae: str) -> None:
     images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / "a.npz", images=images, labels=np.arange(8) % 4)
     write_image_shards(array_source(str(tmp_path / "a.npz")), str(tmp_path / "img" / "i-%03d.tar"), max_count=4)
     encode_latents(
         str(tmp_path / "img" / "i-{000..001}.tar"),
         str(tmp_path / "lat" / "l-%03d.tar"),
-        vae=str(tmp_path / "vae"),
+        vae=tiny_vae,
         resolution=8,
     )
     data = str(tmp_path / "lat" / "l-{000..001}.tar")
