@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check diffit cli tests examples benchmarks
+	$(BIN)/ruff format --check diffit cli tests examples benchmarks
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: $(STAMP)

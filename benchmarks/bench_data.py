@@ -37,8 +37,11 @@ class FolderImages(Dataset):
     """Baseline: one PNG file per sample, decoded with PIL, label from the folder name."""
 
     def __init__(self, root: str) -> None:
-        self.files = [(os.path.join(root, c, f), int(c)) for c in sorted(os.listdir(root))
-                      for f in sorted(os.listdir(os.path.join(root, c)))]
+        self.files = [
+            (os.path.join(root, c, f), int(c))
+            for c in sorted(os.listdir(root))
+            for f in sorted(os.listdir(os.path.join(root, c)))
+        ]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -91,8 +94,9 @@ def main() -> None:
             with open(os.path.join(tmp, "folder", str(c), f"{i:06d}.png"), "wb") as f:
                 f.write(encode_image(Image.fromarray(img)))  # the very bytes the shards hold
         np.savez(os.path.join(tmp, "a.npz"), images=images, labels=labels)
-        m = write_image_shards(array_source(os.path.join(tmp, "a.npz")), os.path.join(tmp, "img", "i-%04d.tar"),
-                               max_count=1000)
+        m = write_image_shards(
+            array_source(os.path.join(tmp, "a.npz")), os.path.join(tmp, "img", "i-%04d.tar"), max_count=1000
+        )
         image_urls = os.path.join(tmp, "img", f"i-{{0000..{len(m.shards) - 1:04d}}}.tar")
         rng = np.random.default_rng(0)
         with ShardWriter(os.path.join(tmp, "lat", "l-%04d.tar"), max_count=1000) as w:
@@ -101,26 +105,41 @@ def main() -> None:
                 buf_m, buf_s = io.BytesIO(), io.BytesIO()
                 np.save(buf_m, mean)
                 np.save(buf_s, np.abs(mean) * 0.1)
-                w.write(f"{i:08d}", {"mean.npy": buf_m.getvalue(), "std.npy": buf_s.getvalue(),
-                                     "cls": str(labels[i]).encode()})
+                w.write(
+                    f"{i:08d}",
+                    {"mean.npy": buf_m.getvalue(), "std.npy": buf_s.getvalue(), "cls": str(labels[i]).encode()},
+                )
         latent_urls = os.path.join(tmp, "lat", f"l-{{0000..{len(w.shards) - 1:04d}}}.tar")
 
         rows = []
         for workers in (0, 2):
-            folder = DataLoader(FolderImages(os.path.join(tmp, "folder")), batch_size=BATCH, shuffle=True,
-                                num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+            folder = DataLoader(
+                FolderImages(os.path.join(tmp, "folder")),
+                batch_size=BATCH,
+                shuffle=True,
+                num_workers=workers,
+                drop_last=True,
+                persistent_workers=workers > 0,
+            )
             base = rate(endless(folder), args.batches)
-            shards = rate(image_pipeline(image_urls, batch_size=BATCH, resolution=32, channels=3,
-                                         num_workers=workers), args.batches)
+            shards = rate(
+                image_pipeline(image_urls, batch_size=BATCH, resolution=32, channels=3, num_workers=workers),
+                args.batches,
+            )
             latents = rate(latent_pipeline(latent_urls, batch_size=BATCH, num_workers=workers), args.batches)
             rows.append((workers, base, shards, latents))
-    print(f"{args.images} samples, batch {BATCH}, {args.batches} timed batches per row; "
-          f"ratios against the PIL folder loader with the same workers")
-    print(f"{'workers':>7} | {'folder PNG/s':>12} | {'shard PNG/s':>11} | {'ratio':>5} | "
-          f"{'latent/s':>9} | {'ratio':>5}")
+    print(
+        f"{args.images} samples, batch {BATCH}, {args.batches} timed batches per row; "
+        f"ratios against the PIL folder loader with the same workers"
+    )
+    print(
+        f"{'workers':>7} | {'folder PNG/s':>12} | {'shard PNG/s':>11} | {'ratio':>5} | {'latent/s':>9} | {'ratio':>5}"
+    )
     for workers, base, shards, latents in rows:
-        print(f"{workers:>7} | {base:>12.0f} | {shards:>11.0f} | {shards / base:>5.2f} | {latents:>9.0f} | "
-              f"{latents / base:>5.2f}")
+        print(
+            f"{workers:>7} | {base:>12.0f} | {shards:>11.0f} | {shards / base:>5.2f} | {latents:>9.0f} | "
+            f"{latents / base:>5.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,7 @@ class BadSampleLog:
     def report(self, what: str) -> None:
         """Warn with the final count, if anything was skipped (called when a finite pass ends)."""
         if self.count:
-            warnings.warn(f"{what}: skipped {self.count} bad sample(s) in total", BadSampleWarning,
-                          stacklevel=2)
+            warnings.warn(f"{what}: skipped {self.count} bad sample(s) in total", BadSampleWarning, stacklevel=2)
 
 
 class IgnoreLog(BadSampleLog):

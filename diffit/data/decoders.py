@@ -53,8 +53,13 @@ class ImageDecoder:
         if ext is None:
             raise BadSample(f"no image member ({'/'.join(IMAGE_EXTENSIONS)})")
         label = decode_label(sample, self.labelled)
-        image = decode_image(bytes(sample[ext]), resolution=self.resolution, channels=self.channels,
-                             resize=self.resize, key=str(sample["__key__"]))
+        image = decode_image(
+            bytes(sample[ext]),
+            resolution=self.resolution,
+            channels=self.channels,
+            resize=self.resize,
+            key=str(sample["__key__"]),
+        )
         if self.flip and rng is not None and rng.random() < 0.5:
             image = image[:, :, ::-1]
         return image, label
@@ -126,8 +131,9 @@ def collate_images(images: list[np.ndarray], labels: list[int]) -> tuple[Float[T
     return torch.from_numpy(x), torch.tensor(labels, dtype=torch.int64)
 
 
-def collate_latents(latents: list[np.ndarray], labels: list[int],
-                    scale_factor: float) -> tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]:
+def collate_latents(
+    latents: list[np.ndarray], labels: list[int], scale_factor: float
+) -> tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]:
     """Stack latents and multiply by the VAE scale factor (0.18215 for SD VAEs: unit-variance latents)."""
     z = np.stack(latents)
     z *= np.float32(scale_factor)

@@ -17,13 +17,22 @@ from PIL import Image
 from diffit.data.manifest import Manifest, read_manifest
 from diffit.data.writing import ImageSource, LabelledImage, write_image_shards
 
-__all__ = ["DIGITS_CITATION", "DIGITS_RESOLUTION", "digits_folder", "digits_manifest", "digits_source",
-           "digits_urls", "write_digits_shards"]
+__all__ = [
+    "DIGITS_CITATION",
+    "DIGITS_RESOLUTION",
+    "digits_folder",
+    "digits_manifest",
+    "digits_source",
+    "digits_urls",
+    "write_digits_shards",
+]
 
 DIGITS_RESOLUTION = 16
 DIGITS_PATTERN = "digits-%06d.tar.gz"
-DIGITS_CITATION = ("E. Alpaydin and C. Kaynak, Optical Recognition of Handwritten Digits, UCI Machine Learning "
-                   "Repository, 1998, https://doi.org/10.24432/C50P49 (CC BY 4.0)")
+DIGITS_CITATION = (
+    "E. Alpaydin and C. Kaynak, Optical Recognition of Handwritten Digits, UCI Machine Learning "
+    "Repository, 1998, https://doi.org/10.24432/C50P49 (CC BY 4.0)"
+)
 
 
 def digits_folder() -> str:
@@ -47,8 +56,10 @@ def digits_source(resolution: int = DIGITS_RESOLUTION) -> ImageSource:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise ValueError("digits: scikit-learn is needed to regenerate the digits (pip install scikit-learn); "
-                         "the bundled shards need nothing: use digits_urls()") from None
+        raise ValueError(
+            "digits: scikit-learn is needed to regenerate the digits (pip install scikit-learn); "
+            "the bundled shards need nothing: use digits_urls()"
+        ) from None
     digits = load_digits()
     # Values 0..16 -> 0..255 (exact integer rounding, so the result is platform independent).
     images = ((digits.images.astype(np.int64) * 255 + 8) // 16).astype(np.uint8)
@@ -59,12 +70,24 @@ def digits_source(resolution: int = DIGITS_RESOLUTION) -> ImageSource:
             img = Image.fromarray(image).resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
             yield f"digit_{i:04d}", img, int(label)
 
-    return ImageSource(samples, len(images), [str(d) for d in range(10)], True, channels=1,
-                       extra={"source": "sklearn.datasets.load_digits", "citation": DIGITS_CITATION,
-                              "license": "CC BY 4.0", "original_resolution": 8, "resample": "bicubic"})
+    return ImageSource(
+        samples,
+        len(images),
+        [str(d) for d in range(10)],
+        True,
+        channels=1,
+        extra={
+            "source": "sklearn.datasets.load_digits",
+            "citation": DIGITS_CITATION,
+            "license": "CC BY 4.0",
+            "original_resolution": 8,
+            "resample": "bicubic",
+        },
+    )
 
 
 def write_digits_shards(out_pattern: str, *, resolution: int = DIGITS_RESOLUTION) -> Manifest:
     """Write the digits as deterministic shards at ``resolution`` (``.tar.gz`` patterns are gzipped)."""
-    return write_image_shards(digits_source(resolution), out_pattern, channels=1, png_compress_level=0,
-                              max_count=1_000_000)
+    return write_image_shards(
+        digits_source(resolution), out_pattern, channels=1, png_compress_level=0, max_count=1_000_000
+    )

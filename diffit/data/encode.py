@@ -41,16 +41,22 @@ def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Mo
         vae = AutoencoderKL.from_pretrained(path_or_id, low_cpu_mem_usage=False)
     except Exception as exc:  # hub/network/format errors come in many types
         where = "local folder" if os.path.isdir(path_or_id) else "Hub id (no local folder of that name)"
-        offline = " Hugging Face Hub access is off (HF_HUB_OFFLINE=1) or unreachable;" \
-            if not os.path.isdir(path_or_id) else ""
-        raise ValueError(f"vae: cannot load an AutoencoderKL from {path_or_id!r} as a {where}:{offline} "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        offline = (
+            " Hugging Face Hub access is off (HF_HUB_OFFLINE=1) or unreachable;"
+            if not os.path.isdir(path_or_id)
+            else ""
+        )
+        raise ValueError(
+            f"vae: cannot load an AutoencoderKL from {path_or_id!r} as a {where}:{offline} "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
     return vae.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def vae_posterior(vae: torch.nn.Module, x: Float[Tensor, "b c h w"]) -> tuple[Float[Tensor, "b z hz wz"],
-                                                                              Float[Tensor, "b z hz wz"]]:
+def vae_posterior(
+    vae: torch.nn.Module, x: Float[Tensor, "b c h w"]
+) -> tuple[Float[Tensor, "b z hz wz"], Float[Tensor, "b z hz wz"]]:
     """Mean and standard deviation of the VAE posterior q(z | x) for images x in [-1, 1]."""
     dist = vae.encode(x).latent_dist
     return dist.mean, dist.std
@@ -62,8 +68,9 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _batches(url: str, decoder: ImageDecoder, batch_size: int,
-             log: BadSampleLog) -> Iterator[tuple[list[str], list[int], np.ndarray]]:
+def _batches(
+    url: str, decoder: ImageDecoder, batch_size: int, log: BadSampleLog
+) -> Iterator[tuple[list[str], list[int], np.ndarray]]:
     keys: list[str] = []
     labels: list[int] = []
     images: list[np.ndarray] = []
@@ -83,11 +90,21 @@ def _batches(url: str, decoder: ImageDecoder, batch_size: int,
         yield keys, labels, np.stack(images)
 
 
-def encode_latents(urls: str | list[str], out_pattern: str, *, vae: str | torch.nn.Module,
-                   resolution: int = 256, batch_size: int = 32, device: str = "cpu",
-                   scale_factor: float = 0.18215, store: str = "mean_std", seed: int = 0,
-                   labelled: bool | None = None, log: BadSampleLog | None = None,
-                   progress: Callable[[int, int | None], None] | None = None) -> Manifest:
+def encode_latents(
+    urls: str | list[str],
+    out_pattern: str,
+    *,
+    vae: str | torch.nn.Module,
+    resolution: int = 256,
+    batch_size: int = 32,
+    device: str = "cpu",
+    scale_factor: float = 0.18215,
+    store: str = "mean_std",
+    seed: int = 0,
+    labelled: bool | None = None,
+    log: BadSampleLog | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> Manifest:
     """Encode image shards into latent shards ``out_pattern % i`` and write their ``dataset.json``.
 
     ``vae``: a loaded AutoencoderKL or a path/Hub id for ``load_vae``. Images are converted to RGB and
@@ -96,8 +113,9 @@ def encode_latents(urls: str | list[str], out_pattern: str, *, vae: str | torch.
     """
     expanded = expand_urls(urls)
     if "%" not in out_pattern:
-        raise ValueError(f"out_pattern: expected a printf-style shard name such as 'out/latents-%06d.tar', "
-                         f"got {out_pattern!r}")
+        raise ValueError(
+            f"out_pattern: expected a printf-style shard name such as 'out/latents-%06d.tar', got {out_pattern!r}"
+        )
     if store not in ("mean_std", "sample"):
         raise ValueError(f"store: expected 'mean_std' or 'sample', got {store!r}")
     if batch_size < 1:
@@ -128,8 +146,10 @@ def encode_latents(urls: str | list[str], out_pattern: str, *, vae: str | torch.
                     pair = np.stack([mean[i], mean[b + i]])  # (2, C, h, w): image, mirror
                     pair_std = np.stack([std[i], std[b + i]])
                     if store == "mean_std":
-                        fields = {"mean.npy": _npy(pair.astype(np.float16)),
-                                  "std.npy": _npy(pair_std.astype(np.float16))}
+                        fields = {
+                            "mean.npy": _npy(pair.astype(np.float16)),
+                            "std.npy": _npy(pair_std.astype(np.float16)),
+                        }
                     else:
                         eps = np.random.default_rng(mix_seed(seed, index, i, done)).standard_normal(pair.shape)
                         fields = {"latent.npy": _npy((pair + pair_std * eps).astype(np.float16))}
@@ -144,15 +164,26 @@ def encode_latents(urls: str | list[str], out_pattern: str, *, vae: str | torch.
         shards.extend(writer.shards)  # empty when no sample of the input shard was readable
     if not shards or sum(s.count for s in shards) == 0:
         raise ValueError(f"urls: no readable images in {urls!r}")
-    extra: dict[str, object] = {"scale_factor": scale_factor, "store": store,
-                                "vae": vae if isinstance(vae, str) else type(vae).__name__,
-                                "image_resolution": resolution, "flip_variant": True}
+    extra: dict[str, object] = {
+        "scale_factor": scale_factor,
+        "store": store,
+        "vae": vae if isinstance(vae, str) else type(vae).__name__,
+        "image_resolution": resolution,
+        "flip_variant": True,
+    }
     folder = os.path.dirname(os.path.abspath(out_pattern))
     if latent_shape is None:  # everything was resumed: read the shape from a stored sample
         first = next(read_shard(os.path.join(folder, shards[0].name), log))
         latent_shape = np.load(io.BytesIO(first.get("mean.npy") or first["latent.npy"])).shape[1:]
     # Without a source dataset.json the class count is inferred from the labels encoded in this call.
     classes = source.classes if source is not None else (max_label + 1 if labelled else 0)
-    return write_manifest(folder, kind="latent", shards=shards,
-                          resolution=int(latent_shape[-1]), channels=int(latent_shape[0]), classes=classes,
-                          class_names=source.class_names if source is not None else [], extra=extra)
+    return write_manifest(
+        folder,
+        kind="latent",
+        shards=shards,
+        resolution=int(latent_shape[-1]),
+        channels=int(latent_shape[0]),
+        classes=classes,
+        class_names=source.class_names if source is not None else [],
+        extra=extra,
+    )

@@ -40,8 +40,9 @@ def resize_square(img: Image.Image, resolution: int) -> Image.Image:
     return img.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
 
 
-def encode_image(img: Image.Image, image_format: str = "png", *, quality: int = 95,
-                 png_compress_level: int = 6) -> bytes:
+def encode_image(
+    img: Image.Image, image_format: str = "png", *, quality: int = 95, png_compress_level: int = 6
+) -> bytes:
     """PNG (lossless; Up-filtered, see ``diffit.data.png``) or JPEG (``quality`` 1..95) bytes of an image."""
     if image_format == "png":
         if img.mode in ("L", "RGB"):
@@ -57,8 +58,9 @@ def encode_image(img: Image.Image, image_format: str = "png", *, quality: int = 
     return buf.getvalue()
 
 
-def decode_image(data: bytes, *, resolution: int | None = None, channels: int | None = None,
-                 resize: bool = False, key: str = "") -> np.ndarray:
+def decode_image(
+    data: bytes, *, resolution: int | None = None, channels: int | None = None, resize: bool = False, key: str = ""
+) -> np.ndarray:
     """Decode image bytes to a uint8 ``(C, H, W)`` array, checking its size and channel count.
 
     Undecodable bytes raise ``BadSample`` (the reader skips and counts the sample). An image of another
@@ -70,8 +72,11 @@ def decode_image(data: bytes, *, resolution: int | None = None, channels: int | 
             fast = decode_png_fast(data)
         except (ValueError, zlib.error, struct.error) as exc:
             raise BadSample(f"undecodable image ({type(exc).__name__}: {exc})") from None
-        if fast is not None and (channels in (None, fast.shape[0])) and \
-                (resolution is None or fast.shape[1:] == (resolution, resolution)):
+        if (
+            fast is not None
+            and (channels in (None, fast.shape[0]))
+            and (resolution is None or fast.shape[1:] == (resolution, resolution))
+        ):
             return fast
     try:
         img = Image.open(io.BytesIO(data))
@@ -81,15 +86,19 @@ def decode_image(data: bytes, *, resolution: int | None = None, channels: int | 
     have = {"L": 1, "RGB": 3}.get(img.mode)
     if channels is not None and have != channels:
         if not resize:
-            raise ValueError(f"image {key!r} has mode {img.mode} ({have or '?'} channels) but channels={channels} "
-                             "was requested; pass resize=True (--resize) to convert")
+            raise ValueError(
+                f"image {key!r} has mode {img.mode} ({have or '?'} channels) but channels={channels} "
+                "was requested; pass resize=True (--resize) to convert"
+            )
         img = img.convert(_MODES[channels])
     elif have is None:
         img = img.convert("RGB")
     if resolution is not None and img.size != (resolution, resolution):
         if not resize:
-            raise ValueError(f"image {key!r} is {img.size[0]}x{img.size[1]} but resolution={resolution} was "
-                             "requested; pass resize=True to center-crop and resize, or re-shard at that size")
+            raise ValueError(
+                f"image {key!r} is {img.size[0]}x{img.size[1]} but resolution={resolution} was "
+                "requested; pass resize=True to center-crop and resize, or re-shard at that size"
+            )
         img = center_crop_resize(img, resolution)
     array = np.asarray(img)
     # (H, W) or (H, W, C) -> (C, H, W)

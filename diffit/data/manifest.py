@@ -22,8 +22,15 @@ from dataclasses import asdict, dataclass, field
 from diffit.data.shards import ShardInfo, shard_digest
 from diffit.data.urls import is_local
 
-__all__ = ["MANIFEST_NAME", "Manifest", "content_hash", "find_manifest", "read_manifest", "verify_shards",
-           "write_manifest"]
+__all__ = [
+    "MANIFEST_NAME",
+    "Manifest",
+    "content_hash",
+    "find_manifest",
+    "read_manifest",
+    "verify_shards",
+    "write_manifest",
+]
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "diffit-shards/1"
@@ -53,14 +60,29 @@ class Manifest:
         return self.classes > 0
 
 
-def write_manifest(folder: str, *, kind: str, shards: list[ShardInfo], resolution: int | None, channels: int,
-                   classes: int, class_names: list[str] | None = None,
-                   extra: dict[str, object] | None = None) -> Manifest:
+def write_manifest(
+    folder: str,
+    *,
+    kind: str,
+    shards: list[ShardInfo],
+    resolution: int | None,
+    channels: int,
+    classes: int,
+    class_names: list[str] | None = None,
+    extra: dict[str, object] | None = None,
+) -> Manifest:
     """Write ``folder/dataset.json`` atomically and return it."""
-    manifest = Manifest(kind=kind, count=sum(s.count for s in shards), resolution=resolution,
-                        channels=channels, classes=classes, shards=list(shards),
-                        content_hash=content_hash(shards), class_names=list(class_names or []),
-                        extra=dict(extra or {}))
+    manifest = Manifest(
+        kind=kind,
+        count=sum(s.count for s in shards),
+        resolution=resolution,
+        channels=channels,
+        classes=classes,
+        shards=list(shards),
+        content_hash=content_hash(shards),
+        class_names=list(class_names or []),
+        extra=dict(extra or {}),
+    )
     body = {"format": FORMAT, **asdict(manifest)}
     path = os.path.join(folder, MANIFEST_NAME)
     with open(path + ".tmp", "w") as f:
@@ -104,8 +126,10 @@ def verify_shards(folder: str) -> Manifest:
             raise ValueError(f"shards: {path!r} listed in {MANIFEST_NAME} is missing")
         count, _, sha = shard_digest(path)
         if (count, sha) != (shard.count, shard.sha256):
-            raise ValueError(f"shards: {path!r} does not match {MANIFEST_NAME} "
-                             f"(count {count} vs {shard.count}, sha256 {sha[:12]} vs {shard.sha256[:12]})")
+            raise ValueError(
+                f"shards: {path!r} does not match {MANIFEST_NAME} "
+                f"(count {count} vs {shard.count}, sha256 {sha[:12]} vs {shard.sha256[:12]})"
+            )
     if content_hash(manifest.shards) != manifest.content_hash:
         raise ValueError(f"shards: content_hash of {folder!r}/{MANIFEST_NAME} does not match its shard list")
     return manifest

@@ -30,9 +30,15 @@ __all__ = ["batch_indices", "load_images", "memory_batches"]
 _FLIP_STREAM = 1  # separates the flip generator's seeds from the permutations'
 
 
-def load_images(urls: str | list[str], *, resolution: int | None = None, channels: int | None = None,
-                resize: bool = False, labelled: bool | None = None,
-                log: BadSampleLog | None = None) -> tuple[UInt8[Tensor, "n c h w"], Int64[Tensor, " n"]]:
+def load_images(
+    urls: str | list[str],
+    *,
+    resolution: int | None = None,
+    channels: int | None = None,
+    resize: bool = False,
+    labelled: bool | None = None,
+    log: BadSampleLog | None = None,
+) -> tuple[UInt8[Tensor, "n c h w"], Int64[Tensor, " n"]]:
     """Every readable image of the shards, in shard and file order, as uint8 (N, C, H, W) and labels (N,).
 
     Labels are -1 when the dataset is unlabelled. Bad samples are skipped (``BadSampleWarning``); images
@@ -55,8 +61,10 @@ def load_images(urls: str | list[str], *, resolution: int | None = None, channel
             if resolution is None or channels is None:  # the first image fixes the shape for the rest
                 channels, resolution = image.shape[0], image.shape[1] if image.shape[1] == image.shape[2] else None
                 if resolution is None:
-                    raise ValueError(f"urls: image {raw['__key__']!r} in {url} is not square "
-                                     f"({image.shape[2]}x{image.shape[1]}); pass resolution= and resize=True")
+                    raise ValueError(
+                        f"urls: image {raw['__key__']!r} in {url} is not square "
+                        f"({image.shape[2]}x{image.shape[1]}); pass resolution= and resize=True"
+                    )
             images.append(image)
             labels.append(label)
     if not images:
@@ -80,9 +88,17 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return indices
 
 
-def memory_batches(images: UInt8[Tensor, "n c h w"], labels: Int64[Tensor, " n"], *, batch_size: int, seed: int,
-                   start_step: int = 0, rank: int | None = None, world_size: int | None = None,
-                   flip: bool = True) -> Iterator[tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]]:
+def memory_batches(
+    images: UInt8[Tensor, "n c h w"],
+    labels: Int64[Tensor, " n"],
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    flip: bool = True,
+) -> Iterator[tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]]:
     """Endless training batches ``(x in [-1, 1], y)`` from images in memory, from step ``start_step`` on.
 
     ``batch_size`` is the global batch; this rank yields its ``batch_size // world_size`` contiguous slice.

@@ -31,8 +31,7 @@ SD_SCALE_FACTOR = 0.18215  # Stable Diffusion VAE: scales latents to roughly uni
 class Batches:
     """An iterable of batches read by a DataLoader, with the count of skipped bad samples."""
 
-    def __init__(self, dataset: Dataset, *, num_workers: int, log: BadSampleLog, finite: bool,
-                 name: str) -> None:
+    def __init__(self, dataset: Dataset, *, num_workers: int, log: BadSampleLog, finite: bool, name: str) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
         self.dataset, self.num_workers, self.log, self.finite, self.name = dataset, num_workers, log, finite, name
@@ -43,8 +42,9 @@ class Batches:
         return self.log.count
 
     def __iter__(self) -> Iterator[tuple]:
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                            prefetch_factor=4 if self.num_workers else None)
+        loader = DataLoader(
+            self.dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None
+        )
         yield from loader
         if self.finite:
             self.log.report(self.name)
@@ -52,8 +52,10 @@ class Batches:
 
 def _per_rank(batch_size: int, world_size: int) -> int:
     if batch_size < 1 or batch_size % world_size:
-        raise ValueError(f"batch_size: expected a positive multiple of world_size={world_size} (the global "
-                         f"batch is split between ranks), got {batch_size}")
+        raise ValueError(
+            f"batch_size: expected a positive multiple of world_size={world_size} (the global "
+            f"batch is split between ranks), got {batch_size}"
+        )
     return batch_size // world_size
 
 
@@ -70,17 +72,33 @@ def _check_images(manifest: Manifest | None, resolution: int | None, channels: i
     if manifest.kind != "image":
         raise ValueError(f"urls: these are {manifest.kind} shards; expected image shards")
     if resolution is not None and manifest.resolution is not None and manifest.resolution != resolution:
-        raise ValueError(f"resolution: the shards hold {manifest.resolution}x{manifest.resolution} images but "
-                         f"resolution={resolution} was requested; pass resize=True to resize")
+        raise ValueError(
+            f"resolution: the shards hold {manifest.resolution}x{manifest.resolution} images but "
+            f"resolution={resolution} was requested; pass resize=True to resize"
+        )
     if channels is not None and manifest.channels != channels:
-        raise ValueError(f"channels: the shards hold {manifest.channels}-channel images but channels={channels} "
-                         "was requested; pass resize=True to convert")
+        raise ValueError(
+            f"channels: the shards hold {manifest.channels}-channel images but channels={channels} "
+            "was requested; pass resize=True to convert"
+        )
 
 
-def image_pipeline(urls: str | list[str], *, batch_size: int, resolution: int, channels: int, seed: int = 0,
-                   rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
-                   start_step: int = 0, flip: bool = True, resize: bool = False, labelled: bool | None = None,
-                   shuffle_buffer: int = 1000) -> Batches:
+def image_pipeline(
+    urls: str | list[str],
+    *,
+    batch_size: int,
+    resolution: int,
+    channels: int,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    num_workers: int = 0,
+    start_step: int = 0,
+    flip: bool = True,
+    resize: bool = False,
+    labelled: bool | None = None,
+    shuffle_buffer: int = 1000,
+) -> Batches:
     """Endless shuffled ``(x, y)`` training batches of images from shards (see the module docstring).
 
     ``flip``: random horizontal flips. ``resize``: convert/center-crop images of another channel count or
@@ -93,9 +111,18 @@ def image_pipeline(urls: str | list[str], *, batch_size: int, resolution: int, c
     _check_images(manifest, resolution, channels, resize)
     log = BadSampleLog()
     decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), flip)
-    stream = TrainStream(expanded, decoder, collate_images, batch_size=_per_rank(batch_size, world_size),
-                         seed=seed, start_step=start_step, rank=rank, world_size=world_size,
-                         shuffle_buffer=shuffle_buffer, log=log)
+    stream = TrainStream(
+        expanded,
+        decoder,
+        collate_images,
+        batch_size=_per_rank(batch_size, world_size),
+        seed=seed,
+        start_step=start_step,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer=shuffle_buffer,
+        log=log,
+    )
     return Batches(stream, num_workers=num_workers, log=log, finite=False, name="image_pipeline")
 
 
@@ -116,10 +143,21 @@ class _LatentCollate:
         return collate_latents(latents, labels, self.scale_factor)
 
 
-def latent_pipeline(urls: str | list[str], *, batch_size: int, seed: int = 0, rank: int | None = None,
-                    world_size: int | None = None, num_workers: int = 0, start_step: int = 0, flip: bool = True,
-                    sample: bool = True, scale_factor: float | None = None, labelled: bool | None = None,
-                    shuffle_buffer: int = 1000) -> Batches:
+def latent_pipeline(
+    urls: str | list[str],
+    *,
+    batch_size: int,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    num_workers: int = 0,
+    start_step: int = 0,
+    flip: bool = True,
+    sample: bool = True,
+    scale_factor: float | None = None,
+    labelled: bool | None = None,
+    shuffle_buffer: int = 1000,
+) -> Batches:
     """Endless shuffled ``(z, y)`` training batches of pre-encoded latents (from ``encode_latents``).
 
     ``flip``: use the stored encoding of the mirrored image with probability 1/2. ``sample``: draw from the
@@ -133,15 +171,33 @@ def latent_pipeline(urls: str | list[str], *, batch_size: int, seed: int = 0, ra
         raise ValueError(f"urls: these are {manifest.kind} shards; expected latent shards (diffit data encode)")
     log = BadSampleLog()
     decoder = LatentDecoder(_labelled(labelled, manifest), flip, sample)
-    stream = TrainStream(expanded, decoder, _LatentCollate(_latent_scale(scale_factor, manifest)),
-                         batch_size=_per_rank(batch_size, world_size), seed=seed, start_step=start_step,
-                         rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, log=log)
+    stream = TrainStream(
+        expanded,
+        decoder,
+        _LatentCollate(_latent_scale(scale_factor, manifest)),
+        batch_size=_per_rank(batch_size, world_size),
+        seed=seed,
+        start_step=start_step,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer=shuffle_buffer,
+        log=log,
+    )
     return Batches(stream, num_workers=num_workers, log=log, finite=False, name="latent_pipeline")
 
 
-def eval_pipeline(urls: str | list[str], *, batch_size: int, resolution: int | None = None,
-                  channels: int | None = None, resize: bool = False, rank: int | None = None,
-                  world_size: int | None = None, num_workers: int = 0, labelled: bool | None = None) -> Batches:
+def eval_pipeline(
+    urls: str | list[str],
+    *,
+    batch_size: int,
+    resolution: int | None = None,
+    channels: int | None = None,
+    resize: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    num_workers: int = 0,
+    labelled: bool | None = None,
+) -> Batches:
     """One finite pass of ``(x, y, keys)`` image batches, no augmentation; across all ranks and workers
     every readable sample is yielded exactly once (the last batch of each reader may be smaller)."""
     expanded = expand_urls(urls)
@@ -150,6 +206,13 @@ def eval_pipeline(urls: str | list[str], *, batch_size: int, resolution: int | N
     _check_images(manifest, resolution, channels, resize)
     log = BadSampleLog()
     decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), False)
-    stream = EvalStream(expanded, decoder, collate_images, batch_size=_per_rank(batch_size, world_size),
-                        rank=rank, world_size=world_size, log=log)
+    stream = EvalStream(
+        expanded,
+        decoder,
+        collate_images,
+        batch_size=_per_rank(batch_size, world_size),
+        rank=rank,
+        world_size=world_size,
+        log=log,
+    )
     return Batches(stream, num_workers=num_workers, log=log, finite=True, name="eval_pipeline")

@@ -38,8 +38,7 @@ def encode_png(pixels: np.ndarray, *, level: int = 6) -> bytes:
     raw = np.concatenate([np.full((h, 1), _UP, np.uint8), filtered], axis=1).tobytes()
     color_type = 0 if pixels.ndim == 2 else 2  # 0: grayscale, 2: truecolour
     header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return (PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, level))
-            + _chunk(b"IEND", b""))
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, level)) + _chunk(b"IEND", b"")
 
 
 def decode_png_fast(data: bytes) -> np.ndarray | None:
@@ -50,8 +49,8 @@ def decode_png_fast(data: bytes) -> np.ndarray | None:
     pos, idat, header = 8, [], None
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
-        body = data[pos + 8:pos + 8 + length]
-        crc = data[pos + 8 + length:pos + 12 + length]
+        body = data[pos + 8 : pos + 8 + length]
+        crc = data[pos + 8 + length : pos + 12 + length]
         if len(body) != length or len(crc) != 4 or zlib.crc32(kind + body) != struct.unpack(">I", crc)[0]:
             raise ValueError(f"corrupt PNG chunk {kind!r}")
         if kind == b"IHDR":

@@ -23,8 +23,7 @@ from webdataset.gopen import gopen
 
 from diffit.data.badinput import BadSampleLog
 
-__all__ = ["ShardInfo", "ShardWriter", "TarFormatError", "iter_tar", "read_shard", "shard_digest",
-           "split_member_name"]
+__all__ = ["ShardInfo", "ShardWriter", "TarFormatError", "iter_tar", "read_shard", "shard_digest", "split_member_name"]
 
 Sample = dict[str, bytes]
 
@@ -67,9 +66,9 @@ def _pax_path(data: bytes) -> bytes | None:
     """The ``path`` record of a pax extended header ("<len> path=<value>\\n" records)."""
     pos = 0
     while pos < len(data):
-        length = int(data[pos:data.index(b" ", pos)])
-        record = data[pos:pos + length]
-        key, _, value = record[record.index(b" ") + 1:-1].partition(b"=")
+        length = int(data[pos : data.index(b" ", pos)])
+        record = data[pos : pos + length]
+        key, _, value = record[record.index(b" ") + 1 : -1].partition(b"=")
         if key == b"path":
             return value
         pos += length
@@ -102,8 +101,7 @@ def iter_tar(stream: Readable) -> Iterator[tuple[str, bytes]]:
             return
         # Header checksum: the byte sum with the checksum field read as 8 spaces. adler32's low half is
         # (1 + byte sum) mod 65521: one C call instead of summing 512 bytes in Python.
-        if zlib.adler32(header[:148] + b"        " + header[156:]) & 0xFFFF != \
-                (1 + _octal(header[148:156])) % 65521:
+        if zlib.adler32(header[:148] + b"        " + header[156:]) & 0xFFFF != (1 + _octal(header[148:156])) % 65521:
             raise TarFormatError("bad tar header checksum")
         size = _octal(header[124:136])
         padded = (size + _BLOCK - 1) // _BLOCK * _BLOCK
@@ -167,8 +165,13 @@ def read_shard(url: str, log: BadSampleLog) -> Iterator[dict[str, object]]:
         if cut is not None and current is not None and split_member_name(cut)[0] != current["__key__"]:
             yield current  # the cut-off member starts a new sample: the current one is complete
             current = None
-        key = split_member_name(cut)[0] if cut is not None else \
-            str(current["__key__"]) if current is not None else "<shard>"
+        key = (
+            split_member_name(cut)[0]
+            if cut is not None
+            else str(current["__key__"])
+            if current is not None
+            else "<shard>"
+        )
         log.skip(url, key, f"corrupt or truncated shard, rest of the shard skipped ({type(exc).__name__}: {exc})")
         return
     finally:
@@ -227,11 +230,11 @@ class ShardWriter:
     its own shard). ``close()`` returns the ``ShardInfo`` of every shard written.
     """
 
-    def __init__(self, pattern: str, *, max_count: int = 10_000, max_size: int = 1 << 30,
-                 start_index: int = 0) -> None:
+    def __init__(self, pattern: str, *, max_count: int = 10_000, max_size: int = 1 << 30, start_index: int = 0) -> None:
         if "%" not in pattern:
-            raise ValueError(f"out_pattern: expected a printf-style shard name such as 'out/train-%06d.tar', "
-                             f"got {pattern!r}")
+            raise ValueError(
+                f"out_pattern: expected a printf-style shard name such as 'out/train-%06d.tar', got {pattern!r}"
+            )
         try:
             pattern % 0
         except (TypeError, ValueError) as exc:
@@ -250,8 +253,11 @@ class ShardWriter:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         raw = open(path + ".tmp", "wb")
         # filename="" and mtime=0 keep the gzip header free of names and times (determinism).
-        comp = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) \
-            if path.endswith(".gz") else raw
+        comp = (
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9)
+            if path.endswith(".gz")
+            else raw
+        )
         sink = _HashingSink(comp)
         tar = tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT)
         self._open, self._count = (path, raw, comp, sink, tar), 0
@@ -277,8 +283,9 @@ class ShardWriter:
             raise ValueError(f"key: duplicate sample key {key!r}")
         self._keys.add(key)
         size = sum(512 + -(-len(v) // 512) * 512 for v in fields.values())  # tar header + padded data
-        if self._open is not None and (self._count >= self.max_count or
-                                       (self._count and self._open[3].size + size > self.max_size)):
+        if self._open is not None and (
+            self._count >= self.max_count or (self._count and self._open[3].size + size > self.max_size)
+        ):
             self._finish()
         if self._open is None:
             self._start()

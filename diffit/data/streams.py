@@ -30,8 +30,9 @@ Decoder = Callable[[dict[str, object], np.random.Generator | None], tuple[np.nda
 Collate = Callable[[list[np.ndarray], list[int]], tuple[Tensor, Tensor]]
 
 
-def _decode(decoder: Decoder, raw: dict[str, object], rng: np.random.Generator | None,
-            log: BadSampleLog) -> tuple[np.ndarray, int] | None:
+def _decode(
+    decoder: Decoder, raw: dict[str, object], rng: np.random.Generator | None, log: BadSampleLog
+) -> tuple[np.ndarray, int] | None:
     try:
         return decoder(raw, rng)
     except BadSample as exc:
@@ -42,8 +43,20 @@ def _decode(decoder: Decoder, raw: dict[str, object], rng: np.random.Generator |
 class TrainStream(IterableDataset):
     """Endless, shuffled batches of ``batch_size`` for one rank (see the module docstring)."""
 
-    def __init__(self, urls: list[str], decoder: Decoder, collate: Collate, *, batch_size: int, seed: int,
-                 start_step: int, rank: int, world_size: int, shuffle_buffer: int, log: BadSampleLog) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        decoder: Decoder,
+        collate: Collate,
+        *,
+        batch_size: int,
+        seed: int,
+        start_step: int,
+        rank: int,
+        world_size: int,
+        shuffle_buffer: int,
+        log: BadSampleLog,
+    ) -> None:
         super().__init__()
         self.urls, self.decoder, self.collate, self.log = urls, decoder, collate, log
         self.batch_size, self.seed, self.start_step = batch_size, seed, start_step
@@ -81,25 +94,38 @@ class TrainStream(IterableDataset):
                         yield self.collate(items, labels)
                         items, labels = [], []
             if seen == 0:
-                raise RuntimeError(f"no readable samples in any of the {len(self.urls)} shard(s) "
-                                   f"(first: {self.urls[0]}); see the BadSampleWarning above")
+                raise RuntimeError(
+                    f"no readable samples in any of the {len(self.urls)} shard(s) "
+                    f"(first: {self.urls[0]}); see the BadSampleWarning above"
+                )
             if attempts >= self.shuffle_buffer and decoded == 0:
-                raise RuntimeError(f"no sample of the {len(self.urls)} shard(s) could be decoded "
-                                   f"(first: {self.urls[0]}); see the BadSampleWarning above")
+                raise RuntimeError(
+                    f"no sample of the {len(self.urls)} shard(s) could be decoded "
+                    f"(first: {self.urls[0]}); see the BadSampleWarning above"
+                )
 
 
 class EvalStream(IterableDataset):
     """One finite pass: ``(x, y, keys)`` batches, every sample exactly once over all ranks and workers."""
 
-    def __init__(self, urls: list[str], decoder: Decoder, collate: Collate, *, batch_size: int, rank: int,
-                 world_size: int, log: BadSampleLog) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        decoder: Decoder,
+        collate: Collate,
+        *,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        log: BadSampleLog,
+    ) -> None:
         super().__init__()
         self.urls, self.decoder, self.collate, self.log = urls, decoder, collate, log
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
 
     def _raw_samples(self, slot: StreamSlot) -> Iterator[dict[str, object]]:
         if len(self.urls) >= slot.total:  # split by shard
-            for url in self.urls[slot.index::slot.total]:
+            for url in self.urls[slot.index :: slot.total]:
                 yield from read_shard(url, self.log)
         else:  # split by sample: every reader scans everything, keeps its residue class
             # A truncated shard is seen by every reader; only reader 0 counts and reports it.

@@ -35,8 +35,9 @@ def expand_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
     """
     patterns = [urls] if isinstance(urls, str) else list(urls)
     if not patterns or any(not p.strip() for p in patterns):
-        raise ValueError(f"urls: expected a shard path or pattern such as 'data/train-{{000000..000009}}.tar', "
-                         f"got {urls!r}")
+        raise ValueError(
+            f"urls: expected a shard path or pattern such as 'data/train-{{000000..000009}}.tar', got {urls!r}"
+        )
     expanded: list[str] = []
     for pattern in patterns:
         expanded.extend(_wds_expand(pattern))
@@ -66,8 +67,7 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
             rank = 0 if rank is None else rank
             world_size = 1 if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, got rank={rank}, "
-                         f"world_size={world_size}")
+        raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return rank, world_size
 
 

