@@ -12,7 +12,8 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -254,31 +255,25 @@ def train(
     if micro_batch < 1 or per_rank % micro_batch:
         raise ValueError(f"micro_batch={micro_batch} must divide the per-rank batch {per_rank}")
     run_dir = Path(run_dir)
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise ValueError(f"run_dir {run_dir} already holds checkpoints: resume it or choose another directory")
     model = unwrap(model).to(dist.device).train()
     num_classes = getattr(model, "num_classes", None)
-    label_embeddings = [m for m in model.modules() if isinstance(m, LabelEmbedding)]
     if label_dropout is None:
-        label_dropout = label_embeddings[0].dropout_prob if label_embeddings else 0.0
+        label_dropout = next((m.dropout_prob for m in model.modules() if isinstance(m, LabelEmbedding)), 0.0)
     if not 0.0 <= label_dropout < 1.0:
         raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
     ema_model = make_ema(model)
-    decay_params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(decay_params, lr=lr, betas=betas, weight_decay=weight_decay)
-    start, skipped_total, best = 0, 0, (math.inf, -1)
-    if not resume and latest_checkpoint(run_dir) is not None:
-        raise ValueError(f"run_dir {run_dir} already holds checkpoints: resume it or choose another directory")
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, weight_decay=weight_decay
+    )
+    run = _RunState()
     if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
-        record, rng = load_checkpoint(ckpt, model=model, ema=ema_model, optimizer=optimizer, map_location=dist.device)
-        start, skipped_total = record["step"], record.get("skipped_steps", 0)
-        best = (record.get("best_loss", math.inf), record.get("best_step", -1))
-        if f"rank{dist.rank}.cpu" in rng:
-            torch.set_rng_state(rng[f"rank{dist.rank}.cpu"])
-        if f"rank{dist.rank}.cuda" in rng and dist.device.type == "cuda":
-            torch.cuda.set_rng_state(rng[f"rank{dist.rank}.cuda"], dist.device)
+        run.restore(ckpt, model=model, ema=ema_model, optimizer=optimizer, dist=dist)
     log_path = run_dir / "log.jsonl"
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_log(log_path, start)
+        _truncate_log(log_path, run.step)
 
     wrapped: nn.Module = model
     if dist.enabled:
@@ -287,130 +282,140 @@ def train(
     if compile:
         wrapped = torch.compile(wrapped)
 
-    def checkpoint(step: int, window_loss: float) -> Path | None:
-        nonlocal best
-        if math.isfinite(window_loss) and window_loss < best[0]:
-            best = (window_loss, step)
-        rng = _rng_states(dist)  # collective: every rank takes part
-        if not dist.is_main:
-            return None
-        state = {
-            "skipped_steps": skipped_total,
-            "best_loss": best[0] if math.isfinite(best[0]) else None,
-            "best_step": best[1],
-            "data": {"seed": seed, "next_step": step, "guarantee": "batches are a pure function of (seed, step)"},
-            "args": run_args or {},
-            "versions": {"torch": torch.__version__},
-        }
-        path = save_checkpoint(
-            run_dir,
-            step=step,
-            model=model,
-            ema=ema_model,
-            optimizer=optimizer,
-            rng_states=rng,
-            state=state,
-            keep_last=keep_last,
-            keep={best[1]} if best[1] >= 0 else None,
-        )
-        return path
+    def emit(event: dict[str, Any]) -> None:
+        if callback is not None and dist.is_main:
+            callback(event)
 
-    last_ckpt: Path | None = latest_checkpoint(run_dir) if resume else None
-    step, bad_streak, window = start, 0, []
-    t_last, n_last = time.perf_counter(), 0
-    status = "completed"
-    batches = data(start)
+    rank_slice = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
+    batches = data(run.step)
+    clock, images_since = time.perf_counter(), 0
+    with _label_dropout_off(model), _StopFlag() as flag:
+        while run.step < steps:
+            x, y = next(batches)
+            x = x.to(dist.device, non_blocking=True)
+            # Everything random in this step, drawn for the global batch; this rank keeps its slice.
+            gen = step_generator(seed, run.step)
+            draws = {k: v[rank_slice].to(dist.device) for k, v in objective.draw(gen, batch_size, x.shape[1:]).items()}
+            labels = None
+            if num_classes is not None:  # label dropout for classifier-free guidance
+                drop = (torch.rand(batch_size, generator=gen) < label_dropout)[rank_slice].to(dist.device)
+                labels = torch.where(drop, torch.full_like(y, num_classes), y).to(dist.device)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(run.step, lr=lr, warmup=warmup)
+            stats = train_step(
+                model=wrapped, objective=objective, optimizer=optimizer, x=x, y=labels, draws=draws,
+                micro_batch=micro_batch, grad_clip=grad_clip, precision=precision, dist=dist,
+            )  # fmt: skip
+            run.step += 1
+            images_since += batch_size
+            if stats.skipped:
+                run.skipped += 1
+                run.bad_streak += 1
+                if run.bad_streak >= max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{run.bad_streak} consecutive steps had a non-finite loss or gradient (last at step "
+                        f"{run.step}); stopping. The last good checkpoint is {run.last_checkpoint}"
+                    )
+            else:
+                run.bad_streak = 0
+                ema_update(ema_model, model, ema_decay(run.step - 1, decay=ema, warmup=ema_warmup))
+                run.window.append(stats.loss)
 
-    def run_loop() -> TrainResult:
-        nonlocal last_ckpt, step, bad_streak, window, t_last, n_last, status, skipped_total
-        with _StopFlag() as flag:
-            while step < steps:
-                x, y = next(batches)
-                x = x.to(dist.device, non_blocking=True)
-                gen = step_generator(seed, step)
-                sl = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
-                global_draws = objective.draw(gen, batch_size, tuple(x.shape[1:]))
-                draws = {k: v[sl].to(dist.device) for k, v in global_draws.items()}
-                labels = None
-                if num_classes is not None:
-                    # Label dropout for classifier-free guidance, drawn for the global batch like everything else.
-                    drop = (torch.rand(batch_size, generator=gen) < label_dropout)[sl].to(dist.device)
-                    labels = torch.where(drop, torch.full_like(y, num_classes), y).to(dist.device)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr_at(step, lr=lr, warmup=warmup)
-                stats = train_step(
-                    model=wrapped,
-                    objective=objective,
-                    optimizer=optimizer,
-                    x=x,
-                    y=labels,
-                    draws=draws,
-                    micro_batch=micro_batch,
-                    grad_clip=grad_clip,
-                    precision=precision,
-                    dist=dist,
-                )
-                step += 1
-                n_last += batch_size
-                if stats.skipped:
-                    skipped_total += 1
-                    bad_streak += 1
-                    if bad_streak >= max_bad_steps:
-                        raise TrainingDiverged(
-                            f"{bad_streak} consecutive steps had a non-finite loss or gradient (last at step {step}); "
-                            f"stopping. The last good checkpoint is {last_ckpt}"
-                        )
-                else:
-                    bad_streak = 0
-                    ema_update(ema_model, model, ema_decay(step - 1, decay=ema, warmup=ema_warmup))
-                    window.append(stats.loss)
-                if step % log_every == 0 or step == steps:
-                    now = time.perf_counter()
-                    event = {
-                        "event": "log",
-                        "step": step,
-                        "loss": stats.loss,
-                        "grad_norm": stats.grad_norm,
-                        "lr": lr_at(step - 1, lr=lr, warmup=warmup),
-                        "images_per_s": n_last / max(now - t_last, 1e-9),
-                        "skipped_steps": skipped_total,
-                        "time": time.time(),
-                    }
-                    t_last, n_last = now, 0
-                    if dist.is_main:
-                        with open(log_path, "a") as f:
-                            f.write(json.dumps(event) + "\n")
-                    if callback is not None and dist.is_main:
-                        callback(event)
-                stop = bool(all_reduce_max(torch.tensor(float(flag.stop), device=dist.device), dist) > 0)
-                # No periodic checkpoint inside a run of non-finite steps: the latest stays a healthy one.
-                if (step % ckpt_every == 0 or step == steps) and bad_streak == 0 or stop:
-                    window_loss = sum(window) / len(window) if window else math.inf
-                    last_ckpt = checkpoint(step, window_loss) or last_ckpt
-                    window = []
-                    if callback is not None and dist.is_main:
-                        callback({"event": "checkpoint", "step": step, "path": str(last_ckpt)})
-                due = sample_every > 0 and (step % sample_every == 0 or step == steps)
-                if due and on_sample is not None and dist.is_main:
-                    on_sample(step, ema_model)
-                    if callback is not None:
-                        callback({"event": "sample", "step": step})
-                if stop:
-                    status = "interrupted"
-                    break
-        return TrainResult(
-            step=step,
-            status=status,
-            checkpoint=last_ckpt,
-            skipped_steps=skipped_total,
-            signal=flag.signum if status == "interrupted" else None,
-        )
+            if run.step % log_every == 0 or run.step == steps:
+                now = time.perf_counter()
+                event = {
+                    "event": "log", "step": run.step, "loss": stats.loss, "grad_norm": stats.grad_norm,
+                    "lr": lr_at(run.step - 1, lr=lr, warmup=warmup),
+                    "images_per_s": images_since / max(now - clock, 1e-9), "skipped_steps": run.skipped,
+                    "time": time.time(),
+                }  # fmt: skip
+                clock, images_since = now, 0
+                if dist.is_main:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(event) + "\n")
+                emit(event)
 
-    saved_dropout = [m.dropout_prob for m in label_embeddings]
-    for m in label_embeddings:
+            stop = bool(all_reduce_max(torch.tensor(float(flag.stop), device=dist.device), dist) > 0)
+            # No periodic checkpoint inside a run of non-finite steps: the latest stays a healthy one.
+            if (run.step % ckpt_every == 0 or run.step == steps) and run.bad_streak == 0 or stop:
+                run.save(
+                    run_dir, model=model, ema=ema_model, optimizer=optimizer, dist=dist, keep_last=keep_last,
+                    extra={"args": run_args or {}, "data": {"seed": seed, "next_step": run.step}},
+                )  # fmt: skip
+                emit({"event": "checkpoint", "step": run.step, "path": str(run.last_checkpoint)})
+            if sample_every > 0 and (run.step % sample_every == 0 or run.step == steps) and on_sample is not None:
+                if dist.is_main:
+                    on_sample(run.step, ema_model)
+                emit({"event": "sample", "step": run.step})
+            if stop:
+                return TrainResult(run.step, "interrupted", run.last_checkpoint, run.skipped, signal=flag.signum)
+    return TrainResult(run.step, "completed", run.last_checkpoint, run.skipped)
+
+
+@contextmanager
+def _label_dropout_off(model: nn.Module) -> Iterator[None]:
+    """Switch off the backbone's own random label dropout (the training step draws it) and restore it."""
+    embeddings = [m for m in model.modules() if isinstance(m, LabelEmbedding)]
+    saved = [m.dropout_prob for m in embeddings]
+    for m in embeddings:
         m.dropout_prob = 0.0
     try:
-        return run_loop()
+        yield
     finally:
-        for m, p in zip(label_embeddings, saved_dropout, strict=True):
+        for m, p in zip(embeddings, saved, strict=True):
             m.dropout_prob = p
+
+
+@dataclass
+class _RunState:
+    """What a run carries from step to step (and through a checkpoint)."""
+
+    step: int = 0
+    skipped: int = 0
+    bad_streak: int = 0
+    best_loss: float = math.inf
+    best_step: int = -1
+    window: list[float] = field(default_factory=list)  # losses since the last checkpoint
+    last_checkpoint: Path | None = None
+
+    def restore(
+        self, ckpt: Path, *, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, dist: DistInfo
+    ) -> None:
+        record, rng = load_checkpoint(ckpt, model=model, ema=ema, optimizer=optimizer, map_location=dist.device)
+        self.step, self.skipped, self.last_checkpoint = record["step"], record.get("skipped_steps", 0), ckpt
+        best = record.get("best_loss")
+        self.best_loss, self.best_step = (math.inf if best is None else best), record.get("best_step", -1)
+        if f"rank{dist.rank}.cpu" in rng:
+            torch.set_rng_state(rng[f"rank{dist.rank}.cpu"])
+        if f"rank{dist.rank}.cuda" in rng and dist.device.type == "cuda":
+            torch.cuda.set_rng_state(rng[f"rank{dist.rank}.cuda"], dist.device)
+
+    def save(
+        self,
+        run_dir: Path,
+        *,
+        model: nn.Module,
+        ema: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        dist: DistInfo,
+        keep_last: int,
+        extra: dict[str, Any],
+    ) -> None:
+        """Checkpoint on rank 0 (every rank's RNG states gathered first), tracking the best window loss."""
+        if self.window and (loss := sum(self.window) / len(self.window)) < self.best_loss:
+            self.best_loss, self.best_step = loss, self.step
+        self.window = []
+        rng = _rng_states(dist)  # a collective: every rank takes part
+        if not dist.is_main:
+            return
+        state = {
+            **extra,
+            "skipped_steps": self.skipped,
+            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "best_step": self.best_step,
+            "versions": {"torch": torch.__version__},
+        }
+        self.last_checkpoint = save_checkpoint(
+            run_dir, step=self.step, model=model, ema=ema, optimizer=optimizer, rng_states=rng, state=state,
+            keep_last=keep_last, keep={self.best_step} if self.best_step >= 0 else None,
+        )  # fmt: skip
