@@ -13,12 +13,12 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import diffit
-from diffit.checkpoint import load_weights, read_metadata, resolve_weights, sha256_file
+from diffit.checkpoint import load_model
+from diffit.data import load_vae
 from diffit.diffusion import SAMPLERS
 from diffit.distributed import init_distributed, shutdown
-from diffit.generate import Guidance, default_sigmas, make_grid, sample, save_png, to_uint8
+from diffit.generate import Guidance, default_sigmas, generate, latent_decoder, make_grid, random_labels, save_png
 from diffit.nn import LatentDiffiT
-from diffit.release import load_release
 from diffit_cli.common import Device, Precision, check_precision, console, fail, parse_int_ranges
 
 LATENT_SCALE = 0.18215  # Stable Diffusion VAE latent scale used by the release
@@ -94,81 +94,65 @@ def sample_command(
         fail(f"--out {out}: directory {parent} does not exist")
 
     dist = init_distributed(device)
-    model, source = _load_model(ckpt, use_ema=not raw, release_res=release_res)
+    try:
+        model, source = load_model(ckpt, use_ema=not raw, release_resolution=release_res)
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        fail(f"--ckpt {ckpt if ckpt is not None else 'bundled'}: {err}")
     model = model.to(dist.device)
     is_latent = isinstance(model, LatentDiffiT)
     sampler_name = sampler or ("ddpm" if is_latent else "heun")
     steps = steps or (250 if is_latent else 18)
-    num_classes = model.num_classes
-    labels_all = None
-    if num_classes is not None:
-        if class_ids is not None:
+    labels = None
+    if model.num_classes is not None:
+        if class_ids is None:  # random, but a function of each seed alone
+            labels = random_labels(seed_list, model.num_classes)
+        else:
             cls = parse_int_ranges(class_ids, name="--class")
-            if max(cls) >= num_classes:
-                fail(f"--class ids must be in [0, {num_classes - 1}] for this model, got {max(cls)}")
-            labels_all = torch.tensor([cls[i % len(cls)] for i in range(len(seed_list))])
-        else:  # random, but a function of each seed alone
-            labels_all = torch.tensor(
-                [
-                    int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(s + 2**40)))
-                    for s in seed_list
-                ]
-            )
+            if max(cls) >= model.num_classes:
+                fail(f"--class ids must be in [0, {model.num_classes - 1}] for this model, got {max(cls)}")
+            labels = torch.tensor([cls[i % len(cls)] for i in range(len(seed_list))])
     elif class_ids is not None or cfg != 1.0:
         fail("the model is unconditional: --class and --cfg do not apply")
-    decoder = _vae_decoder(vae, dist.device) if is_latent else None
+    decode = None
+    if is_latent:
+        try:
+            decode = latent_decoder(load_vae(vae, dist.device), scale=LATENT_SCALE)
+        except ValueError as err:
+            fail(f"--vae: {err}")
 
     guidance = Guidance(scale=cfg, schedule=cfg_schedule, channels=cfg_channels, interval=interval)
     sigmas = default_sigmas(model, steps)
-    mine = list(range(dist.rank, len(seed_list), dist.world_size))  # this rank's share of the seeds
-    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    images: list[torch.Tensor] = []
     nfe = 0  # denoiser evaluations per image (guided steps count cond + uncond)
     progress = Progress(
         TextColumn("[bold]sampling"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
         TextColumn("NFE {task.fields[nfe]}  {task.fields[ips]:.1f} img/s"), TimeElapsedColumn(),
         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not dist.is_main,
     )  # fmt: skip
-    task = progress.add_task("sample", total=len(batches) * steps, nfe=0, ips=0.0)
-    start, done = time.perf_counter(), 0
+    my_batches = -(-len(range(dist.rank, len(seed_list), dist.world_size)) // batch_size)
+    task = progress.add_task("sample", total=my_batches * steps, nfe=0, ips=0.0)
+    start = time.perf_counter()
+
+    def callback(state: dict[str, Any]) -> None:
+        nonlocal nfe
+        nfe = state["nfe"]
+        rate = state["images_done"] / max(time.perf_counter() - start, 1e-9)
+        progress.update(task, completed=state["batch"] * steps + state["i"] + 1, nfe=nfe, ips=rate)
+
     with progress:
-        for b, idx in enumerate(batches):
-
-            def callback(state: dict[str, Any], b: int = b, done: int = done) -> None:
-                nonlocal nfe
-                nfe = state["nfe"]
-                rate = done / max(time.perf_counter() - start, 1e-9)
-                progress.update(task, completed=b * steps + state["i"] + 1, nfe=nfe, ips=rate)
-
-            try:
-                x = sample(
-                    model,
-                    sampler=SAMPLERS[sampler_name],
-                    sigmas=sigmas,
-                    seeds=[seed_list[i] for i in idx],
-                    labels=None if labels_all is None else labels_all[idx],
-                    guidance=guidance,
-                    precision=precision,
-                    callback=callback,
-                )
-            except ValueError as err:
-                fail(str(err))
-            images.append(to_uint8(decoder(x) if decoder is not None else x))
-            done += len(idx)
-    local = torch.cat(images) if images else torch.zeros(0, dtype=torch.uint8)
-    order = torch.tensor(mine)
-    if dist.enabled:  # gather every rank's images in seed order
-        gathered: list[Any] = [None] * dist.world_size
-        torch.distributed.all_gather_object(gathered, (order, local))
-        order = torch.cat([g[0] for g in gathered])
-        local = torch.cat([g[1] for g in gathered])
+        try:
+            images = generate(
+                model, sampler=SAMPLERS[sampler_name], sigmas=sigmas, seeds=seed_list, labels=labels,
+                guidance=guidance, precision=precision, batch_size=batch_size, decode=decode, dist=dist,
+                callback=callback,
+            )  # fmt: skip
+        except ValueError as err:
+            fail(str(err))
     if dist.is_main:
-        all_images = local[torch.argsort(order)]
         elapsed = time.perf_counter() - start
-        _write(out, out_kind, all_images, labels_all)
+        _write(out, out_kind, images, labels)
         record = {
             "diffit_version": diffit.__version__, "torch_version": torch.__version__,
-            "python": platform.python_version(), "checkpoint": source, "weights": "raw" if raw else "ema",
+            "python": platform.python_version(), "checkpoint": source, "weights": source["weights"],
             "sampler": sampler_name, "steps": steps, "nfe_per_image": nfe,
             "guidance": {"scale": cfg, "schedule": cfg_schedule, "channels": cfg_channels, "interval": interval},
             "seeds": seeds or f"0-{n - 1}", "count": len(seed_list), "classes": class_ids or "random per seed",
@@ -178,50 +162,9 @@ def sample_command(
         record_path = out / "protocol.json" if out_kind == "dir" else out.with_suffix(".json")
         _atomic_text(record_path, json.dumps(record, indent=2))
         console.print(
-            f"wrote {len(all_images)} images to {out} in {elapsed:.1f} s ({nfe} NFE each); protocol: {record_path}"
+            f"wrote {len(images)} images to {out} in {elapsed:.1f} s ({nfe} NFE each); protocol: {record_path}"
         )
     shutdown(dist)
-
-
-def _load_model(ckpt: str | None, *, use_ema: bool, release_res: int) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Our checkpoints (self-describing safetensors) or the authors' release (file, folder or hub id)."""
-    try:
-        path = resolve_weights(ckpt, use_ema=use_ema)
-    except FileNotFoundError as err:
-        if ckpt is not None and "/" in ckpt and not Path(ckpt).exists() and not ckpt.startswith((".", "/")):
-            return _load_release(ckpt, release_res)  # a hub id such as nvidia/DiffiT
-        fail(str(err))
-    try:
-        if "diffit.model" in read_metadata(path):
-            model, _ = load_weights(path)
-            return model, {"path": str(path), "sha256": sha256_file(path), "kind": "diffit"}
-    except Exception as err:  # not a safetensors file at all, or a damaged one
-        fail(f"--ckpt {path}: cannot read it as a checkpoint ({type(err).__name__}: {err})")
-    return _load_release(str(path), release_res)
-
-
-def _load_release(source: str, release_res: int) -> tuple[torch.nn.Module, dict[str, Any]]:
-    try:
-        model = load_release(source, resolution=release_res)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        fail(f"--ckpt {source}: {err}")
-    sha = sha256_file(Path(source)) if Path(source).is_file() else None
-    return model, {"path": source, "sha256": sha, "kind": "release"}
-
-
-def _vae_decoder(vae: str, device: torch.device) -> Any:
-    from diffit.data import load_vae
-
-    try:
-        model = load_vae(vae, device)
-    except ValueError as err:
-        fail(f"--vae: {err}")
-
-    @torch.no_grad()
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        return model.decode(z / LATENT_SCALE).sample.float()
-
-    return decode
 
 
 def _atomic_text(path: Path, text: str) -> None:

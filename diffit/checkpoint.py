@@ -28,8 +28,10 @@ from torch import nn
 from diffit.ema import strip_wrapper_prefixes, unwrap
 from diffit.nn.latent import LatentDiffiT
 from diffit.nn.unet import ImageDiffiT
+from diffit.release import load_release
 
 MODEL_METADATA_KEY = "diffit.model"
+WEIGHTS_METADATA_KEY = "diffit.weights"  # "ema" or "raw"
 _CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
 # The only classes a checkpoint may name: a closed list, not a registry of import strings.
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"ImageDiffiT": ImageDiffiT, "LatentDiffiT": LatentDiffiT}
@@ -142,8 +144,8 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_weights(tmp / "model.safetensors", model)
-    save_weights(tmp / "ema.safetensors", ema)
+    save_weights(tmp / "model.safetensors", model, extra_metadata={WEIGHTS_METADATA_KEY: "raw"})
+    save_weights(tmp / "ema.safetensors", ema, extra_metadata={WEIGHTS_METADATA_KEY: "ema"})
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     save_file({k: v.contiguous().cpu() for k, v in rng_states.items()}, str(tmp / "rng.safetensors"))
     files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "ema.safetensors", "optimizer.pt")}
@@ -208,3 +210,36 @@ def resolve_weights(source: str | Path | None, *, use_ema: bool = True) -> Path:
             raise FileNotFoundError(f"no checkpoint (ckpt-*/state.json) in {path}")
         return ckpt / ("ema.safetensors" if use_ema else "model.safetensors")
     raise FileNotFoundError(f"checkpoint not found: {source}")
+
+
+def load_model(
+    source: str | Path | None, *, use_ema: bool = True, release_resolution: int = 256
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Any model diffit can sample from, in eval mode on the CPU, with a description of where it came from.
+
+    ``source``: None (the bundled digits model), a run directory, a ``ckpt-*`` directory, a diffit
+    ``.safetensors`` file, the authors' released file (``diffit_256.safetensors``), a folder holding it, or the
+    hub id ``nvidia/DiffiT`` (downloaded when online). Raises FileNotFoundError / ValueError with one line.
+    """
+    try:
+        path = resolve_weights(source, use_ema=use_ema)
+    except FileNotFoundError:
+        text = str(source)
+        if source is not None and "/" in text and not text.startswith((".", "/")) and not Path(text).exists():
+            return _release(text, release_resolution)  # a hub id such as nvidia/DiffiT
+        raise
+    try:
+        metadata = read_metadata(path)
+    except Exception as err:  # not a safetensors file at all, or a damaged one
+        raise ValueError(f"{path}: cannot read it as a checkpoint ({type(err).__name__}: {err})") from None
+    if MODEL_METADATA_KEY not in metadata:
+        return _release(str(path), release_resolution)
+    model, _ = load_weights(path)
+    weights = metadata.get(WEIGHTS_METADATA_KEY, "unspecified")
+    return model, {"path": str(path), "sha256": sha256_file(path), "kind": "diffit", "weights": weights}
+
+
+def _release(source: str, resolution: int) -> tuple[nn.Module, dict[str, Any]]:
+    model = load_release(source, resolution=resolution)
+    sha = sha256_file(source) if Path(source).is_file() else None
+    return model, {"path": source, "sha256": sha, "kind": "release", "weights": "ema"}

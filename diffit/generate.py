@@ -35,6 +35,7 @@ from diffit.diffusion import (
     per_sample_noise,
     respaced_sigmas,
 )
+from diffit.distributed import DistInfo
 from diffit.nn.latent import LatentDiffiT
 from diffit.nn.unet import ImageDiffiT
 
@@ -155,6 +156,67 @@ def sample(
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = sampler(denoiser, x, sigmas, callback=callback, noise=noise, **(sampler_kwargs or {}))
     return out.float()
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    *,
+    sampler: Sampler,
+    sigmas: Float[Tensor, " n"],
+    seeds: Sequence[int],
+    labels: Int[Tensor, " b"] | None = None,
+    guidance: Guidance = Guidance(),
+    precision: str = "fp32",
+    batch_size: int = 64,
+    decode: Callable[[Tensor], Tensor] | None = None,
+    dist: DistInfo | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    sampler_kwargs: dict[str, Any] | None = None,
+) -> UInt8[Tensor, "num h w c"]:
+    """uint8 NHWC images for every seed, in seed order, sampled in batches and split over ranks.
+
+    Rank r samples seeds r, r + W, ... in batches of ``batch_size``; the images are gathered on every rank.
+    ``decode`` maps model outputs to pixels in [-1, 1] (a VAE decoder for latent models). ``callback`` gets
+    the sampler's state plus ``batch`` / ``batches`` (this rank's) and ``images_done``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    mine = list(range(rank, len(seeds), world))
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    images, done = [], 0
+    for b, idx in enumerate(batches):
+
+        def report(state: dict[str, Any], b: int = b, done: int = done) -> None:
+            if callback is not None:
+                callback({**state, "batch": b, "batches": len(batches), "images_done": done})
+
+        x = sample(
+            model, sampler=sampler, sigmas=sigmas, seeds=[seeds[i] for i in idx],
+            labels=None if labels is None else labels[idx], guidance=guidance, precision=precision,
+            callback=report, sampler_kwargs=sampler_kwargs,
+        )  # fmt: skip
+        images.append(to_uint8(decode(x) if decode is not None else x))
+        done += len(idx)
+    side = images[0].shape[1:] if images else (0, 0, 0)
+    local, order = (torch.cat(images) if images else torch.zeros(0, *side, dtype=torch.uint8)), torch.tensor(mine)
+    if dist is not None and dist.enabled:  # every rank's images, back in seed order
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, (order, local))
+        order = torch.cat([g[0] for g in gathered])
+        local = torch.cat([g[1] for g in gathered if len(g[1])])
+    return local[torch.argsort(order)]
+
+
+def latent_decoder(vae: nn.Module, *, scale: float = 0.18215) -> Callable[[Tensor], Tensor]:
+    """Scaled latents -> pixels in [-1, 1] through a diffusers AutoencoderKL (the release's VAE scale)."""
+
+    @torch.no_grad()
+    def decode(z: Tensor) -> Tensor:
+        return vae.decode(z / scale).sample.float()
+
+    return decode
 
 
 def to_uint8(images: Float[Tensor, "b c h w"]) -> UInt8[Tensor, "b h w c"]:

@@ -30,7 +30,7 @@ def tiny_image_model(num_classes: int | None = 3) -> ImageDiffiT:
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_weights(path, tiny_image_model())
+    save_weights(path, tiny_image_model(), extra_metadata={"diffit.weights": "ema"})
     return path
 
 
