@@ -220,5 +220,7 @@ def test_bad_shapes_raise_errors_naming_the_argument() -> None:
         attn(torch.randn(2, 4, 16), torch.randn(3, 8))
     with pytest.raises(TypeCheckError, match="parameter 'x'"):  # a 2-D tensor where (b, n, d) is expected
         TMSABlock(dim=16, time_dim=8, num_heads=4, window=2)(torch.randn(4, 16), torch.randn(1, 8))
+    with pytest.raises(TypeCheckError, match="parameter 'x'"):  # integer tokens where floats are expected
+        attn(torch.randint(0, 3, (1, 4, 16)), torch.randn(1, 8))
     with pytest.raises(ValueError, match="dim=10 must be divisible by num_heads=4"):
         TMSA(dim=10, time_dim=8, num_heads=4, window=2)
