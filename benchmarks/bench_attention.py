@@ -75,7 +75,7 @@ def main() -> None:
         same = results[(precision, mode, "naive windowed")]
         fp32_naive = results[("fp32", mode, "naive windowed")]
         table.add_row(precision, mode, name, f"{sec * 1e3:.1f}", f"{same / sec:.2f}x", f"{fp32_naive / sec:.2f}x")
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def main() -> None:
     table.add_row(f"FID samples ({args.n}) vs real A ({len(idx_a)})", f"{fid_fake:.2f}")
     table.add_row(f"FID real B ({len(idx_b)}) vs real A ({len(idx_a)})", f"{fid_real:.2f}")
     table.add_row("sampling wall time (s)", f"{sample_seconds:.1f}")
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def main() -> None:
             f"{fp32['seconds'] / r['seconds']:.2f}x" if fp32 else "-",
             f"{dit['seconds'] / r['seconds']:.2f}x" if dit else "-", f"{r['peak_bytes'] / 2**20:.0f}",
         )  # fmt: skip
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":
