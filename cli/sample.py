@@ -135,7 +135,9 @@ def sample_command(
     def callback(state: dict[str, Any]) -> None:
         nonlocal nfe
         nfe = state["nfe"]
-        rate = state["images_done"] / max(time.perf_counter() - start, 1e-9)
+        # Images finished, counting the current batch's share of its steps.
+        done = state["images_done"] + state["batch_size"] * (state["i"] + 1) / steps
+        rate = done / max(time.perf_counter() - start, 1e-9)
         progress.update(task, completed=state["batch"] * steps + state["i"] + 1, nfe=nfe, ips=rate)
 
     with progress:

@@ -178,7 +178,7 @@ def generate(
 
     Rank r samples seeds r, r + W, ... in batches of ``batch_size``; the images are gathered on every rank.
     ``decode`` maps model outputs to pixels in [-1, 1] (a VAE decoder for latent models). ``callback`` gets
-    the sampler's state plus ``batch`` / ``batches`` (this rank's) and ``images_done``.
+    the sampler's state plus ``batch`` / ``batches`` (this rank's), ``batch_size`` and ``images_done``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -188,9 +188,9 @@ def generate(
     images, done = [], 0
     for b, idx in enumerate(batches):
 
-        def report(state: dict[str, Any], b: int = b, done: int = done) -> None:
+        def report(state: dict[str, Any], b: int = b, done: int = done, size: int = len(idx)) -> None:
             if callback is not None:
-                callback({**state, "batch": b, "batches": len(batches), "images_done": done})
+                callback({**state, "batch": b, "batches": len(batches), "batch_size": size, "images_done": done})
 
         x = sample(
             model, sampler=sampler, sigmas=sigmas, seeds=[seeds[i] for i in idx],
