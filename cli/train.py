@@ -18,11 +18,12 @@ from diffit.data import (
     image_pipeline,
     latent_pipeline,
     load_images,
+    load_vae,
     memory_batches,
 )
-from diffit.diffusion import sample_heun
+from diffit.diffusion import sample_ddpm, sample_heun
 from diffit.distributed import init_distributed, shutdown
-from diffit.generate import default_sigmas, make_grid, release_alphas_cumprod, sample, save_png, to_uint8
+from diffit.generate import default_sigmas, generate, latent_decoder, make_grid, release_alphas_cumprod, save_png
 from diffit.train import ADMObjective, EDMObjective, TrainingDiverged, train
 from diffit_cli.common import (
     IMAGE_MODELS,
@@ -97,6 +98,9 @@ def train_command(
         "runs/digits"
     ),
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
+    vae: Annotated[
+        str | None, typer.Option(help="With --latent: AutoencoderKL (path or hub id) to decode the sample grids.")
+    ] = None,
     device: Device = None,
 ) -> None:
     """Train DiffiT. With no --data: the class-conditional tiny model on the bundled 16x16 digits."""
@@ -191,15 +195,26 @@ def train_command(
         if k in train_command.__code__.co_varnames[: train_command.__code__.co_argcount]
     }
 
+    decode = None
+    if latent and vae is not None and sample_every > 0 and dist.is_main:
+        try:
+            decode = latent_decoder(load_vae(vae, dist.device))
+        except ValueError as err:
+            fail(f"--vae: {err}")
+
     def on_sample(step: int, ema_model: torch.nn.Module) -> None:
-        if latent:
-            return  # latent grids need the VAE: decode with `diffit sample --ckpt RUN --vae ...`
+        """A fixed-seed grid of the EMA model: Heun 18 steps (image space) or DDPM 100 steps + VAE (latent)."""
+        if latent and decode is None:
+            return  # latent grids need --vae
         n = 64 if num_classes is None else 8 * min(num_classes, 10)
-        labels = None if num_classes is None else torch.arange(n) % num_classes
-        x = sample(
-            ema_model, sampler=sample_heun, sigmas=default_sigmas(ema_model, 18), seeds=list(range(n)), labels=labels
-        )
-        save_png(make_grid(to_uint8(x), nrow=10 if num_classes else 8), out / f"samples-{step:08d}.png", upscale=2)
+        sampler, steps_ = (sample_ddpm, 100) if latent else (sample_heun, 18)
+        images = generate(
+            ema_model, sampler=sampler, sigmas=default_sigmas(ema_model, steps_), seeds=list(range(n)),
+            labels=None if num_classes is None else torch.arange(n) % num_classes, batch_size=16 if latent else n,
+            decode=decode,
+        )  # fmt: skip
+        grid = make_grid(images, nrow=10 if num_classes else 8)
+        save_png(grid, out / f"samples-{step:08d}.png", upscale=max(1, 128 // images.shape[1]))
 
     progress = Progress(
         TextColumn("[bold]step {task.completed}/{task.total}"),

@@ -69,11 +69,16 @@ def test_latent_training_on_encoded_shards(tmp_path: Path, tiny_vae: str) -> Non
             "0",
             "--ckpt-every",
             "2",
+            "--sample-every",
+            "2",
+            "--vae",
+            tiny_vae,
             "--out",
             str(out),
         ],
     )
     assert res.exit_code == 0, res.output
+    assert (out / "samples-00000002.png").is_file()  # the EMA grid, decoded by the VAE
     state = json.loads((out / "ckpt-00000002" / "state.json").read_text())
     assert state["model"]["class"] == "LatentDiffiT" and state["model"]["config"]["input_size"] == 4
     assert state["model"]["config"]["num_classes"] == 4
@@ -82,3 +87,17 @@ def test_latent_training_on_encoded_shards(tmp_path: Path, tiny_vae: str) -> Non
         ["train", "--latent", "--data", data, "--model", "s2", "--steps", "2", "--batch-size", "4", "--out", str(out)],
     )
     assert again.exit_code == 2 and "already holds checkpoints" in again.output
+
+
+def test_unconditional_image_shards_train_an_unconditional_model(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", images)  # no labels: unconditional data
+    write_image_shards(array_source(str(tmp_path / "a.npy")), str(tmp_path / "img" / "i-%03d.tar"))
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "img" / "i-000.tar"), "--model", "tiny", "--res", "16", "--steps", "2",
+            "--batch-size", "4", "--sample-every", "2", "--out", str(out)]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "ckpt-00000002" / "state.json").read_text())["model"]["config"]
+    assert config["num_classes"] is None and config["in_channels"] == 3 and config["resolution"] == 16
+    assert (out / "samples-00000002.png").is_file()
