@@ -100,7 +100,7 @@ def guided_denoiser(model: nn.Module, labels: Int[Tensor, " b"] | None, guidance
     if num_classes is None:
         if labels is not None or guidance.scale != 1.0:
             raise ValueError("the model is unconditional: class labels and guidance (scale != 1) do not apply")
-        return bind_labels(base, None)
+        return base  # y defaults to None
     if labels is None:
         raise ValueError("the model is class-conditional: labels are required")
     if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
