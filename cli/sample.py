@@ -19,7 +19,7 @@ from diffit.diffusion import SAMPLERS
 from diffit.distributed import init_distributed, shutdown
 from diffit.generate import Guidance, default_sigmas, generate, latent_decoder, make_grid, random_labels, save_png
 from diffit.nn import LatentDiffiT
-from diffit_cli.common import Device, Precision, check_precision, console, fail, parse_int_ranges
+from diffit_cli.common import TF32, Device, Precision, check_precision, console, fail, parse_int_ranges, set_tf32
 
 LATENT_SCALE = 0.18215  # Stable Diffusion VAE latent scale used by the release
 
@@ -54,6 +54,7 @@ def sample_command(
     ] = None,
     raw: Annotated[bool, typer.Option(help="Use the raw weights instead of the EMA.")] = False,
     precision: Precision = "fp32",
+    tf32: TF32 = True,
     vae: Annotated[
         str, typer.Option(help="AutoencoderKL (path or hub id) to decode latent models.")
     ] = "stabilityai/sd-vae-ft-ema",
@@ -68,6 +69,7 @@ def sample_command(
 ) -> None:
     """Sample images. With no options: a grid from the bundled class-conditional digits model."""
     check_precision(precision)
+    set_tf32(tf32)
     if n < 1 or batch_size < 1:
         fail(f"--n and --batch-size must be >= 1, got {n} and {batch_size}")
     if steps is not None and steps < 1:
@@ -158,8 +160,9 @@ def sample_command(
             "sampler": sampler_name, "steps": steps, "nfe_per_image": nfe,
             "guidance": {"scale": cfg, "schedule": cfg_schedule, "channels": cfg_channels, "interval": interval},
             "seeds": seeds or f"0-{n - 1}", "count": len(seed_list), "classes": class_ids or "random per seed",
-            "precision": precision, "sigmas": [round(float(s), 6) for s in sigmas], "device": str(dist.device),
-            "world_size": dist.world_size, "seconds": round(elapsed, 3), "vae": vae if is_latent else None,
+            "precision": precision, "tf32": tf32, "sigmas": [round(float(s), 6) for s in sigmas],
+            "device": str(dist.device), "world_size": dist.world_size, "seconds": round(elapsed, 3),
+            "vae": vae if is_latent else None,
         }  # fmt: skip
         record_path = out / "protocol.json" if out_kind == "dir" else out.with_suffix(".json")
         _atomic_text(record_path, json.dumps(record, indent=2))

@@ -28,6 +28,7 @@ from diffit.train import ADMObjective, EDMObjective, TrainingDiverged, train
 from diffit_cli.common import (
     IMAGE_MODELS,
     LATENT_MODELS,
+    TF32,
     VAE_FACTOR,
     Device,
     Precision,
@@ -35,6 +36,7 @@ from diffit_cli.common import (
     console,
     fail,
     latent_side,
+    set_tf32,
 )
 
 MEMORY_LIMIT_BYTES = 2 << 30  # image datasets below this size are held in RAM: exact, seekable batches
@@ -68,6 +70,7 @@ def train_command(
     ema: Annotated[float, typer.Option(help="EMA decay (warmed up as min(decay, (1+n)/(10+n))).")] = 0.9999,
     grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this value; 0 disables.")] = 0.0,
     precision: Precision = "fp32",
+    tf32: TF32 = True,
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
     grad_checkpointing: Annotated[
         bool, typer.Option(help="Recompute block activations in backward (less memory).")
@@ -105,6 +108,7 @@ def train_command(
 ) -> None:
     """Train DiffiT. With no --data: the class-conditional tiny model on the bundled 16x16 digits."""
     check_precision(precision)
+    set_tf32(tf32)
     for name, value in (
         ("--steps", steps),
         ("--batch-size", batch_size),
