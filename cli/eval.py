@@ -136,7 +136,7 @@ def fid(
     try:
         sample_source = open_images(samples, batch_size=batch_size, max_count=max_count)
         ref_is_stats = is_statistics_file(ref)
-        ref_source = None if ref_is_stats else open_images(ref, batch_size=batch_size)
+        ref_source = None if ref_is_stats else open_images(ref, batch_size=batch_size, max_count=max_count)
     except ValueError as exc:
         fail(_message(exc))
     _check_count(sample_source.count, "SAMPLES")
@@ -146,7 +146,10 @@ def fid(
         with progress_bar("samples") as progress:
             result = evaluate_images(sample_source, net, probabilities=net.has_probabilities, progress=progress)
         with progress_bar("reference") as progress:
-            ref_stats = reference_statistics(ref if ref_source is None else ref_source, net, progress=progress)
+            if ref_source is None:
+                ref_stats = reference_statistics(ref, net, progress=progress)
+            else:
+                ref_stats = evaluate_images(ref_source, net, progress=progress).stats
         fid_value = frechet_distance(result.stats.mu, result.stats.sigma, ref_stats.mu, ref_stats.sigma)
         score = None
         if result.probabilities is not None:

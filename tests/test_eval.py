@@ -381,6 +381,12 @@ def test_cli_stats_then_fid_of_a_set_against_itself_is_zero(tmp_path, stand_in):
     # REF as images gives the same statistics as the stats file.
     ref = reference_statistics(str(tmp_path / "s.npz"), load_inception(stand_in))
     np.testing.assert_allclose(ref.sigma, load_statistics(str(out)).sigma, atol=1e-6)
+    # ... and through the CLI: images as REF (read with the same --max-count as SAMPLES).
+    args = ["eval", "fid", str(tmp_path / "s.npz"), str(tmp_path / "s.npz"), "--inception", stand_in]
+    result = runner.invoke(app, [*args, "--json", str(tmp_path / "fid2.json")])
+    assert result.exit_code == 0, result.output
+    body = json.loads((tmp_path / "fid2.json").read_text())
+    assert body["fid"] == pytest.approx(0.0, abs=1e-6) and body["reference"]["count"] == 6
 
 
 @pytest.mark.parametrize(
