@@ -292,14 +292,14 @@ def train(
     with _label_dropout_off(model), _StopFlag() as flag:
         while run.step < steps:
             x, y = next(batches)
-            x = x.to(dist.device, non_blocking=True)
+            x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             # Everything random in this step, drawn for the global batch; this rank keeps its slice.
             gen = step_generator(seed, run.step)
             draws = {k: v[rank_slice].to(dist.device) for k, v in objective.draw(gen, batch_size, x.shape[1:]).items()}
             labels = None
             if num_classes is not None:  # label dropout for classifier-free guidance
                 drop = (torch.rand(batch_size, generator=gen) < label_dropout)[rank_slice].to(dist.device)
-                labels = torch.where(drop, torch.full_like(y, num_classes), y).to(dist.device)
+                labels = torch.where(drop, torch.full_like(y, num_classes), y)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(run.step, lr=lr, warmup=warmup)
             stats = train_step(
