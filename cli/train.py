@@ -1,5 +1,6 @@
 """`diffit train`: image-space DiffiT with EDM, or latent DiffiT with the ADM objective, DDP under torchrun."""
 
+import json
 import math
 import os
 import signal
@@ -164,8 +165,17 @@ def train_command(
     except ValueError as err:
         fail(f"--model {model} at --res {res}: {err}")
 
-    if not resume and latest_checkpoint(out) is not None:
+    last = latest_checkpoint(out)
+    if not resume and last is not None:
         fail(f"--out {out} already holds checkpoints: add --resume to continue that run, or choose another --out")
+    data_hash = manifest.content_hash if manifest is not None else None
+    if resume and last is not None:  # the shards' content hash (dataset.json) must be the run's
+        recorded = json.loads((last / "state.json").read_text()).get("args", {}).get("data_content_hash")
+        if recorded is not None and data_hash is not None and recorded != data_hash:
+            fail(
+                f"--data is not the data the run in {out} was trained on (content hash {data_hash[:12]}, "
+                f"run: {recorded[:12]}); resume with the same shards"
+            )
     dist = init_distributed(device)
     torch.manual_seed(seed + dist.rank)
     flip = data is not None if flip is None else flip
@@ -197,7 +207,7 @@ def train_command(
         k: (str(v) if isinstance(v, Path) else v)
         for k, v in locals().items()
         if k in train_command.__code__.co_varnames[: train_command.__code__.co_argcount]
-    }
+    } | {"data_content_hash": data_hash}
 
     decode = None
     if latent and vae is not None and sample_every > 0 and dist.is_main:

@@ -101,3 +101,17 @@ def test_unconditional_image_shards_train_an_unconditional_model(tmp_path: Path)
     config = json.loads((out / "ckpt-00000002" / "state.json").read_text())["model"]["config"]
     assert config["num_classes"] is None and config["in_channels"] == 3 and config["resolution"] == 16
     assert (out / "samples-00000002.png").is_file()
+
+
+def test_resume_refuses_other_data(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = runner.invoke(app, ["train", "--steps", "1", "--batch-size", "4", "--sample-every", "0", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    images = np.random.default_rng(0).integers(0, 256, (8, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "other.npz", images=images, labels=np.arange(8) % 10)
+    write_image_shards(array_source(str(tmp_path / "other.npz")), str(tmp_path / "o" / "o-%03d.tar"))
+    args = ["train", "--steps", "2", "--batch-size", "4", "--out", str(out), "--resume"]
+    other = runner.invoke(app, [*args, "--data", str(tmp_path / "o" / "o-000.tar")])
+    assert other.exit_code == 2 and "is not the data the run" in " ".join(other.output.split())
+    same = runner.invoke(app, [*args, "--sample-every", "0"])
+    assert same.exit_code == 0, same.output
