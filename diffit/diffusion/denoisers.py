@@ -57,12 +57,18 @@ class EDMPrecond(nn.Module):
         self.sigma_data = sigma_data
 
     def forward(
-        self, x: Float[Tensor, " b *dims"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
+        self,
+        x: Float[Tensor, " b *dims"],
+        sigma: Float[Tensor, " b"],
+        y: Int[Tensor, " b"] | None = None,
+        augment_labels: Float[Tensor, "b a"] | None = None,
     ) -> Float[Tensor, " b *dims"]:
         # Coefficients in float32 at least: c_noise = ln(sigma)/4 must not round in bf16.
         sigma = sigma if sigma.dtype == torch.float64 else sigma.float()
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
-        f = self.model(_per_sample(c_in, x) * x, c_noise, y)
+        # Augmentation labels (EDM's non-leaking augmentation) only reach backbones that take them.
+        extra = {} if augment_labels is None else {"augment_labels": augment_labels}
+        f = self.model(_per_sample(c_in, x) * x, c_noise, y, **extra)
         # D(x; sigma) = c_skip x + c_out F (EDM Eq. 7).
         return _per_sample(c_skip, x) * x + _per_sample(c_out, x) * f.to(x.dtype)
 

@@ -32,6 +32,7 @@ def edm_loss(
     generator: torch.Generator | None = None,
     sigma: Float[Tensor, " b"] | None = None,
     noise: Float[Tensor, " b *dims"] | None = None,
+    augment_labels: Float[Tensor, "b a"] | None = None,
     P_mean: float = -1.2,
     P_std: float = 1.2,
     sigma_data: float = 0.5,
@@ -42,6 +43,8 @@ def edm_loss(
 
     ``sigma`` and ``noise`` (unit normal, scaled by sigma here) may be given instead of drawn from
     ``generator``: a distributed trainer draws them for the global batch and passes each rank its slice.
+    ``augment_labels`` (EDM's non-leaking augmentation) are passed on to the denoiser when given; ``x0`` is
+    then the augmented batch.
     """
     b = x0.shape[0]
     if sigma is None:
@@ -52,7 +55,8 @@ def edm_loss(
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     n = noise.to(device=x0.device, dtype=x0.dtype) * _per_sample(sigma, x0)
-    denoised = precond_denoiser(x0 + n, sigma) if y is None else precond_denoiser(x0 + n, sigma, y=y)
+    extra = {k: v for k, v in (("y", y), ("augment_labels", augment_labels)) if v is not None}
+    denoised = precond_denoiser(x0 + n, sigma, **extra)
     return weight * _mean_flat((denoised - x0) ** 2)
 
 

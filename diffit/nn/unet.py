@@ -82,6 +82,7 @@ class ImageDiffiT(nn.Module):
         groups: int = 32,
         qk_norm: bool = False,
         checkpointing: bool = False,
+        augment_dim: int = 0,
     ) -> None:
         """
         Args:
@@ -98,6 +99,8 @@ class ImageDiffiT(nn.Module):
             groups: GroupNorm groups (reduced to a divisor of the width where needed).
             qk_norm: per-head LayerNorm of queries and keys (an optional bf16 stability guard).
             checkpointing: gradient checkpointing of every ResBlock in training (saves memory, costs a forward).
+            augment_dim: width of the augmentation labels embedded into the time token (EDM's non-leaking
+                augmentation; 9 with ``diffit.augment``); 0 for none.
         """
         super().__init__()
         channels, blocks_per_stage = tuple(int(c) for c in channels), tuple(int(n) for n in blocks_per_stage)
@@ -133,6 +136,7 @@ class ImageDiffiT(nn.Module):
             "num_heads": num_heads if isinstance(num_heads, int) else list(heads),
             "time_dim": time_dim, "num_classes": num_classes, "class_dropout_prob": class_dropout_prob,
             "mlp_ratio": mlp_ratio, "groups": groups, "qk_norm": qk_norm, "checkpointing": checkpointing,
+            "augment_dim": augment_dim,
         }  # fmt: skip
         json.dumps(self.config)  # the contract: checkpoints store the constructor kwargs as JSON
         self.resolution, self.in_channels, self.num_classes = resolution, in_channels, num_classes
@@ -146,6 +150,8 @@ class ImageDiffiT(nn.Module):
             ]  # fmt: skip
 
         self.time_embed = TimestepEmbedding(dim=time_dim)
+        # EDM's augmentation conditioning: labels -> time token, no bias, so zero labels add nothing.
+        self.augment_embed = nn.Linear(augment_dim, time_dim, bias=False) if augment_dim > 0 else None
         self.label_embed = (
             None
             if num_classes is None
@@ -173,7 +179,8 @@ class ImageDiffiT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
         if self.label_embed is not None:
@@ -191,13 +198,21 @@ class ImageDiffiT(nn.Module):
         return t + self.label_embed(y).to(t.dtype)
 
     def forward(
-        self, x: Float[Tensor, "b c h w"], noise_label: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
+        self,
+        x: Float[Tensor, "b c h w"],
+        noise_label: Float[Tensor, " b"],
+        y: Int[Tensor, " b"] | None = None,
+        augment_labels: Float[Tensor, "b a"] | None = None,
     ) -> Float[Tensor, "b c h w"]:
         """Denoiser backbone output F(x; c_noise, y); ``y`` is ignored by an unconditional model."""
         expected = (self.in_channels, self.resolution, self.resolution)
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (b, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         t = self.time_token(noise_label, y)
+        if augment_labels is not None:
+            if self.augment_embed is None:
+                raise ValueError("augment_labels were given but the model was built with augment_dim=0")
+            t = t + self.augment_embed(augment_labels.to(t.dtype))
         # The residual stream is kept in the input's dtype (fp32) even under bf16 autocast.
         h = self.tokenizer(x).to(x.dtype)
         skips = []
