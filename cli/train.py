@@ -160,6 +160,7 @@ def train_command(
         fail(f"--micro-batch {micro} must divide the per-process batch {per_rank}")
     num_classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
     channels = manifest.channels if manifest is not None else 1
+    torch.manual_seed(seed)  # the initial weights are a function of --seed (identical on every rank)
     try:
         if latent:
             net = factories[model](
@@ -185,7 +186,7 @@ def train_command(
                 f"run: {recorded[:12]}); resume with the same shards"
             )
     dist = init_distributed(device)
-    torch.manual_seed(seed + dist.rank)
+    torch.manual_seed(seed + 1 + dist.rank)  # any other global randomness differs per rank
     flip = data is not None if flip is None else flip
     split = dict(batch_size=batch_size, seed=seed, rank=dist.rank, world_size=dist.world_size)
     if latent:

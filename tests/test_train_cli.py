@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from diffit.data import array_source, encode_latents, write_image_shards
@@ -115,3 +116,15 @@ def test_resume_refuses_other_data(tmp_path: Path) -> None:
     assert other.exit_code == 2 and "is not the data the run" in " ".join(other.output.split())
     same = runner.invoke(app, [*args, "--sample-every", "0"])
     assert same.exit_code == 0, same.output
+
+
+def test_same_seed_gives_bit_identical_runs(tmp_path: Path) -> None:
+    """--seed fixes everything, the initial weights included."""
+    from safetensors.torch import load_file
+
+    for name in ("a", "b"):
+        args = ["train", "--steps", "2", "--batch-size", "4", "--sample-every", "0", "--out", str(tmp_path / name)]
+        assert runner.invoke(app, [*args, "--seed", "7"]).exit_code == 0
+    a = load_file(str(tmp_path / "a" / "ckpt-00000002" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "ckpt-00000002" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
