@@ -98,6 +98,22 @@ class LabelEmbedding(nn.Module):
         return self.embedding_table(labels)
 
 
+def condition_token(
+    time_embed: TimestepEmbedding,
+    label_embed: LabelEmbedding | None,
+    t: Float[Tensor, " b"],
+    y: Int[Tensor, " b"] | None,
+) -> Float[Tensor, "b d"]:
+    """The time token x_t = TimeEmbed(t) [+ LabelEmbed(y)]; a class-conditional model given ``y=None`` uses
+    the null class (the unconditional branch of classifier-free guidance)."""
+    c = time_embed(t)
+    if label_embed is None:
+        return c
+    if y is None:
+        y = torch.full(t.shape, label_embed.null_class, dtype=torch.long, device=c.device)
+    return c + label_embed(y).to(c.dtype)
+
+
 def sincos_pos_embed_2d(dim: int, grid_size: int) -> Float[Tensor, "n {dim}"]:
     """Fixed 2D sine-cosine position codes of a square ``grid_size`` x ``grid_size`` token grid (row-major).
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from diffit.nn.blocks import TMSABlock, layer_norm_fp32
-from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, sincos_pos_embed_2d
+from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token, sincos_pos_embed_2d
 
 
 class PatchEmbed(nn.Module):
@@ -159,12 +159,7 @@ class LatentDiffiT(nn.Module):
 
     def condition(self, t: Float[Tensor, " b"], y: Int[Tensor, " b"] | None) -> Float[Tensor, "b d"]:
         """The time token c = TimeEmbed(t) + LabelEmbed(y); ``y=None`` means the null class."""
-        c = self.t_embedder(t)
-        if self.y_embedder is None:
-            return c
-        if y is None:
-            y = torch.full(t.shape, self.y_embedder.null_class, dtype=torch.long, device=c.device)
-        return c + self.y_embedder(y).to(c.dtype)
+        return condition_token(self.t_embedder, self.y_embedder, t, y)
 
     def forward(
         self, x: Float[Tensor, "b c h w"], t: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None

@@ -25,7 +25,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from diffit.nn.blocks import GroupNorm32, ResBlock
-from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding
+from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token
 
 
 def _per_stage(value: int | Sequence[int], stages: int, name: str) -> tuple[int, ...]:
@@ -190,12 +190,7 @@ class ImageDiffiT(nn.Module):
 
     def time_token(self, noise_label: Float[Tensor, " b"], y: Int[Tensor, " b"] | None) -> Float[Tensor, "b dt"]:
         """x_t = TimeEmbed(noise_label) [+ LabelEmbed(y)]; a conditional model given ``y=None`` uses the null class."""
-        t = self.time_embed(noise_label)
-        if self.label_embed is None:
-            return t
-        if y is None:
-            y = torch.full(noise_label.shape, self.label_embed.null_class, dtype=torch.long, device=t.device)
-        return t + self.label_embed(y).to(t.dtype)
+        return condition_token(self.time_embed, self.label_embed, noise_label, y)
 
     def forward(
         self,
