@@ -2,7 +2,13 @@
 
 from diffit.nn.attention import TMSA
 from diffit.nn.blocks import GroupNorm32, Mlp, ResBlock, TMSABlock, layer_norm_fp32
-from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, sincos_pos_embed_2d, sinusoidal_embedding
+from diffit.nn.embeddings import (
+    LabelEmbedding,
+    TimestepEmbedding,
+    condition_token,
+    sincos_pos_embed_2d,
+    sinusoidal_embedding,
+)
 from diffit.nn.windows import relative_position_index, window_merge, window_partition
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "ResBlock",
     "TMSABlock",
     "TimestepEmbedding",
+    "condition_token",
     "layer_norm_fp32",
     "relative_position_index",
     "sincos_pos_embed_2d",
