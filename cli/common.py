@@ -1,7 +1,10 @@
 """What the commands share: one-line failures with exit code 2, and the model names the CLI knows."""
 
+import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import torch
@@ -101,3 +104,17 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int | None], None]
     finally:
         if task is not None:
             progress.stop()
+
+
+def write_json(path: str | Path, record: dict[str, object]) -> None:
+    """Write ``record`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,6 +1,5 @@
 """`diffit eval stats` and `diffit eval fid`: Inception statistics of images, and FID (plus IS) against a reference."""
 
-import json
 import os
 import platform
 from typing import Annotated
@@ -23,7 +22,7 @@ from diffit.evaluation import (
     reference_statistics,
     save_statistics,
 )
-from diffit_cli.common import Device, console, fail, progress_bar
+from diffit_cli.common import Device, console, fail, progress_bar, write_json
 
 eval_app = typer.Typer(name="eval", help="Inception statistics, FID and Inception Score.", no_args_is_help=True)
 _out = Console()
@@ -65,20 +64,6 @@ def _load(inception: str | None, device: str | None) -> InceptionV3:
         fail(_message(exc))
     except RuntimeError as exc:  # e.g. an unknown or unavailable device
         fail(f"--device {device!r}: {_message(exc)}")
-
-
-def _write_json(path: str, record: dict[str, object]) -> None:
-    """Write ``record`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @eval_app.command("stats")
@@ -188,6 +173,6 @@ def fid(
             "versions": {"diffit": diffit.__version__, "torch": torch.__version__, "python": platform.python_version()},
         }
         try:
-            _write_json(json_out, record)
+            write_json(json_out, record)
         except OSError as exc:
             fail(f"--json {json_out!r}: {_message(exc)}")

@@ -1,6 +1,5 @@
 """`diffit sample`: images from a checkpoint with any sampler, guidance settings and per-sample seeds."""
 
-import json
 import os
 import platform
 import time
@@ -19,9 +18,17 @@ from diffit.diffusion import SAMPLERS
 from diffit.distributed import init_distributed, shutdown
 from diffit.generate import Guidance, default_sigmas, generate, latent_decoder, make_grid, random_labels, save_png
 from diffit.nn import LatentDiffiT
-from diffit_cli.common import TF32, Device, Precision, check_precision, console, fail, parse_int_ranges, set_tf32
-
-LATENT_SCALE = 0.18215  # Stable Diffusion VAE latent scale used by the release
+from diffit_cli.common import (
+    TF32,
+    Device,
+    Precision,
+    check_precision,
+    console,
+    fail,
+    parse_int_ranges,
+    set_tf32,
+    write_json,
+)
 
 
 def sample_command(
@@ -118,7 +125,7 @@ def sample_command(
     decode = None
     if is_latent:
         try:
-            decode = latent_decoder(load_vae(vae, dist.device), scale=LATENT_SCALE)
+            decode = latent_decoder(load_vae(vae, dist.device))
         except ValueError as err:
             fail(f"--vae: {err}")
 
@@ -165,17 +172,11 @@ def sample_command(
             "vae": vae if is_latent else None,
         }  # fmt: skip
         record_path = out / "protocol.json" if out_kind == "dir" else out.with_suffix(".json")
-        _atomic_text(record_path, json.dumps(record, indent=2))
+        write_json(record_path, record)
         console.print(
             f"wrote {len(images)} images to {out} in {elapsed:.1f} s ({nfe} NFE each); protocol: {record_path}"
         )
     shutdown(dist)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _write(out: Path, kind: str, images: torch.Tensor, labels: torch.Tensor | None) -> None:

@@ -23,6 +23,7 @@ from jaxtyping import Float, Int, UInt8
 from PIL import Image
 from torch import Tensor, nn
 
+from diffit.data import SD_SCALE_FACTOR
 from diffit.diffusion import (
     ClassifierFreeGuidance,
     EDMPrecond,
@@ -209,7 +210,7 @@ def generate(
     return local[torch.argsort(order)]
 
 
-def latent_decoder(vae: nn.Module, *, scale: float = 0.18215) -> Callable[[Tensor], Tensor]:
+def latent_decoder(vae: nn.Module, *, scale: float = SD_SCALE_FACTOR) -> Callable[[Tensor], Tensor]:
     """Scaled latents -> pixels in [-1, 1] through a diffusers AutoencoderKL (the release's VAE scale)."""
 
     @torch.no_grad()
