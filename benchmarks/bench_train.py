@@ -33,10 +33,10 @@ def build(name: str, checkpointing: bool, device: torch.device):  # -> (model, s
     from diffit.nn import diffit_tiny, latent_diffit_b_2
 
     if name == "tiny":
-        model = diffit_tiny(checkpointing=checkpointing)
+        model = diffit_tiny().set_grad_checkpointing(checkpointing)
         return model, lambda x, t, y: model(x, t, y), (1, 16, 16), 10
     if name == "b2":
-        model = latent_diffit_b_2(input_size=32, checkpointing=checkpointing)
+        model = latent_diffit_b_2(input_size=32).set_grad_checkpointing(checkpointing)
         return model, lambda x, t, y: model(x, t, y)[:, :4], (4, 32, 32), 1000
     from diffusers import DiTTransformer2DModel
 

@@ -1,7 +1,6 @@
-"""What the commands share: one-line failures with exit code 2, and the model names the CLI knows."""
+"""What the commands share: one-line failures with exit code 2, shared options, the progress bar."""
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,35 +11,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
-from torch import nn
 
-from diffit.nn.latent import latent_diffit_b_2, latent_diffit_l_2, latent_diffit_s_2, latent_diffit_xl_2
-from diffit.nn.unet import diffit_cifar10, diffit_ffhq64, diffit_tiny
+from diffit.data.atomic import atomic_path
 
 console = Console(stderr=True)
-
-# The CLI is the only place that maps a name to a factory.
-IMAGE_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "tiny": diffit_tiny,
-    "cifar10": diffit_cifar10,
-    "ffhq64": diffit_ffhq64,
-}
-LATENT_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "s2": latent_diffit_s_2,
-    "b2": latent_diffit_b_2,
-    "l2": latent_diffit_l_2,
-    "xl2": latent_diffit_xl_2,
-}
-
-VAE_FACTOR = 8  # the Stable Diffusion VAE maps H x W x 3 pixels to H/8 x W/8 x 4 latents
-
-
-def latent_side(res: int) -> int:
-    """Latent grid side of an image resolution; exits with a one-line error unless res is a multiple of 8."""
-    if res < VAE_FACTOR or res % VAE_FACTOR:
-        fail(f"--res {res} must be a multiple of {VAE_FACTOR} for latent models (the VAE downsamples by 8)")
-    return res // VAE_FACTOR
-
 
 Precision = Annotated[str, typer.Option(help="fp32 or bf16 (autocast; weights stay fp32).")]
 TF32 = Annotated[
@@ -64,23 +38,52 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def fail_from(err: Exception, ctx: typer.Context | None = None, aliases: dict[str, str] | None = None) -> NoReturn:
+    """:func:`fail` with a library error. Its first word names a Python argument by convention; where that is
+    one of the command's options (``ctx``), it is shown as the option (``batch_size`` -> ``--batch-size``), or
+    as ``aliases`` says where the library's name differs from the option's."""
+    message = str(err)
+    first, sep, rest = message.partition(" ")
+    options = {p.name: p.opts[0] for p in ctx.command.params if getattr(p, "opts", None)} if ctx is not None else {}
+    options |= aliases or {}
+    fail(f"{options[first]}{sep}{rest}" if first in options else message)
+
+
+@contextmanager
+def refusing(ctx: typer.Context | None = None, aliases: dict[str, str] | None = None) -> Iterator[None]:
+    """Turn the library's ValueError / FileNotFoundError raised inside the block into a one-line exit 2."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        fail_from(err, ctx, aliases)
+
+
 def check_precision(precision: str) -> str:
     if precision not in ("fp32", "bf16"):
         fail(f"--precision must be fp32 or bf16, got {precision!r}")
     return precision
 
 
-def parse_int_ranges(text: str, *, name: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (non-negative, inclusive ranges); a one-line error otherwise."""
-    values: list[int] = []
+MAX_IDS = 10_000_000  # seeds or class ids one command may name (a list of this many ints is ~300 MB)
+
+
+def parse_int_ranges(text: str, *, name: str, limit: int = MAX_IDS) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (non-negative, inclusive ranges); a one-line error otherwise,
+    also when the ranges name more than ``limit`` values (checked before any list is built)."""
+    spans: list[tuple[int, int]] = []
     for part in text.split(","):
         bounds = part.strip().split("-")
         if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
             fail(f"{name} must be non-negative integers or inclusive ranges like '0-49999,50', got {text!r}")
-        values.extend(range(int(bounds[0]), int(bounds[-1]) + 1))
-    if not values:
+        spans.append((int(bounds[0]), int(bounds[-1])))
+    total = sum(max(0, hi - lo + 1) for lo, hi in spans)
+    if total == 0:
         fail(f"{name} is empty: {text!r} selects nothing")
-    return values
+    if total > limit:
+        fail(f"{name} names {total} values, more than the {limit} one run may take: split the job")
+    if any(hi >= 2**63 for _, hi in spans):
+        fail(f"{name} values must be < 2^63, got {text!r}")
+    return [v for lo, hi in spans for v in range(lo, hi + 1)]
 
 
 @contextmanager
@@ -108,13 +111,6 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int | None], None]
 
 def write_json(path: str | Path, record: dict[str, object]) -> None:
     """Write ``record`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")

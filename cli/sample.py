@@ -1,12 +1,11 @@
 """`diffit sample`: images from a checkpoint with any sampler, guidance settings and per-sample seeds."""
 
-import os
+import math
 import platform
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import torch
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -15,9 +14,18 @@ import diffit
 from diffit.checkpoint import load_model
 from diffit.data import load_vae
 from diffit.diffusion import SAMPLERS
-from diffit.distributed import init_distributed, shutdown
-from diffit.generate import Guidance, default_sigmas, generate, latent_decoder, make_grid, random_labels, save_png
-from diffit.nn import LatentDiffiT
+from diffit.distributed import check_device, init_distributed, shutdown
+from diffit.generate import (
+    Guidance,
+    class_labels,
+    generate,
+    guided_denoiser,
+    images_out_kind,
+    latent_decoder,
+    save_images,
+)
+from diffit.objectives import ADMObjective, objective_spec
+from diffit.runs import import_factory
 from diffit_cli.common import (
     TF32,
     Device,
@@ -26,17 +34,26 @@ from diffit_cli.common import (
     console,
     fail,
     parse_int_ranges,
+    refusing,
     set_tf32,
     write_json,
 )
 
 
 def sample_command(
+    ctx: typer.Context,
     ckpt: Annotated[
         str | None,
         typer.Option(
             help="Run dir, ckpt-* dir, .safetensors (ours or the release's) or hub id nvidia/DiffiT; "
             "default: the bundled digits model."
+        ),
+    ] = None,
+    model_factory: Annotated[
+        str | None,
+        typer.Option(
+            help="For a checkpoint of your own model: 'package.module:function' (or :Class) rebuilding it from "
+            "its recorded constructor arguments."
         ),
     ] = None,
     n: Annotated[int, typer.Option(help="Number of images (seeds 0..n-1) unless --seeds is given.")] = 100,
@@ -69,9 +86,11 @@ def sample_command(
         int, typer.Option(help="Which release checkpoint a folder / hub id means (256 or 512).")
     ] = 256,
     out: Annotated[
-        Path,
-        typer.Option(help="A .png grid, a directory of PNGs, or an ADM-style .npz (arr_0 uint8 NHWC, arr_1 labels)."),
-    ] = Path("samples.png"),
+        str,
+        typer.Option(
+            help="A .png grid, a new or empty directory of PNGs, or an ADM-style .npz (arr_0 uint8 NHWC, arr_1 labels)."
+        ),
+    ] = "samples.png",
     device: Device = None,
 ) -> None:
     """Sample images. With no options: a grid from the bundled class-conditional digits model."""
@@ -83,114 +102,83 @@ def sample_command(
         fail(f"--steps must be >= 1, got {steps}")
     if sampler is not None and sampler not in SAMPLERS:
         fail(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if cfg < 0:
-        fail(f"--cfg must be >= 0, got {cfg}")
-    if cfg_schedule not in ("constant", "power-cosine"):
-        fail(f"--cfg-schedule must be constant or power-cosine, got {cfg_schedule!r}")
-    interval = None
-    if guidance_interval is not None:
-        try:
-            lo, hi = (float(v) for v in guidance_interval.split(","))
-        except ValueError:
-            fail(f"--guidance-interval must be 'lo,hi' (two sigmas), got {guidance_interval!r}")
-        if not 0 <= lo <= hi:
-            fail(f"--guidance-interval needs 0 <= lo <= hi, got {guidance_interval!r}")
-        interval = (lo, hi)
+    interval = _interval(guidance_interval) if guidance_interval is not None else None
     seed_list = parse_int_ranges(seeds, name="--seeds") if seeds is not None else list(range(n))
-    out_kind = "npz" if out.suffix == ".npz" else "png" if out.suffix == ".png" else "dir"
-    parent = out.parent if out_kind != "dir" else out.parent
-    if not parent.is_dir():
-        fail(f"--out {out}: directory {parent} does not exist")
-
+    classes = parse_int_ranges(class_ids, name="--class") if class_ids is not None else None
+    aliases = {"scale": "--cfg", "schedule": "--cfg-schedule", "channels": "--cfg-channels", "classes": "--class"}
+    with refusing(ctx, aliases):
+        guidance = Guidance(scale=cfg, schedule=cfg_schedule, channels=cfg_channels, interval=interval)
+        kind = images_out_kind(out)
+        check_device(device)
+        build = import_factory(model_factory) if model_factory is not None else None
+        try:
+            loaded = load_model(ckpt, build=build, use_ema=not raw, release_resolution=release_res)
+        except (FileNotFoundError, ValueError, ImportError) as err:
+            fail(f"--ckpt {ckpt if ckpt is not None else 'bundled'}: {err}")
+        model, objective = loaded.model, loaded.objective
+        labels = class_labels(seed_list, model.num_classes, classes)
+        guided_denoiser(model, labels, guidance, objective)  # checks the guidance settings against the model
+        latent = isinstance(objective, ADMObjective)
+        decode = latent_decoder(load_vae(vae, check_device(device))) if latent else None
+    sampler_name = sampler or objective.default_sampler
+    steps = steps or objective.default_steps
+    sigmas = objective.sampling_sigmas(steps)
     dist = init_distributed(device)
-    try:
-        model, source = load_model(ckpt, use_ema=not raw, release_resolution=release_res)
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        fail(f"--ckpt {ckpt if ckpt is not None else 'bundled'}: {err}")
     model = model.to(dist.device)
-    is_latent = isinstance(model, LatentDiffiT)
-    sampler_name = sampler or ("ddpm" if is_latent else "heun")
-    steps = steps or (250 if is_latent else 18)
-    labels = None
-    if model.num_classes is not None:
-        if class_ids is None:  # random, but a function of each seed alone
-            labels = random_labels(seed_list, model.num_classes)
-        else:
-            cls = parse_int_ranges(class_ids, name="--class")
-            if max(cls) >= model.num_classes:
-                fail(f"--class ids must be in [0, {model.num_classes - 1}] for this model, got {max(cls)}")
-            labels = torch.tensor([cls[i % len(cls)] for i in range(len(seed_list))])
-    elif class_ids is not None or cfg != 1.0:
-        fail("the model is unconditional: --class and --cfg do not apply")
-    decode = None
-    if is_latent:
-        try:
-            decode = latent_decoder(load_vae(vae, dist.device))
-        except ValueError as err:
-            fail(f"--vae: {err}")
-
-    guidance = Guidance(scale=cfg, schedule=cfg_schedule, channels=cfg_channels, interval=interval)
-    sigmas = default_sigmas(model, steps)
-    nfe = 0  # denoiser evaluations per image (guided steps count cond + uncond)
-    progress = Progress(
-        TextColumn("[bold]sampling"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-        TextColumn("NFE {task.fields[nfe]}  {task.fields[ips]:.1f} img/s"), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not dist.is_main,
-    )  # fmt: skip
-    my_batches = -(-len(range(dist.rank, len(seed_list), dist.world_size)) // batch_size)
-    task = progress.add_task("sample", total=my_batches * steps, nfe=0, ips=0.0)
-    start = time.perf_counter()
-
-    def callback(state: dict[str, Any]) -> None:
-        nonlocal nfe
-        nfe = state["nfe"]
-        # Images finished, counting the current batch's share of its steps.
-        done = state["images_done"] + state["batch_size"] * (state["i"] + 1) / steps
-        rate = done / max(time.perf_counter() - start, 1e-9)
-        progress.update(task, completed=state["batch"] * steps + state["i"] + 1, nfe=nfe, ips=rate)
-
-    with progress:
-        try:
-            images = generate(
-                model, sampler=SAMPLERS[sampler_name], sigmas=sigmas, seeds=seed_list, labels=labels,
-                guidance=guidance, precision=precision, batch_size=batch_size, decode=decode, dist=dist,
-                callback=callback,
-            )  # fmt: skip
-        except ValueError as err:
-            fail(str(err))
+    bar, callback, state = _progress(len(range(dist.rank, len(seed_list), dist.world_size)), batch_size, steps, dist)
+    with bar, refusing(ctx):
+        images = generate(
+            model, sampler=SAMPLERS[sampler_name], sigmas=sigmas, seeds=seed_list, labels=labels, guidance=guidance,
+            objective=objective, precision=precision, batch_size=batch_size, decode=decode, dist=dist,
+            callback=callback,
+        )  # fmt: skip
     if dist.is_main:
-        elapsed = time.perf_counter() - start
-        _write(out, out_kind, images, labels)
+        elapsed = time.perf_counter() - state["start"]
+        save_images(images, out, labels=labels)
         record = {
             "diffit_version": diffit.__version__, "torch_version": torch.__version__,
-            "python": platform.python_version(), "checkpoint": source, "weights": source["weights"],
-            "sampler": sampler_name, "steps": steps, "nfe_per_image": nfe,
+            "python": platform.python_version(), "checkpoint": loaded.source, "weights": loaded.source["weights"],
+            "objective": objective_spec(objective), "sampler": sampler_name, "steps": steps,
+            "nfe_per_image": state["nfe"],
             "guidance": {"scale": cfg, "schedule": cfg_schedule, "channels": cfg_channels, "interval": interval},
             "seeds": seeds or f"0-{n - 1}", "count": len(seed_list), "classes": class_ids or "random per seed",
             "precision": precision, "tf32": tf32, "sigmas": [round(float(s), 6) for s in sigmas],
             "device": str(dist.device), "world_size": dist.world_size, "seconds": round(elapsed, 3),
-            "vae": vae if is_latent else None,
+            "vae": vae if latent else None,
         }  # fmt: skip
-        record_path = out / "protocol.json" if out_kind == "dir" else out.with_suffix(".json")
+        record_path = Path(out) / "protocol.json" if kind == "dir" else Path(out).with_suffix(".json")
         write_json(record_path, record)
         console.print(
-            f"wrote {len(images)} images to {out} in {elapsed:.1f} s ({nfe} NFE each); protocol: {record_path}"
+            f"wrote {len(images)} images to {out} in {elapsed:.1f} s ({state['nfe']} NFE each); protocol: {record_path}"
         )
     shutdown(dist)
 
 
-def _write(out: Path, kind: str, images: torch.Tensor, labels: torch.Tensor | None) -> None:
-    if kind == "png":
-        nrow = 10 if labels is not None and len(images) % 10 == 0 else None
-        save_png(make_grid(images, nrow=nrow), out, upscale=max(1, 128 // images.shape[1]))
-    elif kind == "npz":
-        tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npz")
-        arrays = {"arr_0": images.numpy()}
-        if labels is not None:
-            arrays["arr_1"] = labels.numpy()
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out)
-    else:
-        out.mkdir(exist_ok=True)
-        for i, img in enumerate(images.numpy()):
-            save_png(img, out / f"{i:06d}.png")
+def _interval(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        fail(f"--guidance-interval must be 'lo,hi' (two sigmas), got {text!r}")
+    if not 0 <= lo <= hi or not math.isfinite(hi):
+        fail(f"--guidance-interval needs 0 <= lo <= hi < inf, got {text!r}")
+    return lo, hi
+
+
+def _progress(mine: int, batch_size: int, steps: int, dist: Any) -> tuple[Progress, Any, dict[str, Any]]:
+    """The sampling progress bar, the ``generate`` callback driving it, and what it measured (NFE, start)."""
+    bar = Progress(
+        TextColumn("[bold]sampling"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("NFE {task.fields[nfe]}  {task.fields[ips]:.1f} img/s"), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not dist.is_main,
+    )  # fmt: skip
+    task = bar.add_task("sample", total=-(-mine // batch_size) * steps, nfe=0, ips=0.0)
+    state: dict[str, Any] = {"nfe": 0, "start": time.perf_counter()}
+
+    def callback(s: dict[str, Any]) -> None:
+        state["nfe"] = s["nfe"]  # denoiser evaluations per image (guided steps count cond + uncond)
+        # Images finished, counting the current batch's share of its steps.
+        done = s["images_done"] + s["batch_size"] * (s["i"] + 1) / steps
+        rate = done / max(time.perf_counter() - state["start"], 1e-9)
+        bar.update(task, completed=s["batch"] * steps + s["i"] + 1, nfe=s["nfe"], ips=rate)
+
+    return bar, callback, state

@@ -1,50 +1,30 @@
 """`diffit train`: image-space DiffiT with EDM, or latent DiffiT with the ADM objective, DDP under torchrun."""
 
-import json
 import math
-import os
 import signal
-from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from diffit.augment import AUGMENT_DIM
-from diffit.checkpoint import latest_checkpoint
-from diffit.data import (
-    digits_urls,
-    expand_urls,
-    find_manifest,
-    image_pipeline,
-    latent_pipeline,
-    load_images,
-    load_vae,
-    memory_batches,
+from diffit.data import load_vae
+from diffit.distributed import check_device, init_distributed, shutdown, world_size
+from diffit.generate import latent_decoder, preview_grid, save_png
+from diffit.objectives import ADMObjective, EDMObjective
+from diffit.runs import (
+    build_backbone,
+    check_output_path,
+    check_resume_data,
+    import_factory,
+    training_data,
 )
-from diffit.diffusion import sample_ddpm, sample_heun
-from diffit.distributed import init_distributed, shutdown
-from diffit.generate import default_sigmas, generate, latent_decoder, make_grid, release_alphas_cumprod, save_png
-from diffit.train import ADMObjective, EDMObjective, TrainingDiverged, train
-from diffit_cli.common import (
-    IMAGE_MODELS,
-    LATENT_MODELS,
-    TF32,
-    VAE_FACTOR,
-    Device,
-    Precision,
-    check_precision,
-    console,
-    fail,
-    latent_side,
-    set_tf32,
-)
-
-MEMORY_LIMIT_BYTES = 2 << 30  # image datasets below this size are held in RAM: exact, seekable batches
+from diffit.train import TrainingDiverged, check_run_dir, check_train_args, train
+from diffit_cli.common import TF32, Device, Precision, console, fail, refusing, set_tf32
 
 
 def train_command(
+    ctx: typer.Context,
     data: Annotated[
         str | None, typer.Option(help="Shard URLs ('d/train-{000000..000127}.tar'); default: the bundled digits.")
     ] = None,
@@ -55,7 +35,16 @@ def train_command(
     latent: Annotated[
         bool, typer.Option(help="Train latent DiffiT on pre-encoded latent shards (ADM objective).")
     ] = False,
-    model: Annotated[str, typer.Option(help="Image: tiny | cifar10 | ffhq64. Latent: s2 | b2 | l2 | xl2.")] = "tiny",
+    model: Annotated[
+        str, typer.Option(help="Image: tiny | cifar10 | ffhq64. Latent: s2 | b2 | l2 | xl2 (default xl2).")
+    ] = "tiny",
+    model_factory: Annotated[
+        str | None,
+        typer.Option(
+            help="Your own backbone instead of a preset: 'package.module:function', called with resolution=, "
+            "in_channels=, num_classes= (None for unlabelled data)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Global batch size (all ranks together).")] = 64,
     micro_batch: Annotated[
         int | None,
@@ -102,10 +91,16 @@ def train_command(
         float, typer.Option(help="Probability of the null label (classifier-free guidance).")
     ] = 0.1,
     max_bad_steps: Annotated[int, typer.Option(help="Stop after this many consecutive non-finite steps.")] = 10,
+    guard_updates: Annotated[
+        bool,
+        typer.Option(
+            "--guard-updates/--no-guard-updates",
+            help="Roll back a step whose update makes a weight non-finite (keeps a copy of weights and optimizer "
+            "state during the step).",
+        ),
+    ] = True,
     num_workers: Annotated[int, typer.Option(help="DataLoader workers per rank for streamed shards.")] = 2,
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, log.jsonl, sample grids).")] = Path(
-        "runs/digits"
-    ),
+    out: Annotated[str, typer.Option(help="Run directory (checkpoints, log.jsonl, sample grids).")] = "runs/digits",
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
     vae: Annotated[
         str | None, typer.Option(help="With --latent: AutoencoderKL (path or hub id) to decode the sample grids.")
@@ -113,188 +108,56 @@ def train_command(
     device: Device = None,
 ) -> None:
     """Train DiffiT. With no --data: the class-conditional tiny model on the bundled 16x16 digits."""
-    check_precision(precision)
     set_tf32(tf32)
-    for name, value in (
-        ("--steps", steps),
-        ("--batch-size", batch_size),
-        ("--ckpt-every", ckpt_every),
-        ("--log-every", log_every),
-        ("--keep-last", keep_last),
-        ("--max-bad-steps", max_bad_steps),
-    ):
-        if value < 1:
-            fail(f"{name} must be >= 1, got {value}")
-    if not 0 <= augment <= 1 or (augment > 0 and latent):
-        fail(f"--augment must be in [0, 1] and is for image-space training only, got {augment}")
-    if sample_every < 0 or warmup < 0 or grad_clip < 0 or not 0 <= ema < 1 or not 0 <= label_dropout < 1:
-        fail("--sample-every, --warmup and --grad-clip must be >= 0; --ema and --label-dropout in [0, 1)")
-    factories = LATENT_MODELS if latent else IMAGE_MODELS
-    if latent and model == "tiny":
-        model = "xl2"
-    if model not in factories:
-        fail(f"--model must be one of {', '.join(factories)} {'with' if latent else 'without'} --latent, got {model!r}")
-    if latent and data is None:
-        fail("--latent needs --data: latent shards made by `diffit data encode`")
-    urls = digits_urls() if data is None else _expand(data)
-    manifest = find_manifest(urls)
-    if manifest is None and data is not None:
-        fail(f"no dataset.json found beside {urls[0]}: write shards with `diffit data shard` or `diffit data encode`")
-    # --res is always the image resolution in pixels; latent shards record it as image_resolution and their
-    # own (latent) side as resolution, whatever the VAE's downsampling factor.
-    data_res = manifest.resolution if manifest is not None else None
-    if latent and manifest is not None:
-        data_res = manifest.extra.get("image_resolution", (manifest.resolution or 0) * VAE_FACTOR)
-    res = res if res is not None else data_res
-    if res is None:
-        fail("--res is required (the dataset does not record its resolution)")
-    if data_res is not None and res != data_res:
-        fail(f"--res {res} does not match the data's resolution {data_res} (dataset.json)")
-    side = (manifest.resolution or latent_side(res)) if latent and manifest is not None else res
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if batch_size % world:
-        fail(f"--batch-size {batch_size} must be divisible by the number of processes ({world})")
-    per_rank = batch_size // world
-    micro = micro_batch or per_rank
-    if micro < 1 or per_rank % micro:
-        fail(f"--micro-batch {micro} must divide the per-process batch {per_rank}")
-    num_classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
-    channels = manifest.channels if manifest is not None else 1
-    torch.manual_seed(seed)  # the initial weights are a function of --seed (identical on every rank)
-    try:
-        if latent:
-            net = factories[model](
-                input_size=side, in_channels=channels, num_classes=num_classes or 1000, checkpointing=grad_checkpointing
-            )
-        else:
-            net = factories[model](
-                resolution=res, in_channels=channels, num_classes=num_classes, checkpointing=grad_checkpointing,
-                augment_dim=AUGMENT_DIM if augment > 0 else 0,
-            )  # fmt: skip
-    except ValueError as err:
-        fail(f"--model {model} at --res {res}: {err}")
-
-    last = latest_checkpoint(out)
-    if not resume and last is not None:
-        fail(f"--out {out} already holds checkpoints: add --resume to continue that run, or choose another --out")
-    data_hash = manifest.content_hash if manifest is not None else None
-    if resume and last is not None:  # the shards' content hash (dataset.json) must be the run's
-        recorded = json.loads((last / "state.json").read_text()).get("args", {}).get("data_content_hash")
-        if recorded is not None and data_hash is not None and recorded != data_hash:
-            fail(
-                f"--data is not the data the run in {out} was trained on (content hash {data_hash[:12]}, "
-                f"run: {recorded[:12]}); resume with the same shards"
-            )
-    dist = init_distributed(device)
-    torch.manual_seed(seed + 1 + dist.rank)  # any other global randomness differs per rank
-    flip = data is not None if flip is None else flip
-    split = dict(batch_size=batch_size, seed=seed, rank=dist.rank, world_size=dist.world_size)
-    if latent:
-        objective: Any = ADMObjective(alphas_cumprod=release_alphas_cumprod())
-        data_fn = lambda start: iter(  # noqa: E731
-            latent_pipeline(urls, num_workers=num_workers, start_step=start, flip=flip, **split)
+    world = world_size()
+    micro = micro_batch if micro_batch is not None else max(1, batch_size // world)
+    with refusing(ctx, {"betas": "--beta1/--beta2"}):
+        check_train_args(
+            steps=steps, batch_size=batch_size, micro_batch=micro,
+            world_size=world, lr=lr, warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay, ema=ema,
+            grad_clip=grad_clip, precision=precision, label_dropout=label_dropout, ckpt_every=ckpt_every,
+            keep_last=keep_last, log_every=log_every, sample_every=sample_every, max_bad_steps=max_bad_steps,
+        )  # fmt: skip
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        run_dir = check_run_dir(check_output_path(out), resume=resume)
+        check_device(device)
+        factory = import_factory(model_factory) if model_factory is not None else None
+        data_ = training_data(data, latent=latent, resolution=res, flip=flip)
+        if resume:
+            check_resume_data(run_dir, data_.content_hash)
+        torch.manual_seed(seed)  # the initial weights are a function of --seed (identical on every rank)
+        net = build_backbone(
+            data_, model="xl2" if latent and model == "tiny" else model, factory=factory, augment=augment
         )
-    else:
-        objective = EDMObjective(augment_p=augment)
-        if (manifest.count if manifest else 0) * channels * res * res <= MEMORY_LIMIT_BYTES:
-            images, labels = load_images(urls, resolution=res, channels=channels)  # exact, seekable batches
-            data_fn = lambda start: memory_batches(images, labels, start_step=start, flip=flip, **split)  # noqa: E731
-        else:
-            data_fn = lambda start: iter(  # noqa: E731
-                image_pipeline(
-                    urls,
-                    resolution=res,
-                    channels=channels,
-                    num_workers=num_workers,
-                    start_step=start,
-                    flip=flip,
-                    **split,
-                )
-            )
-
-    run_args = {
-        k: (str(v) if isinstance(v, Path) else v)
-        for k, v in locals().items()
-        if k in train_command.__code__.co_varnames[: train_command.__code__.co_argcount]
-    } | {"data_content_hash": data_hash}
-
-    decode = None
-    if latent and vae is not None and sample_every > 0 and dist.is_main:
-        try:
-            decode = latent_decoder(load_vae(vae, dist.device))
-        except ValueError as err:
-            fail(f"--vae: {err}")
+        decode = latent_decoder(load_vae(vae, check_device(device))) if latent and vae and sample_every else None
+    if grad_checkpointing:
+        if not hasattr(net, "set_grad_checkpointing"):
+            fail("--grad-checkpointing: the model has no set_grad_checkpointing(enabled) method")
+        net.set_grad_checkpointing(True)
+    objective = ADMObjective() if latent else EDMObjective(augment_p=augment)
 
     def on_sample(step: int, ema_model: torch.nn.Module) -> None:
-        """A fixed-seed grid of the EMA model: Heun 18 steps (image space) or DDPM 100 steps + VAE (latent)."""
-        if latent and decode is None:
-            return  # latent grids need --vae
-        n = 64 if num_classes is None else 8 * min(num_classes, 10)
-        sampler, steps_ = (sample_ddpm, 100) if latent else (sample_heun, 18)
-        images = generate(
-            ema_model, sampler=sampler, sigmas=default_sigmas(ema_model, steps_), seeds=list(range(n)),
-            labels=None if num_classes is None else torch.arange(n) % num_classes, batch_size=16 if latent else n,
-            decode=decode,
-        )  # fmt: skip
-        grid = make_grid(images, nrow=10 if num_classes else 8)
-        save_png(grid, out / f"samples-{step:08d}.png", upscale=max(1, 128 // images.shape[1]))
+        if not latent or decode is not None:  # latent grids need --vae
+            grid = preview_grid(ema_model, objective=objective, decode=decode)
+            save_png(grid, run_dir / f"samples-{step:08d}.png", upscale=max(1, 128 // data_.resolution))
 
-    progress = Progress(
-        TextColumn("[bold]step {task.completed}/{task.total}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s  {task.fields[its]:.2f} it/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not dist.is_main,
-    )
-    task = progress.add_task("train", total=steps, loss=math.nan, ips=0.0, its=0.0)
-
-    def callback(event: dict[str, Any]) -> None:
-        if event["event"] == "log":
-            progress.update(
-                task,
-                completed=event["step"],
-                loss=event["loss"],
-                ips=event["images_per_s"],
-                its=event["images_per_s"] / batch_size,
-            )
-        elif event["event"] == "checkpoint":
-            progress.console.log(f"checkpoint step {event['step']}: {event['path']}")
-
+    dist = init_distributed(device)
+    torch.manual_seed(seed + 1 + dist.rank)  # any other global randomness differs per rank
+    progress, callback = _progress(steps, batch_size, enabled=dist.is_main)
     try:
-        with progress:
+        with progress, refusing(ctx):
             result = train(
-                model=net,
-                objective=objective,
-                data=data_fn,
-                run_dir=out,
-                dist=dist,
-                steps=steps,
-                batch_size=batch_size,
-                micro_batch=micro,
-                lr=lr,
-                warmup=warmup,
-                betas=(beta1, beta2),
-                weight_decay=weight_decay,
-                ema=ema,
-                grad_clip=grad_clip,
-                precision=precision,
-                compile=compile,
-                seed=seed,
-                label_dropout=label_dropout,
-                ckpt_every=ckpt_every,
-                keep_last=keep_last,
-                log_every=log_every,
-                sample_every=sample_every,
-                on_sample=on_sample,
-                max_bad_steps=max_bad_steps,
-                resume=resume,
-                run_args=run_args,
-                callback=callback,
-            )
+                model=net, objective=objective, run_dir=run_dir, dist=dist, steps=steps, batch_size=batch_size,
+                data=data_.batches(batch_size=batch_size, seed=seed, rank=dist.rank, world_size=dist.world_size,
+                                   num_workers=num_workers),
+                micro_batch=micro_batch, lr=lr, warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay,
+                ema=ema, grad_clip=grad_clip, precision=precision, compile=compile, seed=seed,
+                label_dropout=label_dropout, ckpt_every=ckpt_every, keep_last=keep_last, log_every=log_every,
+                sample_every=sample_every, on_sample=on_sample, max_bad_steps=max_bad_steps,
+                guard_updates=guard_updates, resume=resume, callback=callback,
+                run_info={"data": data_.describe(), "model": model_factory or model},
+            )  # fmt: skip
     except TrainingDiverged as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
@@ -310,8 +173,22 @@ def train_command(
         raise typer.Exit(code=128 + (result.signal or signal.SIGINT))
 
 
-def _expand(data: str) -> list[str]:
-    try:
-        return expand_urls(data)
-    except (ValueError, FileNotFoundError) as err:
-        fail(f"--data {data!r}: {err}")
+def _progress(steps: int, batch_size: int, *, enabled: bool) -> tuple[Progress, Any]:
+    """The training progress bar and the ``train`` callback that drives it (rank 0 only)."""
+    progress = Progress(
+        TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(), TaskProgressColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s  {task.fields[its]:.2f} it/s"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled,
+    )  # fmt: skip
+    task = progress.add_task("train", total=steps, loss=math.nan, ips=0.0, its=0.0)
+
+    def callback(event: dict[str, Any]) -> None:
+        if event["event"] == "log":
+            ips = event["images_per_s"]
+            progress.update(task, completed=event["step"], loss=event["loss"], ips=ips, its=ips / batch_size)
+        elif event["event"] == "checkpoint":
+            progress.console.log(f"checkpoint step {event['step']}: {event['path']}")
+        elif event["event"] == "warning":
+            progress.console.log(f"warning: {event['message']}")
+
+    return progress, callback

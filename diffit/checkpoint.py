@@ -2,14 +2,17 @@
 
 A training checkpoint is a directory ``ckpt-00001000/`` inside the run directory:
 
-- ``model.safetensors`` / ``ema.safetensors``: raw and EMA weights; the safetensors metadata carries the model
-  class and constructor arguments (``diffit.model``), so either file alone rebuilds its model;
+- ``model.safetensors`` / ``ema.safetensors``: raw and EMA weights of *any* module; the safetensors metadata
+  carries the model's class name and constructor arguments (``diffit.model``) and the training objective's
+  (``diffit.objective``). Either file alone rebuilds a diffit backbone; a model of your own is rebuilt by the
+  class or builder you pass (``build=``): a file never names code that loading would import;
 - ``optimizer.pt``: the optimizer's state dict of tensors and numbers, read back with ``weights_only=True``;
 - ``rng.safetensors``: every rank's torch RNG states;
 - ``state.json``: step, run arguments, data position, metrics, software versions and file hashes.
 
 It is written into a hidden temporary directory, every file fsync'ed, then renamed into place: a crash
-mid-write leaves at most a stray ``.tmp`` directory that is ignored, never a half-written latest checkpoint.
+mid-write leaves at most a stray ``.tmp`` directory, ignored and removed by the next save, never a
+half-written latest checkpoint. Weights holding non-finite values are never written.
 """
 
 import hashlib
@@ -17,6 +20,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,46 +30,83 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from diffit.data.atomic import atomic_path, fsync_dir, fsync_file
 from diffit.ema import strip_wrapper_prefixes, unwrap
-from diffit.nn.latent import LatentDiffiT
-from diffit.nn.unet import ImageDiffiT
+from diffit.nn import ImageDiffiT, LatentDiffiT, backbone_problems
+from diffit.objectives import build_objective, objective_spec
 from diffit.release import load_release
 
 MODEL_METADATA_KEY = "diffit.model"
+OBJECTIVE_METADATA_KEY = "diffit.objective"
 WEIGHTS_METADATA_KEY = "diffit.weights"  # "ema" or "raw"
 _CKPT_RE = re.compile(r"^ckpt-(\d{8})$")
-# The only classes a checkpoint may name: a closed list, not a registry of import strings.
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"ImageDiffiT": ImageDiffiT, "LatentDiffiT": LatentDiffiT}
+_TMP_RE = re.compile(r"^\.ckpt-\d{8}\.tmp-\d+$")
+# Backbones diffit rebuilds from a checkpoint by itself. Any other module is checkpointed just the same; loading
+# it takes the class or a builder from its user (``build=``): nothing named by a file is ever imported.
+BUILTIN_MODELS: dict[str, type[nn.Module]] = {"ImageDiffiT": ImageDiffiT, "LatentDiffiT": LatentDiffiT}
+# Constructor arguments of 0.1.0 files that are run-time switches now (``set_grad_checkpointing``).
+_LEGACY_CONFIG_KEYS = ("checkpointing",)
+
+Build = Callable[..., nn.Module]
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
-    """{"class": name, "config": constructor kwargs} of a diffit backbone (JSON-serialisable)."""
+    """What a checkpoint records of a model: its class name and module (for people to read; never imported)
+    and its constructor arguments (``model.config``, see :func:`diffit.nn.capture_config`), or None where
+    the model has no JSON-serialisable config (it then needs its builder to be loaded)."""
     bare = unwrap(model)
-    name = type(bare).__name__
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"model must be one of {sorted(MODEL_CLASSES)} to be checkpointed, got {name}")
-    return {"class": name, "config": dict(bare.config)}
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild an (untrained) backbone from :func:`model_spec`'s dict."""
-    name = spec.get("class")
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"checkpoint names model class {name!r}; expected one of {sorted(MODEL_CLASSES)}")
-    return MODEL_CLASSES[name](**spec["config"])
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    config = getattr(bare, "config", None)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        config = json.loads(json.dumps(config, allow_nan=False)) if isinstance(config, dict) else None
+    except (TypeError, ValueError):
+        config = None
+    return {"class": type(bare).__name__, "module": type(bare).__module__, "config": config}
+
+
+def build_model(spec: dict[str, Any], build: Build | None = None) -> nn.Module:
+    """An untrained model from :func:`model_spec`'s dict: ``build(**config)`` (``build()`` when no config was
+    recorded), or, without ``build``, a diffit backbone rebuilt from its recorded config."""
+    name, config = spec.get("class"), spec.get("config")
+    where = f"{spec.get('module', '?')}.{name}"
+    if build is None:
+        if name not in BUILTIN_MODELS or config is None:
+            raise ValueError(
+                f"the checkpoint holds a model of class {where}, which diffit cannot rebuild by itself: pass "
+                f"build=<its class or a function returning it> (Python) or --model-factory module:function (CLI)"
+            )
+        build = BUILTIN_MODELS[name]
+    if isinstance(build, type) and build.__name__ in BUILTIN_MODELS and config is not None:
+        config = {k: v for k, v in config.items() if k not in _LEGACY_CONFIG_KEYS}
+    try:
+        model = build(**config) if config is not None else build()
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"build={getattr(build, '__name__', build)} cannot rebuild the checkpoint's {name} from its recorded "
+            f"config {config}: {err}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"build={getattr(build, '__name__', build)} returned a {type(model).__name__}, not a module")
+    return model
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, what: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with a one-line error naming the first mismatches."""
+    state = strip_wrapper_prefixes(state)
+    own = unwrap(model).state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise ValueError(f"{what} does not fit the model: keys {'; '.join(parts)}")
+    unwrap(model).load_state_dict(state, strict=True)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -75,18 +117,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_weights(path: Path, model: nn.Module, *, extra_metadata: dict[str, str] | None = None) -> None:
-    """One self-describing safetensors file: the unwrapped state dict + the model spec in the metadata.
-
-    Written to a temporary name, fsync'ed and renamed, so ``path`` is either the old file or the new one.
-    """
-    path = Path(path)
+def save_weights(
+    path: Path, model: nn.Module, *, objective: Any = None, extra_metadata: dict[str, str] | None = None
+) -> None:
+    """One self-describing safetensors file: the unwrapped state dict, with the model spec (and the
+    objective's, when given) in the metadata. Written to a temporary name, fsync'ed and renamed, so ``path``
+    is either the old file or the new one."""
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
     metadata = {MODEL_METADATA_KEY: json.dumps(model_spec(model)), **(extra_metadata or {})}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp), metadata=metadata)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
+    if objective is not None:
+        metadata[OBJECTIVE_METADATA_KEY] = json.dumps(objective_spec(objective))
+    with atomic_path(path, durable=True) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -95,16 +137,19 @@ def read_metadata(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def load_weights(path: Path, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, str]]:
-    """Rebuild the model a :func:`save_weights` file describes and load it strictly; returns (model, metadata)."""
+def load_weights(
+    path: Path, *, build: Build | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, str]]:
+    """Rebuild the model a :func:`save_weights` file describes (``build``: see :func:`build_model`) and load
+    its weights strictly; returns (model in eval mode, metadata)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     metadata = read_metadata(path)
     if MODEL_METADATA_KEY not in metadata:
         raise ValueError(f"{path} has no '{MODEL_METADATA_KEY}' metadata: not a diffit weights file")
-    model = build_model(json.loads(metadata[MODEL_METADATA_KEY]))
-    model.load_state_dict(strip_wrapper_prefixes(load_file(str(path), device=str(map_location))), strict=True)
+    model = build_model(json.loads(metadata[MODEL_METADATA_KEY]), build)
+    load_state_strict(model, load_file(str(path), device=str(map_location)), what=str(path))
     return model.to(map_location).eval(), metadata
 
 
@@ -122,6 +167,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def remove_orphans(run_dir: Path) -> list[Path]:
+    """Delete the temporary directories that killed checkpoint writes left in ``run_dir``; returns them."""
+    run_dir = Path(run_dir)
+    orphans = [p for p in run_dir.iterdir() if p.is_dir() and _TMP_RE.match(p.name)] if run_dir.is_dir() else []
+    for p in orphans:
+        shutil.rmtree(p, ignore_errors=True)
+    return orphans
+
+
 def save_checkpoint(
     run_dir: Path,
     *,
@@ -131,38 +185,73 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     rng_states: dict[str, torch.Tensor],
     state: dict[str, Any],
+    objective: Any = None,
     keep_last: int = 3,
     keep: set[int] | None = None,
 ) -> Path:
-    """Write ``run_dir/ckpt-<step>`` atomically, then delete all but the newest ``keep_last`` (and ``keep`` steps)."""
+    """Write ``run_dir/ckpt-<step>`` atomically, then delete all but the newest ``keep_last`` (and ``keep`` steps)
+    and any temporary directory an interrupted write left behind. Refuses weights that are not finite."""
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    for name, module in (("model", model), ("EMA", ema)):
+        bad = next(
+            (
+                k
+                for k, v in unwrap(module).state_dict().items()
+                if v.is_floating_point() and not bool(v.isfinite().all())
+            ),
+            None,
+        )
+        if bad is not None:
+            raise ValueError(f"refusing to checkpoint step {step}: the {name} weight {bad} holds non-finite values")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphans(run_dir)
     final = run_dir / f"ckpt-{step:08d}"
     tmp = run_dir / f".ckpt-{step:08d}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
-    save_weights(tmp / "model.safetensors", model, extra_metadata={WEIGHTS_METADATA_KEY: "raw"})
-    save_weights(tmp / "ema.safetensors", ema, extra_metadata={WEIGHTS_METADATA_KEY: "ema"})
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    save_file({k: v.contiguous().cpu() for k, v in rng_states.items()}, str(tmp / "rng.safetensors"))
-    files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "ema.safetensors", "optimizer.pt")}
-    record = {**state, "step": step, "model": model_spec(model), "files": files}
-    (tmp / "state.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-    for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. a signal right after a periodic save)
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(run_dir)
+    try:
+        save_weights(
+            tmp / "model.safetensors", model, objective=objective, extra_metadata={WEIGHTS_METADATA_KEY: "raw"}
+        )
+        save_weights(tmp / "ema.safetensors", ema, objective=objective, extra_metadata={WEIGHTS_METADATA_KEY: "ema"})
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file({k: v.contiguous().cpu() for k, v in rng_states.items()}, str(tmp / "rng.safetensors"))
+        files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "ema.safetensors", "optimizer.pt")}
+        record = {**state, "step": step, "model": model_spec(model), "files": files}
+        if objective is not None:
+            record["objective"] = objective_spec(objective)
+        (tmp / "state.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        for f in tmp.iterdir():
+            fsync_file(f)
+        fsync_dir(tmp)
+        if final.exists():  # re-saving the same step (e.g. a signal right after a periodic save)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(run_dir)
     protected = {run_dir / f"ckpt-{s:08d}" for s in (keep or set())}
     for old in checkpoint_dirs(run_dir)[:-keep_last]:
         if old not in protected:
             shutil.rmtree(old)
     return final
+
+
+def verify_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint whose files all match their recorded sha256; ValueError (one line) if not."""
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        record = json.loads((ckpt_dir / "state.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"checkpoint {ckpt_dir}: state.json is unreadable ({type(err).__name__})") from None
+    for name, expected in record.get("files", {}).items():
+        if not (ckpt_dir / name).is_file() or sha256_file(ckpt_dir / name) != expected:
+            raise ValueError(f"checkpoint file {ckpt_dir / name} does not match its recorded sha256")
+    if not (ckpt_dir / "rng.safetensors").is_file():
+        raise ValueError(f"checkpoint {ckpt_dir} has no rng.safetensors")
+    return record
 
 
 def load_checkpoint(
@@ -175,17 +264,17 @@ def load_checkpoint(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Load weights (strictly), EMA and optimizer state in place; returns (state.json dict, rng states)."""
     ckpt_dir = Path(ckpt_dir)
-    record = json.loads((ckpt_dir / "state.json").read_text())
-    if record["model"] != model_spec(model):
+    record = verify_checkpoint(ckpt_dir)
+    saved, current = record["model"], model_spec(model)
+    if saved.get("class") != current["class"] or (
+        saved.get("config") is not None and current["config"] is not None and saved["config"] != current["config"]
+    ):
         raise ValueError(
-            f"checkpoint {ckpt_dir} is for model {record['model']['class']} {record['model']['config']}, "
-            f"not the model being trained ({model_spec(model)['config']})"
+            f"checkpoint {ckpt_dir} is for model {saved.get('class')} {saved.get('config')}, "
+            f"not the model being trained ({current['class']} {current['config']})"
         )
-    for name, expected in record.get("files", {}).items():
-        if sha256_file(ckpt_dir / name) != expected:
-            raise ValueError(f"checkpoint file {ckpt_dir / name} does not match its recorded sha256")
-    unwrap(model).load_state_dict(strip_wrapper_prefixes(load_file(str(ckpt_dir / "model.safetensors"))))
-    ema.load_state_dict(strip_wrapper_prefixes(load_file(str(ckpt_dir / "ema.safetensors"))))
+    load_state_strict(model, load_file(str(ckpt_dir / "model.safetensors")), what=f"checkpoint {ckpt_dir}")
+    load_state_strict(ema, load_file(str(ckpt_dir / "ema.safetensors")), what=f"checkpoint {ckpt_dir} (EMA)")
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", map_location=map_location, weights_only=True))
     return record, load_file(str(ckpt_dir / "rng.safetensors"))
@@ -212,34 +301,59 @@ def resolve_weights(source: str | Path | None, *, use_ema: bool = True) -> Path:
     raise FileNotFoundError(f"checkpoint not found: {source}")
 
 
+@dataclass
+class LoadedModel:
+    """A model ready to sample (eval mode, CPU), the objective it was trained with, and where it came from
+    (``source``: path, sha256, kind "diffit" | "release", weights "ema" | "raw" | "unspecified")."""
+
+    model: nn.Module
+    objective: Any
+    source: dict[str, Any]
+
+
 def load_model(
-    source: str | Path | None, *, use_ema: bool = True, release_resolution: int = 256
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Any model diffit can sample from, in eval mode on the CPU, with a description of where it came from.
+    source: str | Path | None,
+    *,
+    build: Build | None = None,
+    objective: Any = None,
+    use_ema: bool = True,
+    release_resolution: int = 256,
+) -> LoadedModel:
+    """Any model diffit can sample from, with its objective and a description of where it came from.
 
     ``source``: None (the bundled digits model), a run directory, a ``ckpt-*`` directory, a diffit
     ``.safetensors`` file, the authors' released file (``diffit_256.safetensors``), a folder holding it, or the
-    hub id ``nvidia/DiffiT`` (downloaded when online). Raises FileNotFoundError / ValueError with one line.
+    hub id ``nvidia/DiffiT`` (downloaded when online). ``build`` rebuilds a model of your own (see
+    :func:`build_model`); ``objective`` overrides the recorded one (needed for an objective of your own).
+    Raises FileNotFoundError / ValueError with one line.
     """
     try:
         path = resolve_weights(source, use_ema=use_ema)
     except FileNotFoundError:
         text = str(source)
         if source is not None and "/" in text and not text.startswith((".", "/")) and not Path(text).exists():
-            return _release(text, release_resolution)  # a hub id such as nvidia/DiffiT
+            return _release(text, release_resolution, objective)  # a hub id such as nvidia/DiffiT
         raise
     try:
         metadata = read_metadata(path)
     except Exception as err:  # not a safetensors file at all, or a damaged one
         raise ValueError(f"{path}: cannot read it as a checkpoint ({type(err).__name__}: {err})") from None
     if MODEL_METADATA_KEY not in metadata:
-        return _release(str(path), release_resolution)
-    model, _ = load_weights(path)
+        return _release(str(path), release_resolution, objective)
+    model, _ = load_weights(path, build=build)
+    problems = backbone_problems(model)
+    if problems:
+        raise ValueError(f"the model rebuilt from {path} cannot be sampled: it {problems[0]}")
+    if objective is None:
+        spec = metadata.get(OBJECTIVE_METADATA_KEY)
+        objective = build_objective(json.loads(spec) if spec is not None else None, model=model)
     weights = metadata.get(WEIGHTS_METADATA_KEY, "unspecified")
-    return model, {"path": str(path), "sha256": sha256_file(path), "kind": "diffit", "weights": weights}
+    info = {"path": str(path), "sha256": sha256_file(path), "kind": "diffit", "weights": weights}
+    return LoadedModel(model, objective, info)
 
 
-def _release(source: str, resolution: int) -> tuple[nn.Module, dict[str, Any]]:
+def _release(source: str, resolution: int, objective: Any) -> LoadedModel:
     model = load_release(source, resolution=resolution)
     sha = sha256_file(source) if Path(source).is_file() else None
-    return model, {"path": source, "sha256": sha, "kind": "release", "weights": "ema"}
+    info = {"path": source, "sha256": sha, "kind": "release", "weights": "ema"}
+    return LoadedModel(model, objective if objective is not None else build_objective(None, model=model), info)

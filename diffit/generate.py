@@ -1,17 +1,18 @@
 """Generation: a backbone -> its denoiser -> guidance -> a sampler -> uint8 images, with per-sample seeds.
 
-This composes ``diffit.nn`` backbones with ``diffit.diffusion`` for a run:
+Any backbone (see :class:`~diffit.nn.Backbone`) is read as a denoiser by the objective it was trained with
+(:mod:`diffit.objectives`; by default EDM for image-space models, ADM for the latent DiffiT):
 
-- an image-space :class:`~diffit.nn.ImageDiffiT` is an EDM-preconditioned denoiser (paper Sec. 3.4: EDM
-  training and sampling), sampled by default with Heun on Karras sigmas (0.002 .. 80, rho 7);
-- a :class:`~diffit.nn.LatentDiffiT` is an ADM epsilon model on the linear-beta chain (T = 1000), sampled by
+- :class:`~diffit.objectives.EDMObjective`: EDM preconditioning (paper Sec. 3.4), sampled by default with
+  Heun on Karras sigmas (0.002 .. 80, rho 7);
+- :class:`~diffit.objectives.ADMObjective`: an epsilon model on the linear-beta chain (T = 1000), sampled by
   default with ancestral DDPM on 250 respaced steps, as the release does.
 
 Image i of a run depends only on ``seeds[i]`` and ``labels[i]`` (EDM's per-sample generators), never on the
 batch it was drawn in or on how many processes shared the seeds.
 """
 
-import os
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,55 +24,48 @@ from jaxtyping import Float, Int, UInt8
 from PIL import Image
 from torch import Tensor, nn
 
-from diffit.data import SD_SCALE_FACTOR
-from diffit.diffusion import (
-    ClassifierFreeGuidance,
-    EDMPrecond,
-    PowerCosineScale,
-    VPEpsDenoiser,
-    betas_to_alphas_cumprod,
-    bind_labels,
-    karras_sigmas,
-    linear_betas,
-    per_sample_noise,
-    respaced_sigmas,
-)
+from diffit.data import SD_SCALE_FACTOR, mix_seed
+from diffit.data.atomic import atomic_path
+from diffit.diffusion import SAMPLERS, ClassifierFreeGuidance, PowerCosineScale, bind_labels, per_sample_noise
 from diffit.distributed import DistInfo
-from diffit.nn.latent import LatentDiffiT
-from diffit.nn.unet import ImageDiffiT
+from diffit.nn import backbone_problems
+from diffit.objectives import ADMObjective, Objective, default_objective, release_alphas_cumprod
 
 Sampler = Callable[..., Tensor]
+_LABEL_STREAM = 1  # random_labels' seeds: mix_seed(seed, _LABEL_STREAM), apart from the noise's seed
+
+__all__ = [
+    "Guidance",
+    "default_sigmas",
+    "generate",
+    "guided_denoiser",
+    "latent_decoder",
+    "make_grid",
+    "preview_grid",
+    "class_labels",
+    "images_out_kind",
+    "random_labels",
+    "save_images",
+    "release_alphas_cumprod",
+    "sample",
+    "save_png",
+    "to_uint8",
+]
 
 
-def release_alphas_cumprod() -> Float[Tensor, " T"]:
-    """alpha_bar of the release's training chain: linear betas 1e-4 .. 0.02 over T = 1000 steps (ADM)."""
-    return betas_to_alphas_cumprod(linear_betas(1000))
+def check_backbone(model: nn.Module) -> None:
+    """ValueError (one line) unless ``model`` follows the :class:`~diffit.nn.Backbone` contract."""
+    problems = backbone_problems(model)
+    if problems:
+        raise ValueError(f"model {type(model).__name__} {problems[0]} (see diffit.nn.Backbone)")
 
 
-def conditional_denoiser(model: nn.Module) -> nn.Module:
-    """The (x, sigma, y) -> x0_hat denoiser of a diffit backbone, with the preconditioning it was trained with."""
-    if isinstance(model, ImageDiffiT):
-        return EDMPrecond(model, sigma_data=0.5)
-    if isinstance(model, LatentDiffiT):
-        return VPEpsDenoiser(
-            model, alphas_cumprod=release_alphas_cumprod(), learned_sigma=bool(model.config["learn_sigma"])
-        )
-    raise ValueError(f"model must be an ImageDiffiT or LatentDiffiT, got {type(model).__name__}")
-
-
-def default_sigmas(
-    model: nn.Module, steps: int, *, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
-) -> Float[Tensor, " n"]:
-    """The noise levels a backbone is sampled on by default, descending with a trailing zero.
-
-    Image space: Karras et al. (2022) Eq. 5 with (sigma_min, sigma_max, rho). Latent: the release's chain
-    respaced to ``steps`` of its 1000 timesteps (ADM ``space_timesteps``).
-    """
+def default_sigmas(model: nn.Module, steps: int, *, objective: Objective | None = None) -> Float[Tensor, " n"]:
+    """The noise levels ``model`` is sampled on by default, descending with a trailing zero: its objective's
+    (Karras et al. Eq. 5 for EDM; the release's chain respaced to ``steps`` for ADM)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if isinstance(model, LatentDiffiT):
-        return respaced_sigmas(release_alphas_cumprod(), steps)
-    return karras_sigmas(steps, sigma_min, sigma_max, rho=rho)
+    return (objective if objective is not None else default_objective(model)).sampling_sigmas(steps)
 
 
 @dataclass(frozen=True)
@@ -89,14 +83,28 @@ class Guidance:
     channels: int | None = None
     interval: tuple[float, float] | None = None
 
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale) or self.scale < 0:
+            raise ValueError(f"scale (guidance) must be a finite number >= 0, got {self.scale}")
+        if self.schedule not in ("constant", "power-cosine"):
+            raise ValueError(f"schedule (guidance) must be 'constant' or 'power-cosine', got {self.schedule!r}")
+        if self.channels is not None and self.channels < 1:
+            raise ValueError(f"channels (guided) must be >= 1, got {self.channels}")
+        if self.interval is not None:
+            lo, hi = self.interval
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+                raise ValueError(f"interval (guidance) must be finite sigmas 0 <= lo <= hi, got {self.interval}")
 
-def guided_denoiser(model: nn.Module, labels: Int[Tensor, " b"] | None, guidance: Guidance) -> Callable[..., Tensor]:
-    """A plain (x, sigma) denoiser: the model's denoiser, guided when asked, with the labels bound."""
-    if guidance.schedule not in ("constant", "power-cosine"):
-        raise ValueError(f"guidance schedule must be 'constant' or 'power-cosine', got {guidance.schedule!r}")
-    if guidance.scale < 0:
-        raise ValueError(f"guidance scale must be >= 0, got {guidance.scale}")
-    base = conditional_denoiser(model)
+
+def guided_denoiser(
+    model: nn.Module, labels: Int[Tensor, " b"] | None, guidance: Guidance, objective: Objective | None = None
+) -> Callable[..., Tensor]:
+    """A plain (x, sigma) denoiser: the model read by its objective, guided when asked, with the labels bound."""
+    channels = getattr(model, "in_channels", None)
+    if guidance.channels is not None and channels is not None and guidance.channels > channels:
+        raise ValueError(f"channels (guided) must be in [1, {channels}] for this model, got {guidance.channels}")
+    objective = objective if objective is not None else default_objective(model)
+    base = objective.denoiser(model)
     num_classes = getattr(model, "num_classes", None)
     if num_classes is None:
         if labels is not None or guidance.scale != 1.0:
@@ -108,7 +116,8 @@ def guided_denoiser(model: nn.Module, labels: Int[Tensor, " b"] | None, guidance
         raise ValueError(f"class ids must lie in [0, {num_classes - 1}], got {labels.tolist()}")
     scale: float | PowerCosineScale = guidance.scale
     if guidance.schedule == "power-cosine":
-        scale = PowerCosineScale(guidance.scale, alphas_cumprod=release_alphas_cumprod())
+        chain = objective.alphas_cumprod if isinstance(objective, ADMObjective) else release_alphas_cumprod()
+        scale = PowerCosineScale(guidance.scale, alphas_cumprod=chain)
     if scale == 1.0 and guidance.schedule == "constant":
         return bind_labels(base, labels)
     guided = ClassifierFreeGuidance(
@@ -117,10 +126,31 @@ def guided_denoiser(model: nn.Module, labels: Int[Tensor, " b"] | None, guidance
     return bind_labels(guided, labels)
 
 
+def class_labels(
+    seeds: Sequence[int], num_classes: int | None, classes: Sequence[int] | None = None
+) -> Int[Tensor, " b"] | None:
+    """One label per seed: None for an unconditional model; ``classes`` cycled over the seeds when given;
+    else a random class that depends on its seed alone (:func:`random_labels`). ValueError for class ids
+    outside [0, num_classes), or classes given to an unconditional model."""
+    if num_classes is None:
+        if classes is not None:
+            raise ValueError("classes do not apply: the model is unconditional")
+        return None
+    if classes is None:
+        return random_labels(seeds, num_classes)
+    if not classes or min(classes) < 0 or max(classes) >= num_classes:
+        raise ValueError(f"classes must be ids in [0, {num_classes - 1}] for this model, got {list(classes)[:10]}")
+    return torch.tensor([classes[i % len(classes)] for i in range(len(seeds))], dtype=torch.long)
+
+
 def random_labels(seeds: Sequence[int], num_classes: int) -> Int[Tensor, " b"]:
     """A random class per seed that depends on that seed alone (not on the batch or the process count)."""
     return torch.tensor(
-        [int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(s + 2**40))) for s in seeds]
+        [
+            int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(mix_seed(s, _LABEL_STREAM))))
+            for s in seeds
+        ],
+        dtype=torch.long,
     )
 
 
@@ -133,15 +163,18 @@ def sample(
     seeds: Sequence[int],
     labels: Int[Tensor, " b"] | None = None,
     guidance: Guidance = Guidance(),
+    objective: Objective | None = None,
     precision: str = "fp32",
     callback: Callable[[dict[str, Any]], None] | None = None,
     sampler_kwargs: dict[str, Any] | None = None,
 ) -> Float[Tensor, "b c h w"]:
     """Samples in the model's space (pixels in [-1, 1] or scaled latents), one per seed.
 
-    ``sampler`` is any function of diffit.diffusion's shared signature. Initial noise and every stochastic
+    ``sampler`` is any function of diffit.diffusion's shared signature; ``objective`` is the one the model was
+    trained with (default: :func:`~diffit.objectives.default_objective`). Initial noise and every stochastic
     step come from per-sample generators seeded with ``seeds``.
     """
+    check_backbone(model)
     if len(seeds) < 1:
         raise ValueError("seeds must hold at least one seed")
     if precision not in ("fp32", "bf16"):
@@ -151,7 +184,7 @@ def sample(
     device = next(model.parameters()).device
     shape = (model.in_channels, model.resolution, model.resolution)
     noise = per_sample_noise(seeds, shape, device=device)
-    denoiser = guided_denoiser(model, None if labels is None else labels.to(device), guidance)
+    denoiser = guided_denoiser(model, None if labels is None else labels.to(device), guidance, objective)
     sigmas = sigmas.to(device)
     x = noise() * sigmas[0]
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -168,6 +201,7 @@ def generate(
     seeds: Sequence[int],
     labels: Int[Tensor, " b"] | None = None,
     guidance: Guidance = Guidance(),
+    objective: Objective | None = None,
     precision: str = "fp32",
     batch_size: int = 64,
     decode: Callable[[Tensor], Tensor] | None = None,
@@ -195,8 +229,8 @@ def generate(
 
         x = sample(
             model, sampler=sampler, sigmas=sigmas, seeds=[seeds[i] for i in idx],
-            labels=None if labels is None else labels[idx], guidance=guidance, precision=precision,
-            callback=report, sampler_kwargs=sampler_kwargs,
+            labels=None if labels is None else labels[idx], guidance=guidance, objective=objective,
+            precision=precision, callback=report, sampler_kwargs=sampler_kwargs,
         )  # fmt: skip
         images.append(to_uint8(decode(x) if decode is not None else x))
         done += len(idx)
@@ -245,6 +279,68 @@ def save_png(array: np.ndarray, path: Path, *, upscale: int = 1) -> None:
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def images_out_kind(out: str | Path) -> str:
+    """What :func:`save_images` writes at ``out``: "png" (a grid), "npz" (ADM layout) or "dir" (one PNG per
+    image, a new or empty directory). ValueError (one line) for anything else, checked before any sampling."""
+    path = Path(out)
+    if not str(out).strip():
+        raise ValueError(f"out must be a .png file, an .npz file or a directory, got {str(out)!r}")
+    kind = {".png": "png", ".npz": "npz", "": "dir"}.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"out must be a .png file, an .npz file or a directory (no suffix), got {path}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"out {path}: directory {parent} does not exist")
+    if kind == "dir" and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"out {path} exists and is not an empty directory: images are never mixed with older ones")
+    if kind != "dir" and path.is_dir():
+        raise ValueError(f"out {path} is a directory")
+    return kind
+
+
+def save_images(images: UInt8[Tensor, "b h w c"], out: str | Path, *, labels: Tensor | None = None) -> Path:
+    """Write uint8 NHWC images to ``out`` (see :func:`images_out_kind`), atomically: a ``.png`` grid (10 per
+    row for labelled sets of multiples of 10), an ``.npz`` with ``arr_0`` (and ``arr_1`` labels) as the ADM
+    evaluation suite reads, or a directory of ``000000.png`` ... filled under a temporary name and renamed."""
+    out = Path(out)
+    kind = images_out_kind(out)
+    if kind == "png":
+        nrow = 10 if labels is not None and len(images) % 10 == 0 else None
+        save_png(make_grid(images, nrow=nrow), out, upscale=max(1, 128 // images.shape[1]))
+    elif kind == "npz":
+        arrays = {"arr_0": images.numpy()} | ({} if labels is None else {"arr_1": labels.numpy()})
+        with atomic_path(out) as tmp:
+            np.savez(tmp, **arrays)
+    else:
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            for i, img in enumerate(images.numpy()):
+                save_png(img, tmp / f"{i:06d}.png")  # renamed onto out (new, or an empty directory) at the end
+    return out
+
+
+@torch.no_grad()
+def preview_grid(
+    model: nn.Module,
+    *,
+    objective: Objective | None = None,
+    decode: Callable[[Tensor], Tensor] | None = None,
+    max_steps: int = 100,
+) -> np.ndarray:
+    """The fixed-seed grid a training run writes to show progress: seeds 0..n-1 with, for a class-conditional
+    model, 8 images of each of its first 10 classes (one class per column), else 64 images; the objective's
+    default sampler with at most ``max_steps`` steps. Returns the (H, W, C) uint8 grid."""
+    objective = objective if objective is not None else default_objective(model)
+    num_classes = getattr(model, "num_classes", None)
+    n = 64 if num_classes is None else 8 * min(num_classes, 10)
+    steps = min(objective.default_steps, max_steps)
+    images = generate(
+        model, sampler=SAMPLERS[objective.default_sampler], sigmas=objective.sampling_sigmas(steps),
+        seeds=list(range(n)), labels=None if num_classes is None else torch.arange(n) % min(num_classes, 10),
+        objective=objective, batch_size=16 if decode is not None else n, decode=decode,
+    )  # fmt: skip
+    return make_grid(images, nrow=min(num_classes, 10) if num_classes else 8)

@@ -1,4 +1,5 @@
-"""The training loop: objectives, one optimizer step, and the run with EMA, checkpoints and exact resume.
+"""The training loop: one optimizer step, and the run with EMA, checkpoints and exact resume, for any backbone
+and objective (see ``diffit.nn.Backbone`` and ``diffit.objectives.Objective``).
 
 Every random draw of a step (data order and flips, noise levels, noise, label dropout) is a pure function of
 (seed, step) over the *global* batch, and each rank takes its slice. Hence:
@@ -21,91 +22,25 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from diffit.augment import AUGMENT_DIM, apply_augment, draw_augment_labels
-from diffit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from diffit.diffusion import EDMPrecond, adm_hybrid_loss, edm_loss
+from diffit.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint, verify_checkpoint
+from diffit.data import mix_seed
 from diffit.distributed import DistInfo, all_reduce_max, all_reduce_mean
 from diffit.ema import ema_decay, ema_update, make_ema, unwrap
-from diffit.nn import LabelEmbedding
+from diffit.nn import LabelEmbedding, backbone_problems
+from diffit.objectives import Objective
 
 DataFn = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
 """``data(start_step)`` -> iterator over this rank's (x, y) slice of every global batch from ``start_step`` on."""
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised after too many consecutive steps with a non-finite loss or gradient."""
+    """Raised after too many consecutive steps with a non-finite loss, gradient or update."""
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator whose state is a pure function of (seed, step, stream)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
-
-
-class EDMObjective:
-    """Image-space objective of the paper: EDM preconditioning and loss (Karras et al. 2022)."""
-
-    def __init__(
-        self, *, sigma_data: float = 0.5, P_mean: float = -1.2, P_std: float = 1.2, augment_p: float = 0.0
-    ) -> None:
-        """
-        Args:
-            sigma_data: data standard deviation (0.5 for images in [-1, 1]).
-            P_mean: mean of ln(sigma) during training.
-            P_std: standard deviation of ln(sigma) during training.
-            augment_p: probability of each non-leaking geometric augmentation (``diffit.augment``; EDM used
-                0.12 on CIFAR-10, 0.15 on FFHQ-64); needs a backbone built with ``augment_dim=AUGMENT_DIM``.
-        """
-        if not 0.0 <= augment_p <= 1.0:
-            raise ValueError(f"augment_p must be in [0, 1], got {augment_p}")
-        self.sigma_data, self.P_mean, self.P_std, self.augment_p = sigma_data, P_mean, P_std, augment_p
-
-    def draw(self, generator: torch.Generator, n: int, sample_shape: tuple[int, ...]) -> dict[str, Tensor]:
-        """Per-sample randomness of a global batch: ln sigma ~ N(P_mean, P_std^2), unit noise, augmentations."""
-        sigma = (torch.randn(n, generator=generator) * self.P_std + self.P_mean).exp()
-        draws = {"sigma": sigma, "noise": torch.randn((n, *sample_shape), generator=generator)}
-        if self.augment_p > 0:
-            draws["augment"] = draw_augment_labels(generator, n, p=self.augment_p)
-        return draws
-
-    def loss(
-        self, model: nn.Module, x0: Float[Tensor, "b c h w"], y: Int[Tensor, " b"] | None, draws: dict[str, Tensor]
-    ) -> Float[Tensor, " b"]:
-        precond = EDMPrecond(model, sigma_data=self.sigma_data)
-        labels = draws.get("augment")
-        if labels is not None:
-            if unwrap(model).config.get("augment_dim", 0) != AUGMENT_DIM:
-                raise ValueError(f"augment_p > 0 needs a backbone built with augment_dim={AUGMENT_DIM}")
-            x0 = apply_augment(x0, labels)
-        return edm_loss(
-            precond, x0, y=y, sigma=draws["sigma"], noise=draws["noise"], sigma_data=self.sigma_data,
-            augment_labels=labels,
-        )  # fmt: skip
-
-
-class ADMObjective:
-    """Latent objective of the release: ADM epsilon prediction with learned-range variance (L_hybrid)."""
-
-    def __init__(self, *, alphas_cumprod: Float[Tensor, " T"]) -> None:
-        """
-        Args:
-            alphas_cumprod: the DDPM chain's alpha_bar (linear betas 1e-4..0.02, T = 1000 in the release).
-        """
-        self.alphas_cumprod = alphas_cumprod
-
-    def draw(self, generator: torch.Generator, n: int, sample_shape: tuple[int, ...]) -> dict[str, Tensor]:
-        """t ~ Uniform{0..T-1} and unit noise per sample."""
-        t = torch.randint(0, len(self.alphas_cumprod), (n,), generator=generator)
-        return {"t": t, "noise": torch.randn((n, *sample_shape), generator=generator)}
-
-    def loss(
-        self, model: nn.Module, x0: Float[Tensor, "b c h w"], y: Int[Tensor, " b"] | None, draws: dict[str, Tensor]
-    ) -> Float[Tensor, " b"]:
-        return adm_hybrid_loss(
-            model, x0, draws["t"], y=y, alphas_cumprod=self.alphas_cumprod.to(x0.device), noise=draws["noise"]
-        )
-
-
-Objective = EDMObjective | ADMObjective
+    """A CPU generator whose state is a pure function of (seed, step, stream): seeded by ``mix_seed``, the one
+    hash-based derivation shared with the data streams and generation, so no two tuples share a stream."""
+    return torch.Generator().manual_seed(mix_seed(seed, step, stream))
 
 
 def lr_at(step: int, *, lr: float, warmup: int) -> float:
@@ -132,12 +67,15 @@ def train_step(
     grad_clip: float,
     precision: str,
     dist: DistInfo,
+    guard_updates: bool = True,
 ) -> StepStats:
     """One optimizer step on this rank's slice ``x`` of the global batch, accumulated over micro-batches.
 
     The loss is the mean over the global batch: each micro-batch's mean is weighted by its share of the rank's
     slice and DDP averages over ranks. A step whose loss or gradient norm is not finite is skipped: the
-    gradients are dropped and the weights and optimizer state are left untouched.
+    gradients are dropped and the weights and optimizer state are left untouched. With ``guard_updates``, a
+    step whose update itself makes a weight non-finite (finite loss and gradient, overflowing update) is
+    rolled back and skipped the same way; this keeps a copy of the weights and optimizer state during the step.
     """
     n = x.shape[0]
     if n % micro_batch:
@@ -159,9 +97,33 @@ def train_step(
     mean_loss = float(all_reduce_mean(total, dist))
     finite = math.isfinite(mean_loss) and math.isfinite(float(grad_norm))
     if finite:
+        saved = _snapshot(params, optimizer) if guard_updates else None
         optimizer.step()
+        if saved is not None:
+            ok = torch.stack([p.detach().isfinite().all() for p in params]).all()
+            finite = bool(all_reduce_max((~ok).float(), dist) == 0)  # every rank rolls back together
+            if not finite:
+                _restore(params, optimizer, saved)
     optimizer.zero_grad(set_to_none=True)
     return StepStats(loss=mean_loss, grad_norm=float(grad_norm), skipped=not finite)
+
+
+def _snapshot(params: list[Tensor], optimizer: torch.optim.Optimizer) -> tuple[list[Tensor], dict[Any, Any]]:
+    """Copies of the weights and the optimizer's per-parameter state, to undo an overflowing update."""
+    state = {p: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in optimizer.state[p].items()} for p in params}
+    return [p.detach().clone() for p in params], state
+
+
+@torch.no_grad()
+def _restore(params: list[Tensor], optimizer: torch.optim.Optimizer, saved: tuple[list[Tensor], dict]) -> None:
+    weights, state = saved
+    for p, w in zip(params, weights, strict=True):
+        p.copy_(w)
+    for p in params:
+        if state[p]:
+            optimizer.state[p] = state[p]
+        else:  # the step was the parameter's first: it had no state before
+            optimizer.state.pop(p, None)
 
 
 class _nullcontext:
@@ -224,6 +186,58 @@ def _truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in kept))
 
 
+def check_train_args(
+    *,
+    steps: int,
+    batch_size: int,
+    micro_batch: int,
+    world_size: int,
+    lr: float,
+    warmup: int,
+    betas: tuple[float, float],
+    weight_decay: float,
+    ema: float,
+    grad_clip: float,
+    precision: str,
+    label_dropout: float | None,
+    ckpt_every: int,
+    keep_last: int,
+    log_every: int,
+    sample_every: int,
+    max_bad_steps: int,
+) -> None:
+    """ValueError naming the first argument of :func:`train` that is out of range (called before any work)."""
+
+    def need(ok: bool, name: str, expected: str, value: object) -> None:
+        if not ok:
+            raise ValueError(f"{name} must be {expected}, got {value}")
+
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("micro_batch", micro_batch),
+                        ("ckpt_every", ckpt_every), ("keep_last", keep_last), ("log_every", log_every),
+                        ("max_bad_steps", max_bad_steps)):  # fmt: skip
+        need(value >= 1, name, "an integer >= 1", value)
+    need(warmup >= 0, "warmup", ">= 0", warmup)
+    need(sample_every >= 0, "sample_every", ">= 0 (0 disables)", sample_every)
+    need(math.isfinite(lr) and lr > 0, "lr", "a finite number > 0", lr)
+    need(all(math.isfinite(b) and 0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)", betas)
+    need(math.isfinite(weight_decay) and weight_decay >= 0, "weight_decay", "a finite number >= 0", weight_decay)
+    need(0 <= ema < 1, "ema", "in [0, 1)", ema)
+    need(math.isfinite(grad_clip) and grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 disables)", grad_clip)
+    need(precision in ("fp32", "bf16"), "precision", "'fp32' or 'bf16'", repr(precision))
+    need(label_dropout is None or 0 <= label_dropout < 1, "label_dropout", "in [0, 1)", label_dropout)
+    need(batch_size % world_size == 0, "batch_size", f"divisible by the world size {world_size}", batch_size)
+    per_rank = batch_size // world_size
+    need(per_rank % micro_batch == 0, "micro_batch", f"a divisor of the per-rank batch {per_rank}", micro_batch)
+
+
+def check_run_dir(run_dir: str | Path, *, resume: bool) -> Path:
+    """``run_dir`` as a Path; ValueError if it holds checkpoints and the run is not a resume (never overwrite)."""
+    run_dir = Path(run_dir)
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise ValueError(f"out {run_dir} already holds checkpoints: resume that run, or choose another directory")
+    return run_dir
+
+
 def train(
     *,
     model: nn.Module,
@@ -233,7 +247,7 @@ def train(
     dist: DistInfo,
     steps: int,
     batch_size: int,
-    micro_batch: int,
+    micro_batch: int | None = None,
     lr: float,
     warmup: int = 0,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -251,43 +265,59 @@ def train(
     sample_every: int = 0,
     on_sample: Callable[[int, nn.Module], None] | None = None,
     max_bad_steps: int = 10,
+    guard_updates: bool = True,
     resume: bool = False,
-    run_args: dict[str, Any] | None = None,
+    run_info: dict[str, Any] | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` for ``steps`` optimizer steps with AdamW, EMA and atomic checkpoints in ``run_dir``.
+    """Train ``model`` (any :class:`~diffit.nn.Backbone`) on ``objective`` for ``steps`` optimizer steps with
+    AdamW, EMA and atomic checkpoints in ``run_dir``.
 
     ``batch_size`` is global: each of ``dist.world_size`` ranks gets batch_size / world_size samples per step
-    from ``data`` and accumulates them in micro-batches of ``micro_batch``. ``callback`` receives a dict per
-    logged step (and per checkpoint / sample event); rank 0 appends the logged steps to ``run_dir/log.jsonl``.
+    from ``data`` and accumulates them in micro-batches of ``micro_batch`` (default: the whole per-rank batch).
+    ``callback`` receives a dict per logged step (and per checkpoint / sample / warning event); rank 0 appends
+    the logged steps to ``run_dir/log.jsonl``. Every checkpoint's ``state.json`` records this call's arguments
+    (``train``), the model and the objective, and ``run_info`` (what the caller wants kept, e.g. the data's
+    content hash, see :func:`diffit.runs.check_resume_data`).
 
     Label dropout for classifier-free guidance (``label_dropout``, default: the backbone's own
     ``class_dropout_prob``) is drawn here for the global batch, so the backbone's internal random dropout is
-    switched off for the run (and restored afterwards).
+    switched off for the run (and restored afterwards). Arguments out of range raise ValueError before any work.
     """
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if batch_size % dist.world_size:
-        raise ValueError(f"batch_size={batch_size} must be divisible by the world size {dist.world_size}")
-    per_rank = batch_size // dist.world_size
-    if micro_batch < 1 or per_rank % micro_batch:
-        raise ValueError(f"micro_batch={micro_batch} must divide the per-rank batch {per_rank}")
-    run_dir = Path(run_dir)
-    if not resume and latest_checkpoint(run_dir) is not None:
-        raise ValueError(f"run_dir {run_dir} already holds checkpoints: resume it or choose another directory")
+    problems = backbone_problems(unwrap(model))
+    if problems:
+        raise ValueError(f"model {type(unwrap(model)).__name__} {problems[0]} (see diffit.nn.Backbone)")
+    per_rank = batch_size // dist.world_size if dist.world_size >= 1 else batch_size
+    micro_batch = per_rank if micro_batch is None else micro_batch
+    check_train_args(
+        steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=dist.world_size, lr=lr,
+        warmup=warmup, betas=betas, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip, precision=precision,
+        label_dropout=label_dropout, ckpt_every=ckpt_every, keep_last=keep_last, log_every=log_every,
+        sample_every=sample_every, max_bad_steps=max_bad_steps,
+    )  # fmt: skip
+    run_dir = check_run_dir(run_dir, resume=resume)
     model = unwrap(model).to(dist.device).train()
-    num_classes = getattr(model, "num_classes", None)
+    num_classes = model.num_classes
     if label_dropout is None:
         label_dropout = next((m.dropout_prob for m in model.modules() if isinstance(m, LabelEmbedding)), 0.0)
-    if not 0.0 <= label_dropout < 1.0:
-        raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+    train_args = {
+        "steps": steps, "batch_size": batch_size, "micro_batch": micro_batch, "world_size": dist.world_size,
+        "lr": lr, "warmup": warmup, "betas": list(betas), "weight_decay": weight_decay, "ema": ema,
+        "ema_warmup": ema_warmup, "grad_clip": grad_clip, "precision": precision, "compile": compile, "seed": seed,
+        "label_dropout": label_dropout, "guard_updates": guard_updates,
+    }  # fmt: skip
+
+    def emit(event: dict[str, Any]) -> None:
+        if callback is not None and dist.is_main:
+            callback(event)
+
     ema_model = make_ema(model)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, weight_decay=weight_decay
     )
     run = _RunState()
-    if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
-        run.restore(ckpt, model=model, ema=ema_model, optimizer=optimizer, dist=dist)
+    if resume:
+        run.restore(run_dir, model=model, ema=ema_model, optimizer=optimizer, dist=dist, warn=emit)
     log_path = run_dir / "log.jsonl"
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -299,10 +329,6 @@ def train(
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile:
         wrapped = torch.compile(wrapped)
-
-    def emit(event: dict[str, Any]) -> None:
-        if callback is not None and dist.is_main:
-            callback(event)
 
     rank_slice = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
     batches = data(run.step)
@@ -323,6 +349,7 @@ def train(
             stats = train_step(
                 model=wrapped, objective=objective, optimizer=optimizer, x=x, y=labels, draws=draws,
                 micro_batch=micro_batch, grad_clip=grad_clip, precision=precision, dist=dist,
+                guard_updates=guard_updates,
             )  # fmt: skip
             run.step += 1
             images_since += batch_size
@@ -331,8 +358,8 @@ def train(
                 run.bad_streak += 1
                 if run.bad_streak >= max_bad_steps:
                     raise TrainingDiverged(
-                        f"{run.bad_streak} consecutive steps had a non-finite loss or gradient (last at step "
-                        f"{run.step}); stopping. The last good checkpoint is {run.last_checkpoint}"
+                        f"{run.bad_streak} consecutive steps had a non-finite loss, gradient or update (last at "
+                        f"step {run.step}); stopping. The last good checkpoint is {run.last_checkpoint}"
                     )
             else:
                 run.bad_streak = 0
@@ -354,11 +381,13 @@ def train(
                 emit(event)
 
             stop = bool(all_reduce_max(torch.tensor(float(flag.stop), device=dist.device), dist) > 0)
-            # No periodic checkpoint inside a run of non-finite steps: the latest stays a healthy one.
-            if (run.step % ckpt_every == 0 or run.step == steps) and run.bad_streak == 0 or stop:
+            # No periodic checkpoint inside a run of skipped steps (the latest stays one taken after a good
+            # update); the final step and a stop always checkpoint: skipped steps never change the weights.
+            if (run.step % ckpt_every == 0 and run.bad_streak == 0) or run.step == steps or stop:
                 run.save(
-                    run_dir, model=model, ema=ema_model, optimizer=optimizer, dist=dist, keep_last=keep_last,
-                    extra={"args": run_args or {}, "data": {"seed": seed, "next_step": run.step}},
+                    run_dir, model=model, ema=ema_model, optimizer=optimizer, objective=objective, dist=dist,
+                    keep_last=keep_last,
+                    extra={"train": train_args, "run": run_info or {}, "data": {"seed": seed, "next_step": run.step}},
                 )  # fmt: skip
                 emit({"event": "checkpoint", "step": run.step, "path": str(run.last_checkpoint)})
             if sample_every > 0 and (run.step % sample_every == 0 or run.step == steps) and on_sample is not None:
@@ -397,8 +426,33 @@ class _RunState:
     last_checkpoint: Path | None = None
 
     def restore(
-        self, ckpt: Path, *, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, dist: DistInfo
+        self,
+        run_dir: Path,
+        *,
+        model: nn.Module,
+        ema: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        dist: DistInfo,
+        warn: Callable[[dict[str, Any]], None],
     ) -> None:
+        """Continue from the newest intact checkpoint of ``run_dir`` (none: a fresh start). A checkpoint whose
+        files fail their hash check is passed over with a warning; if every one fails, ValueError."""
+        candidates = checkpoint_dirs(run_dir)[::-1]
+        ckpt = None
+        for candidate in candidates:
+            try:
+                verify_checkpoint(candidate)
+            except ValueError as err:
+                warn({"event": "warning", "message": f"{err}; trying an older checkpoint"})
+                continue
+            ckpt = candidate
+            break
+        if candidates and ckpt is None:
+            raise ValueError(
+                f"no intact checkpoint in {run_dir}: the newest, {candidates[0].name}, fails its hash check"
+            )
+        if ckpt is None:
+            return
         record, rng = load_checkpoint(ckpt, model=model, ema=ema, optimizer=optimizer, map_location=dist.device)
         self.step, self.skipped, self.last_checkpoint = record["step"], record.get("skipped_steps", 0), ckpt
         best = record.get("best_loss")
@@ -415,6 +469,7 @@ class _RunState:
         model: nn.Module,
         ema: nn.Module,
         optimizer: torch.optim.Optimizer,
+        objective: Objective,
         dist: DistInfo,
         keep_last: int,
         extra: dict[str, Any],
@@ -435,5 +490,5 @@ class _RunState:
         }
         self.last_checkpoint = save_checkpoint(
             run_dir, step=self.step, model=model, ema=ema, optimizer=optimizer, rng_states=rng, state=state,
-            keep_last=keep_last, keep={self.best_step} if self.best_step >= 0 else None,
+            objective=objective, keep_last=keep_last, keep={self.best_step} if self.best_step >= 0 else None,
         )  # fmt: skip

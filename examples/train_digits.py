@@ -15,7 +15,8 @@ from diffit.diffusion import sample_heun
 from diffit.distributed import init_distributed
 from diffit.generate import default_sigmas, make_grid, sample, save_png, to_uint8
 from diffit.nn import diffit_tiny
-from diffit.train import EDMObjective, train
+from diffit.objectives import EDMObjective
+from diffit.train import train
 
 
 def main() -> None:

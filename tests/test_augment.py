@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from diffit.augment import AUGMENT_DIM, apply_augment, draw_augment_labels
 from diffit.diffusion import EDMPrecond
 from diffit.nn import ImageDiffiT
-from diffit.train import EDMObjective, step_generator
+from diffit.objectives import EDMObjective
+from diffit.train import step_generator
 from diffit_cli.main import app
 
 

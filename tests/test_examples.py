@@ -24,8 +24,14 @@ def test_minimal_sample(tmp_path: Path) -> None:
     assert out.is_file() and "10 digits, 7 network evaluations each" in stdout
 
 
-def test_tmsa_in_your_model() -> None:
-    assert "gradients reach the TMSA time projection: True" in run("tmsa_in_your_model.py")
+def test_tmsa_in_your_model(tmp_path: Path) -> None:
+    stdout = run("tmsa_in_your_model.py", "--steps", "4", "--out", str(tmp_path / "run"))
+    assert "trained 2 steps, resumed to 4" in stdout and "sampled (10, 16, 16, 1) uint8 images" in stdout
+
+
+def test_custom_objective(tmp_path: Path) -> None:
+    stdout = run("custom_objective.py", "--steps", "3", "--out", str(tmp_path / "flow"))
+    assert "completed at step 3; sampled (10, 16, 16, 1)" in stdout
 
 
 @pytest.mark.slow

@@ -253,7 +253,7 @@ def test_none_label_is_the_null_class() -> None:
 
 def test_checkpointing_gives_identical_outputs_and_gradients() -> None:
     plain = _random_tiny(class_dropout_prob=0.0).train()
-    ckpt = LatentDiffiT(**TINY, class_dropout_prob=0.0, checkpointing=True).train()
+    ckpt = LatentDiffiT(**TINY, class_dropout_prob=0.0).set_grad_checkpointing(True).train()
     ckpt.load_state_dict(plain.state_dict())
     x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([1.0, 500.0]), torch.tensor([0, 3])
     results = []

@@ -91,7 +91,7 @@ def test_gradients_reach_every_parameter() -> None:
 
 
 def test_checkpointing_gives_identical_outputs_and_gradients() -> None:
-    plain, ckpt = _small(), _small(checkpointing=True)
+    plain, ckpt = _small(), _small().set_grad_checkpointing(True)
     _randomise_head(plain)
     ckpt.load_state_dict(plain.state_dict())
     x, s = torch.randn(2, 2, 8, 8), torch.randn(2)

@@ -142,13 +142,13 @@ def test_cli_guided_sampling_counts_both_passes(tmp_path: Path, ckpt: Path) -> N
     ("extra", "message"),
     [
         (["--ckpt", "/nonexistent/ckpt.safetensors"], "checkpoint not found"),
-        (["--class", "7"], "--class ids must be in [0, 2]"),
+        (["--class", "7"], "--class must be ids in [0, 2]"),
         (["--out", "/nonexistent/dir/s.png"], "does not exist"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--seeds", "5-3"], "--seeds is empty"),
         (["--seeds", "a-b"], "--seeds must be"),
         (["--sampler", "rk45"], "--sampler must be one of"),
-        (["--cfg", "-1"], "--cfg must be >= 0"),
+        (["--cfg", "-1"], "--cfg (guidance) must be a finite number >= 0"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, ckpt: Path, extra: list[str], message: str) -> None:

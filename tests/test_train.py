@@ -20,7 +20,8 @@ from diffit.data import memory_batches
 from diffit.distributed import DistInfo
 from diffit.ema import ema_decay, ema_update, make_ema, strip_wrapper_prefixes, unwrap
 from diffit.nn import ImageDiffiT
-from diffit.train import EDMObjective, TrainingDiverged, lr_at, train
+from diffit.objectives import EDMObjective
+from diffit.train import TrainingDiverged, lr_at, train
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

@@ -20,10 +20,10 @@ runner = CliRunner()
         (["--model", "xl9"], "--model must be one of tiny, cifar10, ffhq64"),
         (["--res", "32"], "--res 32 does not match the data's resolution 16"),
         (["--data", "/nonexistent/train-{000000..000003}.tar"], "--data"),
-        (["--micro-batch", "3"], "--micro-batch 3 must divide the per-process batch 8"),
-        (["--steps", "0"], "--steps must be >= 1"),
-        (["--precision", "fp8"], "--precision must be fp32 or bf16"),
-        (["--latent"], "--latent needs --data"),
+        (["--micro-batch", "3"], "--micro-batch must be a divisor of the per-rank batch 8, got 3"),
+        (["--steps", "0"], "--steps must be an integer >= 1"),
+        (["--precision", "fp8"], "--precision must be 'fp32' or 'bf16'"),
+        (["--latent"], "--data is required for latent training"),
     ],
 )
 def test_bad_arguments_exit_2_before_work(tmp_path: Path, args: list[str], message: str) -> None:
@@ -36,7 +36,7 @@ def test_bad_arguments_exit_2_before_work(tmp_path: Path, args: list[str], messa
 def test_batch_must_divide_over_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "3")
     res = runner.invoke(app, ["train", "--batch-size", "8", "--out", str(tmp_path / "run")])
-    assert res.exit_code == 2 and "divisible by the number of processes (3)" in res.output
+    assert res.exit_code == 2 and "--batch-size must be divisible by the world size 3" in res.output
 
 
 def test_latent_training_on_encoded_shards(tmp_path: Path, tiny_vae: str) -> None:

@@ -1,7 +1,8 @@
 """Layers and backbones of DiffiT. Knows nothing of noise schedules."""
 
 from diffit.nn.attention import TMSA
-from diffit.nn.blocks import GroupNorm32, Mlp, ResBlock, TMSABlock, layer_norm_fp32
+from diffit.nn.blocks import GroupNorm32, Mlp, ResBlock, TMSABlock, group_count, layer_norm_fp32
+from diffit.nn.contract import Backbone, backbone_problems, capture_config, checkpointed_call
 from diffit.nn.embeddings import (
     LabelEmbedding,
     TimestepEmbedding,
@@ -13,6 +14,11 @@ from diffit.nn.windows import relative_position_index, window_merge, window_part
 
 __all__ = [
     "TMSA",
+    "Backbone",
+    "backbone_problems",
+    "capture_config",
+    "checkpointed_call",
+    "group_count",
     "GroupNorm32",
     "LabelEmbedding",
     "Mlp",

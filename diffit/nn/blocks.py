@@ -4,9 +4,16 @@ import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from diffit.nn.attention import TMSA
+
+
+def group_count(groups: int, dim: int) -> int:
+    """The largest GroupNorm group count <= ``groups`` that divides ``dim``."""
+    groups = min(groups, dim)
+    while dim % groups:
+        groups -= 1
+    return groups
 
 
 def layer_norm_fp32(x: Float[Tensor, "*batch d"], eps: float = 1e-6) -> Float[Tensor, "*batch d"]:
@@ -94,7 +101,6 @@ class ResBlock(nn.Module):
         mlp_ratio: float = 4.0,
         groups: int = 32,
         qk_norm: bool = False,
-        checkpointing: bool = False,
     ) -> None:
         """
         Args:
@@ -105,27 +111,17 @@ class ResBlock(nn.Module):
             mlp_ratio: MLP hidden width as a multiple of ``dim``.
             groups: GroupNorm groups (reduced to a divisor of ``dim`` when needed).
             qk_norm: per-head LayerNorm of queries and keys.
-            checkpointing: recompute activations in the backward pass (gradient checkpointing).
         """
         super().__init__()
-        groups = min(groups, dim)
-        while dim % groups:
-            groups -= 1
-        self.norm = GroupNorm32(groups, dim, eps=1e-6)
+        self.norm = GroupNorm32(group_count(groups, dim), dim, eps=1e-6)
         self.act = nn.SiLU()
         self.conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
         self.block = TMSABlock(
             dim=dim, time_dim=time_dim, num_heads=num_heads, window=window, mlp_ratio=mlp_ratio, qk_norm=qk_norm
         )
-        self.checkpointing = checkpointing
 
-    def _forward(self, x: Float[Tensor, "b c h w"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b c h w"]:
+    def forward(self, x: Float[Tensor, "b c h w"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b c h w"]:
         h = self.conv(self.act(self.norm(x)))  # Eq. 9
         h = rearrange(h, "b c h w -> b h w c")
         h = self.block.forward_grid(h, t)
         return rearrange(h, "b h w c -> b c h w").to(x.dtype) + x  # Eq. 10
-
-    def forward(self, x: Float[Tensor, "b c h w"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b c h w"]:
-        if self.checkpointing and self.training:
-            return checkpoint(self._forward, x, t, use_reentrant=False)
-        return self._forward(x, t)

@@ -12,15 +12,13 @@ the release exactly (``x_embedder.proj``, ``pos_embed``, ``t_embedder.mlp.0/2``,
 ``diffit_512.safetensors`` state dicts load with ``strict=True``.
 """
 
-import json
-
 import torch
 from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from diffit.nn.blocks import TMSABlock, layer_norm_fp32
+from diffit.nn.contract import capture_config, checkpointed_call
 from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token, sincos_pos_embed_2d
 
 
@@ -47,13 +45,14 @@ class FinalLayer(nn.Module):
 
 
 class LatentDiffiT(nn.Module):
-    """The latent DiffiT backbone: ``(x, t, y) -> (eps[, variance])`` on a (B, C, H, W) latent.
+    """The latent DiffiT backbone: ``(x, noise_label, y) -> (eps[, variance])`` on a (B, C, H, W) latent.
 
-    ``t`` is the DDPM timestep (float, 0..999) fed to the sinusoidal time embedding; ``y`` are class ids with
+    ``noise_label`` is the DDPM timestep (float, 0..999) fed to the sinusoidal time embedding; ``y`` are class ids with
     ``num_classes`` the null class (a conditional model given ``y=None`` uses it). With ``learn_sigma`` the
     output has 2C channels: C for epsilon, then C for the learned-range variance interpolation.
     """
 
+    @capture_config
     def __init__(
         self,
         *,
@@ -68,7 +67,6 @@ class LatentDiffiT(nn.Module):
         class_dropout_prob: float = 0.1,
         learn_sigma: bool = True,
         qk_norm: bool = False,
-        checkpointing: bool = False,
     ) -> None:
         """
         Args:
@@ -83,7 +81,6 @@ class LatentDiffiT(nn.Module):
             class_dropout_prob: probability of dropping a label to the null class in training.
             learn_sigma: also predict the variance interpolation (output 2 * in_channels channels).
             qk_norm: per-head LayerNorm of queries and keys (not in the release; changes the state dict).
-            checkpointing: gradient checkpointing of every block in training.
         """
         super().__init__()
         if patch_size < 1 or input_size < 1 or input_size % patch_size:
@@ -96,18 +93,11 @@ class LatentDiffiT(nn.Module):
             raise ValueError(f"depth and in_channels must be >= 1, got {depth}, {in_channels}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
-        self.config = {
-            "input_size": input_size, "patch_size": patch_size, "in_channels": in_channels,
-            "hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
-            "num_classes": num_classes, "class_dropout_prob": class_dropout_prob, "learn_sigma": learn_sigma,
-            "qk_norm": qk_norm, "checkpointing": checkpointing,
-        }  # fmt: skip
-        json.dumps(self.config)
         self.resolution = self.input_size = input_size
         self.patch_size, self.in_channels, self.num_classes = patch_size, in_channels, num_classes
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.grid_size = input_size // patch_size  # tokens per side = the attention window
-        self.checkpointing = checkpointing
+        self.grad_checkpointing = False
 
         self.x_embedder = PatchEmbed(patch_size=patch_size, in_channels=in_channels, dim=hidden_size)
         self.t_embedder = TimestepEmbedding(dim=hidden_size)
@@ -157,23 +147,35 @@ class LatentDiffiT(nn.Module):
             x, "b (h w) (p q c) -> b c (h p) (w q)", h=self.grid_size, p=self.patch_size, q=self.patch_size
         )
 
-    def condition(self, t: Float[Tensor, " b"], y: Int[Tensor, " b"] | None) -> Float[Tensor, "b d"]:
+    def set_grad_checkpointing(self, enabled: bool = True) -> "LatentDiffiT":
+        """Recompute every block's activations in the backward pass while training (less memory, one more
+        forward); a run-time switch, not part of ``config``."""
+        self.grad_checkpointing = enabled
+        return self
+
+    def stages(self) -> list[dict[str, int | str]]:
+        """One stage of ``depth`` blocks attending globally over the token grid."""
+        g = self.grid_size
+        row = {"stage": "all", "resolution": f"{g}x{g} tokens", "channels": self.config["hidden_size"],
+               "blocks": self.config["depth"], "tokens": g * g, "window": f"{g}x{g} global", "windows": 1}  # fmt: skip
+        return [row]
+
+    def time_token(self, noise_label: Float[Tensor, " b"], y: Int[Tensor, " b"] | None) -> Float[Tensor, "b d"]:
         """The time token c = TimeEmbed(t) + LabelEmbed(y); ``y=None`` means the null class."""
-        return condition_token(self.t_embedder, self.y_embedder, t, y)
+        return condition_token(self.t_embedder, self.y_embedder, noise_label, y)
 
     def forward(
-        self, x: Float[Tensor, "b c h w"], t: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
+        self, x: Float[Tensor, "b c h w"], noise_label: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
     ) -> Float[Tensor, "b c2 h w"]:
+        """eps (and the variance interpolation with ``learn_sigma``) for DDPM timestep ``noise_label``."""
         expected = (self.in_channels, self.input_size, self.input_size)
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (b, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         tokens = self.x_embedder(x).to(x.dtype) + self.pos_embed  # (b, T, D); residual stream in x's dtype
-        c = self.condition(t, y)
+        c = self.time_token(noise_label, y)
+        ckpt = self.grad_checkpointing and self.training
         for block in self.blocks:
-            if self.checkpointing and self.training:
-                tokens = checkpoint(block, tokens, c, use_reentrant=False)
-            else:
-                tokens = block(tokens, c)
+            tokens = checkpointed_call(ckpt, block, tokens, c)
         return self.unpatchify(self.final_layer(tokens)).to(x.dtype)
 
 

@@ -17,14 +17,14 @@ The lowest-resolution stage is the bottleneck: it appears once, so the decoder m
 (EDM's preconditioning then starts from D(x) = c_skip x).
 """
 
-import json
 from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from diffit.nn.blocks import GroupNorm32, ResBlock
+from diffit.nn.blocks import GroupNorm32, ResBlock, group_count
+from diffit.nn.contract import capture_config, checkpointed_call
 from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token
 
 
@@ -60,12 +60,15 @@ class DecoderStage(nn.Module):
 class ImageDiffiT(nn.Module):
     """The image-space DiffiT U-Net: ``(x, noise_label, y) -> output`` of the same shape as ``x``.
 
+    Follows the :class:`~diffit.nn.Backbone` contract; ``config`` holds the constructor arguments.
+
     ``noise_label`` is the scalar conditioning per sample fed to the sinusoidal time embedding (EDM's
     c_noise = ln(sigma) / 4); the backbone knows nothing else about the noise schedule. With ``num_classes``
     set, the label embedding is added to the time token (training-time label dropout to the null class is
     built in; classifier-free guidance itself lives in the diffusion package).
     """
 
+    @capture_config
     def __init__(
         self,
         *,
@@ -81,7 +84,6 @@ class ImageDiffiT(nn.Module):
         mlp_ratio: float = 4.0,
         groups: int = 32,
         qk_norm: bool = False,
-        checkpointing: bool = False,
         augment_dim: int = 0,
     ) -> None:
         """
@@ -98,7 +100,6 @@ class ImageDiffiT(nn.Module):
             mlp_ratio: MLP hidden width of the Transformer blocks as a multiple of the stage width.
             groups: GroupNorm groups (reduced to a divisor of the width where needed).
             qk_norm: per-head LayerNorm of queries and keys (an optional bf16 stability guard).
-            checkpointing: gradient checkpointing of every ResBlock in training (saves memory, costs a forward).
             augment_dim: width of the augmentation labels embedded into the time token (EDM's non-leaking
                 augmentation; 9 with ``diffit.augment``); 0 for none.
         """
@@ -129,23 +130,14 @@ class ImageDiffiT(nn.Module):
         if in_channels < 1 or time_dim < 1:
             raise ValueError(f"in_channels and time_dim must be >= 1, got {in_channels}, {time_dim}")
 
-        self.config = {
-            "resolution": resolution, "in_channels": in_channels, "channels": list(channels),
-            "blocks_per_stage": list(blocks_per_stage),
-            "window": window if isinstance(window, int) else list(windows),
-            "num_heads": num_heads if isinstance(num_heads, int) else list(heads),
-            "time_dim": time_dim, "num_classes": num_classes, "class_dropout_prob": class_dropout_prob,
-            "mlp_ratio": mlp_ratio, "groups": groups, "qk_norm": qk_norm, "checkpointing": checkpointing,
-            "augment_dim": augment_dim,
-        }  # fmt: skip
-        json.dumps(self.config)  # the contract: checkpoints store the constructor kwargs as JSON
         self.resolution, self.in_channels, self.num_classes = resolution, in_channels, num_classes
-        self.channels, self.windows = channels, windows
+        self.channels, self.windows, self.augment_dim = channels, windows, augment_dim
+        self.grad_checkpointing = False
 
         def res_blocks(s: int) -> list[ResBlock]:
             return [
                 ResBlock(dim=channels[s], time_dim=time_dim, num_heads=heads[s], window=windows[s],
-                         mlp_ratio=mlp_ratio, groups=groups, qk_norm=qk_norm, checkpointing=checkpointing)
+                         mlp_ratio=mlp_ratio, groups=groups, qk_norm=qk_norm)
                 for _ in range(blocks_per_stage[s])
             ]  # fmt: skip
 
@@ -169,7 +161,7 @@ class ImageDiffiT(nn.Module):
             DecoderStage(coarse=channels[s + 1], dim=channels[s], blocks=res_blocks(s))
             for s in reversed(range(stages - 1))
         )
-        self.head_norm = GroupNorm32(_divisor(groups, channels[0]), channels[0], eps=1e-6)
+        self.head_norm = GroupNorm32(group_count(groups, channels[0]), channels[0], eps=1e-6)
         self.head_act = nn.SiLU()
         self.head_conv = nn.Conv2d(channels[0], in_channels, kernel_size=3, padding=1)
         self.initialize_weights()
@@ -188,6 +180,22 @@ class ImageDiffiT(nn.Module):
         nn.init.zeros_(self.head_conv.weight)  # the initial model outputs exactly 0
         nn.init.zeros_(self.head_conv.bias)
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> "ImageDiffiT":
+        """Recompute every ResBlock's activations in the backward pass while training (less memory, one more
+        forward); a run-time switch, not part of ``config``."""
+        self.grad_checkpointing = enabled
+        return self
+
+    def stages(self) -> list[dict[str, int | str]]:
+        """Per stage: feature map side, width, ResBlocks (encoder + mirrored decoder), tokens, window, windows."""
+        rows = []
+        for s, (c, w) in enumerate(zip(self.channels, self.windows, strict=True)):
+            r, n = self.resolution // 2**s, self.config["blocks_per_stage"][s]
+            blocks = n if s == len(self.channels) - 1 else 2 * n
+            rows.append({"stage": str(s), "resolution": f"{r}x{r}", "channels": c, "blocks": blocks,
+                         "tokens": r * r, "window": f"{w}x{w}", "windows": (r // w) ** 2})  # fmt: skip
+        return rows
+
     def time_token(self, noise_label: Float[Tensor, " b"], y: Int[Tensor, " b"] | None) -> Float[Tensor, "b dt"]:
         """x_t = TimeEmbed(noise_label) [+ LabelEmbed(y)]; a conditional model given ``y=None`` uses the null class."""
         return condition_token(self.time_embed, self.label_embed, noise_label, y)
@@ -204,6 +212,7 @@ class ImageDiffiT(nn.Module):
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (b, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         t = self.time_token(noise_label, y)
+        ckpt = self.grad_checkpointing and self.training
         if augment_labels is not None:
             if self.augment_embed is None:
                 raise ValueError("augment_labels were given but the model was built with augment_dim=0")
@@ -213,7 +222,7 @@ class ImageDiffiT(nn.Module):
         skips = []
         for stage in self.encoder:
             for block in stage.blocks:
-                h = block(h, t)
+                h = checkpointed_call(ckpt, block, h, t)
             skips.append(h)
             if stage.down is not None:
                 h = stage.down(h).to(x.dtype)  # (b, C_s, H, W) -> (b, C_{s+1}, H/2, W/2)
@@ -222,16 +231,8 @@ class ImageDiffiT(nn.Module):
             h = stage.up(h).to(x.dtype)  # (b, C_{s+1}, H/2, W/2) -> (b, C_s, H, W)
             h = stage.fuse(torch.cat([h, skips.pop()], dim=1)).to(x.dtype)  # concat skip, 2C -> C
             for block in stage.blocks:
-                h = block(h, t)
+                h = checkpointed_call(ckpt, block, h, t)
         return self.head_conv(self.head_act(self.head_norm(h))).to(x.dtype)
-
-
-def _divisor(groups: int, dim: int) -> int:
-    """The largest group count <= ``groups`` dividing ``dim`` (as ResBlock does)."""
-    groups = min(groups, dim)
-    while dim % groups:
-        groups -= 1
-    return groups
 
 
 def diffit_cifar10(**overrides: object) -> ImageDiffiT:

@@ -1,0 +1,106 @@
+"""The backbone contract: what diffit's run functions (training, denoiser wrappers, generation, checkpoints)
+need from a network, and the constructor-argument record that lets a checkpoint rebuild it.
+
+A backbone is any ``nn.Module`` with
+
+- ``forward(x, noise_label, y=None)``: ``x`` (B, C, H, W) noisy input in the objective's input scaling,
+  ``noise_label`` (B,) float: the objective's scalar noise conditioning (EDM's c_noise = ln(sigma)/4, or the
+  DDPM timestep), ``y`` (B,) int class ids with ``num_classes`` meaning "no class" (or None);
+- ``in_channels``: channels of ``x``; ``resolution``: its height = width (pixels, or latent cells);
+- ``num_classes``: the number of classes of a class-conditional model, None for an unconditional one.
+
+Optional: ``time_token(noise_label, y)`` (the conditioning vector), ``set_grad_checkpointing(enabled)``,
+``augment_dim`` (EDM augmentation labels passed as ``augment_labels=``), and ``config``: the constructor's
+keyword arguments, recorded by :func:`capture_config`, which checkpoints store as JSON to rebuild the model.
+"""
+
+import functools
+import inspect
+import json
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from torch import Tensor, nn
+
+__all__ = ["Backbone", "backbone_problems", "capture_config", "checkpointed_call", "jsonable"]
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A denoising network diffit can train, wrap, sample and checkpoint (see the module docstring)."""
+
+    in_channels: int
+    resolution: int
+    num_classes: int | None
+
+    def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None) -> Tensor: ...
+
+
+def backbone_problems(model: Any) -> list[str]:
+    """What ``model`` lacks of the :class:`Backbone` contract (empty when it follows it)."""
+    problems = [] if isinstance(model, nn.Module) else [f"is a {type(model).__name__}, not a torch.nn.Module"]
+    for name, kind in (("in_channels", int), ("resolution", int)):
+        value = getattr(model, name, None)
+        if not isinstance(value, kind) or isinstance(value, bool) or value < 1:
+            problems.append(f"needs a positive int attribute '{name}' (got {value!r})")
+    if not hasattr(model, "num_classes"):
+        problems.append("needs an attribute 'num_classes' (an int, or None for an unconditional model)")
+    else:
+        n = model.num_classes
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            problems.append(f"num_classes must be a positive int or None (got {n!r})")
+    return problems
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (tuples become lists); raises TypeError where JSON cannot hold it."""
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+Init = TypeVar("Init", bound=Callable[..., None])
+
+
+def capture_config(init: Init) -> Init:
+    """Decorate ``__init__`` so that ``self.config`` is the dict of the arguments it was actually called with
+    (defaults filled in), never a dict kept by hand beside them; ``type(m)(**m.config)`` rebuilds ``m``.
+
+    Values are stored as JSON types where JSON can hold them (tuples become lists); a model whose arguments
+    JSON cannot hold still works, but its checkpoints cannot rebuild it without the user's help.
+    """
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as err:  # name the class, as a plain constructor call would
+            raise TypeError(f"{type(self).__name__}(): {err}") from None
+        bound.apply_defaults()
+        config: dict[str, Any] = {}
+        for name, value in list(bound.arguments.items())[1:]:  # [0] is self
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                config.update(value)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                if value:
+                    config["*args"] = list(value)
+            else:
+                config[name] = value
+        init(self, *args, **kwargs)
+        try:
+            config = jsonable(config)
+        except (TypeError, ValueError):
+            pass  # kept as given; model_spec records that this model cannot be rebuilt from JSON
+        # Set after __init__: a decorated subclass's wrapper finishes last, so its own arguments win.
+        self.config = config
+
+    return wrapper  # type: ignore[return-value]
+
+
+def checkpointed_call(enabled: bool, fn: Callable[..., Tensor], *args: Any) -> Tensor:
+    """``fn(*args)``, recomputed in the backward pass when ``enabled`` (gradient checkpointing)."""
+    if not enabled:
+        return fn(*args)
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(fn, *args, use_reentrant=False)

@@ -1,0 +1,167 @@
+"""Reliability: bad input is a clean one-line refusal (exit 2, nothing written); state never goes bad
+(overflowing updates rolled back, no non-finite checkpoint, orphans removed, damaged checkpoints passed over)."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_image_diffit
+from typer.testing import CliRunner
+
+from diffit.checkpoint import checkpoint_dirs, save_checkpoint
+from diffit.data import memory_batches
+from diffit.distributed import DistInfo
+from diffit.objectives import EDMObjective
+from diffit.train import train, train_step
+from diffit_cli.main import app
+
+CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+runner = CliRunner()
+
+
+class Overflow(EDMObjective):
+    """An objective whose loss and gradient are finite but whose update overflows the weight (lr * 1 > max)."""
+
+    def draw(self, generator: torch.Generator, n: int, sample_shape: tuple[int, ...]) -> dict:
+        return {}
+
+    def loss(self, model: torch.nn.Module, x0: torch.Tensor, y: object, draws: dict) -> torch.Tensor:
+        return -model.w.sum().expand(x0.shape[0])  # d loss / d w = -1: Adam moves w up by ~lr
+
+
+class Weight(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.full((1,), 3.38e38))
+
+
+def test_an_overflowing_update_is_rolled_back_and_skipped() -> None:
+    model = Weight()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e37, weight_decay=0.0)
+    stats = train_step(model=model, objective=Overflow(), optimizer=opt, x=torch.zeros(1, 1, 1, 1), y=None, draws={},
+                       micro_batch=1, grad_clip=0.0, precision="fp32", dist=CPU)  # fmt: skip
+    assert stats.skipped and math.isfinite(stats.loss) and math.isfinite(stats.grad_norm)
+    assert torch.equal(model.w.detach(), torch.full((1,), 3.38e38))  # rolled back exactly
+    assert not opt.state  # the step never happened: no Adam moments, no step count
+
+
+def test_no_checkpoint_holds_non_finite_weights(tmp_path: Path) -> None:
+    model = tiny_image_diffit(3)
+    with torch.no_grad():
+        model.head_conv.bias[0] = float("inf")
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match="head_conv.bias holds non-finite values"):
+        save_checkpoint(tmp_path, step=1, model=model, ema=model, optimizer=opt, rng_states={}, state={})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _toy_run(tmp: Path, steps: int, **kw: object) -> object:
+    g = torch.Generator().manual_seed(1)
+    images, labels = torch.randint(0, 256, (16, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(16) % 3
+    return train(
+        model=tiny_image_diffit(3), objective=kw.pop("objective", EDMObjective()), run_dir=tmp, dist=CPU,
+        data=lambda s: memory_batches(images, labels, batch_size=4, seed=0, start_step=s, flip=False),
+        steps=steps, batch_size=4, lr=1e-3, ckpt_every=kw.pop("ckpt_every", 2), **kw,
+    )  # fmt: skip
+
+
+def test_orphaned_temporary_checkpoints_are_removed_at_the_next_save(tmp_path: Path) -> None:
+    orphan = tmp_path / ".ckpt-00000002.tmp-99999"
+    orphan.mkdir(parents=True)
+    (orphan / "model.safetensors").write_bytes(b"half")
+    _toy_run(tmp_path, 2)
+    assert not orphan.exists() and [p.name for p in checkpoint_dirs(tmp_path)] == ["ckpt-00000002"]
+
+
+def test_a_damaged_latest_checkpoint_is_passed_over_on_resume(tmp_path: Path) -> None:
+    _toy_run(tmp_path, 4)
+    latest = checkpoint_dirs(tmp_path)[-1]
+    with open(latest / "model.safetensors", "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"XXXX")
+    events: list[dict] = []
+    result = _toy_run(tmp_path, 6, resume=True, callback=events.append)
+    assert result.step == 6
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert len(warnings) == 1 and "ckpt-00000004/model.safetensors does not match its recorded sha256" in warnings[0]
+    for ckpt in checkpoint_dirs(tmp_path):
+        with open(ckpt / "ema.safetensors", "r+b") as f:
+            f.write(b"XXXX")
+    with pytest.raises(ValueError, match="no intact checkpoint in .*: the newest, ckpt-00000006"):
+        _toy_run(tmp_path, 8, resume=True)
+
+
+class NaNAtEnd(EDMObjective):
+    def __init__(self, bad_from: int) -> None:
+        super().__init__()
+        self.bad_from, self.calls = bad_from, 0
+
+    def loss(self, model, x0, y, draws):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        out = super().loss(model, x0, y, draws)
+        return out * float("nan") if self.calls >= self.bad_from else out
+
+
+def test_a_run_ending_on_skipped_steps_still_writes_its_final_checkpoint(tmp_path: Path) -> None:
+    result = _toy_run(tmp_path, 5, objective=NaNAtEnd(bad_from=4), ckpt_every=2)
+    assert result.status == "completed" and result.skipped_steps == 2
+    assert result.checkpoint is not None and result.checkpoint.name == "ckpt-00000005"
+    assert json.loads((result.checkpoint / "state.json").read_text())["skipped_steps"] == 2
+
+
+BAD = [
+    # (command, arguments, what the one-line message must contain)
+    ("train", ["--lr", "-1"], "--lr must be a finite number > 0"),
+    ("train", ["--lr", "inf"], "--lr must be a finite number > 0"),
+    ("train", ["--lr", "nan"], "--lr must be a finite number > 0"),
+    ("train", ["--beta1", "2"], "--beta1/--beta2"),
+    ("train", ["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    ("train", ["--micro-batch", "0"], "--micro-batch must be an integer >= 1"),
+    ("train", ["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    ("train", ["--num-workers", "-1"], "--num-workers must be >= 0"),
+    ("train", ["--ema", "1"], "--ema must be in [0, 1)"),
+    ("train", ["--grad-clip", "-1"], "--grad-clip must be"),
+    ("train", ["--label-dropout", "1.5"], "--label-dropout must be in [0, 1)"),
+    ("train", ["--warmup", "-3"], "--warmup must be >= 0"),
+    ("train", ["--out", ""], "--out must be a path"),
+    ("train", ["--out", "notes.txt/run"], "--out notes.txt/run: notes.txt is a file"),
+    ("train", ["--device", "cuda"], "--device"),
+    ("train", ["--device", "tpu9"], "--device must be cpu, cuda or cuda:N"),
+    ("train", ["--model-factory", "nope"], "--model-factory must be 'module:function'"),
+    ("train", ["--augment", "0.5", "--latent", "--data", "x.tar"], "--data"),
+    ("sample", ["--seeds", "0-99999999999"], "--seeds names 100000000000 values"),
+    ("sample", ["--cfg", "nan"], "--cfg (guidance) must be a finite number"),
+    ("sample", ["--cfg-channels", "5"], "--cfg-channels (guided) must be in [1, 1]"),
+    ("sample", ["--cfg-schedule", "zigzag"], "--cfg-schedule (guidance) must be"),
+    ("sample", ["--out", "x.jpg"], "--out must be a .png file, an .npz file or a directory"),
+    ("sample", ["--out", "notes.txt/x.png"], "--out notes.txt/x.png: directory notes.txt does not exist"),
+    ("sample", ["--out", "full"], "--out full exists and is not an empty directory"),
+    ("sample", ["--device", "cuda:7"], "--device"),
+    ("sample", ["--guidance-interval", "1,nan"], "--guidance-interval"),
+    ("sample", ["--steps", "0"], "--steps must be >= 1"),
+    ("sample", ["--class", "12"], "--class must be ids in [0, 9]"),
+    ("sample", ["--ckpt", "missing-run"], "--ckpt"),
+    ("info", ["--res", "0"], "--res must be >= 1"),
+    ("info", ["--model", "xl2", "--res", "100"], "multiple of 8"),
+    ("info", ["--model", "giant"], "--model must be one of"),
+]
+
+
+@pytest.mark.parametrize(("command", "args", "message"), BAD, ids=[f"{c} {' '.join(a)}" for c, a, _ in BAD])
+def test_bad_invocations_are_clean_refusals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a directory")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "000000.png").write_bytes(b"an older image")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    extra = ["--steps", "1", "--batch-size", "4"] if command == "train" and "--batch-size" not in args else []
+    res = runner.invoke(app, [command, *extra, *args])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert message in out and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, out
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed
