@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from diffit.data import (
+    BadSampleLog,
     BadSampleWarning,
     ShardWriter,
     array_source,
@@ -74,15 +75,125 @@ def test_image_pipeline_flip_off_yields_unflipped_images(tmp_path):
         assert all(img.numpy().tobytes() in known for img in u8)
 
 
-def test_resume_and_ranks_reseed_the_stream(tmp_path):
-    urls = _shards(tmp_path)
-    base = dict(batch_size=8, resolution=4, channels=1, seed=0, shuffle_buffer=10, world_size=2)
-    first = _take(image_pipeline(urls, rank=0, **base), 3)
-    resumed = _take(image_pipeline(urls, rank=0, start_step=100, **base), 3)
-    other_rank = _take(image_pipeline(urls, rank=1, **base), 3)
-    assert first[0][0].shape[0] == 4  # the global batch of 8 split over 2 ranks
-    assert not torch.equal(first[0][0], resumed[0][0])
-    assert not torch.equal(first[0][0], other_rank[0][0])
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize("workers, world_size", [(0, 1), (2, 1), (0, 2), (2, 2)])
+def test_stream_resumed_at_step_k_equals_the_uninterrupted_stream(tmp_path, workers, world_size):
+    urls = _shards(tmp_path, n=40, per_shard=5)  # 8 shards: up to 4 readers get 2 each
+    for rank in range(world_size):
+        make = lambda start, rank=rank: image_pipeline(
+            urls, batch_size=4, resolution=4, channels=1, seed=5, shuffle_buffer=6, rank=rank,
+            world_size=world_size, num_workers=workers, start_step=start,
+        )  # fmt: skip
+        full = _take(make(0), 24)  # several epochs for every reader
+        assert all(x.shape == (4 // world_size, 1, 4, 4) for x, _ in full)
+        for k in (7, 22):  # odd (the worker slots rotate) and past whole epochs (skipped without reading)
+            assert _same(_take(make(k), 24 - k), full[k:])
+
+
+def test_resume_without_dataset_json_reads_through(tmp_path):
+    urls = _shards(tmp_path, n=20, per_shard=5)
+    os.remove(tmp_path / "dataset.json")  # no shard counts: the fast-forward reads every skipped epoch
+    make = lambda start: latent_free_images(urls, start)
+    assert _same(_take(make(9), 3), _take(make(0), 12)[9:])
+
+
+def latent_free_images(urls: str, start: int):
+    return image_pipeline(urls, batch_size=4, resolution=4, channels=1, seed=1, shuffle_buffer=3, start_step=start)
+
+
+def test_resume_is_exact_across_a_truncated_shard(tmp_path):
+    urls = _shards(tmp_path, n=20, per_shard=5)
+    data = (tmp_path / "s-002.tar").read_bytes()
+    (tmp_path / "s-002.tar").write_bytes(data[: 512 * 5 + 100])  # cut in sample 1: 1 of 5 survives
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadSampleWarning)
+        full = _take(latent_free_images(urls, 0), 15)  # 3 epochs of the 20 declared samples
+        resumed = _take(latent_free_images(urls, 11), 4)
+        assert _same(resumed, full[11:])
+        one_pass = eval_pipeline(urls, batch_size=5)
+        assert sum(len(keys) for _, _, keys in one_pass) == 16
+    assert one_pass.skipped == 4  # dataset.json lists 5 samples for the shard: 4 are lost
+
+
+def test_training_epoch_yields_every_sample_once_over_ranks_and_workers(tmp_path):
+    """8 shards of 5 over 2 ranks x 2 workers: each reader's epoch is 10 samples = 2 batches of 5, so the
+    first 4 steps of both ranks are exactly one epoch; unflipped pixels are the source images."""
+    urls = _shards(tmp_path, n=40, per_shard=5)
+    source = {img.tobytes() for img in _images(40)}
+    seen = []
+    for rank in range(2):
+        batches = image_pipeline(
+            urls, batch_size=10, resolution=4, channels=1, flip=False, rank=rank, world_size=2, num_workers=2
+        )
+        for x, _ in _take(batches, 4):
+            seen += [img.numpy().tobytes() for img in ((x + 1) * 127.5).round().to(torch.uint8)]
+    assert len(seen) == 40 and set(seen) == source
+
+
+@pytest.mark.parametrize("shards, readers", [(10, 1), (10, 4), (3, 4)])
+def test_readers_of_an_epoch_share_no_shard_and_see_every_sample_once(tmp_path, shards, readers):
+    from diffit.data import expand_urls
+    from diffit.data.streams import epoch_samples, reader_shards
+
+    urls = expand_urls(_shards(tmp_path, n=30, per_shard=30 // shards))
+    keys, chosen = [], []
+    for index in range(readers):
+        where = dict(seed=1, epoch=3, index=index, total=readers)
+        chosen.append(set(reader_shards(shards, **where, shuffle=True)))
+        samples = epoch_samples(urls, None, BadSampleLog(), **where, shuffle_buffer=4, pad=False)
+        keys += [s["__key__"] for s in samples]
+    assert sorted(keys) == [f"{i:08d}" for i in range(30)]
+    if shards >= readers:  # split by shard; with fewer shards than readers every reader scans all of them
+        assert sum(len(c) for c in chosen) == shards and set().union(*chosen) == set(range(shards))
+
+
+def test_two_gloo_processes_resume_exactly(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    urls = _shards(tmp_path / "d", n=24, per_shard=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        "from diffit.data import image_pipeline\n"
+        "dist.init_process_group('gloo')\n"
+        "take = lambda start, n: [b for b, _ in zip(image_pipeline(sys.argv[1], batch_size=4, resolution=4,\n"
+        "    channels=1, seed=2, shuffle_buffer=4, start_step=start), range(n), strict=False)]\n"
+        "torch.save({'full': take(0, 9), 'resumed': take(5, 4)}, f'{sys.argv[2]}/rank{dist.get_rank()}.pt')\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {
+        **os.environ,
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), urls, str(tmp_path)],
+            env={**env, "RANK": str(r)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    runs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for run in runs:
+        assert _same(run["resumed"], run["full"][5:]) and run["full"][0][0].shape == (2, 1, 4, 4)
+    assert not torch.equal(runs[0]["full"][0][0], runs[1]["full"][0][0])  # ranks read different shards
 
 
 def test_workers_are_deterministic_and_distinct(tmp_path):

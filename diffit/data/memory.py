@@ -21,7 +21,7 @@ from torch import Tensor
 
 from diffit.data.badinput import BadSample, BadSampleLog
 from diffit.data.decoders import ImageDecoder
-from diffit.data.manifest import find_manifest
+from diffit.data.manifest import find_manifest, shard_counts
 from diffit.data.shards import read_shard
 from diffit.data.urls import expand_urls, mix_seed, resolve_rank
 
@@ -50,9 +50,11 @@ def load_images(
     log = log or BadSampleLog()
     images: list[np.ndarray] = []
     labels: list[int] = []
-    for url in expanded:
-        for raw in read_shard(url, log):
-            decoder = ImageDecoder(resolution, channels, resize, labelled, flip=False)
+    classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
+    counts = shard_counts(expanded, manifest) or [None] * len(expanded)
+    for url, expected in zip(expanded, counts, strict=True):
+        for raw in read_shard(url, log, expected):
+            decoder = ImageDecoder(resolution, channels, resize, labelled, flip=False, classes=classes)
             try:
                 image, label = decoder(raw, None)
             except BadSample as exc:

@@ -6,9 +6,12 @@ Conventions shared by every pipeline:
   when it is initialised, else (0, 1).
 - images come out as float32 (B, C, H, W) in [-1, 1]; latents as float32 (B, C, h, w) already multiplied
   by the scale factor; labels as int64 (B,), -1 for an unlabelled (unconditional) dataset.
-- ``labelled=None`` reads ``dataset.json`` beside local shards (classes > 0); without one, labelled.
+- ``labelled=None`` reads ``dataset.json`` beside local shards (classes > 0); without one, labelled. A label
+  outside dataset.json's class range is a bad sample.
 - bad samples are skipped and counted (``BadSampleWarning`` once per shard); ``.skipped`` gives the count
   so far, and a finite pass warns the total when it ends.
+- resume: ``start_step=k`` yields exactly the batches an uninterrupted run yields from step k on (same seed,
+  ranks and workers); see ``diffit.data.streams`` for how, and for what a resume reads.
 - URLs: brace patterns, local paths, ``http(s):`` and ``pipe:`` URLs (anything WebDataset's gopen opens).
 """
 
@@ -19,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffit.data.badinput import BadSampleLog
 from diffit.data.decoders import ImageDecoder, LatentDecoder, collate_images, collate_latents
-from diffit.data.manifest import Manifest, find_manifest
+from diffit.data.manifest import Manifest, find_manifest, shard_counts
 from diffit.data.streams import EvalStream, TrainStream
 from diffit.data.urls import expand_urls, resolve_rank
 
@@ -65,6 +68,10 @@ def _labelled(labelled: bool | None, manifest: Manifest | None) -> bool:
     return manifest.labelled if manifest is not None else True
 
 
+def _classes(manifest: Manifest | None) -> int | None:
+    return manifest.classes if manifest is not None and manifest.classes > 0 else None
+
+
 def _check_images(manifest: Manifest | None, resolution: int | None, channels: int | None, resize: bool) -> None:
     """Fail before streaming when dataset.json already says the images do not match the request."""
     if manifest is None or resize:
@@ -102,17 +109,18 @@ def image_pipeline(
     """Endless shuffled ``(x, y)`` training batches of images from shards (see the module docstring).
 
     ``flip``: random horizontal flips. ``resize``: convert/center-crop images of another channel count or
-    size instead of failing. Resume: pass the training step as ``start_step``; the stream is reseeded by it
-    (no replay of the first batches, but not bit-identical to an uninterrupted run).
+    size instead of failing. Resume: pass the training step as ``start_step``; the batches are exactly those
+    of an uninterrupted run from that step on.
     """
     expanded = expand_urls(urls)
     rank, world_size = resolve_rank(rank, world_size)
     manifest = find_manifest(expanded)
     _check_images(manifest, resolution, channels, resize)
     log = BadSampleLog()
-    decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), flip)
+    decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), flip, _classes(manifest))
     stream = TrainStream(
         expanded,
+        shard_counts(expanded, manifest),
         decoder,
         collate_images,
         batch_size=_per_rank(batch_size, world_size),
@@ -170,9 +178,10 @@ def latent_pipeline(
     if manifest is not None and manifest.kind != "latent":
         raise ValueError(f"urls: these are {manifest.kind} shards; expected latent shards (diffit data encode)")
     log = BadSampleLog()
-    decoder = LatentDecoder(_labelled(labelled, manifest), flip, sample)
+    decoder = LatentDecoder(_labelled(labelled, manifest), flip, sample, _classes(manifest))
     stream = TrainStream(
         expanded,
+        shard_counts(expanded, manifest),
         decoder,
         _LatentCollate(_latent_scale(scale_factor, manifest)),
         batch_size=_per_rank(batch_size, world_size),
@@ -205,9 +214,10 @@ def eval_pipeline(
     manifest = find_manifest(expanded)
     _check_images(manifest, resolution, channels, resize)
     log = BadSampleLog()
-    decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), False)
+    decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), False, _classes(manifest))
     stream = EvalStream(
         expanded,
+        shard_counts(expanded, manifest),
         decoder,
         collate_images,
         batch_size=_per_rank(batch_size, world_size),
