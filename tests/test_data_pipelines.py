@@ -1,5 +1,6 @@
 """Reading pipelines: determinism, rank/worker splitting, exact in-memory batches, latents, bad input."""
 
+import gc
 import io
 import os
 import tarfile
@@ -321,6 +322,12 @@ def test_wrong_resolution_or_channels_is_rejected_unless_resized(tmp_path):
     assert x.shape == (2, 1, 8, 8)
 
 
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _bad_dataset(folder) -> tuple[list[str], int]:
     """Shard 0 good (5), shard 1 with an undecodable image and a missing label (3 good), shard 2 truncated."""
     urls = _shards(folder / "good", n=5, per_shard=5)
@@ -369,3 +376,62 @@ def test_training_stream_survives_bad_shards(tmp_path):
         batches = _take(stream, 8)  # several epochs over 9 good samples
     assert all(x.shape == (4, 1, 4, 4) for x, _ in batches)
     assert stream.skipped >= 3
+
+
+def _caught(fn) -> tuple[object, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn()
+    return result, [str(w.message) for w in caught if issubclass(w.category, BadSampleWarning)]
+
+
+def test_label_outside_the_class_range_is_a_bad_sample_named_in_one_line(tmp_path):
+    urls = _shards(tmp_path, n=5, per_shard=5)  # labels 0..4: dataset.json says 5 classes
+    good = load_images(urls)[0]
+    with ShardWriter(str(tmp_path / "s-%03d.tar"), start_index=1) as w:
+        for key, cls in (("ok", b"4"), ("big", b"57"), ("neg", b"-3"), ("abc", b"abc")):
+            w.write(key, {"png": _png(good[0, 0].numpy()), "cls": cls})
+    both = [str(tmp_path / "s-000.tar"), str(tmp_path / "s-001.tar")]
+    batches, messages = _caught(lambda: [b for b in eval_pipeline(both, batch_size=4)])
+    keys = [k for _, _, ks in batches for k in ks]
+    assert "ok" in keys and not {"big", "neg", "abc"} & set(keys) and len(keys) == 6
+    first = next(m for m in messages if "skipping bad sample" in m)
+    assert "'big'" in first and "57" in first and "0..4" in first and "\n" not in first
+
+
+def test_non_finite_latents_are_bad_samples_named_by_key(tmp_path):
+    good = np.zeros((2, 4, 2, 2), np.float16)
+    with ShardWriter(str(tmp_path / "l-%03d.tar")) as w:
+        for i in range(6):
+            w.write(f"k{i}", {"mean.npy": _npy(good), "cls": b"0"})
+        w.write("nan", {"mean.npy": _npy(np.full_like(good, np.nan)), "cls": b"0"})
+    stream = latent_pipeline(str(tmp_path / "l-000.tar"), batch_size=7, flip=False, shuffle_buffer=1)
+    (z, _), messages = _caught(lambda: next(iter(stream)))
+    assert torch.isfinite(z).all() and stream.skipped == 1
+    assert any("'nan'" in m and "non-finite" in m for m in messages)
+
+
+@pytest.mark.parametrize("content", [b"", bytes(1024)])  # an empty file, a tar of only end-of-archive blocks
+def test_empty_or_zero_block_shards_are_reported(tmp_path, content):
+    urls = _shards(tmp_path, n=4, per_shard=2)
+    (tmp_path / "s-001.tar").write_bytes(content)
+    batches, messages = _caught(lambda: list(eval_pipeline(urls, batch_size=4)))
+    assert sum(len(ks) for _, _, ks in batches) == 2
+    assert any("s-001.tar" in m for m in messages)
+    os.remove(tmp_path / "dataset.json")  # without a manifest nothing is counted, but it is still reported
+    _, messages = _caught(lambda: list(eval_pipeline(urls, batch_size=4)))
+    assert any("s-001.tar" in m for m in messages)
+
+
+def test_bad_gzip_shard_is_skipped_without_resource_warning(tmp_path):
+    _shards(tmp_path, n=4, per_shard=2)
+    gz = tmp_path / "s-001.tar.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(300))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = eval_pipeline([str(tmp_path / "s-000.tar"), str(gz)], batch_size=4)
+        keys = [k for _, _, ks in batches for k in ks]
+        gc.collect()  # an unclosed file would warn when collected
+    assert len(keys) == 2
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert any(str(gz) in str(w.message) for w in caught if issubclass(w.category, BadSampleWarning))

@@ -12,6 +12,7 @@ Latents are stored unscaled; ``dataset.json`` records ``scale_factor`` and ``lat
 """
 
 import io
+import math
 import os
 from collections.abc import Callable, Iterator
 
@@ -23,7 +24,7 @@ from torch import Tensor
 from diffit.data.badinput import BadSample, BadSampleLog
 from diffit.data.decoders import ImageDecoder
 from diffit.data.manifest import Manifest, find_manifest, write_manifest
-from diffit.data.shards import ShardInfo, ShardWriter, read_shard, shard_digest
+from diffit.data.shards import ShardInfo, ShardWriter, check_out_folder, read_shard, shard_digest
 from diffit.data.urls import expand_urls, mix_seed
 
 __all__ = ["encode_latents", "load_vae", "vae_posterior"]
@@ -60,6 +61,18 @@ def vae_posterior(
     """Mean and standard deviation of the VAE posterior q(z | x) for images x in [-1, 1]."""
     dist = vae.encode(x).latent_dist
     return dist.mean, dist.std
+
+
+def check_device(device: str | torch.device) -> None:
+    """Raise ValueError for a device string torch does not know, or a CUDA device this machine lacks."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device: unknown device {device!r} (expected cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and (dev.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        raise ValueError(
+            f"device: {device!r} is not available on this machine (CUDA devices: {torch.cuda.device_count()})"
+        )
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -112,19 +125,23 @@ def encode_latents(
     Shards already present are kept (resume). Returns the manifest of all output shards.
     """
     expanded = expand_urls(urls)
-    if "%" not in out_pattern:
-        raise ValueError(
-            f"out_pattern: expected a printf-style shard name such as 'out/latents-%06d.tar', got {out_pattern!r}"
-        )
+    ShardWriter(out_pattern)  # validates the pattern; writes nothing
+    check_out_folder(out_pattern)
     if store not in ("mean_std", "sample"):
         raise ValueError(f"store: expected 'mean_std' or 'sample', got {store!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if resolution < 1:
+        raise ValueError(f"resolution: expected a positive side length, got {resolution}")
+    if not (math.isfinite(scale_factor) and scale_factor > 0):
+        raise ValueError(f"scale_factor: expected a finite positive number, got {scale_factor}")
+    check_device(device)
     source = find_manifest(expanded)
     labelled = labelled if labelled is not None else (source.labelled if source is not None else True)
     model = load_vae(vae, device) if isinstance(vae, str) else vae
     log = log or BadSampleLog()
-    decoder = ImageDecoder(resolution, 3, True, labelled, flip=False)
+    classes = source.classes if source is not None and source.classes > 0 else None
+    decoder = ImageDecoder(resolution, 3, True, labelled, flip=False, classes=classes)
     total = source.count if source is not None else None
     shards: list[ShardInfo] = []
     done, latent_shape, max_label = 0, None, -1

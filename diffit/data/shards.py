@@ -22,9 +22,9 @@ import webdataset as wds
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from diffit.data.badinput import BadSampleLog, IgnoreLog, one_line
+from diffit.data.badinput import BadSampleLog, IgnoreLog
 
-__all__ = ["SHARD_SUFFIXES", "ShardInfo", "ShardWriter", "read_shard", "shard_digest"]
+__all__ = ["ShardInfo", "ShardWriter", "check_out_folder", "existing_shards", "read_shard", "shard_digest"]
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 LOST = "__lost__"  # marks a placeholder for a sample that dataset.json lists but the shard no longer holds
@@ -217,12 +217,21 @@ class ShardWriter:
             self.abort()
 
 
-def local_shards(folder: str) -> list[str]:
-    """Shard files and the dataset.json already in ``folder`` (names only; empty if it does not exist)."""
+def check_out_folder(out_pattern: str) -> str:
+    """The folder of ``out_pattern``, after checking that it is, or can be created as, a writable folder."""
+    folder = os.path.dirname(os.path.abspath(out_pattern))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"out_pattern: {existing!r} is a file, so {folder!r} cannot be a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"out_pattern: {existing!r} is not writable")
+    return folder
+
+
+def existing_shards(folder: str) -> list[str]:
+    """Shard files and the dataset.json already in ``folder`` (names; empty if it does not exist)."""
     if not os.path.isdir(folder):
         return []
     return sorted(f for f in os.listdir(folder) if f.endswith(SHARD_SUFFIXES) or f == "dataset.json")
-
-
-def describe_error(exc: BaseException) -> str:
-    return one_line(f"{type(exc).__name__}: {exc}")
