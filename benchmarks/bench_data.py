@@ -16,6 +16,7 @@ every skipped sample is read.
 """
 
 import argparse
+import dataclasses
 import importlib
 import io
 import os
@@ -34,15 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import diffit.data
-from diffit.data import (
-    BadSampleLog,
-    ShardWriter,
-    array_source,
-    encode_image,
-    expand_urls,
-    write_image_shards,
-)
-from diffit.data.decoders import LatentDecoder
+from diffit.data import ShardWriter, array_source, encode_image, latent_pipeline, write_image_shards
 from diffit.data.streams import TrainStream
 
 BATCH = 256
@@ -115,10 +108,9 @@ def data_at_commit(commit: str, folder: str) -> ModuleType:
 
 def fast_forward_rate(urls: str, skip: int) -> float:
     """Samples/s at which a resumed latent stream reads past ``skip`` samples (counts=None: all are read)."""
-    stream = TrainStream(
-        expand_urls(urls), None, LatentDecoder(True, True, True), list, batch_size=1, seed=0, start_step=0,
-        rank=0, world_size=1, shuffle_buffer=1000, log=BadSampleLog(),
-    )  # fmt: skip
+    stream = latent_pipeline(urls, batch_size=1).dataset
+    stream = TrainStream(dataclasses.replace(stream.shards, counts=None), stream.decoder, stream.collate,
+                         seed=0, start_step=0, shuffle_buffer=1000)  # fmt: skip
     start = time.perf_counter()
     next(stream.raw_samples(0, 1, skip))
     return skip / (time.perf_counter() - start)

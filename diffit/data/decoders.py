@@ -47,8 +47,8 @@ class ImageDecoder:
     channels: int | None
     resize: bool
     labelled: bool
+    classes: int | None  # labels must lie in [0, classes) when known (dataset.json)
     flip: bool
-    classes: int | None = None  # labels must lie in [0, classes) when known (dataset.json)
 
     def __call__(self, sample: dict[str, object], rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
         ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
@@ -101,9 +101,9 @@ class LatentDecoder:
     """
 
     labelled: bool
+    classes: int | None
     flip: bool
     sample: bool
-    classes: int | None = None
 
     def __call__(self, sample: dict[str, object], rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
         label = decode_label(sample, self.labelled, self.classes)

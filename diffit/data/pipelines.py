@@ -16,14 +16,14 @@ Conventions shared by every pipeline:
 """
 
 from collections.abc import Iterator
+from functools import partial
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diffit.data.badinput import BadSampleLog
 from diffit.data.decoders import ImageDecoder, LatentDecoder, collate_images, collate_latents
 from diffit.data.manifest import Manifest, find_manifest, shard_counts
-from diffit.data.streams import EvalStream, TrainStream
+from diffit.data.streams import EvalStream, Shards, TrainStream
 from diffit.data.urls import expand_urls, resolve_rank
 
 __all__ = ["SD_SCALE_FACTOR", "Batches", "eval_pipeline", "image_pipeline", "latent_pipeline"]
@@ -53,23 +53,23 @@ class Batches:
             self.log.report(self.name)
 
 
-def _per_rank(batch_size: int, world_size: int) -> int:
+def _shards(urls: str | list[str], batch_size: int, rank: int | None, world_size: int | None) -> Shards:
+    expanded = expand_urls(urls)
+    rank, world_size = resolve_rank(rank, world_size)
     if batch_size < 1 or batch_size % world_size:
         raise ValueError(
             f"batch_size: expected a positive multiple of world_size={world_size} (the global "
             f"batch is split between ranks), got {batch_size}"
         )
-    return batch_size // world_size
+    manifest = find_manifest(expanded)
+    counts = shard_counts(expanded, manifest)
+    return Shards(expanded, counts, manifest, BadSampleLog(), batch_size // world_size, rank, world_size)
 
 
-def _labelled(labelled: bool | None, manifest: Manifest | None) -> bool:
-    if labelled is not None:
-        return labelled
-    return manifest.labelled if manifest is not None else True
-
-
-def _classes(manifest: Manifest | None) -> int | None:
-    return manifest.classes if manifest is not None and manifest.classes > 0 else None
+def _labels(labelled: bool | None, manifest: Manifest | None) -> tuple[bool, int | None]:
+    """Whether samples carry labels, and the class count they must be below (both from dataset.json)."""
+    classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
+    return (manifest is None or manifest.labelled) if labelled is None else labelled, classes
 
 
 def _check_images(manifest: Manifest | None, resolution: int | None, channels: int | None, resize: bool) -> None:
@@ -112,43 +112,13 @@ def image_pipeline(
     size instead of failing. Resume: pass the training step as ``start_step``; the batches are exactly those
     of an uninterrupted run from that step on.
     """
-    expanded = expand_urls(urls)
-    rank, world_size = resolve_rank(rank, world_size)
-    manifest = find_manifest(expanded)
-    _check_images(manifest, resolution, channels, resize)
-    log = BadSampleLog()
-    decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), flip, _classes(manifest))
+    shards = _shards(urls, batch_size, rank, world_size)
+    _check_images(shards.manifest, resolution, channels, resize)
+    decoder = ImageDecoder(resolution, channels, resize, *_labels(labelled, shards.manifest), flip=flip)
     stream = TrainStream(
-        expanded,
-        shard_counts(expanded, manifest),
-        decoder,
-        collate_images,
-        batch_size=_per_rank(batch_size, world_size),
-        seed=seed,
-        start_step=start_step,
-        rank=rank,
-        world_size=world_size,
-        shuffle_buffer=shuffle_buffer,
-        log=log,
+        shards, decoder, collate_images, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer
     )
-    return Batches(stream, num_workers=num_workers, log=log, finite=False, name="image_pipeline")
-
-
-def _latent_scale(scale_factor: float | None, manifest: Manifest | None) -> float:
-    if scale_factor is not None:
-        return scale_factor
-    stored = None if manifest is None else manifest.extra.get("scale_factor")
-    return float(stored) if isinstance(stored, (int, float)) else SD_SCALE_FACTOR
-
-
-class _LatentCollate:
-    """Picklable collate closing over the scale factor."""
-
-    def __init__(self, scale_factor: float) -> None:
-        self.scale_factor = scale_factor
-
-    def __call__(self, latents: list, labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return collate_latents(latents, labels, self.scale_factor)
+    return Batches(stream, num_workers=num_workers, log=shards.log, finite=False, name="image_pipeline")
 
 
 def latent_pipeline(
@@ -172,27 +142,17 @@ def latent_pipeline(
     stored posterior N(mean, std^2) rather than its mean. ``z`` is multiplied by ``scale_factor`` (default:
     dataset.json's, else 0.18215). Seeding and resume as in ``image_pipeline``.
     """
-    expanded = expand_urls(urls)
-    rank, world_size = resolve_rank(rank, world_size)
-    manifest = find_manifest(expanded)
+    shards = _shards(urls, batch_size, rank, world_size)
+    manifest = shards.manifest
     if manifest is not None and manifest.kind != "latent":
         raise ValueError(f"urls: these are {manifest.kind} shards; expected latent shards (diffit data encode)")
-    log = BadSampleLog()
-    decoder = LatentDecoder(_labelled(labelled, manifest), flip, sample, _classes(manifest))
-    stream = TrainStream(
-        expanded,
-        shard_counts(expanded, manifest),
-        decoder,
-        _LatentCollate(_latent_scale(scale_factor, manifest)),
-        batch_size=_per_rank(batch_size, world_size),
-        seed=seed,
-        start_step=start_step,
-        rank=rank,
-        world_size=world_size,
-        shuffle_buffer=shuffle_buffer,
-        log=log,
-    )
-    return Batches(stream, num_workers=num_workers, log=log, finite=False, name="latent_pipeline")
+    if scale_factor is None:
+        stored = None if manifest is None else manifest.extra.get("scale_factor")
+        scale_factor = float(stored) if isinstance(stored, (int, float)) else SD_SCALE_FACTOR
+    decoder = LatentDecoder(*_labels(labelled, manifest), flip=flip, sample=sample)
+    collate = partial(collate_latents, scale_factor=scale_factor)  # a partial pickles into workers
+    stream = TrainStream(shards, decoder, collate, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer)
+    return Batches(stream, num_workers=num_workers, log=shards.log, finite=False, name="latent_pipeline")
 
 
 def eval_pipeline(
@@ -209,20 +169,13 @@ def eval_pipeline(
 ) -> Batches:
     """One finite pass of ``(x, y, keys)`` image batches, no augmentation; across all ranks and workers
     every readable sample is yielded exactly once (the last batch of each reader may be smaller)."""
-    expanded = expand_urls(urls)
-    rank, world_size = resolve_rank(rank, world_size)
-    manifest = find_manifest(expanded)
-    _check_images(manifest, resolution, channels, resize)
-    log = BadSampleLog()
-    decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), False, _classes(manifest))
-    stream = EvalStream(
-        expanded,
-        shard_counts(expanded, manifest),
-        decoder,
-        collate_images,
-        batch_size=_per_rank(batch_size, world_size),
-        rank=rank,
-        world_size=world_size,
-        log=log,
+    shards = _shards(urls, batch_size, rank, world_size)
+    _check_images(shards.manifest, resolution, channels, resize)
+    decoder = ImageDecoder(resolution, channels, resize, *_labels(labelled, shards.manifest), flip=False)
+    return Batches(
+        EvalStream(shards, decoder, collate_images),
+        num_workers=num_workers,
+        log=shards.log,
+        finite=True,
+        name="eval_pipeline",
     )
-    return Batches(stream, num_workers=num_workers, log=log, finite=True, name="eval_pipeline")

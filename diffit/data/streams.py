@@ -25,6 +25,7 @@ Evaluation (``EvalStream``): one pass in file order, every sample yielded by exa
 import itertools
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import chain, islice
 
 import numpy as np
@@ -34,10 +35,11 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from diffit.data.badinput import BadSample, BadSampleLog, IgnoreLog
+from diffit.data.manifest import Manifest
 from diffit.data.shards import LOST, read_shard
 from diffit.data.urls import mix_seed
 
-__all__ = ["EvalStream", "TrainStream", "epoch_length", "epoch_samples", "reader_shards"]
+__all__ = ["EvalStream", "Shards", "TrainStream", "epoch_length", "epoch_samples", "reader_shards"]
 
 Decoder = Callable[[dict, np.random.Generator | None], tuple[np.ndarray, int]]
 Collate = Callable[[list[np.ndarray], list[int]], tuple[Tensor, Tensor]]
@@ -103,45 +105,50 @@ def _decode(raw: dict, decoder: Decoder, rng: np.random.Generator | None, log: B
         return None
 
 
+@dataclass(frozen=True)
+class Shards:
+    """What every stream of one pipeline shares: the shards, their declared counts, the log, the rank."""
+
+    urls: list[str]
+    counts: list[int] | None  # samples per shard from dataset.json; None when it does not list them all
+    manifest: Manifest | None
+    log: BadSampleLog
+    batch_size: int  # this rank's share of the global batch
+    rank: int
+    world_size: int
+
+
+def _slot() -> tuple[int, int]:
+    """``(worker, workers)`` of the calling DataLoader worker; (0, 1) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
 class TrainStream(IterableDataset):
-    """Endless, shuffled batches of ``batch_size`` for one rank, from step ``start_step`` on (see above)."""
+    """Endless, shuffled batches of ``shards.batch_size`` for one rank, from step ``start_step`` on."""
 
     def __init__(
-        self,
-        urls: list[str],
-        counts: list[int] | None,
-        decoder: Decoder,
-        collate: Collate,
-        *,
-        batch_size: int,
-        seed: int,
-        start_step: int,
-        rank: int,
-        world_size: int,
-        shuffle_buffer: int,
-        log: BadSampleLog,
+        self, shards: Shards, decoder: Decoder, collate: Collate, *, seed: int, start_step: int, shuffle_buffer: int
     ) -> None:
         super().__init__()
         if start_step < 0:
             raise ValueError(f"start_step: expected >= 0, got {start_step}")
         if shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer: expected >= 1, got {shuffle_buffer}")
-        self.urls, self.counts, self.decoder, self.collate, self.log = urls, counts, decoder, collate, log
-        self.batch_size, self.seed, self.start_step = batch_size, seed, start_step
-        self.rank, self.world_size, self.shuffle_buffer = rank, world_size, shuffle_buffer
+        self.shards, self.decoder, self.collate = shards, decoder, collate
+        self.seed, self.start_step, self.shuffle_buffer = seed, start_step, shuffle_buffer
 
     def raw_samples(self, index: int, total: int, skip: int) -> Iterator[dict]:
         """Reader ``index``'s endless raw stream from position ``skip``; nothing skipped is decoded."""
+        urls, counts, log = self.shards.urls, self.shards.counts, self.shards.log
         for epoch in itertools.count():
             where = dict(seed=self.seed, epoch=epoch, index=index, total=total)
-            length = None if self.counts is None else epoch_length(self.counts, **where)
+            length = None if counts is None else epoch_length(counts, **where)
             if length is not None and 0 < length <= skip:
                 skip -= length  # a whole epoch: skipped without reading
                 continue
             seen = 0
-            for raw in epoch_samples(
-                self.urls, self.counts, self.log, **where, shuffle_buffer=self.shuffle_buffer, pad=True
-            ):
+            for raw in epoch_samples(urls, counts, log, **where, shuffle_buffer=self.shuffle_buffer, pad=True):
                 seen += 1
                 if skip:
                     skip -= 1
@@ -149,24 +156,23 @@ class TrainStream(IterableDataset):
                     yield raw
             if seen == 0:
                 raise RuntimeError(
-                    f"no readable samples in the {len(self.urls)} shard(s) of reader {index} of {total} "
-                    f"(first: {self.urls[0]}); see the BadSampleWarning above"
+                    f"no readable samples in the {len(urls)} shard(s) of reader {index} of {total} "
+                    f"(first: {urls[0]}); see the BadSampleWarning above"
                 )
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        (worker, workers), b, rank = _slot(), self.shards.batch_size, self.shards.rank
         slot, first = (self.start_step + worker) % workers, (self.start_step + worker) // workers
-        raw = self.raw_samples(self.rank * workers + slot, self.world_size * workers, first * self.batch_size)
-        for j, batch in enumerate(wds.filters.batched(self.batch_size, collation_fn=None, partial=False)(raw), first):
+        raw = self.raw_samples(rank * workers + slot, self.shards.world_size * workers, first * b)
+        for j, batch in enumerate(wds.filters.batched(b, collation_fn=None, partial=False)(raw), first):
             step = slot + workers * j
-            rng = np.random.default_rng(mix_seed(self.seed, step, self.rank))
-            decoded = [_decode(s, self.decoder, rng, self.log) for s in batch]
+            rng = np.random.default_rng(mix_seed(self.seed, step, rank))
+            decoded = [_decode(s, self.decoder, rng, self.shards.log) for s in batch]
             good = [d for d in decoded if d is not None]
             if not good:
                 raise RuntimeError(
-                    f"no sample of the {self.batch_size} in the batch of step {step} could be decoded "
-                    f"(first: {batch[0]['__key__']!r} in {batch[0]['__url__']}); see the BadSampleWarning above"
+                    f"no sample of the {b} in the batch of step {step} could be decoded (first: "
+                    f"{batch[0]['__key__']!r} in {batch[0]['__url__']}); see the BadSampleWarning above"
                 )
             # A bad sample's place goes to a good sample of the same batch: the batch keeps its size and its
             # boundaries stay positions in the raw stream.
@@ -178,29 +184,16 @@ class TrainStream(IterableDataset):
 class EvalStream(IterableDataset):
     """One finite pass: ``(x, y, keys)`` batches, every sample exactly once over all ranks and workers."""
 
-    def __init__(
-        self,
-        urls: list[str],
-        counts: list[int] | None,
-        decoder: Decoder,
-        collate: Collate,
-        *,
-        batch_size: int,
-        rank: int,
-        world_size: int,
-        log: BadSampleLog,
-    ) -> None:
+    def __init__(self, shards: Shards, decoder: Decoder, collate: Collate) -> None:
         super().__init__()
-        self.urls, self.counts, self.decoder, self.collate, self.log = urls, counts, decoder, collate, log
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.shards, self.decoder, self.collate = shards, decoder, collate
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
-        info = torch.utils.data.get_worker_info()
-        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
-        where = dict(seed=0, epoch=0, index=self.rank * workers + worker, total=self.world_size * workers)
-        raws = epoch_samples(self.urls, self.counts, self.log, **where, shuffle_buffer=0, pad=False)
-        decoded = ((raw["__key__"], _decode(raw, self.decoder, None, self.log)) for raw in raws)
+        (worker, workers), sh = _slot(), self.shards
+        where = dict(seed=0, epoch=0, index=sh.rank * workers + worker, total=sh.world_size * workers)
+        raws = epoch_samples(sh.urls, sh.counts, sh.log, **where, shuffle_buffer=0, pad=False)
+        decoded = ((raw["__key__"], _decode(raw, self.decoder, None, sh.log)) for raw in raws)
         good = ((key, *item) for key, item in decoded if item is not None)
-        for batch in wds.filters.batched(self.batch_size, collation_fn=None, partial=True)(good):
+        for batch in wds.filters.batched(sh.batch_size, collation_fn=None, partial=True)(good):
             keys, items, labels = zip(*batch, strict=True)
             yield (*self.collate(list(items), list(labels)), list(keys))
