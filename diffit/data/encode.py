@@ -18,18 +18,18 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+import webdataset as wds
 from jaxtyping import Float
 from torch import Tensor
 
-from diffit.data.badinput import BadSample, BadSampleLog
+from diffit.data.badinput import BadSampleLog
 from diffit.data.decoders import ImageDecoder
 from diffit.data.manifest import Manifest, find_manifest, write_manifest
 from diffit.data.shards import ShardInfo, ShardWriter, check_out_folder, read_shard, shard_digest
+from diffit.data.streams import decode_or_skip
 from diffit.data.urls import expand_urls, mix_seed
 
 __all__ = ["encode_latents", "load_vae", "vae_posterior"]
-
-DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
 
 
 def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -84,23 +84,12 @@ def _npy(array: np.ndarray) -> bytes:
 def _batches(
     url: str, decoder: ImageDecoder, batch_size: int, log: BadSampleLog
 ) -> Iterator[tuple[list[str], list[int], np.ndarray]]:
-    keys: list[str] = []
-    labels: list[int] = []
-    images: list[np.ndarray] = []
-    for raw in read_shard(url, log):
-        try:
-            image, label = decoder(raw, None)
-        except BadSample as exc:
-            log.skip(url, str(raw["__key__"]), str(exc))
-            continue
-        keys.append(str(raw["__key__"]))
-        labels.append(label)
-        images.append(image)
-        if len(images) == batch_size:
-            yield keys, labels, np.stack(images)
-            keys, labels, images = [], [], []
-    if images:
-        yield keys, labels, np.stack(images)
+    """``(keys, labels, uint8 images)`` of the good samples of one shard, ``batch_size`` at a time."""
+    decoded = ((raw["__key__"], decode_or_skip(raw, decoder, None, log)) for raw in read_shard(url, log))
+    good = ((key, *item) for key, item in decoded if item is not None)
+    for batch in wds.filters.batched(batch_size, collation_fn=None, partial=True)(good):
+        keys, images, labels = zip(*batch, strict=True)
+        yield list(keys), list(labels), np.stack(images)
 
 
 def encode_latents(

@@ -26,10 +26,11 @@ import torch
 from jaxtyping import Float, Int64, UInt8
 from torch import Tensor
 
-from diffit.data.badinput import BadSample, BadSampleLog
+from diffit.data.badinput import BadSampleLog
 from diffit.data.decoders import ImageDecoder
 from diffit.data.manifest import find_manifest, shard_counts
 from diffit.data.shards import read_shard
+from diffit.data.streams import decode_or_skip
 from diffit.data.urls import expand_urls, mix_seed, resolve_rank
 
 __all__ = ["batch_indices", "load_images", "memory_batches"]
@@ -62,11 +63,9 @@ def load_images(
     for url, expected in zip(expanded, counts, strict=True):
         for raw in read_shard(url, log, expected):
             decoder = ImageDecoder(resolution, channels, resize, labelled, flip=False, classes=classes)
-            try:
-                image, label = decoder(raw, None)
-            except BadSample as exc:
-                log.skip(url, str(raw["__key__"]), str(exc))
+            if (item := decode_or_skip(raw, decoder, None, log)) is None:
                 continue
+            image, label = item
             if resolution is None or channels is None:  # the first image fixes the shape for the rest
                 channels, resolution = image.shape[0], image.shape[1] if image.shape[1] == image.shape[2] else None
                 if resolution is None:

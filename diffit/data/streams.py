@@ -39,7 +39,15 @@ from diffit.data.manifest import Manifest
 from diffit.data.shards import LOST, read_shard
 from diffit.data.urls import mix_seed
 
-__all__ = ["EvalStream", "Shards", "TrainStream", "epoch_length", "epoch_samples", "reader_shards"]
+__all__ = [
+    "EvalStream",
+    "Shards",
+    "TrainStream",
+    "decode_or_skip",
+    "epoch_length",
+    "epoch_samples",
+    "reader_shards",
+]
 
 Decoder = Callable[[dict, np.random.Generator | None], tuple[np.ndarray, int]]
 Collate = Callable[[list[np.ndarray], list[int]], tuple[Tensor, Tensor]]
@@ -95,7 +103,8 @@ def epoch_samples(
     return samples
 
 
-def _decode(raw: dict, decoder: Decoder, rng: np.random.Generator | None, log: BadSampleLog) -> tuple | None:
+def decode_or_skip(raw: dict, decoder: Decoder, rng: np.random.Generator | None, log: BadSampleLog) -> tuple | None:
+    """``decoder(raw, rng)``, or None for a bad sample (counted and warned in ``log``)."""
     if raw.get(LOST):  # already counted when its shard was read
         return None
     try:
@@ -167,7 +176,7 @@ class TrainStream(IterableDataset):
         for j, batch in enumerate(wds.filters.batched(b, collation_fn=None, partial=False)(raw), first):
             step = slot + workers * j
             rng = np.random.default_rng(mix_seed(self.seed, step, rank))
-            decoded = [_decode(s, self.decoder, rng, self.shards.log) for s in batch]
+            decoded = [decode_or_skip(s, self.decoder, rng, self.shards.log) for s in batch]
             good = [d for d in decoded if d is not None]
             if not good:
                 raise RuntimeError(
@@ -192,7 +201,7 @@ class EvalStream(IterableDataset):
         (worker, workers), sh = _slot(), self.shards
         where = dict(seed=0, epoch=0, index=sh.rank * workers + worker, total=sh.world_size * workers)
         raws = epoch_samples(sh.urls, sh.counts, sh.log, **where, shuffle_buffer=0, pad=False)
-        decoded = ((raw["__key__"], _decode(raw, self.decoder, None, sh.log)) for raw in raws)
+        decoded = ((raw["__key__"], decode_or_skip(raw, self.decoder, None, sh.log)) for raw in raws)
         good = ((key, *item) for key, item in decoded if item is not None)
         for batch in wds.filters.batched(sh.batch_size, collation_fn=None, partial=True)(good):
             keys, items, labels = zip(*batch, strict=True)
