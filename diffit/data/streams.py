@@ -31,6 +31,7 @@ from itertools import chain, islice
 import numpy as np
 import torch
 import webdataset as wds
+from jaxtyping import Float, Int64
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
@@ -50,7 +51,8 @@ __all__ = [
 ]
 
 Decoder = Callable[[dict, np.random.Generator | None], tuple[np.ndarray, int]]
-Collate = Callable[[list[np.ndarray], list[int]], tuple[Tensor, Tensor]]
+Batch = tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]  # (x or z, labels)
+Collate = Callable[[list[np.ndarray], list[int]], Batch]
 
 
 def reader_shards(n_shards: int, *, seed: int, epoch: int, index: int, total: int, shuffle: bool) -> list[int]:
@@ -169,7 +171,7 @@ class TrainStream(IterableDataset):
                     f"(first: {urls[0]}); see the BadSampleWarning above"
                 )
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         (worker, workers), b, rank = _slot(), self.shards.batch_size, self.shards.rank
         slot, first = (self.start_step + worker) % workers, (self.start_step + worker) // workers
         raw = self.raw_samples(rank * workers + slot, self.shards.world_size * workers, first * b)
@@ -197,7 +199,7 @@ class EvalStream(IterableDataset):
         super().__init__()
         self.shards, self.decoder, self.collate = shards, decoder, collate
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
+    def __iter__(self) -> Iterator[tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"], list[str]]]:
         (worker, workers), sh = _slot(), self.shards
         where = dict(seed=0, epoch=0, index=sh.rank * workers + worker, total=sh.world_size * workers)
         raws = epoch_samples(sh.urls, sh.counts, sh.log, **where, shuffle_buffer=0, pad=False)
