@@ -142,6 +142,22 @@ def test_resume_is_exact_across_a_truncated_shard(tmp_path):
     assert one_pass.skipped == 4  # dataset.json lists 5 samples for the shard: 4 are lost
 
 
+def test_a_batch_of_lost_samples_borrows_from_the_next_batches_and_resumes_exactly(tmp_path):
+    urls = _shards(tmp_path, n=20, per_shard=5)
+    (tmp_path / "s-001.tar").write_bytes(b"")  # dataset.json still lists its 5 samples: 5 lost in a row
+    make = lambda start: image_pipeline(
+        urls, batch_size=2, resolution=4, channels=1, seed=0, shuffle_buffer=1, flip=False, start_step=start
+    )
+    known = {img.tobytes() for i, img in enumerate(_images(20)) if not 5 <= i < 10}  # s-001 held 5..9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadSampleWarning)
+        full = _take(make(0), 30)  # 3 epochs of 10 batches, each with 2 or more batches of lost samples only
+        for x, _ in full:
+            assert {img.numpy().tobytes() for img in ((x + 1) * 127.5).round().to(torch.uint8)} <= known
+        for k in range(1, 28, 3):
+            assert _same(_take(make(k), 2), full[k : k + 2])
+
+
 def test_training_epoch_yields_every_sample_once_over_ranks_and_workers(tmp_path):
     """8 shards of 5 over 2 ranks x 2 workers: each reader's epoch is 10 samples = 2 batches of 5, so the
     first 4 steps of both ranks are exactly one epoch; unflipped pixels are the source images."""

@@ -24,6 +24,7 @@ Evaluation (``EvalStream``): one pass in file order, every sample yielded by exa
 
 import itertools
 import random
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -50,6 +51,7 @@ __all__ = [
     "reader_shards",
 ]
 
+LOOKAHEAD_BATCHES = 64  # how far a batch of only bad samples looks for good ones before the stream gives up
 Decoder = Callable[[dict, np.random.Generator | None], tuple[np.ndarray, int]]
 Batch = tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]  # (x or z, labels)
 Collate = Callable[[list[np.ndarray], list[int]], Batch]
@@ -175,21 +177,27 @@ class TrainStream(IterableDataset):
         (worker, workers), b, rank = _slot(), self.shards.batch_size, self.shards.rank
         slot, first = (self.start_step + worker) % workers, (self.start_step + worker) // workers
         raw = self.raw_samples(rank * workers + slot, self.shards.world_size * workers, first * b)
-        for j, batch in enumerate(wds.filters.batched(b, collation_fn=None, partial=False)(raw), first):
+        batches, ahead = wds.filters.batched(b, collation_fn=None, partial=False)(raw), deque()
+        for j in itertools.count(first):
+            batch = ahead.popleft() if ahead else next(batches)
             step = slot + workers * j
             rng = np.random.default_rng(mix_seed(self.seed, step, rank))
-            decoded = [decode_or_skip(s, self.decoder, rng, self.shards.log) for s in batch]
-            good = [d for d in decoded if d is not None]
+            good = [d for d in (decode_or_skip(s, self.decoder, rng, self.shards.log) for s in batch) if d]
+            # A bad sample's place goes to a good sample of the same batch, so that the batch keeps its size
+            # and its boundaries stay positions in the raw stream. A batch without one (a stretch of samples
+            # a shard lost) borrows from the batches after it, which both a resumed and an uninterrupted
+            # run read; they are decoded again, silently, in their own step.
+            for n in range(LOOKAHEAD_BATCHES if not good else 0):
+                if len(ahead) == n:
+                    ahead.append(next(batches))
+                if good := [d for d in (decode_or_skip(s, self.decoder, rng, IgnoreLog()) for s in ahead[n]) if d]:
+                    break
             if not good:
                 raise RuntimeError(
-                    f"no sample of the {b} in the batch of step {step} could be decoded (first: "
+                    f"no sample could be decoded in the {LOOKAHEAD_BATCHES} batches from step {step} on (first: "
                     f"{batch[0]['__key__']!r} in {batch[0]['__url__']}); see the BadSampleWarning above"
                 )
-            # A bad sample's place goes to a good sample of the same batch: the batch keeps its size and its
-            # boundaries stay positions in the raw stream.
-            bad = itertools.count()
-            filled = [d if d is not None else good[next(bad) % len(good)] for d in decoded]
-            yield self.collate([f[0] for f in filled], [f[1] for f in filled])
+            yield self.collate([good[i % len(good)][0] for i in range(b)], [good[i % len(good)][1] for i in range(b)])
 
 
 class EvalStream(IterableDataset):
