@@ -15,9 +15,9 @@ Training stream of reader i (``TrainStream``), a pure function of (seed, rank, W
               uses a generator seeded by (seed, step, rank)
 
 Batch boundaries are positions in the raw (undecoded) stream: a bad sample's place is filled by a good
-sample of the same batch, so a resumed stream fast-forwards by reading the skipped samples without decoding
-them, and whole epochs are skipped without reading when dataset.json gives every shard's count (a shard
-that lost samples still takes its declared place; see ``read_shard(pad=True)``).
+sample of the same batch (or of the next ones), so a resumed stream fast-forwards by reading the skipped
+samples without decoding them, and whole epochs are skipped without reading when dataset.json gives every
+shard's count (a shard that lost samples still takes its declared place; see ``read_shard(pad=True)``).
 
 Evaluation (``EvalStream``): one pass in file order, every sample yielded by exactly one reader.
 """
