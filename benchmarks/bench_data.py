@@ -1,34 +1,42 @@
-"""Decoded samples/s: 32x32 PNG shards and 4x32x32 float16 latent shards vs a plain PIL image-folder loader.
+"""Decoded samples/s: 32x32 PNG shards and 4x32x32 float16 latent shards vs a plain PIL image-folder loader,
+and the fast-forward rate of a resumed stream.
 
-    python benchmarks/bench_data.py [--images 6000] [--batches 40]
+    python benchmarks/bench_data.py [--images 6000] [--batches 40] [--against COMMIT]
 
 The baseline is measured in the same run on the same PNG bytes: a map-style Dataset that opens one PNG
 file per sample with PIL (the usual ImageFolder approach) in a shuffled DataLoader. The files sit in the
 page cache, so this measures per-sample CPU cost, the baseline's best case (no cold-disk or network
-latency, where shards gain far more). Each row times
-``--batches`` batches of 256 after a warm-up batch (worker start-up and shuffle-buffer fill excluded).
+latency, where shards gain far more). Each row times ``--batches`` batches of 256 after a warm-up batch
+(worker start-up and shuffle-buffer fill excluded). ``--against COMMIT`` adds the ``diffit.data`` of an
+older commit (e.g. c2ce85c, the hand-written tar reader) read from git, on the same shards in the same run.
+
+Fast-forward: a stream resumed at step k reads, without decoding, the samples of the current epoch before
+k (whole earlier epochs are skipped from dataset.json's counts). The rate is timed without shard counts, so
+every skipped sample is read.
 """
 
 import argparse
+import dataclasses
+import importlib
 import io
 import os
+import re
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterable
+from types import ModuleType
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from diffit.data import (
-    ShardWriter,
-    array_source,
-    encode_image,
-    image_pipeline,
-    latent_pipeline,
-    write_image_shards,
-)
+import diffit.data
+from diffit.data import ShardWriter, array_source, encode_image, latent_pipeline, write_image_shards
+from diffit.data.streams import TrainStream
 
 BATCH = 256
 
@@ -79,10 +87,40 @@ def rate(batches: Iterable, count: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def data_at_commit(commit: str, folder: str) -> ModuleType:
+    """``diffit.data`` as of ``commit`` (read with ``git archive``), importable as ``old_data``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    archive = subprocess.run(["git", "-C", root, "archive", commit, "diffit/data"], capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(folder, filter="data")
+    package = os.path.join(folder, "old_data")
+    os.rename(os.path.join(folder, "diffit", "data"), package)
+    for name in os.listdir(package):
+        if name.endswith(".py"):
+            path = os.path.join(package, name)
+            with open(path) as f:
+                text = re.sub(r"\bdiffit\.data\b", "old_data", f.read())
+            with open(path, "w") as f:
+                f.write(text)
+    sys.path.insert(0, folder)
+    return importlib.import_module("old_data")
+
+
+def fast_forward_rate(urls: str, skip: int) -> float:
+    """Samples/s at which a resumed latent stream reads past ``skip`` samples (counts=None: all are read)."""
+    stream = latent_pipeline(urls, batch_size=1).dataset
+    stream = TrainStream(dataclasses.replace(stream.shards, counts=None), stream.decoder, stream.collate,
+                         seed=0, start_step=0, shuffle_buffer=1000)  # fmt: skip
+    start = time.perf_counter()
+    next(stream.raw_samples(0, 1, skip))
+    return skip / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6000)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--against", help="also time diffit.data as of this git commit (e.g. c2ce85c)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,6 +149,7 @@ def main() -> None:
                 )
         latent_urls = os.path.join(tmp, "lat", f"l-{{0000..{len(w.shards) - 1:04d}}}.tar")
 
+        old = data_at_commit(args.against, os.path.join(tmp, "old")) if args.against else None
         rows = []
         for workers in (0, 2):
             folder = DataLoader(
@@ -121,25 +160,33 @@ def main() -> None:
                 drop_last=True,
                 persistent_workers=workers > 0,
             )
-            base = rate(endless(folder), args.batches)
-            shards = rate(
-                image_pipeline(image_urls, batch_size=BATCH, resolution=32, channels=3, num_workers=workers),
-                args.batches,
-            )
-            latents = rate(latent_pipeline(latent_urls, batch_size=BATCH, num_workers=workers), args.batches)
-            rows.append((workers, base, shards, latents))
+            image_kw = dict(batch_size=BATCH, resolution=32, channels=3, num_workers=workers)
+            row = [rate(endless(folder), args.batches)]
+            for lib in (diffit.data, old):
+                if lib is not None:
+                    row.append(rate(lib.image_pipeline(image_urls, **image_kw), args.batches))
+                    row.append(
+                        rate(lib.latent_pipeline(latent_urls, batch_size=BATCH, num_workers=workers), args.batches)
+                    )
+            rows.append((workers, row))
+        skip = min(args.images - 1, 5000)
+        forward = fast_forward_rate(latent_urls, skip)
+    print(f"{args.images} samples, batch {BATCH}, {args.batches} timed batches per row (samples/s)")
+    head = f"{'workers':>7} | {'folder PNG':>10} | {'shard PNG':>9} | {'ratio':>5} | {'latent':>7}"
+    if old is not None:
+        head += f" | {'old PNG':>7} | {'new/old':>7} | {'old lat':>7} | {'new/old':>7}"
+    print(head)
+    for workers, (base, png, lat, *older) in rows:
+        line = f"{workers:>7} | {base:>10.0f} | {png:>9.0f} | {png / base:>5.2f} | {lat:>7.0f}"
+        if older:
+            line += f" | {older[0]:>7.0f} | {png / older[0]:>7.2f} | {older[1]:>7.0f} | {lat / older[1]:>7.2f}"
+        print(line)
+    imagenet = 1_281_167
     print(
-        f"{args.images} samples, batch {BATCH}, {args.batches} timed batches per row; "
-        f"ratios against the PIL folder loader with the same workers"
+        f"fast-forward (read, no decode) of {skip} latents: {forward:.0f} samples/s on one reader; a resume reads "
+        f"at most one epoch share per reader: ImageNet's {imagenet:,} latents take {imagenet / forward:.0f} s on "
+        f"one reader, {imagenet / forward / 8:.0f} s with 8 readers (e.g. 8 GPUs x 1 worker) reading in parallel"
     )
-    print(
-        f"{'workers':>7} | {'folder PNG/s':>12} | {'shard PNG/s':>11} | {'ratio':>5} | {'latent/s':>9} | {'ratio':>5}"
-    )
-    for workers, base, shards, latents in rows:
-        print(
-            f"{workers:>7} | {base:>12.0f} | {shards:>11.0f} | {shards / base:>5.2f} | {latents:>9.0f} | "
-            f"{latents / base:>5.2f}"
-        )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,10 @@ def fail_from(err: Exception, ctx: typer.Context | None = None, aliases: dict[st
     as ``aliases`` says where the library's name differs from the option's."""
     message = str(err)
     first, sep, rest = message.partition(" ")
+    first, colon = first.removesuffix(":"), ":" if first.endswith(":") else ""
     options = {p.name: p.opts[0] for p in ctx.command.params if getattr(p, "opts", None)} if ctx is not None else {}
     options |= aliases or {}
-    fail(f"{options[first]}{sep}{rest}" if first in options else message)
+    fail(f"{options[first]}{colon}{sep}{rest}" if first in options else message)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from diffit.data import (
+    SD_SCALE_FACTOR,
     BadSampleLog,
     BadSampleWarning,
     array_source,
@@ -59,13 +60,17 @@ def shard(
         int | None, typer.Option("--jpeg-quality", help="Store JPEG at this quality instead of lossless PNG.")
     ] = None,
     max_count: Annotated[int, typer.Option("--max-count", help="Samples per shard at most.")] = 10_000,
-    max_size: Annotated[int, typer.Option("--max-size", help="Bytes per shard at most.")] = 1 << 30,
+    max_size: Annotated[int, typer.Option("--max-size", help="Bytes of sample data after which a shard is closed.")] = 1
+    << 30,
     channels: Annotated[int | None, typer.Option("--channels", help="1 (grayscale) or 3 (RGB).")] = None,
     digits: Annotated[
         bool,
         typer.Option(
             "--digits", help="Shard the bundled scikit-learn digits (give only OUT_PATTERN; --res defaults to 16)."
         ),
+    ] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace a shard set already in the output folder (else refused).")
     ] = False,
 ) -> None:
     """Write images as WebDataset shards plus dataset.json."""
@@ -78,7 +83,7 @@ def shard(
     log = BadSampleLog()
     try:
         if digits:
-            source = digits_source(res or 16)
+            source = digits_source(16 if res is None else res)
         elif os.path.isdir(src):
             source = folder_source(src, log=log)
         else:
@@ -91,10 +96,11 @@ def shard(
                 center_crop=center_crop,
                 channels=channels,
                 image_format="png" if jpeg_quality is None else "jpg",
-                jpeg_quality=jpeg_quality or 95,
+                jpeg_quality=95 if jpeg_quality is None else jpeg_quality,
                 png_compress_level=0 if digits else 6,
                 max_count=max_count,
                 max_size=max_size,
+                replace=replace,
                 progress=progress,
             )
     except (ValueError, OSError) as exc:
@@ -116,7 +122,7 @@ def encode(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1...")] = "cpu",
     scale_factor: Annotated[
         float, typer.Option("--scale-factor", help="Latent scale recorded for training.")
-    ] = 0.18215,
+    ] = SD_SCALE_FACTOR,
     sample: Annotated[
         bool, typer.Option("--sample", help="Store one posterior sample instead of mean and std.")
     ] = False,

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from diffit.data.encode import check_device as check_data_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -27,21 +29,11 @@ class DistInfo:
 
 def check_device(device: str | None) -> torch.device:
     """The torch device ``device`` names (None: CUDA when available, else CPU); ValueError (one line) for an
-    unknown name or a device this machine does not have."""
+    unknown name or a device this machine does not have (the check ``diffit.data`` applies too)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type not in ("cpu", "mps", "xpu"):
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-    return dev
+    check_data_device(device)
+    return torch.device(device)
 
 
 def init_distributed(device: str | None = None) -> DistInfo:

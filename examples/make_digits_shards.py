@@ -13,7 +13,7 @@ from diffit.data import digits_folder, write_digits_shards
 from diffit.data.digits import DIGITS_PATTERN
 
 out = sys.argv[1] if len(sys.argv) > 1 else digits_folder()
-manifest = write_digits_shards(os.path.join(out, DIGITS_PATTERN))
+manifest = write_digits_shards(os.path.join(out, DIGITS_PATTERN), replace=True)
 size = sum(os.path.getsize(os.path.join(out, s.name)) for s in manifest.shards)
 print(
     f"{manifest.count} digits, {manifest.resolution}x{manifest.resolution}, {manifest.classes} classes, "

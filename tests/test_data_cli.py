@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffit.data import digits_manifest, load_images, read_manifest
+from diffit.data import ShardWriter, digits_manifest, load_images, read_manifest
 from diffit_cli.main import app
 
 runner = CliRunner()
@@ -51,17 +51,53 @@ def test_shard_digits_reproduces_the_bundled_hash(tmp_path):
     [
         (["data", "shard", "/no/such/folder", "x-%03d.tar"], "does not exist"),
         (["data", "shard", "{src}", "{tmp}/no-pattern.tar"], "out_pattern"),
+        (["data", "shard", "{src}", ""], "out_pattern"),
+        (["data", "shard", "{src}", "{tmp}/a.npy/x-%03d.tar"], "out_pattern"),
+        (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--res", "0"], "resolution"),
+        (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--res", "-8"], "resolution"),
+        (["data", "shard", "--digits", "{tmp}/o/x-%03d.tar", "--res", "0"], "resolution"),
+        (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--channels", "0"], "channels"),
+        (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--channels", "2"], "channels"),
+        (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--jpeg-quality", "0"], "jpeg_quality"),
+        (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--max-count", "0"], "max_count"),
+        (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--max-size", "-1"], "max_size"),
         (["data", "encode", "{tmp}/none-{{000..001}}.tar", "{tmp}/l-%03d.tar", "--vae", "x"], "does not exist"),
+        (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--res", "0"], "resolution"),
+        (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--batch-size", "0"], "batch_size"),
+        (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--scale-factor", "nan"], "scale_factor"),
+        (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--scale-factor", "-1"], "scale_factor"),
+        (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--device", "cuda:7"], "device"),
+        (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--device", "nonsense"], "device"),
+        (["data", "encode", "{shard}", "{tmp}/l/l.tar", "--vae", "x"], "out_pattern"),
     ],
 )
-def test_errors_exit_2_with_one_line(tmp_path, args, message):
+def test_bad_arguments_exit_2_with_one_line_naming_them_and_write_nothing(tmp_path, args, message, monkeypatch):
     np.save(tmp_path / "a.npy", np.zeros((2, 4, 4), dtype=np.uint8))
-    args = [a.format(src=tmp_path / "a.npy", tmp=tmp_path) for a in args]
+    (tmp_path / "s").mkdir()
+    with ShardWriter(str(tmp_path / "s" / "i-%03d.tar")) as w:
+        w.write("k", {"png": b"", "cls": b"0"})
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    args = [a.format(src=tmp_path / "a.npy", tmp=tmp_path, shard=tmp_path / "s" / "i-000.tar") for a in args]
+    monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, args)
-    assert result.exit_code == 2
+    assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
-    assert not any(name.endswith(".tar") for name in os.listdir(tmp_path))
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_shard_refuses_a_folder_holding_shards_unless_replace(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((5, 4, 4), dtype=np.uint8))
+    np.save(tmp_path / "b.npy", np.full((2, 4, 4), 9, dtype=np.uint8))
+    out = str(tmp_path / "o" / "s-%03d.tar")
+    assert runner.invoke(app, ["data", "shard", str(tmp_path / "a.npy"), out, "--max-count", "1"]).exit_code == 0
+    refused = runner.invoke(app, ["data", "shard", str(tmp_path / "b.npy"), out])
+    assert refused.exit_code == 2 and "already holds a shard set" in refused.output
+    assert len(os.listdir(tmp_path / "o")) == 6  # untouched: 5 shards + dataset.json
+    replaced = runner.invoke(app, ["data", "shard", str(tmp_path / "b.npy"), out, "--replace"])
+    assert replaced.exit_code == 0, replaced.output
+    assert sorted(os.listdir(tmp_path / "o")) == ["dataset.json", "s-000.tar"]  # no stale shard beside it
+    assert load_images(str(tmp_path / "o" / "s-000.tar"))[0].unique().tolist() == [9]
 
 
 def test_encode_command(tmp_path, tiny_vae):

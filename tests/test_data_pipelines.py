@@ -1,5 +1,7 @@
 """Reading pipelines: determinism, rank/worker splitting, exact in-memory batches, latents, bad input."""
 
+import dataclasses
+import gc
 import io
 import os
 import tarfile
@@ -11,6 +13,7 @@ import torch
 from PIL import Image
 
 from diffit.data import (
+    BadSampleLog,
     BadSampleWarning,
     ShardWriter,
     array_source,
@@ -74,15 +77,161 @@ def test_image_pipeline_flip_off_yields_unflipped_images(tmp_path):
         assert all(img.numpy().tobytes() in known for img in u8)
 
 
-def test_resume_and_ranks_reseed_the_stream(tmp_path):
-    urls = _shards(tmp_path)
-    base = dict(batch_size=8, resolution=4, channels=1, seed=0, shuffle_buffer=10, world_size=2)
-    first = _take(image_pipeline(urls, rank=0, **base), 3)
-    resumed = _take(image_pipeline(urls, rank=0, start_step=100, **base), 3)
-    other_rank = _take(image_pipeline(urls, rank=1, **base), 3)
-    assert first[0][0].shape[0] == 4  # the global batch of 8 split over 2 ranks
-    assert not torch.equal(first[0][0], resumed[0][0])
-    assert not torch.equal(first[0][0], other_rank[0][0])
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize("workers, world_size", [(0, 1), (2, 1), (0, 2), (2, 2)])
+def test_stream_resumed_at_step_k_equals_the_uninterrupted_stream(tmp_path, workers, world_size):
+    urls = _shards(tmp_path, n=40, per_shard=5)  # 8 shards: up to 4 readers get 2 each
+    for rank in range(world_size):
+        make = lambda start, rank=rank: image_pipeline(
+            urls, batch_size=4, resolution=4, channels=1, seed=5, shuffle_buffer=6, rank=rank,
+            world_size=world_size, num_workers=workers, start_step=start,
+        )  # fmt: skip
+        full = _take(make(0), 24)  # several epochs for every reader
+        assert all(x.shape == (4 // world_size, 1, 4, 4) for x, _ in full)
+        for k in (7, 22):  # odd (the worker slots rotate) and past whole epochs (skipped without reading)
+            assert _same(_take(make(k), 24 - k), full[k:])
+
+
+def test_fast_forward_reads_but_does_not_decode_the_skipped_samples(tmp_path):
+    from diffit.data.streams import TrainStream
+
+    batches = image_pipeline(_shards(tmp_path, n=20, per_shard=5), batch_size=3, resolution=4, channels=1)
+    shards, decoder, calls = batches.dataset.shards, batches.dataset.decoder, []
+
+    def counting(raw: dict, rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
+        calls.append(raw["__key__"])
+        return decoder(raw, rng)
+
+    for counts in (shards.counts, None):  # earlier epochs skipped from dataset.json's counts, or read
+        stream = TrainStream(
+            dataclasses.replace(shards, counts=counts), counting, batches.dataset.collate, seed=0, start_step=17,
+            shuffle_buffer=4,
+        )  # fmt: skip
+        calls.clear()
+        next(iter(stream))
+        assert len(calls) == 3  # only the batch of step 17 (samples 51..53, in epoch 2) was decoded
+
+
+def test_resume_without_dataset_json_reads_through(tmp_path):
+    urls = _shards(tmp_path, n=20, per_shard=5)
+    os.remove(tmp_path / "dataset.json")  # no shard counts: the fast-forward reads every skipped epoch
+    make = lambda start: latent_free_images(urls, start)
+    assert _same(_take(make(9), 3), _take(make(0), 12)[9:])
+
+
+def latent_free_images(urls: str, start: int):
+    return image_pipeline(urls, batch_size=4, resolution=4, channels=1, seed=1, shuffle_buffer=3, start_step=start)
+
+
+def test_resume_is_exact_across_a_truncated_shard(tmp_path):
+    urls = _shards(tmp_path, n=20, per_shard=5)
+    data = (tmp_path / "s-002.tar").read_bytes()
+    (tmp_path / "s-002.tar").write_bytes(data[: 512 * 5 + 100])  # cut in sample 1: 1 of 5 survives
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadSampleWarning)
+        full = _take(latent_free_images(urls, 0), 15)  # 3 epochs of the 20 declared samples
+        resumed = _take(latent_free_images(urls, 11), 4)
+        assert _same(resumed, full[11:])
+        one_pass = eval_pipeline(urls, batch_size=5)
+        assert sum(len(keys) for _, _, keys in one_pass) == 16
+    assert one_pass.skipped == 4  # dataset.json lists 5 samples for the shard: 4 are lost
+
+
+def test_a_batch_of_lost_samples_borrows_from_the_next_batches_and_resumes_exactly(tmp_path):
+    urls = _shards(tmp_path, n=20, per_shard=5)
+    (tmp_path / "s-001.tar").write_bytes(b"")  # dataset.json still lists its 5 samples: 5 lost in a row
+    make = lambda start: image_pipeline(
+        urls, batch_size=2, resolution=4, channels=1, seed=0, shuffle_buffer=1, flip=False, start_step=start
+    )
+    known = {img.tobytes() for i, img in enumerate(_images(20)) if not 5 <= i < 10}  # s-001 held 5..9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadSampleWarning)
+        full = _take(make(0), 30)  # 3 epochs of 10 batches, each with 2 or more batches of lost samples only
+        for x, _ in full:
+            assert {img.numpy().tobytes() for img in ((x + 1) * 127.5).round().to(torch.uint8)} <= known
+        for k in range(1, 28, 3):
+            assert _same(_take(make(k), 2), full[k : k + 2])
+
+
+def test_training_epoch_yields_every_sample_once_over_ranks_and_workers(tmp_path):
+    """8 shards of 5 over 2 ranks x 2 workers: each reader's epoch is 10 samples = 2 batches of 5, so the
+    first 4 steps of both ranks are exactly one epoch; unflipped pixels are the source images."""
+    urls = _shards(tmp_path, n=40, per_shard=5)
+    source = {img.tobytes() for img in _images(40)}
+    seen = []
+    for rank in range(2):
+        batches = image_pipeline(
+            urls, batch_size=10, resolution=4, channels=1, flip=False, rank=rank, world_size=2, num_workers=2
+        )
+        for x, _ in _take(batches, 4):
+            seen += [img.numpy().tobytes() for img in ((x + 1) * 127.5).round().to(torch.uint8)]
+    assert len(seen) == 40 and set(seen) == source
+
+
+@pytest.mark.parametrize("shards, readers", [(10, 1), (10, 4), (3, 4)])
+def test_readers_of_an_epoch_share_no_shard_and_see_every_sample_once(tmp_path, shards, readers):
+    from diffit.data import expand_urls
+    from diffit.data.streams import epoch_samples, reader_shards
+
+    urls = expand_urls(_shards(tmp_path, n=30, per_shard=30 // shards))
+    keys, chosen = [], []
+    for index in range(readers):
+        where = dict(seed=1, epoch=3, index=index, total=readers)
+        chosen.append(set(reader_shards(shards, **where, shuffle=True)))
+        samples = epoch_samples(urls, None, BadSampleLog(), **where, shuffle_buffer=4, pad=False)
+        keys += [s["__key__"] for s in samples]
+    assert sorted(keys) == [f"{i:08d}" for i in range(30)]
+    if shards >= readers:  # split by shard; with fewer shards than readers every reader scans all of them
+        assert sum(len(c) for c in chosen) == shards and set().union(*chosen) == set(range(shards))
+
+
+def test_two_gloo_processes_resume_exactly(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    urls = _shards(tmp_path / "d", n=24, per_shard=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        "from diffit.data import image_pipeline\n"
+        "dist.init_process_group('gloo')\n"
+        "take = lambda start, n: [b for b, _ in zip(image_pipeline(sys.argv[1], batch_size=4, resolution=4,\n"
+        "    channels=1, seed=2, shuffle_buffer=4, start_step=start), range(n), strict=False)]\n"
+        "torch.save({'full': take(0, 9), 'resumed': take(5, 4)}, f'{sys.argv[2]}/rank{dist.get_rank()}.pt')\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {
+        **os.environ,
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), urls, str(tmp_path)],
+            env={**env, "RANK": str(r)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    runs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for run in runs:
+        assert _same(run["resumed"], run["full"][5:]) and run["full"][0][0].shape == (2, 1, 4, 4)
+    assert not torch.equal(runs[0]["full"][0][0], runs[1]["full"][0][0])  # ranks read different shards
 
 
 def test_workers_are_deterministic_and_distinct(tmp_path):
@@ -210,6 +359,12 @@ def test_wrong_resolution_or_channels_is_rejected_unless_resized(tmp_path):
     assert x.shape == (2, 1, 8, 8)
 
 
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _bad_dataset(folder) -> tuple[list[str], int]:
     """Shard 0 good (5), shard 1 with an undecodable image and a missing label (3 good), shard 2 truncated."""
     urls = _shards(folder / "good", n=5, per_shard=5)
@@ -258,3 +413,62 @@ def test_training_stream_survives_bad_shards(tmp_path):
         batches = _take(stream, 8)  # several epochs over 9 good samples
     assert all(x.shape == (4, 1, 4, 4) for x, _ in batches)
     assert stream.skipped >= 3
+
+
+def _caught(fn) -> tuple[object, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn()
+    return result, [str(w.message) for w in caught if issubclass(w.category, BadSampleWarning)]
+
+
+def test_label_outside_the_class_range_is_a_bad_sample_named_in_one_line(tmp_path):
+    urls = _shards(tmp_path, n=5, per_shard=5)  # labels 0..4: dataset.json says 5 classes
+    good = load_images(urls)[0]
+    with ShardWriter(str(tmp_path / "s-%03d.tar"), start_index=1) as w:
+        for key, cls in (("ok", b"4"), ("big", b"57"), ("neg", b"-3"), ("abc", b"abc")):
+            w.write(key, {"png": _png(good[0, 0].numpy()), "cls": cls})
+    both = [str(tmp_path / "s-000.tar"), str(tmp_path / "s-001.tar")]
+    batches, messages = _caught(lambda: [b for b in eval_pipeline(both, batch_size=4)])
+    keys = [k for _, _, ks in batches for k in ks]
+    assert "ok" in keys and not {"big", "neg", "abc"} & set(keys) and len(keys) == 6
+    first = next(m for m in messages if "skipping bad sample" in m)
+    assert "'big'" in first and "57" in first and "0..4" in first and "\n" not in first
+
+
+def test_non_finite_latents_are_bad_samples_named_by_key(tmp_path):
+    good = np.zeros((2, 4, 2, 2), np.float16)
+    with ShardWriter(str(tmp_path / "l-%03d.tar")) as w:
+        for i in range(6):
+            w.write(f"k{i}", {"mean.npy": _npy(good), "cls": b"0"})
+        w.write("nan", {"mean.npy": _npy(np.full_like(good, np.nan)), "cls": b"0"})
+    stream = latent_pipeline(str(tmp_path / "l-000.tar"), batch_size=7, flip=False, shuffle_buffer=1)
+    (z, _), messages = _caught(lambda: next(iter(stream)))
+    assert torch.isfinite(z).all() and stream.skipped == 1
+    assert any("'nan'" in m and "non-finite" in m for m in messages)
+
+
+@pytest.mark.parametrize("content", [b"", bytes(1024)])  # an empty file, a tar of only end-of-archive blocks
+def test_empty_or_zero_block_shards_are_reported(tmp_path, content):
+    urls = _shards(tmp_path, n=4, per_shard=2)
+    (tmp_path / "s-001.tar").write_bytes(content)
+    batches, messages = _caught(lambda: list(eval_pipeline(urls, batch_size=4)))
+    assert sum(len(ks) for _, _, ks in batches) == 2
+    assert any("s-001.tar" in m for m in messages)
+    os.remove(tmp_path / "dataset.json")  # without a manifest nothing is counted, but it is still reported
+    _, messages = _caught(lambda: list(eval_pipeline(urls, batch_size=4)))
+    assert any("s-001.tar" in m for m in messages)
+
+
+def test_bad_gzip_shard_is_skipped_without_resource_warning(tmp_path):
+    _shards(tmp_path, n=4, per_shard=2)
+    gz = tmp_path / "s-001.tar.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(300))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = eval_pipeline([str(tmp_path / "s-000.tar"), str(gz)], batch_size=4)
+        keys = [k for _, _, ks in batches for k in ks]
+        gc.collect()  # an unclosed file would warn when collected
+    assert len(keys) == 2
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert any(str(gz) in str(w.message) for w in caught if issubclass(w.category, BadSampleWarning))

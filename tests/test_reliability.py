@@ -129,7 +129,7 @@ BAD = [
     ("train", ["--out", ""], "--out must be a path"),
     ("train", ["--out", "notes.txt/run"], "--out notes.txt/run: notes.txt is a file"),
     ("train", ["--device", "cuda"], "--device"),
-    ("train", ["--device", "tpu9"], "--device must be cpu, cuda or cuda:N"),
+    ("train", ["--device", "tpu9"], "--device: unknown device 'tpu9'"),
     ("train", ["--model-factory", "nope"], "--model-factory must be 'module:function'"),
     ("train", ["--augment", "0.5", "--latent", "--data", "x.tar"], "--data"),
     ("sample", ["--seeds", "0-99999999999"], "--seeds names 100000000000 values"),

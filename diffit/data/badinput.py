@@ -1,8 +1,9 @@
 """Skipping bad samples: count them (across DataLoader worker processes) and warn once per shard.
 
-A corrupt or truncated shard, an undecodable image or a missing label does not stop a run: the sample is
-skipped, counted, and the first skip in each shard raises a ``BadSampleWarning`` naming the shard. The
-count lives in shared memory so that ``log.count`` in the main process includes what workers skipped.
+A corrupt or truncated shard, an undecodable image, a missing or out-of-range label or a non-finite latent
+does not stop a run: the sample is skipped, counted, and the first skip in each shard raises a one-line
+``BadSampleWarning`` naming the shard and the sample's key. The count lives in shared memory so that
+``log.count`` in the main process includes what workers skipped.
 """
 
 import multiprocessing
@@ -17,6 +18,11 @@ class BadSample(Exception):
 
 class BadSampleWarning(UserWarning):
     """A sample (or the rest of a shard) was skipped because it could not be read."""
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    return " ".join(str(text).split())
 
 
 class BadSampleLog:
@@ -36,17 +42,21 @@ class BadSampleLog:
         """Samples skipped so far by every process of this pipeline."""
         return int(self._count.value)
 
-    def skip(self, url: str, key: str, reason: str) -> None:
-        """Record one skipped sample ``key`` of shard ``url`` and warn if it is the shard's first."""
+    def skip(self, url: str, key: str, reason: str, count: int = 1) -> None:
+        """Record ``count`` skipped samples (the first has key ``key``) of shard ``url``; warn if it is the
+        shard's first."""
         with self._count.get_lock():
-            self._count.value += 1
+            self._count.value += count
+        self.warn(url, f"skipping bad sample {key!r} in shard {url}: {one_line(reason)}")
+
+    def warn(self, url: str, message: str) -> None:
+        """Warn ``message`` if shard ``url`` has not warned yet in this process."""
         if url not in self._warned:
             self._warned.add(url)
             warnings.warn(
-                f"skipping bad sample {key!r} in shard {url}: {reason} "
-                "(later bad samples of this shard are counted without a warning)",
+                f"{one_line(message)} (later bad samples of this shard are counted without a warning)",
                 BadSampleWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
 
     def report(self, what: str) -> None:
@@ -65,5 +75,8 @@ class IgnoreLog(BadSampleLog):
     def count(self) -> int:
         return 0
 
-    def skip(self, url: str, key: str, reason: str) -> None:
+    def skip(self, url: str, key: str, reason: str, count: int = 1) -> None:
+        pass
+
+    def warn(self, url: str, message: str) -> None:
         pass

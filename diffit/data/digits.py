@@ -53,6 +53,8 @@ def digits_urls() -> list[str]:
 
 def digits_source(resolution: int = DIGITS_RESOLUTION) -> ImageSource:
     """scikit-learn's digits upsampled (bicubic) from 8x8 to ``resolution``, labels 0..9."""
+    if resolution < 1:
+        raise ValueError(f"resolution: expected a positive side length, got {resolution}")
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -86,8 +88,9 @@ def digits_source(resolution: int = DIGITS_RESOLUTION) -> ImageSource:
     )
 
 
-def write_digits_shards(out_pattern: str, *, resolution: int = DIGITS_RESOLUTION) -> Manifest:
-    """Write the digits as deterministic shards at ``resolution`` (``.tar.gz`` patterns are gzipped)."""
+def write_digits_shards(out_pattern: str, *, resolution: int = DIGITS_RESOLUTION, replace: bool = False) -> Manifest:
+    """Write the digits as deterministic shards at ``resolution`` (``.tar.gz`` patterns are gzipped);
+    ``replace``: replace a shard set already in the folder."""
     return write_image_shards(
-        digits_source(resolution), out_pattern, channels=1, png_compress_level=0, max_count=1_000_000
+        digits_source(resolution), out_pattern, channels=1, png_compress_level=0, max_count=1_000_000, replace=replace
     )

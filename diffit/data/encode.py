@@ -12,23 +12,24 @@ Latents are stored unscaled; ``dataset.json`` records ``scale_factor`` and ``lat
 """
 
 import io
+import math
 import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+import webdataset as wds
 from jaxtyping import Float
 from torch import Tensor
 
-from diffit.data.badinput import BadSample, BadSampleLog
-from diffit.data.decoders import ImageDecoder
+from diffit.data.badinput import BadSampleLog
+from diffit.data.decoders import SD_SCALE_FACTOR, ImageDecoder
 from diffit.data.manifest import Manifest, find_manifest, write_manifest
-from diffit.data.shards import ShardInfo, ShardWriter, read_shard, shard_digest
+from diffit.data.shards import ShardInfo, ShardWriter, check_out_folder, read_shard, shard_digest
+from diffit.data.streams import decode_or_skip
 from diffit.data.urls import expand_urls, mix_seed
 
 __all__ = ["encode_latents", "load_vae", "vae_posterior"]
-
-DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
 
 
 def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -62,6 +63,18 @@ def vae_posterior(
     return dist.mean, dist.std
 
 
+def check_device(device: str | torch.device) -> None:
+    """Raise ValueError for a device string torch does not know, or a CUDA device this machine lacks."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device: unknown device {device!r} (expected cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and (dev.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        raise ValueError(
+            f"device: {device!r} is not available on this machine (CUDA devices: {torch.cuda.device_count()})"
+        )
+
+
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
@@ -71,23 +84,12 @@ def _npy(array: np.ndarray) -> bytes:
 def _batches(
     url: str, decoder: ImageDecoder, batch_size: int, log: BadSampleLog
 ) -> Iterator[tuple[list[str], list[int], np.ndarray]]:
-    keys: list[str] = []
-    labels: list[int] = []
-    images: list[np.ndarray] = []
-    for raw in read_shard(url, log):
-        try:
-            image, label = decoder(raw, None)
-        except BadSample as exc:
-            log.skip(url, str(raw["__key__"]), str(exc))
-            continue
-        keys.append(str(raw["__key__"]))
-        labels.append(label)
-        images.append(image)
-        if len(images) == batch_size:
-            yield keys, labels, np.stack(images)
-            keys, labels, images = [], [], []
-    if images:
-        yield keys, labels, np.stack(images)
+    """``(keys, labels, uint8 images)`` of the good samples of one shard, ``batch_size`` at a time."""
+    decoded = ((raw["__key__"], decode_or_skip(raw, decoder, None, log)) for raw in read_shard(url, log))
+    good = ((key, *item) for key, item in decoded if item is not None)
+    for batch in wds.filters.batched(batch_size, collation_fn=None, partial=True)(good):
+        keys, images, labels = zip(*batch, strict=True)
+        yield list(keys), list(labels), np.stack(images)
 
 
 def encode_latents(
@@ -98,7 +100,7 @@ def encode_latents(
     resolution: int = 256,
     batch_size: int = 32,
     device: str = "cpu",
-    scale_factor: float = 0.18215,
+    scale_factor: float = SD_SCALE_FACTOR,
     store: str = "mean_std",
     seed: int = 0,
     labelled: bool | None = None,
@@ -112,19 +114,23 @@ def encode_latents(
     Shards already present are kept (resume). Returns the manifest of all output shards.
     """
     expanded = expand_urls(urls)
-    if "%" not in out_pattern:
-        raise ValueError(
-            f"out_pattern: expected a printf-style shard name such as 'out/latents-%06d.tar', got {out_pattern!r}"
-        )
+    ShardWriter(out_pattern)  # validates the pattern; writes nothing
+    check_out_folder(out_pattern)
     if store not in ("mean_std", "sample"):
         raise ValueError(f"store: expected 'mean_std' or 'sample', got {store!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if resolution < 1:
+        raise ValueError(f"resolution: expected a positive side length, got {resolution}")
+    if not (math.isfinite(scale_factor) and scale_factor > 0):
+        raise ValueError(f"scale_factor: expected a finite positive number, got {scale_factor}")
+    check_device(device)
     source = find_manifest(expanded)
     labelled = labelled if labelled is not None else (source.labelled if source is not None else True)
     model = load_vae(vae, device) if isinstance(vae, str) else vae
     log = log or BadSampleLog()
-    decoder = ImageDecoder(resolution, 3, True, labelled, flip=False)
+    classes = source.classes if source is not None and source.classes > 0 else None
+    decoder = ImageDecoder(resolution, 3, True, labelled, flip=False, classes=classes)
     total = source.count if source is not None else None
     shards: list[ShardInfo] = []
     done, latent_shape, max_label = 0, None, -1

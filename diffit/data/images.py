@@ -4,14 +4,12 @@ Arrays are uint8 ``(C, H, W)`` with C = 1 (grayscale, PIL mode "L") or 3 (RGB).
 """
 
 import io
-import struct
-import zlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from diffit.data.badinput import BadSample
-from diffit.data.png import PNG_SIGNATURE, decode_png_fast, encode_png
+from diffit.data.png import encode_png
 
 __all__ = ["IMAGE_EXTENSIONS", "center_crop_resize", "decode_image", "encode_image", "resize_square"]
 
@@ -67,17 +65,6 @@ def decode_image(
     resolution or channel count raises ValueError unless ``resize`` (then it is converted and
     center-cropped/resized); ``None`` accepts whatever the image has (L -> 1 channel, else RGB).
     """
-    if data[:8] == PNG_SIGNATURE:
-        try:
-            fast = decode_png_fast(data)
-        except (ValueError, zlib.error, struct.error) as exc:
-            raise BadSample(f"undecodable image ({type(exc).__name__}: {exc})") from None
-        if (
-            fast is not None
-            and (channels in (None, fast.shape[0]))
-            and (resolution is None or fast.shape[1:] == (resolution, resolution))
-        ):
-            return fast
     try:
         img = Image.open(io.BytesIO(data))
         img.load()

@@ -19,6 +19,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+from diffit.data.atomic import atomic_path
 from diffit.data.shards import ShardInfo, shard_digest
 from diffit.data.urls import is_local
 
@@ -28,6 +29,7 @@ __all__ = [
     "content_hash",
     "find_manifest",
     "read_manifest",
+    "shard_counts",
     "verify_shards",
     "write_manifest",
 ]
@@ -85,10 +87,9 @@ def write_manifest(
     )
     body = {"format": FORMAT, **asdict(manifest)}
     path = os.path.join(folder, MANIFEST_NAME)
-    with open(path + ".tmp", "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(body, f, indent=1, sort_keys=True)
         f.write("\n")
-    os.replace(path + ".tmp", path)
     return manifest
 
 
@@ -114,6 +115,15 @@ def find_manifest(urls: list[str]) -> Manifest | None:
         return None
     path = os.path.join(os.path.dirname(os.path.abspath(urls[0].removeprefix("file:"))), MANIFEST_NAME)
     return read_manifest(path) if os.path.isfile(path) else None
+
+
+def shard_counts(urls: list[str], manifest: Manifest | None) -> list[int] | None:
+    """Each shard's sample count from ``manifest``, in ``urls`` order; None unless it lists every shard."""
+    if manifest is None:
+        return None
+    listed = {s.name: s.count for s in manifest.shards}
+    names = [os.path.basename(u.removeprefix("file:")) for u in urls]
+    return [listed[n] for n in names] if all(n in listed for n in names) else None
 
 
 def verify_shards(folder: str) -> Manifest:

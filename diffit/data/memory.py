@@ -9,6 +9,13 @@ The global batch at step k is a pure function of (seed, k):
 so epochs are sampled without replacement, a run resumed at step k sees exactly the batches of an
 uninterrupted run, and rank r's slice [r * B/W, (r + 1) * B/W) of the global batch means W ranks together
 see exactly the single-process batch (DDP equivalence).
+
+Streams (``image_pipeline``, ``latent_pipeline``) resume exactly too, so the choice between the two (the
+2 GiB switch of ``diffit train``) no longer decides exactness. It decides whether batches are independent of
+the number of ranks and workers (here they are: a run may resume on another world size; a stream must
+resume with the same ranks and workers), how well they are mixed (a global permutation per epoch vs shard
+order plus a shuffle buffer), memory (the whole set decoded up front vs a few batches in flight), and the
+cost of a resume (none here; a stream reads up to one epoch share per reader).
 """
 
 from collections.abc import Iterator
@@ -19,10 +26,11 @@ import torch
 from jaxtyping import Float, Int64, UInt8
 from torch import Tensor
 
-from diffit.data.badinput import BadSample, BadSampleLog
+from diffit.data.badinput import BadSampleLog
 from diffit.data.decoders import ImageDecoder
-from diffit.data.manifest import find_manifest
+from diffit.data.manifest import find_manifest, shard_counts
 from diffit.data.shards import read_shard
+from diffit.data.streams import decode_or_skip
 from diffit.data.urls import expand_urls, mix_seed, resolve_rank
 
 __all__ = ["batch_indices", "load_images", "memory_batches"]
@@ -50,14 +58,14 @@ def load_images(
     log = log or BadSampleLog()
     images: list[np.ndarray] = []
     labels: list[int] = []
-    for url in expanded:
-        for raw in read_shard(url, log):
-            decoder = ImageDecoder(resolution, channels, resize, labelled, flip=False)
-            try:
-                image, label = decoder(raw, None)
-            except BadSample as exc:
-                log.skip(url, str(raw["__key__"]), str(exc))
+    classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
+    counts = shard_counts(expanded, manifest) or [None] * len(expanded)
+    for url, expected in zip(expanded, counts, strict=True):
+        for raw in read_shard(url, log, expected):
+            decoder = ImageDecoder(resolution, channels, resize, labelled, flip=False, classes=classes)
+            if (item := decode_or_skip(raw, decoder, None, log)) is None:
                 continue
+            image, label = item
             if resolution is None or channels is None:  # the first image fixes the shape for the rest
                 channels, resolution = image.shape[0], image.shape[1] if image.shape[1] == image.shape[2] else None
                 if resolution is None:

@@ -6,26 +6,27 @@ Conventions shared by every pipeline:
   when it is initialised, else (0, 1).
 - images come out as float32 (B, C, H, W) in [-1, 1]; latents as float32 (B, C, h, w) already multiplied
   by the scale factor; labels as int64 (B,), -1 for an unlabelled (unconditional) dataset.
-- ``labelled=None`` reads ``dataset.json`` beside local shards (classes > 0); without one, labelled.
+- ``labelled=None`` reads ``dataset.json`` beside local shards (classes > 0); without one, labelled. A label
+  outside dataset.json's class range is a bad sample.
 - bad samples are skipped and counted (``BadSampleWarning`` once per shard); ``.skipped`` gives the count
   so far, and a finite pass warns the total when it ends.
+- resume: ``start_step=k`` yields exactly the batches an uninterrupted run yields from step k on (same seed,
+  ranks and workers); see ``diffit.data.streams`` for how, and for what a resume reads.
 - URLs: brace patterns, local paths, ``http(s):`` and ``pipe:`` URLs (anything WebDataset's gopen opens).
 """
 
 from collections.abc import Iterator
+from functools import partial
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diffit.data.badinput import BadSampleLog
-from diffit.data.decoders import ImageDecoder, LatentDecoder, collate_images, collate_latents
-from diffit.data.manifest import Manifest, find_manifest
-from diffit.data.streams import EvalStream, TrainStream
+from diffit.data.decoders import SD_SCALE_FACTOR, ImageDecoder, LatentDecoder, collate_images, collate_latents
+from diffit.data.manifest import Manifest, find_manifest, shard_counts
+from diffit.data.streams import EvalStream, Shards, TrainStream
 from diffit.data.urls import expand_urls, resolve_rank
 
 __all__ = ["SD_SCALE_FACTOR", "Batches", "eval_pipeline", "image_pipeline", "latent_pipeline"]
-
-SD_SCALE_FACTOR = 0.18215  # Stable Diffusion VAE: scales latents to roughly unit variance (LDM, Rombach 2022)
 
 
 class Batches:
@@ -50,19 +51,23 @@ class Batches:
             self.log.report(self.name)
 
 
-def _per_rank(batch_size: int, world_size: int) -> int:
+def _shards(urls: str | list[str], batch_size: int, rank: int | None, world_size: int | None) -> Shards:
+    expanded = expand_urls(urls)
+    rank, world_size = resolve_rank(rank, world_size)
     if batch_size < 1 or batch_size % world_size:
         raise ValueError(
             f"batch_size: expected a positive multiple of world_size={world_size} (the global "
             f"batch is split between ranks), got {batch_size}"
         )
-    return batch_size // world_size
+    manifest = find_manifest(expanded)
+    counts = shard_counts(expanded, manifest)
+    return Shards(expanded, counts, manifest, BadSampleLog(), batch_size // world_size, rank, world_size)
 
 
-def _labelled(labelled: bool | None, manifest: Manifest | None) -> bool:
-    if labelled is not None:
-        return labelled
-    return manifest.labelled if manifest is not None else True
+def _labels(labelled: bool | None, manifest: Manifest | None) -> tuple[bool, int | None]:
+    """Whether samples carry labels, and the class count they must be below (both from dataset.json)."""
+    classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
+    return (manifest is None or manifest.labelled) if labelled is None else labelled, classes
 
 
 def _check_images(manifest: Manifest | None, resolution: int | None, channels: int | None, resize: bool) -> None:
@@ -102,45 +107,16 @@ def image_pipeline(
     """Endless shuffled ``(x, y)`` training batches of images from shards (see the module docstring).
 
     ``flip``: random horizontal flips. ``resize``: convert/center-crop images of another channel count or
-    size instead of failing. Resume: pass the training step as ``start_step``; the stream is reseeded by it
-    (no replay of the first batches, but not bit-identical to an uninterrupted run).
+    size instead of failing. Resume: pass the training step as ``start_step``; the batches are exactly those
+    of an uninterrupted run from that step on.
     """
-    expanded = expand_urls(urls)
-    rank, world_size = resolve_rank(rank, world_size)
-    manifest = find_manifest(expanded)
-    _check_images(manifest, resolution, channels, resize)
-    log = BadSampleLog()
-    decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), flip)
+    shards = _shards(urls, batch_size, rank, world_size)
+    _check_images(shards.manifest, resolution, channels, resize)
+    decoder = ImageDecoder(resolution, channels, resize, *_labels(labelled, shards.manifest), flip=flip)
     stream = TrainStream(
-        expanded,
-        decoder,
-        collate_images,
-        batch_size=_per_rank(batch_size, world_size),
-        seed=seed,
-        start_step=start_step,
-        rank=rank,
-        world_size=world_size,
-        shuffle_buffer=shuffle_buffer,
-        log=log,
+        shards, decoder, collate_images, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer
     )
-    return Batches(stream, num_workers=num_workers, log=log, finite=False, name="image_pipeline")
-
-
-def _latent_scale(scale_factor: float | None, manifest: Manifest | None) -> float:
-    if scale_factor is not None:
-        return scale_factor
-    stored = None if manifest is None else manifest.extra.get("scale_factor")
-    return float(stored) if isinstance(stored, (int, float)) else SD_SCALE_FACTOR
-
-
-class _LatentCollate:
-    """Picklable collate closing over the scale factor."""
-
-    def __init__(self, scale_factor: float) -> None:
-        self.scale_factor = scale_factor
-
-    def __call__(self, latents: list, labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return collate_latents(latents, labels, self.scale_factor)
+    return Batches(stream, num_workers=num_workers, log=shards.log, finite=False, name="image_pipeline")
 
 
 def latent_pipeline(
@@ -162,28 +138,19 @@ def latent_pipeline(
 
     ``flip``: use the stored encoding of the mirrored image with probability 1/2. ``sample``: draw from the
     stored posterior N(mean, std^2) rather than its mean. ``z`` is multiplied by ``scale_factor`` (default:
-    dataset.json's, else 0.18215). Seeding and resume as in ``image_pipeline``.
+    dataset.json's, else ``SD_SCALE_FACTOR``). Seeding and resume as in ``image_pipeline``.
     """
-    expanded = expand_urls(urls)
-    rank, world_size = resolve_rank(rank, world_size)
-    manifest = find_manifest(expanded)
+    shards = _shards(urls, batch_size, rank, world_size)
+    manifest = shards.manifest
     if manifest is not None and manifest.kind != "latent":
         raise ValueError(f"urls: these are {manifest.kind} shards; expected latent shards (diffit data encode)")
-    log = BadSampleLog()
-    decoder = LatentDecoder(_labelled(labelled, manifest), flip, sample)
-    stream = TrainStream(
-        expanded,
-        decoder,
-        _LatentCollate(_latent_scale(scale_factor, manifest)),
-        batch_size=_per_rank(batch_size, world_size),
-        seed=seed,
-        start_step=start_step,
-        rank=rank,
-        world_size=world_size,
-        shuffle_buffer=shuffle_buffer,
-        log=log,
-    )
-    return Batches(stream, num_workers=num_workers, log=log, finite=False, name="latent_pipeline")
+    if scale_factor is None:
+        stored = None if manifest is None else manifest.extra.get("scale_factor")
+        scale_factor = float(stored) if isinstance(stored, (int, float)) else SD_SCALE_FACTOR
+    decoder = LatentDecoder(*_labels(labelled, manifest), flip=flip, sample=sample)
+    collate = partial(collate_latents, scale_factor=scale_factor)  # a partial pickles into workers
+    stream = TrainStream(shards, decoder, collate, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer)
+    return Batches(stream, num_workers=num_workers, log=shards.log, finite=False, name="latent_pipeline")
 
 
 def eval_pipeline(
@@ -200,19 +167,13 @@ def eval_pipeline(
 ) -> Batches:
     """One finite pass of ``(x, y, keys)`` image batches, no augmentation; across all ranks and workers
     every readable sample is yielded exactly once (the last batch of each reader may be smaller)."""
-    expanded = expand_urls(urls)
-    rank, world_size = resolve_rank(rank, world_size)
-    manifest = find_manifest(expanded)
-    _check_images(manifest, resolution, channels, resize)
-    log = BadSampleLog()
-    decoder = ImageDecoder(resolution, channels, resize, _labelled(labelled, manifest), False)
-    stream = EvalStream(
-        expanded,
-        decoder,
-        collate_images,
-        batch_size=_per_rank(batch_size, world_size),
-        rank=rank,
-        world_size=world_size,
-        log=log,
+    shards = _shards(urls, batch_size, rank, world_size)
+    _check_images(shards.manifest, resolution, channels, resize)
+    decoder = ImageDecoder(resolution, channels, resize, *_labels(labelled, shards.manifest), flip=False)
+    return Batches(
+        EvalStream(shards, decoder, collate_images),
+        num_workers=num_workers,
+        log=shards.log,
+        finite=True,
+        name="eval_pipeline",
     )
-    return Batches(stream, num_workers=num_workers, log=log, finite=True, name="eval_pipeline")

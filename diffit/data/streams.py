@@ -1,38 +1,116 @@
-"""Iterable datasets that read shards, split across DDP ranks and DataLoader workers, and batch.
+"""Iterable datasets over shards: endless training streams that resume exactly, and a finite exact-once pass.
 
-Training (``TrainStream``): every reader (rank r, worker w) streams an endless sequence of epochs; in
-epoch e it visits *all* shards in a random order drawn from ``mix_seed(seed, start_step, e, r, w)``, passes
-samples through a shuffle buffer and draws its flips/noise from a generator seeded by
-``mix_seed(seed, start_step, r, w)``. Readers therefore never share a random stream, the whole stream is a
-pure function of (seed, start_step, rank, worker count), and a restart at ``start_step`` > 0 starts fresh
-streams instead of replaying the first batches. It is *not* bit-identical to an uninterrupted run (use
-``memory_batches`` for that).
+Readers. With R ranks and W DataLoader workers (W = 1 without workers) there are N = R * W readers; reader
+``i = r * W + q`` serves rank r. A DataLoader hands out its workers' batches round-robin, so in a run started
+at step s worker w delivers steps s + w, s + w + W, ...: it plays reader slot ``q = (s + w) mod W`` from its
+batch ``(s + w) // W`` on. The batches of step t are therefore the same whatever step a run started at.
 
-Evaluation (``EvalStream``): a finite pass in which each sample is yielded by exactly one reader. With at
-least as many shards as readers, reader i takes shards i, i + R*W, ...; otherwise every reader scans all
-shards and keeps the samples whose running index is i modulo R*W.
+Training stream of reader i (``TrainStream``), a pure function of (seed, rank, W, shards):
+
+    epoch e:  shard order   pi_e = permutation of the shards seeded by (seed, e), shared by all readers
+              reader i reads shards pi_e[i::N] (no two readers share a shard in an epoch; with fewer
+              shards than readers, every reader reads them all and keeps samples i, i + N, ...)
+              samples pass a shuffle buffer seeded by (seed, e, i), flushed at the end of the epoch
+    batch j:  raw samples [j*b, (j+1)*b) of the epochs joined end to end; decoding (flips, latent noise)
+              uses a generator seeded by (seed, step, rank)
+
+Batch boundaries are positions in the raw (undecoded) stream: a bad sample's place is filled by a good
+sample of the same batch (or of the next ones), so a resumed stream fast-forwards by reading the skipped
+samples without decoding them, and whole epochs are skipped without reading when dataset.json gives every
+shard's count (a shard that lost samples still takes its declared place; see ``read_shard(pad=True)``).
+
+Evaluation (``EvalStream``): one pass in file order, every sample yielded by exactly one reader.
 """
 
 import itertools
+import random
+from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import chain, islice
 
 import numpy as np
+import torch
+import webdataset as wds
+from jaxtyping import Float, Int64
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from diffit.data.badinput import BadSample, BadSampleLog, IgnoreLog
-from diffit.data.shards import read_shard
-from diffit.data.urls import StreamSlot, mix_seed
+from diffit.data.manifest import Manifest
+from diffit.data.shards import LOST, read_shard
+from diffit.data.urls import mix_seed
 
-__all__ = ["EvalStream", "TrainStream"]
+__all__ = [
+    "EvalStream",
+    "Shards",
+    "TrainStream",
+    "decode_or_skip",
+    "epoch_length",
+    "epoch_samples",
+    "reader_shards",
+]
 
-Decoder = Callable[[dict[str, object], np.random.Generator | None], tuple[np.ndarray, int]]
-Collate = Callable[[list[np.ndarray], list[int]], tuple[Tensor, Tensor]]
+LOOKAHEAD_BATCHES = 64  # how far a batch of only bad samples looks for good ones before the stream gives up
+Decoder = Callable[[dict, np.random.Generator | None], tuple[np.ndarray, int]]
+Batch = tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]  # (x or z, labels)
+Collate = Callable[[list[np.ndarray], list[int]], Batch]
 
 
-def _decode(
-    decoder: Decoder, raw: dict[str, object], rng: np.random.Generator | None, log: BadSampleLog
-) -> tuple[np.ndarray, int] | None:
+def reader_shards(n_shards: int, *, seed: int, epoch: int, index: int, total: int, shuffle: bool) -> list[int]:
+    """Shard indices reader ``index`` of ``total`` reads in ``epoch`` (all of them when shards < readers).
+
+    webdataset's ``split_by_node`` / ``split_by_worker`` are this same slice, but they take the slot from
+    the environment and the DataLoader; exact resume needs the slot ``(start_step + worker) mod W``.
+    """
+    order = np.random.default_rng(mix_seed(seed, epoch)).permutation(n_shards) if shuffle else np.arange(n_shards)
+    return [int(k) for k in (order[index::total] if n_shards >= total else order)]
+
+
+def epoch_length(counts: list[int], *, seed: int, epoch: int, index: int, total: int) -> int:
+    """Raw samples reader ``index`` sees in a shuffled ``epoch``, from the shards' declared counts."""
+    if len(counts) >= total:
+        return sum(
+            counts[k]
+            for k in reader_shards(len(counts), seed=seed, epoch=epoch, index=index, total=total, shuffle=True)
+        )
+    return max(0, (sum(counts) - index + total - 1) // total)
+
+
+def epoch_samples(
+    urls: list[str],
+    counts: list[int] | None,
+    log: BadSampleLog,
+    *,
+    seed: int,
+    epoch: int,
+    index: int,
+    total: int,
+    shuffle_buffer: int,
+    pad: bool,
+) -> Iterator[dict]:
+    """Raw samples of reader ``index`` in ``epoch``: its shards, then webdataset's seeded ``shuffle``
+    (``shuffle_buffer`` 0: file order and no shard permutation)."""
+    shuffle = shuffle_buffer > 0
+    chosen = reader_shards(len(urls), seed=seed, epoch=epoch, index=index, total=total, shuffle=shuffle)
+    # With fewer shards than readers every reader scans every shard: only reader 0 reports a broken one.
+    shared = len(urls) < total
+    shard_log = IgnoreLog() if shared and index else log
+    samples = chain.from_iterable(
+        read_shard(urls[k], shard_log, None if counts is None else counts[k], pad) for k in chosen
+    )
+    if shared:
+        samples = islice(samples, index, None, total)
+    if shuffle:
+        rng = random.Random(mix_seed(seed, epoch, index))
+        samples = wds.filters.shuffle(shuffle_buffer, shuffle_buffer, rng=rng)(samples)
+    return samples
+
+
+def decode_or_skip(raw: dict, decoder: Decoder, rng: np.random.Generator | None, log: BadSampleLog) -> tuple | None:
+    """``decoder(raw, rng)``, or None for a bad sample (counted and warned in ``log``)."""
+    if raw.get(LOST):  # already counted when its shard was read
+        return None
     try:
         return decoder(raw, rng)
     except BadSample as exc:
@@ -40,117 +118,101 @@ def _decode(
         return None
 
 
+@dataclass(frozen=True)
+class Shards:
+    """What every stream of one pipeline shares: the shards, their declared counts, the log, the rank."""
+
+    urls: list[str]
+    counts: list[int] | None  # samples per shard from dataset.json; None when it does not list them all
+    manifest: Manifest | None
+    log: BadSampleLog
+    batch_size: int  # this rank's share of the global batch
+    rank: int
+    world_size: int
+
+
+def _slot() -> tuple[int, int]:
+    """``(worker, workers)`` of the calling DataLoader worker; (0, 1) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
 class TrainStream(IterableDataset):
-    """Endless, shuffled batches of ``batch_size`` for one rank (see the module docstring)."""
+    """Endless, shuffled batches of ``shards.batch_size`` for one rank, from step ``start_step`` on."""
 
     def __init__(
-        self,
-        urls: list[str],
-        decoder: Decoder,
-        collate: Collate,
-        *,
-        batch_size: int,
-        seed: int,
-        start_step: int,
-        rank: int,
-        world_size: int,
-        shuffle_buffer: int,
-        log: BadSampleLog,
+        self, shards: Shards, decoder: Decoder, collate: Collate, *, seed: int, start_step: int, shuffle_buffer: int
     ) -> None:
         super().__init__()
-        self.urls, self.decoder, self.collate, self.log = urls, decoder, collate, log
-        self.batch_size, self.seed, self.start_step = batch_size, seed, start_step
-        self.rank, self.world_size, self.shuffle_buffer = rank, world_size, max(1, shuffle_buffer)
+        if start_step < 0:
+            raise ValueError(f"start_step: expected >= 0, got {start_step}")
+        if shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer: expected >= 1, got {shuffle_buffer}")
+        self.shards, self.decoder, self.collate = shards, decoder, collate
+        self.seed, self.start_step, self.shuffle_buffer = seed, start_step, shuffle_buffer
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        slot = StreamSlot.current(self.rank, self.world_size)
-        rng = np.random.default_rng(mix_seed(self.seed, self.start_step, slot.rank, slot.worker, slot.num_workers))
-        buffer: list[dict[str, object]] = []
-        items: list[np.ndarray] = []
-        labels: list[int] = []
-        attempts = decoded = 0
+    def raw_samples(self, index: int, total: int, skip: int) -> Iterator[dict]:
+        """Reader ``index``'s endless raw stream from position ``skip``; nothing skipped is decoded."""
+        urls, counts, log = self.shards.urls, self.shards.counts, self.shards.log
         for epoch in itertools.count():
-            order = np.random.default_rng(
-                mix_seed(self.seed, self.start_step, epoch, slot.rank, slot.worker, slot.num_workers)
-            ).permutation(len(self.urls))
+            where = dict(seed=self.seed, epoch=epoch, index=index, total=total)
+            length = None if counts is None else epoch_length(counts, **where)
+            if length is not None and 0 < length <= skip:
+                skip -= length  # a whole epoch: skipped without reading
+                continue
             seen = 0
-            for index in order:
-                for raw in read_shard(self.urls[index], self.log):
-                    seen += 1
-                    # Shuffle buffer: emit a uniformly chosen buffered sample, put the new one in its place.
-                    if len(buffer) < self.shuffle_buffer:
-                        buffer.append(raw)
-                        continue
-                    j = int(rng.integers(len(buffer)))
-                    raw, buffer[j] = buffer[j], raw
-                    attempts += 1
-                    item = _decode(self.decoder, raw, rng, self.log)
-                    if item is None:
-                        continue
-                    decoded += 1
-                    items.append(item[0])
-                    labels.append(item[1])
-                    if len(items) == self.batch_size:
-                        yield self.collate(items, labels)
-                        items, labels = [], []
+            for raw in epoch_samples(urls, counts, log, **where, shuffle_buffer=self.shuffle_buffer, pad=True):
+                seen += 1
+                if skip:
+                    skip -= 1
+                else:
+                    yield raw
             if seen == 0:
                 raise RuntimeError(
-                    f"no readable samples in any of the {len(self.urls)} shard(s) "
-                    f"(first: {self.urls[0]}); see the BadSampleWarning above"
+                    f"no readable samples in the {len(urls)} shard(s) of reader {index} of {total} "
+                    f"(first: {urls[0]}); see the BadSampleWarning above"
                 )
-            if attempts >= self.shuffle_buffer and decoded == 0:
+
+    def __iter__(self) -> Iterator[Batch]:
+        (worker, workers), b, rank = _slot(), self.shards.batch_size, self.shards.rank
+        slot, first = (self.start_step + worker) % workers, (self.start_step + worker) // workers
+        raw = self.raw_samples(rank * workers + slot, self.shards.world_size * workers, first * b)
+        batches, ahead = wds.filters.batched(b, collation_fn=None, partial=False)(raw), deque()
+        for j in itertools.count(first):
+            batch = ahead.popleft() if ahead else next(batches)
+            step = slot + workers * j
+            rng = np.random.default_rng(mix_seed(self.seed, step, rank))
+            good = [d for d in (decode_or_skip(s, self.decoder, rng, self.shards.log) for s in batch) if d]
+            # A bad sample's place goes to a good sample of the same batch, so that the batch keeps its size
+            # and its boundaries stay positions in the raw stream. A batch without one (a stretch of samples
+            # a shard lost) borrows from the batches after it, which both a resumed and an uninterrupted
+            # run read; they are decoded again, silently, in their own step.
+            for n in range(LOOKAHEAD_BATCHES if not good else 0):
+                if len(ahead) == n:
+                    ahead.append(next(batches))
+                if good := [d for d in (decode_or_skip(s, self.decoder, rng, IgnoreLog()) for s in ahead[n]) if d]:
+                    break
+            if not good:
                 raise RuntimeError(
-                    f"no sample of the {len(self.urls)} shard(s) could be decoded "
-                    f"(first: {self.urls[0]}); see the BadSampleWarning above"
+                    f"no sample could be decoded in the {LOOKAHEAD_BATCHES} batches from step {step} on (first: "
+                    f"{batch[0]['__key__']!r} in {batch[0]['__url__']}); see the BadSampleWarning above"
                 )
+            yield self.collate([good[i % len(good)][0] for i in range(b)], [good[i % len(good)][1] for i in range(b)])
 
 
 class EvalStream(IterableDataset):
     """One finite pass: ``(x, y, keys)`` batches, every sample exactly once over all ranks and workers."""
 
-    def __init__(
-        self,
-        urls: list[str],
-        decoder: Decoder,
-        collate: Collate,
-        *,
-        batch_size: int,
-        rank: int,
-        world_size: int,
-        log: BadSampleLog,
-    ) -> None:
+    def __init__(self, shards: Shards, decoder: Decoder, collate: Collate) -> None:
         super().__init__()
-        self.urls, self.decoder, self.collate, self.log = urls, decoder, collate, log
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.shards, self.decoder, self.collate = shards, decoder, collate
 
-    def _raw_samples(self, slot: StreamSlot) -> Iterator[dict[str, object]]:
-        if len(self.urls) >= slot.total:  # split by shard
-            for url in self.urls[slot.index :: slot.total]:
-                yield from read_shard(url, self.log)
-        else:  # split by sample: every reader scans everything, keeps its residue class
-            # A truncated shard is seen by every reader; only reader 0 counts and reports it.
-            shard_log = self.log if slot.index == 0 else IgnoreLog()
-            running = 0
-            for url in self.urls:
-                for raw in read_shard(url, shard_log):
-                    if running % slot.total == slot.index:
-                        yield raw
-                    running += 1
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
-        slot = StreamSlot.current(self.rank, self.world_size)
-        items: list[np.ndarray] = []
-        labels: list[int] = []
-        keys: list[str] = []
-        for raw in self._raw_samples(slot):
-            item = _decode(self.decoder, raw, None, self.log)
-            if item is None:
-                continue
-            items.append(item[0])
-            labels.append(item[1])
-            keys.append(str(raw["__key__"]))
-            if len(items) == self.batch_size:
-                yield (*self.collate(items, labels), keys)
-                items, labels, keys = [], [], []
-        if items:
-            yield (*self.collate(items, labels), keys)
+    def __iter__(self) -> Iterator[tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"], list[str]]]:
+        (worker, workers), sh = _slot(), self.shards
+        where = dict(seed=0, epoch=0, index=sh.rank * workers + worker, total=sh.world_size * workers)
+        raws = epoch_samples(sh.urls, sh.counts, sh.log, **where, shuffle_buffer=0, pad=False)
+        decoded = ((raw["__key__"], decode_or_skip(raw, self.decoder, None, sh.log)) for raw in raws)
+        good = ((key, *item) for key, item in decoded if item is not None)
+        for batch in wds.filters.batched(sh.batch_size, collation_fn=None, partial=True)(good):
+            keys, items, labels = zip(*batch, strict=True)
+            yield (*self.collate(list(items), list(labels)), list(keys))

@@ -1,4 +1,4 @@
-"""Shard URLs, their expansion, and the seeds and slots that split a stream across ranks and workers.
+"""Shard URLs and their expansion, the ranks that split a stream, and the seeds that drive it.
 
 A URL argument is a brace pattern (``data/train-{000000..000127}.tar``), a ``::``-joined list of them, or a
 Python list. Local paths, ``file:``, ``http(s):`` and ``pipe:`` URLs (``pipe:aws s3 cp s3://b/x.tar -``) are
@@ -7,13 +7,12 @@ opened by WebDataset's ``gopen``; only local paths can be checked for existence 
 
 import hashlib
 import os
-from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import torch
 from webdataset.shardlists import expand_urls as _wds_expand
 
-__all__ = ["StreamSlot", "expand_urls", "mix_seed", "resolve_rank", "is_local"]
+__all__ = ["expand_urls", "is_local", "mix_seed", "resolve_rank"]
 
 
 def is_local(url: str) -> bool:
@@ -69,29 +68,3 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return rank, world_size
-
-
-@dataclass(frozen=True)
-class StreamSlot:
-    """One reader among ``world_size x num_workers``: DDP rank ``rank`` and DataLoader worker ``worker``."""
-
-    rank: int
-    world_size: int
-    worker: int
-    num_workers: int
-
-    @property
-    def index(self) -> int:
-        """Position of this reader in rank-major order, 0 <= index < total."""
-        return self.rank * self.num_workers + self.worker
-
-    @property
-    def total(self) -> int:
-        return self.world_size * self.num_workers
-
-    @staticmethod
-    def current(rank: int, world_size: int) -> "StreamSlot":
-        """The slot of the calling process: its DataLoader worker (if any) within the given rank."""
-        info = torch.utils.data.get_worker_info()
-        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        return StreamSlot(rank=rank, world_size=world_size, worker=worker, num_workers=num_workers)

@@ -17,7 +17,7 @@ from PIL import Image
 from diffit.data.badinput import BadSampleLog
 from diffit.data.images import IMAGE_EXTENSIONS, center_crop_resize, encode_image, resize_square
 from diffit.data.manifest import Manifest, write_manifest
-from diffit.data.shards import ShardWriter
+from diffit.data.shards import ShardWriter, check_out_folder, existing_shards
 
 __all__ = ["ImageSource", "array_source", "folder_source", "write_image_shards"]
 
@@ -158,25 +158,40 @@ def write_image_shards(
     png_compress_level: int = 6,
     max_count: int = 10_000,
     max_size: int = 1 << 30,
+    replace: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Manifest:
     """Write ``source`` as shards ``out_pattern % i`` plus ``dataset.json``; return the manifest.
 
     ``resolution``: square side to produce (``center_crop``: ADM center crop, else a plain resize);
-    None keeps the sizes. ``channels``: 1 or 3 (default: the source's, else 3). ``progress(done, total)``
-    is called after each sample.
+    None keeps the sizes. ``channels``: 1 or 3 (default: the source's, else 3). A folder that already
+    holds shards or a dataset.json is refused (ValueError) unless ``replace``: then the old set is deleted
+    first, so no stale shard ever sits beside the new dataset.json. ``progress(done, total)`` is called
+    after each sample.
     """
     if resolution is not None and resolution < 1:
         raise ValueError(f"resolution: expected a positive side length, got {resolution}")
-    channels = channels or source.channels or 3
+    channels = channels if channels is not None else source.channels or 3
     if channels not in (1, 3):
         raise ValueError(f"channels: expected 1 or 3, got {channels}")
     if image_format not in ("png", "jpg", "jpeg"):
         raise ValueError(f"image_format: expected 'png' or 'jpg', got {image_format!r}")
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality: expected 1..100, got {jpeg_quality}")
+    if not 0 <= png_compress_level <= 9:
+        raise ValueError(f"png_compress_level: expected 0..9, got {png_compress_level}")
     ext = "jpg" if image_format in ("jpg", "jpeg") else "png"
     writer = ShardWriter(out_pattern, max_count=max_count, max_size=max_size)
+    folder = check_out_folder(out_pattern)
+    old = existing_shards(folder)
+    if old and not replace:
+        raise ValueError(
+            f"out_pattern: {folder!r} already holds a shard set ({', '.join(old[:3])}"
+            f"{', ...' if len(old) > 3 else ''}); choose an empty folder, or replace the whole set "
+            "(replace=True, --replace)"
+        )
+    for name in old:
+        os.remove(os.path.join(folder, name))
     sizes: set[tuple[int, int]] = set()
     done = 0
     try:
@@ -198,12 +213,12 @@ def write_image_shards(
     except BaseException:
         writer.abort()
         for shard in writer.shards:
-            os.remove(os.path.join(os.path.dirname(os.path.abspath(out_pattern)), shard.name))
+            os.remove(os.path.join(folder, shard.name))
         raise
     side = next(iter(sizes)) if len(sizes) == 1 else None
     square = side[0] if side is not None and side[0] == side[1] else None
     return write_manifest(
-        os.path.dirname(os.path.abspath(out_pattern)),
+        folder,
         kind="image",
         shards=shards,
         resolution=square,
