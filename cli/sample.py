@@ -25,6 +25,7 @@ from diffit.generate import (
     save_images,
 )
 from diffit.objectives import ADMObjective, objective_spec
+from diffit.release import check_release_resolution
 from diffit.runs import import_factory
 from diffit_cli.common import (
     TF32,
@@ -105,9 +106,11 @@ def sample_command(
     interval = _interval(guidance_interval) if guidance_interval is not None else None
     seed_list = parse_int_ranges(seeds, name="--seeds") if seeds is not None else list(range(n))
     classes = parse_int_ranges(class_ids, name="--class") if class_ids is not None else None
-    aliases = {"scale": "--cfg", "schedule": "--cfg-schedule", "channels": "--cfg-channels", "classes": "--class"}
+    aliases = {"scale": "--cfg", "schedule": "--cfg-schedule", "channels": "--cfg-channels", "classes": "--class",
+               "release_resolution": "--release-res"}  # fmt: skip
     with refusing(ctx, aliases):
         guidance = Guidance(scale=cfg, schedule=cfg_schedule, channels=cfg_channels, interval=interval)
+        check_release_resolution(release_res)
         kind = images_out_kind(out)
         check_device(device)
         build = import_factory(model_factory) if model_factory is not None else None
