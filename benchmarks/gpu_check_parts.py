@@ -226,6 +226,34 @@ def _attention_cases(quick: bool) -> dict[str, dict[str, int]]:
     }
 
 
+def _try_ms(fn: Callable[[], object], dev: torch.device, repeats: int, row: dict[str, Any], key: str) -> float | None:
+    """Median milliseconds of ``fn``, or None with the error recorded in ``row[key]`` (flex on a shape or a
+    card its kernels do not support must not lose the part's other figures)."""
+    try:
+        return 1e3 * _median_s(fn, dev, repeats=repeats)
+    except Exception as err:
+        row[key] = f"{type(err).__name__}: {str(err)[:300]}"
+        return None
+
+
+def _flex_fp32_rel(attn: TMSA, side: int, dim: int, dev: torch.device, row: dict[str, Any]) -> float | None:
+    """Largest relative difference between the flex and SDPA paths of ``attn`` in fp32, over the output and the
+    gradients of the input and the bias table (batch 2); None with ``row["flex_fp32_error"]`` if flex fails."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(2, side, side, dim, device=dev, requires_grad=True)
+    qkv_t = attn.qkv_temb(torch.randn(2, dim, device=dev))[:, None, :].detach()
+    cot = torch.randn(2, side, side, dim, device=dev)
+    found = {}
+    try:
+        for backend in ("sdpa", "flex"):
+            out = attn._run(backend, x, qkv_t)
+            found[backend] = [out.detach(), *torch.autograd.grad(out, [x, attn.relative_position_bias_table], cot)]
+    except Exception as err:
+        row["flex_fp32_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        return None
+    return max(_rel(a, b) for a, b in zip(found["flex"], found["sdpa"], strict=True))
+
+
 def _attention_row(
     case: str,
     c: dict[str, int],
@@ -277,13 +305,17 @@ def _attention_row(
     with torch.no_grad():
         row["flash_fwd_ms"] = 1e3 * _median_s(flash_core, dev, repeats=repeats)
         row["sdpa_fwd_ms"] = 1e3 * _median_s(sdpa_core, dev, repeats=repeats)
-        row["flex_fwd_ms"] = 1e3 * _median_s(flex_core, dev, repeats=repeats)
-        ref = sdpa_core()
-        flex_out = rearrange(flex_core(), "b h (ny y nx x) e -> (b ny nx) h (y x) e", ny=s // w, nx=s // w, y=w)
-        row["flex_vs_sdpa_fwd_rel"] = _rel(flex_out.float(), ref.float())
+        row["flex_fwd_ms"] = _try_ms(flex_core, dev, repeats, row, "flex_fwd_error")
+        row["flex_vs_sdpa_fwd_rel"] = None
+        if row["flex_fwd_ms"] is not None:
+            ref, flex_out = sdpa_core(), flex_core()
+            flex_out = rearrange(flex_out, "b h (ny y nx x) e -> (b ny nx) h (y x) e", ny=s // w, nx=s // w, y=w)
+            row["flex_vs_sdpa_fwd_rel"] = _rel(flex_out.float(), ref.float())
     row["flash_fwd_bwd_ms"] = 1e3 * _median_s(fwd_bwd(flash_core), dev, repeats=repeats)
     row["sdpa_fwd_bwd_ms"] = 1e3 * _median_s(fwd_bwd(sdpa_core), dev, repeats=repeats)
-    row["flex_fwd_bwd_ms"] = 1e3 * _median_s(fwd_bwd(flex_core), dev, repeats=repeats) if flex_backward else None
+    row["flex_fwd_bwd_ms"] = (
+        _try_ms(fwd_bwd(flex_core), dev, repeats, row, "flex_fwd_bwd_error") if flex_backward else None
+    )
     for k in ("sdpa", "flex"):
         for p in ("fwd", "fwd_bwd"):
             ms = row[f"{k}_{p}_ms"]
@@ -298,8 +330,14 @@ def _attention_row(
         row["auto_picks"] = min(layer, key=layer.__getitem__)
     else:
         row["layer_fwd_bwd_ms"], row["auto_picks"] = None, "sdpa (cpu)"
-    if row["flex_vs_sdpa_fwd_rel"] > (2e-2 if dtype == torch.bfloat16 else 1e-5):
+    if flex_backward:  # the library's TMSA in fp32 (TF32 off): flex against SDPA, output and gradients
+        row["flex_fp32_rel"] = _flex_fp32_rel(attn, s, c["dim"], dev, row)
+    if row["flex_vs_sdpa_fwd_rel"] is None:
+        failures.append(f"{case}: flex did not run ({row.get('flex_fwd_error')})")
+    elif row["flex_vs_sdpa_fwd_rel"] > (2e-2 if dtype == torch.bfloat16 else 1e-5):
         failures.append(f"{case}: flex differs from SDPA (rel {row['flex_vs_sdpa_fwd_rel']:.2e})")
+    if row.get("flex_fp32_rel") is not None and row["flex_fp32_rel"] > 1e-4:
+        failures.append(f"{case}: fp32 flex differs from SDPA in output or gradients (rel {row['flex_fp32_rel']:.2e})")
     return row
 
 
@@ -361,7 +399,7 @@ def part_train_step(*, device: str, quick: bool, out: Path, compiled: bool, batc
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     peak = dense_bf16_peak(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else None
     tries, failures, result = [], [], None
-    for b in [batch] if batch else batches:
+    for b in [b for b in batches if b <= batch] if batch else batches:  # from the batch eager found, down
         try:
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -636,8 +674,8 @@ def markdown(record: dict[str, Any]) -> str:
             "## 2. Attention (ms; ratio to an unbiased flash call of the same shape)",
             "",
             "| case | dtype | SDPA kernels fwd / bwd | flash fwd | SDPA fwd | flex fwd | flash f+b | SDPA f+b | "
-            "flex f+b | auto picks |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "flex f+b | auto picks | flex vs SDPA fp32 (out, grads) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in get["attention"]["rows"]:
             kern = "; ".join(r["sdpa_kernels"]["forward"]) + " / " + "; ".join(r["sdpa_kernels"]["backward"])
@@ -646,7 +684,8 @@ def markdown(record: dict[str, Any]) -> str:
                 f"| {_fmt(r['flash_fwd_ms'])} | {_fmt(r['sdpa_fwd_ms'])} ({_fmt(r['sdpa_fwd_vs_flash'], 2)}x) "
                 f"| {_fmt(r['flex_fwd_ms'])} ({_fmt(r['flex_fwd_vs_flash'], 2)}x) | {_fmt(r['flash_fwd_bwd_ms'])} "
                 f"| {_fmt(r['sdpa_fwd_bwd_ms'])} ({_fmt(r['sdpa_fwd_bwd_vs_flash'], 2)}x) "
-                f"| {_fmt(r['flex_fwd_bwd_ms'])} ({_fmt(r['flex_fwd_bwd_vs_flash'], 2)}x) | {r['auto_picks']} |"
+                f"| {_fmt(r['flex_fwd_bwd_ms'])} ({_fmt(r['flex_fwd_bwd_vs_flash'], 2)}x) "
+                f"| {r['auto_picks']} | {_fmt(r.get('flex_fp32_rel'))} |"
             )
     steps = [get.get(n, {}) for n in ("train_step_eager", "train_step_compiled")]
     if any(s.get("batch") for s in steps):

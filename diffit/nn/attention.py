@@ -20,6 +20,7 @@ part of the state dict or the model's config, so checkpoints load unchanged):
   dtype and pass (timed once per process, see :func:`measure_backends`); SDPA otherwise, and always on CPU.
 """
 
+import math
 import time
 
 import torch
@@ -154,7 +155,7 @@ def measure_backends(
 ) -> dict[str, float]:
     """Median seconds of ``attn`` on ``x`` with each of SDPA and flex (forward, or forward + backward to the
     input and the bias table; parameter ``.grad`` is never touched), after an uncounted warm-up call that
-    also compiles flex's kernels. What ``"auto"`` decides from."""
+    also compiles flex's kernels; inf for flex where it fails to run. What ``"auto"`` decides from."""
 
     def call(backend: str) -> None:
         with torch.set_grad_enabled(backward):
@@ -169,7 +170,13 @@ def measure_backends(
 
     times: dict[str, float] = {}
     for backend in ("sdpa", "flex"):
-        call(backend)  # warm-up (and compilation)
+        try:
+            call(backend)  # warm-up (and compilation)
+        except Exception:  # flex cannot run this shape here (a head width its kernels lack, no compiler): SDPA
+            if backend == "sdpa":
+                raise
+            times[backend] = math.inf
+            continue
         samples = []
         for _ in range(repeats):
             sync()
