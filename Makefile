@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# One command on a CUDA machine (< 8 min on an H100): correctness, attention kernels, XL/2 training and sampling
+# throughput, and `diffit train` end to end; writes runs/gpu-check/gpu_check.{json,md}. GPU_PY is a Python whose
+# torch has CUDA and diffit's dependencies (.venv holds the CPU build); diffit runs from this source tree.
+GPU_PY ?= python3
+gpu-check:
+	PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(GPU_PY) benchmarks/gpu_check.py --device cuda --out runs/gpu-check
 
 clean:
 	rm -rf $(VENV) build *.egg-info
