@@ -11,9 +11,12 @@ bias; time does not enter B (the paper's ablation: bias-only time conditioning i
 Two interchangeable attention cores compute Eq. 6, chosen at run time per layer (``attention_backend``, not
 part of the state dict or the model's config, so checkpoints load unchanged):
 
-- ``"sdpa"`` (default): ``scaled_dot_product_attention`` with B as an additive 4-D float mask, which selects
-  the fused kernels (flash on CPU, memory-efficient on CUDA) that keep the softmax statistics in fp32; local
-  windows are partitioned into a batch of sequences and merged back.
+- ``"sdpa"`` (default): ``scaled_dot_product_attention`` with B as an additive 4-D float mask; local windows
+  are partitioned into a batch of sequences and merged back. Which kernel runs depends on whether B needs a
+  gradient: without one (sampling) the CPU uses its fused flash kernel; with one (training) the CPU has no
+  fused backward for a mask and runs the unfused math kernel, and CUDA is expected to use the
+  memory-efficient kernel, which takes a bias gradient (flash takes no mask at all). ``benchmarks/gpu_check.py``
+  part 2 records what actually runs; the math kernel is where the flex path can win.
 - ``"flex"``: FlexAttention (:mod:`diffit.nn.flex`): B as a ``score_mod``, local windows as a block mask over
   the whole grid (no partition / merge copies).
 - ``"auto"``: flex where it is available (CUDA, torch >= 2.5) and measured faster for that layer's shape,
