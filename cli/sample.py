@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 import diffit
 from diffit.checkpoint import load_model
 from diffit.data import load_vae
-from diffit.diffusion import SAMPLERS
+from diffit.diffusion import SAMPLERS, SCHEDULES, final_for, plan_sampling
 from diffit.distributed import init_distributed, shutdown
 from diffit.generate import Guidance, default_sigmas, generate, latent_decoder, make_grid, random_labels, save_png
 from diffit.nn import LatentDiffiT
@@ -48,6 +48,17 @@ def sample_command(
         str | None, typer.Option(help=f"{' | '.join(SAMPLERS)} (default: heun for image models, ddpm for latent).")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Sampling steps (default 18 image / 250 latent).")] = None,
+    nfe: Annotated[
+        int | None,
+        typer.Option(
+            help="Instead of --steps: evaluations per image (guided ones count 2); picks the sampler and "
+            "schedule measured best at that budget unless --sampler / --schedule pin them."
+        ),
+    ] = None,  # fmt: skip
+    schedule: Annotated[
+        str | None,
+        typer.Option(help=f"{' | '.join(SCHEDULES)} (default: karras for image models, respaced DDPM for latent)."),
+    ] = None,
     cfg: Annotated[float, typer.Option(help="Guidance scale s: uncond + s (cond - uncond); 1 = no guidance.")] = 1.0,
     cfg_schedule: Annotated[
         str, typer.Option(help="constant | power-cosine (release, rises from 1 at t=T to s at t=0).")
@@ -83,6 +94,17 @@ def sample_command(
         fail(f"--steps must be >= 1, got {steps}")
     if sampler is not None and sampler not in SAMPLERS:
         fail(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if schedule is not None and schedule not in SCHEDULES:
+        fail(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if nfe is not None and steps is not None:
+        fail("--nfe and --steps are alternatives: give one")
+    plan = None
+    if nfe is not None:
+        try:
+            plan = plan_sampling(nfe, guidance_scale=cfg, sampler=sampler, schedule=schedule)
+        except ValueError as err:
+            fail(f"--{err}" if str(err).startswith("nfe") else str(err))
+        sampler, steps, schedule = plan.sampler, plan.steps, plan.schedule
     if cfg < 0:
         fail(f"--cfg must be >= 0, got {cfg}")
     if cfg_schedule not in ("constant", "power-cosine"):
@@ -130,7 +152,11 @@ def sample_command(
             fail(f"--vae: {err}")
 
     guidance = Guidance(scale=cfg, schedule=cfg_schedule, channels=cfg_channels, interval=interval)
-    sigmas = default_sigmas(model, steps)
+    if schedule is None:
+        sigmas = default_sigmas(model, steps)
+    else:
+        sigmas = default_sigmas(model, steps, schedule=schedule, final=final_for(sampler_name))
+    orders: list[int] = []  # the order of each step of the first batch, as the sampler reports it
     nfe = 0  # denoiser evaluations per image (guided steps count cond + uncond)
     progress = Progress(
         TextColumn("[bold]sampling"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
@@ -144,6 +170,8 @@ def sample_command(
     def callback(state: dict[str, Any]) -> None:
         nonlocal nfe
         nfe = state["nfe"]
+        if state["batch"] == 0 and "order" in state:
+            orders.append(state["order"])
         # Images finished, counting the current batch's share of its steps.
         done = state["images_done"] + state["batch_size"] * (state["i"] + 1) / steps
         rate = done / max(time.perf_counter() - start, 1e-9)
@@ -165,6 +193,9 @@ def sample_command(
             "diffit_version": diffit.__version__, "torch_version": torch.__version__,
             "python": platform.python_version(), "checkpoint": source, "weights": source["weights"],
             "sampler": sampler_name, "steps": steps, "nfe_per_image": nfe,
+            "schedule": schedule or ("respaced" if is_latent else "karras"),
+            "final": final_for(sampler_name) if schedule else "sigma_min",
+            "plan": plan.to_dict() if plan is not None else None, "step_orders": orders or None,
             "guidance": {"scale": cfg, "schedule": cfg_schedule, "channels": cfg_channels, "interval": interval},
             "seeds": seeds or f"0-{n - 1}", "count": len(seed_list), "classes": class_ids or "random per seed",
             "precision": precision, "tf32": tf32, "sigmas": [round(float(s), 6) for s in sigmas],

@@ -29,12 +29,14 @@ from diffit.diffusion import (
     EDMPrecond,
     PowerCosineScale,
     VPEpsDenoiser,
+    alpha_bar_to_sigma,
     betas_to_alphas_cumprod,
     bind_labels,
     karras_sigmas,
     linear_betas,
     per_sample_noise,
     respaced_sigmas,
+    schedule_sigmas,
 )
 from diffit.distributed import DistInfo
 from diffit.nn.latent import LatentDiffiT
@@ -60,15 +62,29 @@ def conditional_denoiser(model: nn.Module) -> nn.Module:
 
 
 def default_sigmas(
-    model: nn.Module, steps: int, *, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+    model: nn.Module,
+    steps: int,
+    *,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    schedule: str | None = None,
+    final: str = "sigma_min",
 ) -> Float[Tensor, " n"]:
     """The noise levels a backbone is sampled on by default, descending with a trailing zero.
 
     Image space: Karras et al. (2022) Eq. 5 with (sigma_min, sigma_max, rho). Latent: the release's chain
-    respaced to ``steps`` of its 1000 timesteps (ADM ``space_timesteps``).
+    respaced to ``steps`` of its 1000 timesteps (ADM ``space_timesteps``). ``schedule`` names one of
+    ``diffit.diffusion.SCHEDULES`` instead, over (sigma_min, sigma_max), or for latent models the training
+    chain's range (whose denoiser rounds each sigma to the nearest of its 1000 timesteps); ``final`` is
+    passed on to :func:`~diffit.diffusion.schedule_sigmas`.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if schedule is not None:
+        if isinstance(model, LatentDiffiT):
+            sigma_min, sigma_max = (float(s) for s in alpha_bar_to_sigma(release_alphas_cumprod()[[0, -1]]))
+        return schedule_sigmas(schedule, steps, sigma_min, sigma_max, final=final)
     if isinstance(model, LatentDiffiT):
         return respaced_sigmas(release_alphas_cumprod(), steps)
     return karras_sigmas(steps, sigma_min, sigma_max, rho=rho)
