@@ -34,6 +34,7 @@ from diffit.diffusion import (
     bind_labels,
     karras_sigmas,
     linear_betas,
+    optimized_sigmas,
     per_sample_noise,
     respaced_sigmas,
     schedule_sigmas,
@@ -138,6 +139,32 @@ def random_labels(seeds: Sequence[int], num_classes: int) -> Int[Tensor, " b"]:
     return torch.tensor(
         [int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(s + 2**40))) for s in seeds]
     )
+
+
+# Starting points of fitted schedules: a fixed seed range apart from the usual 0..N-1 sampling seeds.
+FIT_SEEDS = range(10**9, 10**9 + 32)
+
+
+def fitted_sigmas(
+    model: nn.Module,
+    steps: int,
+    *,
+    guidance: Guidance = Guidance(),
+    seeds: Sequence[int] = FIT_SEEDS,
+    fine_steps: int = 100,
+) -> Float[Tensor, " n"]:
+    """:func:`~diffit.diffusion.optimized_sigmas` on the model's own (guided) denoiser, from the noise of
+    ``seeds`` with a random class each; the range of :func:`default_sigmas` with a schedule. Costs
+    (2 fine_steps - 1) evaluations (times 2 when guided) for each of the len(seeds) starts, once per run."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device = next(model.parameters()).device
+    num_classes = getattr(model, "num_classes", None)
+    labels = None if num_classes is None else random_labels(seeds, num_classes).to(device)
+    denoiser = guided_denoiser(model, labels, guidance)
+    sigma_min, sigma_max = (float(s) for s in default_sigmas(model, 2, schedule="log-snr")[[1, 0]])
+    x = per_sample_noise(list(seeds), (model.in_channels, model.resolution, model.resolution), device=device)()
+    return optimized_sigmas(denoiser, x * sigma_max, steps, sigma_min, sigma_max, fine_steps=fine_steps).float()
 
 
 @torch.no_grad()

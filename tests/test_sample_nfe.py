@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from test_sample import ckpt, runner  # noqa: F401 (the module-scoped checkpoint fixture)
 
+import diffit_cli.sample as sample_cli
 from diffit.diffusion import plan_sampling
 from diffit_cli.main import app
 
@@ -46,13 +47,26 @@ def test_cli_schedule_and_pinned_sampler(tmp_path: Path, ckpt: Path) -> None:  #
     assert record["final"] == "zero" and record["step_orders"] == [1, 2, 3, 4, 4] and record["plan"] is None
 
 
+def test_cli_fitted_schedule_records_its_cost(tmp_path: Path, ckpt: Path, monkeypatch) -> None:  # noqa: F811
+    # 2 starting points and 8 candidate sigmas instead of 32 and 100: a fast test.
+    monkeypatch.setattr(sample_cli, "FIT_SEEDS", range(2))
+    monkeypatch.setattr(sample_cli, "FIT_FINE_STEPS", 8)
+    out = tmp_path / "s.npz"
+    args = ["sample", "--ckpt", str(ckpt), "--n", "2", "--out", str(out), "--nfe", "5", "--schedule", "optimized"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["schedule"] == "optimized" and record["schedule_fit_nfe"] == 15 * 2
+    assert record["nfe_per_image"] == 5 and len(record["sigmas"]) == 6 and record["sigmas"][-1] == 0
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--nfe", "3", "--sampler", "dpmpp-3m"], "--nfe 3 is too small for dpmpp-3m"),
         (["--nfe", "0"], "--nfe must be >= 1"),
         (["--nfe", "5", "--steps", "5"], "--nfe and --steps are alternatives"),
-        (["--schedule", "cosine"], "--schedule must be one of karras, log-snr, vp-time"),
+        (["--schedule", "cosine"], "--schedule must be one of karras, log-snr, vp-time, optimized"),
         (["--nfe", "6", "--sampler", "ipndm", "--cfg", "2"], "needs at least 8 evaluations (guided"),
     ],
 )

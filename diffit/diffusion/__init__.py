@@ -33,6 +33,7 @@ from diffit.diffusion.schedules import (
 )
 from diffit.diffusion.sde_samplers import sample_ddpm, sample_edm_stochastic, sample_euler_maruyama
 from diffit.diffusion.step_schedules import (
+    SCHEDULE_NAMES,
     SCHEDULES,
     loglinear_sigmas,
     optimized_sigmas,
@@ -59,6 +60,7 @@ __all__ = [
     "MIN_STEPS",
     "SAMPLERS",
     "SCHEDULES",
+    "SCHEDULE_NAMES",
     "SamplingPlan",
     "Callback",
     "ClassifierFreeGuidance",

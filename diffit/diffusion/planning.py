@@ -8,7 +8,7 @@ mixtures) and ``benchmarks/bench_quality.py --sweep`` (FID of the bundled digits
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from diffit.diffusion.step_schedules import SCHEDULES
+from diffit.diffusion.step_schedules import SCHEDULE_NAMES
 
 # Evaluations one step costs, per sampler: Heun-type samplers evaluate twice per step, except on the
 # last one (to sigma = 0), so n steps cost 2n - 1; all others evaluate once per step.
@@ -98,8 +98,8 @@ def plan_sampling(
     """
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
-    if schedule is not None and schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if schedule is not None and schedule not in SCHEDULE_NAMES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {schedule!r}")
     per_call = 1 if guidance_scale == 1.0 else 2
     calls = nfe // per_call
     if calls < 1:

@@ -92,6 +92,11 @@ SCHEDULES: dict[str, Callable[..., Tensor]] = {
 }
 
 
+# Every schedule name the planner and the CLI accept: the closed forms, and "optimized" (fitted to the model
+# by :func:`optimized_sigmas`, which needs the denoiser and starting points).
+SCHEDULE_NAMES = (*SCHEDULES, "optimized")
+
+
 def schedule_sigmas(
     name: str,
     n: int,
@@ -111,7 +116,8 @@ def schedule_sigmas(
     extrapolates from their history (iPNDM, UniPC). Unknown names raise a ValueError naming ``schedule``.
     """
     if name not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {name!r}")
+        hint = " ('optimized' needs the model: optimized_sigmas)" if name == "optimized" else ""
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {name!r}{hint}")
     if final not in ("sigma_min", "zero"):
         raise ValueError(f"final must be 'sigma_min' or 'zero', got {final!r}")
     if final == "sigma_min":
