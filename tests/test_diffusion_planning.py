@@ -25,7 +25,8 @@ def test_known_budgets() -> None:
     assert default.nfe == 10 and default.steps == 10 and default.sampler in SAMPLERS
     guided = plan_sampling(10, guidance_scale=4.0)
     assert guided.steps == 5 and guided.nfe == 10 and guided.evaluations_per_call == 2
-    assert plan_sampling(10, sampler="ipndm").final == "zero"
+    assert plan_sampling(10, sampler="ipndm").final == "zero" and plan_sampling(10, sampler="heun").final == "sigma_min"
+    assert plan_sampling(3).sampler == "dpmpp-2m"
     assert plan_sampling(2).sampler == "euler"  # below every higher-order method's minimum
 
 

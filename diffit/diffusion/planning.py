@@ -33,10 +33,15 @@ MIN_STEPS = {
 # to 0) rather than returning D(x, sigma_min): their schedules skip sigma_min (``schedule_sigmas(final=)``).
 FINAL_TO_ZERO = ("ipndm", "unipc")
 
-# Measured best (sampler, schedule) for a budget of n evaluations, as ranges [lo, hi).
+# Measured best (sampler, schedule) for a budget of n denoiser calls, as ranges [lo, hi). From 4 calls on:
+# UniPC on the VP-time schedule had the lowest FID of the bundled digits model at 5, 10, 15 and 35 NFE
+# (benchmarks/results/quality_sweep.md) and 0.56x the best peer's exact-ODE error at 10 NFE on the held-out
+# mixtures; iPNDM, lower still on the mixtures (0.24x-0.40x), had a worse FID at 5-8 NFE. Below 4 calls,
+# DPM++(2M) needs 3 steps for one 2nd-order step, and Euler is all that fits 1-2.
 LOW_NFE_CHOICE: tuple[tuple[int, int, str, str], ...] = (
-    (1, 4, "euler", "karras"),
-    (4, 10**9, "ipndm", "vp-time"),
+    (1, 3, "euler", "karras"),
+    (3, 4, "dpmpp-2m", "karras"),
+    (4, 10**9, "unipc", "vp-time"),
 )
 
 
