@@ -231,7 +231,9 @@ def sampling_sigmas(
     the objective's default (``schedule`` None), a named schedule ending as ``sampler`` needs
     (:func:`~diffit.diffusion.final_for`), or ``"optimized"``: :func:`fitted_sigmas` on the model itself."""
     if schedule == "optimized":
-        sigmas = fitted_sigmas(model, steps, guidance=guidance, objective=objective, fine_steps=FIT_FINE_STEPS)
+        sigmas = fitted_sigmas(
+            model, steps, guidance=guidance, objective=objective, seeds=FIT_SEEDS, fine_steps=FIT_FINE_STEPS
+        )
         return sigmas, (2 * FIT_FINE_STEPS - 1) * len(FIT_SEEDS) * (1 if guidance.scale == 1.0 else 2)
     final = final_for(sampler) if schedule is not None else "sigma_min"
     return default_sigmas(model, steps, objective=objective, schedule=schedule, final=final), 0

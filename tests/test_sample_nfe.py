@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from test_sample import ckpt, runner  # noqa: F401 (the module-scoped checkpoint fixture)
 
-import diffit_cli.sample as sample_cli
+import diffit.generate as generate_module
 from diffit.diffusion import plan_sampling
 from diffit_cli.main import app
 
@@ -49,8 +49,8 @@ def test_cli_schedule_and_pinned_sampler(tmp_path: Path, ckpt: Path) -> None:  #
 
 def test_cli_fitted_schedule_records_its_cost(tmp_path: Path, ckpt: Path, monkeypatch) -> None:  # noqa: F811
     # 2 starting points and 8 candidate sigmas instead of 32 and 100: a fast test.
-    monkeypatch.setattr(sample_cli, "FIT_SEEDS", range(2))
-    monkeypatch.setattr(sample_cli, "FIT_FINE_STEPS", 8)
+    monkeypatch.setattr(generate_module, "FIT_SEEDS", range(2))
+    monkeypatch.setattr(generate_module, "FIT_FINE_STEPS", 8)
     out = tmp_path / "s.npz"
     args = ["sample", "--ckpt", str(ckpt), "--n", "2", "--out", str(out), "--nfe", "5", "--schedule", "optimized"]
     res = runner.invoke(app, args)
