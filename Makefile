@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 TORCH_INDEX_URL ?=
 TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
-.PHONY: demo test bench docs figures clean
+.PHONY: demo test bench gpu-check docs figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,13 @@ docs: $(STAMP)
 # Regenerate the committed pictures under docs/figures/ (a minute or two on a CPU).
 figures: $(STAMP)
 	$(BIN)/python docs/make_figures.py
+
+# One command on a CUDA machine (< 8 min on an H100): correctness, attention kernels, XL/2 training and sampling
+# throughput, and `diffit train` end to end; writes runs/gpu-check/gpu_check.{json,md}. GPU_PY is a Python whose
+# torch has CUDA and diffit's dependencies (.venv holds the CPU build); diffit runs from this source tree.
+GPU_PY ?= python3
+gpu-check:
+	PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(GPU_PY) benchmarks/gpu_check.py --device cuda --out runs/gpu-check
 
 clean:
 	rm -rf $(VENV) build *.egg-info

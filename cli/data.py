@@ -18,11 +18,13 @@ from diffit.data import (
     folder_source,
     write_image_shards,
 )
-from diffit_cli.common import console, fail, progress_bar
+from diffit_cli.common import console, fail, fail_from, progress_bar
 
 data_app = typer.Typer(
     name="data", help="Write WebDataset shards of images or pre-encoded latents.", no_args_is_help=True
 )
+
+_ALIASES = {"resolution": "--res"}  # library argument names that differ from the options
 
 
 @contextmanager
@@ -46,6 +48,7 @@ def _bad_sample_summary(log: BadSampleLog) -> Iterator[None]:
 
 @data_app.command("shard")
 def shard(
+    ctx: typer.Context,
     src: Annotated[
         str,
         typer.Argument(
@@ -104,7 +107,7 @@ def shard(
                 progress=progress,
             )
     except (ValueError, OSError) as exc:
-        fail(str(exc))
+        fail_from(exc, ctx, _ALIASES)
     console.print(
         f"wrote {manifest.count} samples in {len(manifest.shards)} shard(s), "
         f"{manifest.classes} classes, content_hash {manifest.content_hash[:16]}",
@@ -114,6 +117,7 @@ def shard(
 
 @data_app.command("encode")
 def encode(
+    ctx: typer.Context,
     shards: Annotated[str, typer.Argument(help="Image shards, e.g. 'data/train-{000000..000127}.tar'.")],
     out_pattern: Annotated[str, typer.Argument(help="Latent shard names, printf-style: out/lat-%06d.tar")],
     vae: Annotated[str, typer.Option("--vae", help="AutoencoderKL folder or Hub id (e.g. stabilityai/sd-vae-ft-ema).")],
@@ -144,7 +148,7 @@ def encode(
                 progress=progress,
             )
     except (ValueError, OSError) as exc:
-        fail(str(exc))
+        fail_from(exc, ctx, _ALIASES)
     console.print(
         f"wrote {manifest.count} latents {manifest.channels}x{manifest.resolution}x{manifest.resolution} "
         f"in {len(manifest.shards)} shard(s)",

@@ -22,7 +22,7 @@ from diffit.evaluation import (
     reference_statistics,
     save_statistics,
 )
-from diffit_cli.common import Device, console, fail, progress_bar, write_json
+from diffit_cli.common import Device, console, fail, fail_from, progress_bar, write_json
 
 eval_app = typer.Typer(name="eval", help="Inception statistics, FID and Inception Score.", no_args_is_help=True)
 _out = Console()
@@ -37,6 +37,8 @@ Inception = Annotated[
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per Inception call.")]
 MaxCount = Annotated[int | None, typer.Option("--max-count", help="Use at most this many images.")]
+
+_ALIASES = {"resolution": "--res"}  # library argument names that differ from the options
 
 
 def _message(exc: BaseException) -> str:
@@ -68,6 +70,7 @@ def _load(inception: str | None, device: str | None) -> InceptionV3:
 
 @eval_app.command("stats")
 def stats(
+    ctx: typer.Context,
     src: Annotated[
         str,
         typer.Argument(
@@ -86,7 +89,7 @@ def stats(
     try:
         source = open_images(src, batch_size=batch_size, max_count=max_count)
     except ValueError as exc:
-        fail(_message(exc))
+        fail_from(exc, ctx, _ALIASES)
     _check_count(source.count, "SRC")
     net = _load(inception, device)
     try:
@@ -94,12 +97,13 @@ def stats(
             result = evaluate_images(source, net, progress=progress)
         save_statistics(out, result.stats)
     except (ValueError, OSError) as exc:
-        fail(_message(exc))
+        fail_from(exc, ctx, _ALIASES)
     console.print(f"wrote statistics of {result.stats.count} images to {out}", markup=False, highlight=False)
 
 
 @eval_app.command("fid")
 def fid(
+    ctx: typer.Context,
     samples: Annotated[str, typer.Argument(help="Generated images: .npz (arr_0), image folder or shards.")],
     ref: Annotated[
         str,
@@ -123,7 +127,7 @@ def fid(
         ref_is_stats = is_statistics_file(ref)
         ref_source = None if ref_is_stats else open_images(ref, batch_size=batch_size, max_count=max_count)
     except ValueError as exc:
-        fail(_message(exc))
+        fail_from(exc, ctx, _ALIASES)
     _check_count(sample_source.count, "SAMPLES")
     _check_count(None if ref_source is None else ref_source.count, "REF")
     net = _load(inception, device)
@@ -140,7 +144,7 @@ def fid(
         if result.probabilities is not None:
             score = inception_score_from_probabilities(result.probabilities, min(splits, len(result.probabilities)))
     except (ValueError, OSError) as exc:
-        fail(_message(exc))
+        fail_from(exc, ctx, _ALIASES)
 
     table = Table(title="diffit eval fid")
     table.add_column("metric")

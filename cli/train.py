@@ -101,7 +101,13 @@ def train_command(
     ] = True,
     num_workers: Annotated[int, typer.Option(help="DataLoader workers per rank for streamed shards.")] = 2,
     out: Annotated[str, typer.Option(help="Run directory (checkpoints, log.jsonl, sample grids).")] = "runs/digits",
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue the run in --out from its newest intact checkpoint (none yet: start it, so a "
+            "preemptible job can always pass --resume)."
+        ),
+    ] = False,
     vae: Annotated[
         str | None, typer.Option(help="With --latent: AutoencoderKL (path or hub id) to decode the sample grids.")
     ] = None,
@@ -117,6 +123,7 @@ def train_command(
             world_size=world, lr=lr, warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay, ema=ema,
             grad_clip=grad_clip, precision=precision, label_dropout=label_dropout, ckpt_every=ckpt_every,
             keep_last=keep_last, log_every=log_every, sample_every=sample_every, max_bad_steps=max_bad_steps,
+            seed=seed,
         )  # fmt: skip
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")

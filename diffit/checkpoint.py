@@ -34,7 +34,7 @@ from diffit.data.atomic import atomic_path, fsync_dir, fsync_file
 from diffit.ema import strip_wrapper_prefixes, unwrap
 from diffit.nn import ImageDiffiT, LatentDiffiT, backbone_problems
 from diffit.objectives import build_objective, objective_spec
-from diffit.release import load_release
+from diffit.release import check_release_resolution, load_release
 
 MODEL_METADATA_KEY = "diffit.model"
 OBJECTIVE_METADATA_KEY = "diffit.objective"
@@ -329,6 +329,7 @@ def load_model(
     :func:`build_model`); ``objective`` overrides the recorded one (needed for an objective of your own).
     Raises FileNotFoundError / ValueError with one line.
     """
+    check_release_resolution(release_resolution)
     try:
         path = resolve_weights(source, use_ema=use_ema)
     except FileNotFoundError:

@@ -17,6 +17,7 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    group: bool = False  # a process group exists (torchrun started this process, even with one rank)
 
     @property
     def is_main(self) -> bool:
@@ -24,7 +25,9 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Collectives and DDP are in use: several ranks, or one rank that torchrun started (so a one-GPU
+        torchrun job runs the same DDP / NCCL code as a multi-GPU one)."""
+        return self.world_size > 1 or self.group
 
 
 def check_device(device: str | None) -> torch.device:
@@ -39,8 +42,9 @@ def check_device(device: str | None) -> torch.device:
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group that torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
-    ``device`` None picks the local GPU when CUDA is available, else the CPU. Without torchrun's variables the
-    job is a single process and no process group is created.
+    ``device`` None picks the local GPU when CUDA is available, else the CPU. Under torchrun a process group
+    is created even for one rank (NCCL on GPU, gloo on CPU); without torchrun's variables the job is a single
+    process and no group is created.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -49,9 +53,11 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    launched = world > 1 or ("MASTER_ADDR" in os.environ and "RANK" in os.environ)
+    if launched and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+    group = dist.is_available() and dist.is_initialized()
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, group=group)
 
 
 def world_size() -> int:

@@ -26,7 +26,16 @@ from torch import Tensor, nn
 
 from diffit.data import SD_SCALE_FACTOR, mix_seed
 from diffit.data.atomic import atomic_path
-from diffit.diffusion import SAMPLERS, ClassifierFreeGuidance, PowerCosineScale, bind_labels, per_sample_noise
+from diffit.diffusion import (
+    SAMPLERS,
+    ClassifierFreeGuidance,
+    PowerCosineScale,
+    bind_labels,
+    final_for,
+    optimized_sigmas,
+    per_sample_noise,
+    schedule_sigmas,
+)
 from diffit.distributed import DistInfo
 from diffit.nn import backbone_problems
 from diffit.objectives import ADMObjective, Objective, default_objective, release_alphas_cumprod
@@ -37,6 +46,9 @@ _LABEL_STREAM = 1  # random_labels' seeds: mix_seed(seed, _LABEL_STREAM), apart 
 __all__ = [
     "Guidance",
     "default_sigmas",
+    "fitted_sigmas",
+    "sigma_range",
+    "sampling_sigmas",
     "generate",
     "guided_denoiser",
     "latent_decoder",
@@ -60,12 +72,33 @@ def check_backbone(model: nn.Module) -> None:
         raise ValueError(f"model {type(model).__name__} {problems[0]} (see diffit.nn.Backbone)")
 
 
-def default_sigmas(model: nn.Module, steps: int, *, objective: Objective | None = None) -> Float[Tensor, " n"]:
-    """The noise levels ``model`` is sampled on by default, descending with a trailing zero: its objective's
-    (Karras et al. Eq. 5 for EDM; the release's chain respaced to ``steps`` for ADM)."""
+def sigma_range(objective: Objective) -> tuple[float, float]:
+    """(sigma_min, sigma_max) that ``objective`` samples over: the ends of its default schedule (for ADM, the
+    training chain's, whose denoiser rounds each sigma to the nearest of its timesteps)."""
+    sigmas = objective.sampling_sigmas(2)
+    positive = sigmas[sigmas > 0]
+    return float(positive.min()), float(positive.max())
+
+
+def default_sigmas(
+    model: nn.Module,
+    steps: int,
+    *,
+    objective: Objective | None = None,
+    schedule: str | None = None,
+    final: str = "sigma_min",
+) -> Float[Tensor, " n"]:
+    """The noise levels ``model`` is sampled on, descending with a trailing zero: by default its objective's
+    (Karras et al. Eq. 5 for EDM; the release's chain respaced to ``steps`` for ADM); ``schedule`` names one of
+    ``diffit.diffusion.SCHEDULES`` instead, over :func:`sigma_range`, with ``final`` passed on to
+    :func:`~diffit.diffusion.schedule_sigmas`."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return (objective if objective is not None else default_objective(model)).sampling_sigmas(steps)
+    objective = objective if objective is not None else default_objective(model)
+    if schedule is None:
+        return objective.sampling_sigmas(steps)
+    sigma_min, sigma_max = sigma_range(objective)
+    return schedule_sigmas(schedule, steps, sigma_min, sigma_max, final=final)
 
 
 @dataclass(frozen=True)
@@ -152,6 +185,56 @@ def random_labels(seeds: Sequence[int], num_classes: int) -> Int[Tensor, " b"]:
         ],
         dtype=torch.long,
     )
+
+
+# Starting points of fitted schedules: a fixed seed range apart from the usual 0..N-1 sampling seeds.
+FIT_SEEDS = range(10**9, 10**9 + 32)
+
+
+def fitted_sigmas(
+    model: nn.Module,
+    steps: int,
+    *,
+    guidance: Guidance = Guidance(),
+    objective: Objective | None = None,
+    seeds: Sequence[int] = FIT_SEEDS,
+    fine_steps: int = 100,
+) -> Float[Tensor, " n"]:
+    """:func:`~diffit.diffusion.optimized_sigmas` on the model's own (guided) denoiser, from the noise of
+    ``seeds`` with a random class each; the range of :func:`default_sigmas` with a schedule. Costs
+    (2 fine_steps - 1) evaluations (times 2 when guided) for each of the len(seeds) starts, once per run."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device = next(model.parameters()).device
+    num_classes = getattr(model, "num_classes", None)
+    labels = None if num_classes is None else random_labels(seeds, num_classes).to(device)
+    objective = objective if objective is not None else default_objective(model)
+    denoiser = guided_denoiser(model, labels, guidance, objective)
+    sigma_min, sigma_max = sigma_range(objective)
+    x = per_sample_noise(list(seeds), (model.in_channels, model.resolution, model.resolution), device=device)()
+    return optimized_sigmas(denoiser, x * sigma_max, steps, sigma_min, sigma_max, fine_steps=fine_steps).float()
+
+
+FIT_FINE_STEPS = 100  # candidate sigmas of the "optimized" schedule (its Heun teacher costs 2 * 100 - 1 NFE)
+
+
+def sampling_sigmas(
+    model: nn.Module,
+    steps: int,
+    *,
+    sampler: str,
+    schedule: str | None = None,
+    objective: Objective | None = None,
+    guidance: Guidance = Guidance(),
+) -> tuple[Float[Tensor, " n"], int]:
+    """The sigmas a run samples on, and the network evaluations spent choosing them (per run, not per image):
+    the objective's default (``schedule`` None), a named schedule ending as ``sampler`` needs
+    (:func:`~diffit.diffusion.final_for`), or ``"optimized"``: :func:`fitted_sigmas` on the model itself."""
+    if schedule == "optimized":
+        sigmas = fitted_sigmas(model, steps, guidance=guidance, objective=objective, fine_steps=FIT_FINE_STEPS)
+        return sigmas, (2 * FIT_FINE_STEPS - 1) * len(FIT_SEEDS) * (1 if guidance.scale == 1.0 else 2)
+    final = final_for(sampler) if schedule is not None else "sigma_min"
+    return default_sigmas(model, steps, objective=objective, schedule=schedule, final=final), 0
 
 
 @torch.no_grad()

@@ -19,6 +19,15 @@ RELEASE_REPO = "nvidia/DiffiT"
 RELEASE_RESOLUTIONS = (256, 512)
 
 
+def check_release_resolution(resolution: int) -> int:
+    """ValueError unless ``resolution`` names a released model (``RELEASE_RESOLUTIONS``)."""
+    if resolution not in RELEASE_RESOLUTIONS:
+        raise ValueError(
+            f"release_resolution must be one of {RELEASE_RESOLUTIONS} (the released models), got {resolution}"
+        )
+    return resolution
+
+
 def release_filename(resolution: int) -> str:
     """The file name of the released checkpoint for ``resolution`` pixels (256 or 512)."""
     if resolution not in RELEASE_RESOLUTIONS:

@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,8 @@ def check_output_path(path: str | Path, *, name: str = "out") -> Path:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise ValueError(f"{name} {text}: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {text}: {ancestor} is not writable")
+    try:  # a real probe: permissions, read-only file systems and pseudo file systems (/proc) all show here
+        os.rmdir(tempfile.mkdtemp(prefix=".diffit-probe-", dir=ancestor))
+    except OSError:
+        raise ValueError(f"{name} {text}: cannot create anything in {ancestor}") from None
     return p

@@ -209,6 +209,7 @@ def check_train_args(
     log_every: int,
     sample_every: int,
     max_bad_steps: int,
+    seed: int = 0,
 ) -> None:
     """ValueError naming the first argument of :func:`train` that is out of range (called before any work)."""
 
@@ -221,6 +222,7 @@ def check_train_args(
                         ("max_bad_steps", max_bad_steps)):  # fmt: skip
         need(value >= 1, name, "an integer >= 1", value)
     need(warmup >= 0, "warmup", ">= 0", warmup)
+    need(seed >= 0, "seed", "an integer >= 0", seed)
     need(sample_every >= 0, "sample_every", ">= 0 (0 disables)", sample_every)
     need(math.isfinite(lr) and lr > 0, "lr", "a finite number > 0", lr)
     need(all(math.isfinite(b) and 0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)", betas)
@@ -297,7 +299,7 @@ def train(
         steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=dist.world_size, lr=lr,
         warmup=warmup, betas=betas, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip, precision=precision,
         label_dropout=label_dropout, ckpt_every=ckpt_every, keep_last=keep_last, log_every=log_every,
-        sample_every=sample_every, max_bad_steps=max_bad_steps,
+        sample_every=sample_every, max_bad_steps=max_bad_steps, seed=seed,
     )  # fmt: skip
     run_dir = check_run_dir(run_dir, resume=resume)
     model = unwrap(model).to(dist.device).train()

@@ -170,7 +170,7 @@ def test_nfe_and_callback() -> None:
     sigmas = karras_sigmas(n, SIGMA_MIN, SIGMA_MAX, dtype=F64)
     x = torch.randn(4, 2, dtype=F64) * SIGMA_MAX
     expected = {"euler": n, "heun": 2 * n - 1, "dpmpp-2m": n, "ddim": n, "edm-stochastic": 2 * n - 1}
-    expected |= {"euler-maruyama": n, "ddpm": n}
+    expected |= {"euler-maruyama": n, "ddpm": n, "dpmpp-3m": n, "unipc": n, "ipndm": n}
     for name, sampler in SAMPLERS.items():
         states: list[dict] = []
         sampler(gm, x, sigmas, callback=states.append)

@@ -73,9 +73,8 @@ def test_custom_model_through_the_cli(tmp_path: Path, monkeypatch: pytest.Monkey
     out = tmp_path / "run"
     factory = "examples.tmsa_in_your_model:MyDenoiser"
     res = runner.invoke(app, ["train", "--model-factory", factory, "--steps", "2", "--batch-size", "4",
-                              "--sample-every", "2", "--out", str(out)])  # fmt: skip
+                              "--sample-every", "0", "--out", str(out)])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert (out / "samples-00000002.png").is_file()
     missing = runner.invoke(app, ["sample", "--ckpt", str(out), "--n", "2", "--out", str(tmp_path / "x.png")])
     assert missing.exit_code == 2 and "--model-factory" in missing.output and "Traceback" not in missing.output
     assert not (tmp_path / "x.png").exists()
@@ -118,17 +117,17 @@ def test_every_preset_rebuilds_from_its_config(name: str) -> None:
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("name", ["tiny", "cifar10", "s2"])
+@pytest.mark.parametrize("name", ["tiny", "s2"])  # both classes; every preset is checked on meta above
 def test_rebuilt_preset_computes_the_same_function(name: str) -> None:
     factory = {**IMAGE_PRESETS, **LATENT_PRESETS}[name]
     model = factory(**({"input_size": 8} if name == "s2" else {})).eval()
     rebuilt = type(model)(**json.loads(json.dumps(model.config))).eval()
     rebuilt.load_state_dict(model.state_dict())
-    for p in model.parameters():  # zero-initialised heads would make any two models agree
-        p.data.add_(torch.randn_like(p) * 0.02)
+    head = model.head_conv if hasattr(model, "head_conv") else model.final_layer.linear
+    torch.nn.init.normal_(head.weight, std=0.02)  # zero-initialised heads would make any two models agree
     rebuilt.load_state_dict(model.state_dict())
-    x = torch.randn(2, model.in_channels, model.resolution, model.resolution)
-    t, y = torch.tensor([0.3, 500.0]), torch.tensor([1, 2]) if model.num_classes else None
+    x = torch.randn(1, model.in_channels, model.resolution, model.resolution)
+    t, y = torch.tensor([0.3]), torch.tensor([1]) if model.num_classes else None
     assert torch.equal(model(x, t, y), rebuilt(x, t, y))
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from diffit.data.badinput import BadSampleLog
 from diffit.data.decoders import SD_SCALE_FACTOR, ImageDecoder
-from diffit.data.manifest import Manifest, find_manifest, write_manifest
+from diffit.data.manifest import Manifest, find_manifest, label_spec, write_manifest
 from diffit.data.shards import ShardInfo, ShardWriter, check_out_folder, read_shard, shard_digest
 from diffit.data.streams import decode_or_skip
 from diffit.data.urls import expand_urls, mix_seed
@@ -126,10 +126,9 @@ def encode_latents(
         raise ValueError(f"scale_factor: expected a finite positive number, got {scale_factor}")
     check_device(device)
     source = find_manifest(expanded)
-    labelled = labelled if labelled is not None else (source.labelled if source is not None else True)
+    labelled, classes = label_spec(labelled, source)
     model = load_vae(vae, device) if isinstance(vae, str) else vae
     log = log or BadSampleLog()
-    classes = source.classes if source is not None and source.classes > 0 else None
     decoder = ImageDecoder(resolution, 3, True, labelled, flip=False, classes=classes)
     total = source.count if source is not None else None
     shards: list[ShardInfo] = []

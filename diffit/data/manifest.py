@@ -62,6 +62,13 @@ class Manifest:
         return self.classes > 0
 
 
+def label_spec(labelled: bool | None, manifest: Manifest | None) -> tuple[bool, int | None]:
+    """The one decision on labels: whether samples carry them (``labelled``, else dataset.json's classes > 0,
+    else True without a dataset.json), and the class count they must lie below (None: unchecked)."""
+    classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
+    return (manifest is None or manifest.labelled) if labelled is None else labelled, classes
+
+
 def write_manifest(
     folder: str,
     *,

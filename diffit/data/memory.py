@@ -28,7 +28,7 @@ from torch import Tensor
 
 from diffit.data.badinput import BadSampleLog
 from diffit.data.decoders import ImageDecoder
-from diffit.data.manifest import find_manifest, shard_counts
+from diffit.data.manifest import find_manifest, label_spec, shard_counts
 from diffit.data.shards import read_shard
 from diffit.data.streams import decode_or_skip
 from diffit.data.urls import expand_urls, mix_seed, resolve_rank
@@ -54,11 +54,10 @@ def load_images(
     """
     expanded = expand_urls(urls)
     manifest = find_manifest(expanded)
-    labelled = labelled if labelled is not None else (manifest.labelled if manifest is not None else True)
+    labelled, classes = label_spec(labelled, manifest)
     log = log or BadSampleLog()
     images: list[np.ndarray] = []
     labels: list[int] = []
-    classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
     counts = shard_counts(expanded, manifest) or [None] * len(expanded)
     for url, expected in zip(expanded, counts, strict=True):
         for raw in read_shard(url, log, expected):

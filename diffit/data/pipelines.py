@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffit.data.badinput import BadSampleLog
 from diffit.data.decoders import SD_SCALE_FACTOR, ImageDecoder, LatentDecoder, collate_images, collate_latents
-from diffit.data.manifest import Manifest, find_manifest, shard_counts
+from diffit.data.manifest import Manifest, find_manifest, label_spec, shard_counts
 from diffit.data.streams import EvalStream, Shards, TrainStream
 from diffit.data.urls import expand_urls, resolve_rank
 
@@ -62,12 +62,6 @@ def _shards(urls: str | list[str], batch_size: int, rank: int | None, world_size
     manifest = find_manifest(expanded)
     counts = shard_counts(expanded, manifest)
     return Shards(expanded, counts, manifest, BadSampleLog(), batch_size // world_size, rank, world_size)
-
-
-def _labels(labelled: bool | None, manifest: Manifest | None) -> tuple[bool, int | None]:
-    """Whether samples carry labels, and the class count they must be below (both from dataset.json)."""
-    classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
-    return (manifest is None or manifest.labelled) if labelled is None else labelled, classes
 
 
 def _check_images(manifest: Manifest | None, resolution: int | None, channels: int | None, resize: bool) -> None:
@@ -112,7 +106,7 @@ def image_pipeline(
     """
     shards = _shards(urls, batch_size, rank, world_size)
     _check_images(shards.manifest, resolution, channels, resize)
-    decoder = ImageDecoder(resolution, channels, resize, *_labels(labelled, shards.manifest), flip=flip)
+    decoder = ImageDecoder(resolution, channels, resize, *label_spec(labelled, shards.manifest), flip=flip)
     stream = TrainStream(
         shards, decoder, collate_images, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer
     )
@@ -147,7 +141,7 @@ def latent_pipeline(
     if scale_factor is None:
         stored = None if manifest is None else manifest.extra.get("scale_factor")
         scale_factor = float(stored) if isinstance(stored, (int, float)) else SD_SCALE_FACTOR
-    decoder = LatentDecoder(*_labels(labelled, manifest), flip=flip, sample=sample)
+    decoder = LatentDecoder(*label_spec(labelled, manifest), flip=flip, sample=sample)
     collate = partial(collate_latents, scale_factor=scale_factor)  # a partial pickles into workers
     stream = TrainStream(shards, decoder, collate, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer)
     return Batches(stream, num_workers=num_workers, log=shards.log, finite=False, name="latent_pipeline")
@@ -169,7 +163,7 @@ def eval_pipeline(
     every readable sample is yielded exactly once (the last batch of each reader may be smaller)."""
     shards = _shards(urls, batch_size, rank, world_size)
     _check_images(shards.manifest, resolution, channels, resize)
-    decoder = ImageDecoder(resolution, channels, resize, *_labels(labelled, shards.manifest), flip=False)
+    decoder = ImageDecoder(resolution, channels, resize, *label_spec(labelled, shards.manifest), flip=False)
     return Batches(
         EvalStream(shards, decoder, collate_images),
         num_workers=num_workers,

@@ -156,8 +156,9 @@ class ShardWriter:
             pattern % 0
         except (TypeError, ValueError) as exc:
             raise ValueError(f"out_pattern: {pattern!r} is not a valid printf-style pattern ({exc})") from None
-        if max_count < 1 or max_size < 1:
-            raise ValueError(f"max_count/max_size: expected positive limits, got {max_count}, {max_size}")
+        for name, value in (("max_count", max_count), ("max_size", max_size)):
+            if value < 1:
+                raise ValueError(f"{name}: expected a positive limit, got {value}")
         self.pattern, self.max_count, self.max_size, self.start_index = pattern, max_count, max_size, start_index
         self.shards: list[ShardInfo] = []
         self._writer: wds.ShardWriter | None = None

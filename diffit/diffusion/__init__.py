@@ -14,8 +14,10 @@ from diffit.diffusion.losses import (
     normal_kl,
     sample_timesteps,
 )
-from diffit.diffusion.noise import NoiseSampler, PerSampleNoise, generator_noise, global_noise, per_sample_noise
+from diffit.diffusion.multistep import sample_dpmpp_3m, sample_ipndm, sample_unipc
+from diffit.diffusion.noise import NoiseSampler, PerSampleNoise, global_noise, per_sample_noise
 from diffit.diffusion.ode_samplers import sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun
+from diffit.diffusion.planning import MIN_STEPS, SamplingPlan, final_for, plan_sampling, steps_for_nfe
 from diffit.diffusion.sampling import Callback, Denoiser, bind_labels, check_sigmas
 from diffit.diffusion.schedules import (
     alpha_bar_to_sigma,
@@ -30,6 +32,14 @@ from diffit.diffusion.schedules import (
     timestep_to_sigma,
 )
 from diffit.diffusion.sde_samplers import sample_ddpm, sample_edm_stochastic, sample_euler_maruyama
+from diffit.diffusion.step_schedules import (
+    SCHEDULE_NAMES,
+    SCHEDULES,
+    loglinear_sigmas,
+    optimized_sigmas,
+    schedule_sigmas,
+    vp_time_sigmas,
+)
 from diffit.diffusion.toy import GaussianMixture
 
 # Name -> sampler, for the CLI (the only place that maps a string to a function).
@@ -37,6 +47,9 @@ SAMPLERS = {
     "euler": sample_euler,
     "heun": sample_heun,
     "dpmpp-2m": sample_dpmpp_2m,
+    "dpmpp-3m": sample_dpmpp_3m,
+    "unipc": sample_unipc,
+    "ipndm": sample_ipndm,
     "ddim": sample_ddim,
     "edm-stochastic": sample_edm_stochastic,
     "euler-maruyama": sample_euler_maruyama,
@@ -44,7 +57,11 @@ SAMPLERS = {
 }
 
 __all__ = [
+    "MIN_STEPS",
     "SAMPLERS",
+    "SCHEDULES",
+    "SCHEDULE_NAMES",
+    "SamplingPlan",
     "Callback",
     "ClassifierFreeGuidance",
     "Denoiser",
@@ -64,23 +81,32 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "edm_coefficients",
     "edm_loss",
-    "generator_noise",
+    "final_for",
     "global_noise",
     "karras_sigmas",
     "linear_betas",
+    "loglinear_sigmas",
     "normal_kl",
+    "optimized_sigmas",
     "per_sample_noise",
+    "plan_sampling",
     "respaced_sigmas",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
+    "sample_dpmpp_3m",
     "sample_edm_stochastic",
     "sample_euler",
     "sample_euler_maruyama",
     "sample_heun",
+    "sample_ipndm",
     "sample_timesteps",
+    "sample_unipc",
+    "schedule_sigmas",
     "sigma_to_alpha_bar",
     "sigma_to_timestep",
     "space_timesteps",
+    "steps_for_nfe",
     "timestep_to_sigma",
+    "vp_time_sigmas",
 ]

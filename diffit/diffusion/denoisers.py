@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from diffit.diffusion.schedules import sigma_to_timestep
 
 
-def _per_sample(sigma: Tensor, x: Tensor) -> Tensor:
+def per_sample_view(sigma: Tensor, x: Tensor) -> Tensor:
     """(B,) -> (B, 1, ..., 1) to broadcast against x, in x's dtype."""
     return sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
@@ -69,9 +69,9 @@ class EDMPrecond(nn.Module):
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         # Augmentation labels (EDM's non-leaking augmentation) only reach backbones that take them.
         extra = {} if augment_labels is None else {"augment_labels": augment_labels}
-        f = self.model(_per_sample(c_in, x) * x, c_noise, y, **extra)
+        f = self.model(per_sample_view(c_in, x) * x, c_noise, y, **extra)
         # D(x; sigma) = c_skip x + c_out F (EDM Eq. 7).
-        return _per_sample(c_skip, x) * x + _per_sample(c_out, x) * f.to(x.dtype)
+        return per_sample_view(c_skip, x) * x + per_sample_view(c_out, x) * f.to(x.dtype)
 
 
 class VPEpsDenoiser(nn.Module):
@@ -120,7 +120,7 @@ class VPEpsDenoiser(nn.Module):
         self, x: Float[Tensor, "b c *dims"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
     ) -> tuple[Float[Tensor, "b c *dims"], Float[Tensor, "b c *dims"] | None]:
         """(x0_hat, v) with v the learned variance interpolation (None without ``learned_sigma``)."""
-        s = _per_sample(sigma, x)
+        s = per_sample_view(sigma, x)
         x_t = x / (1 + s**2).sqrt()
         out = self.model(x_t, self.timestep(sigma), y)
         channels = x.shape[1] * (2 if self.learned_sigma else 1)

@@ -15,13 +15,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from diffit.diffusion.denoisers import per_sample_view
+
 
 def _mean_flat(x: Tensor) -> Tensor:
     return x.flatten(1).mean(dim=1)
-
-
-def _per_sample(v: Tensor, x: Tensor) -> Tensor:
-    return v.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def edm_loss(
@@ -54,7 +52,7 @@ def edm_loss(
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    n = noise.to(device=x0.device, dtype=x0.dtype) * _per_sample(sigma, x0)
+    n = noise.to(device=x0.device, dtype=x0.dtype) * per_sample_view(sigma, x0)
     extra = {k: v for k, v in (("y", y), ("augment_labels", augment_labels)) if v is not None}
     denoised = precond_denoiser(x0 + n, sigma, **extra)
     return weight * _mean_flat((denoised - x0) ** 2)
@@ -140,7 +138,7 @@ def adm_hybrid_loss(
         "log_beta": beta.log(),
         "post_logvar": post_var.log(),
     }
-    c = {k: _per_sample(v, x0) for k, v in c.items()}
+    c = {k: per_sample_view(v, x0) for k, v in c.items()}
 
     # Forward process q(x_t | x0) (DDPM Eq. 4).
     x_t = c["sqrt_a"] * x0 + c["sqrt_1ma"] * noise

@@ -74,8 +74,3 @@ def per_sample_noise(
 def global_noise(like: Tensor) -> NoiseSampler:
     """The default noise sampler: ``torch.randn_like(like)`` from the global RNG."""
     return lambda: torch.randn_like(like)
-
-
-def generator_noise(like: Tensor, generator: torch.Generator) -> NoiseSampler:
-    """A noise sampler drawing the whole batch from one ``generator`` (reproducible for a fixed batch)."""
-    return lambda: torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)

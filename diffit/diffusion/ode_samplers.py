@@ -7,7 +7,8 @@ dx/dsigma = (x - D(x, sigma)) / sigma. Shared signature::
 
 ``x`` is the starting noise already multiplied by sigmas[0]; ``sigmas`` is 1-D, strictly descending, with a
 trailing zero (see ``diffit.diffusion.schedules``); ``noise`` is an injected noise sampler (only DDIM with
-eta > 0 draws from it); ``callback`` receives {i, x, sigma, sigma_next, denoised, nfe} after every step.
+eta > 0 draws from it); ``callback`` receives {i, x, sigma, sigma_next, denoised, nfe, order} after every
+step, ``order`` being that step's order (lower on warm-up and final steps).
 """
 
 import math
@@ -37,7 +38,7 @@ def sample_euler(
         d = (x - denoised) / sigma
         # Euler step.
         x = x + (sigma_next - sigma) * d
-        run.report(i, x, sigma, sigma_next, denoised)
+        run.report(i, x, sigma, sigma_next, denoised, order=1)
     return x
 
 
@@ -64,7 +65,7 @@ def sample_heun(
             d_next = (x_next - run.denoise(x_next, sigma_next)) / sigma_next
             x_next = x + (sigma_next - sigma) * (d + d_next) / 2
         x = x_next
-        run.report(i, x, sigma, sigma_next, denoised)
+        run.report(i, x, sigma, sigma_next, denoised, order=2 if sigma_next > 0 else 1)
     return x
 
 
@@ -97,9 +98,10 @@ def sample_dpmpp_2m(
         # Exact integration of the linear part (e^-h = sigma_next/sigma): x_next = e^-h x + (1 - e^-h) D_eff.
         ratio = sigma_next / sigma
         x = ratio * x + (1 - ratio) * d_eff
+        order = 1 if old_denoised is None or sigma_next == 0 else 2
         h_last = math.log(sigma / sigma_next) if sigma_next > 0 else 0.0
         old_denoised = denoised
-        run.report(i, x, sigma, sigma_next, denoised)
+        run.report(i, x, sigma, sigma_next, denoised, order=order)
     return x
 
 
@@ -131,5 +133,5 @@ def sample_ddim(
         x = denoised + (sigma_down / sigma) * (x - denoised)
         if sigma_up > 0:
             x = x + sigma_up * run.draw(x)
-        run.report(i, x, sigma, sigma_next, denoised)
+        run.report(i, x, sigma, sigma_next, denoised, order=1)
     return x

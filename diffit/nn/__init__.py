@@ -1,6 +1,6 @@
 """Layers and backbones of DiffiT. Knows nothing of noise schedules."""
 
-from diffit.nn.attention import TMSA
+from diffit.nn.attention import ATTENTION_BACKENDS, TMSA, attention_backends, measure_backends, set_attention_backend
 from diffit.nn.blocks import GroupNorm32, Mlp, ResBlock, TMSABlock, group_count, layer_norm_fp32
 from diffit.nn.contract import Backbone, backbone_problems, capture_config, checkpointed_call
 from diffit.nn.embeddings import (
@@ -10,10 +10,20 @@ from diffit.nn.embeddings import (
     sincos_pos_embed_2d,
     sinusoidal_embedding,
 )
+from diffit.nn.flex import flex_attend, flex_available, relative_bias_score_mod, window_block_mask, window_mask_mod
 from diffit.nn.windows import relative_position_index, window_merge, window_partition
 
 __all__ = [
+    "ATTENTION_BACKENDS",
     "TMSA",
+    "attention_backends",
+    "flex_attend",
+    "flex_available",
+    "measure_backends",
+    "relative_bias_score_mod",
+    "set_attention_backend",
+    "window_block_mask",
+    "window_mask_mod",
     "Backbone",
     "backbone_problems",
     "capture_config",

@@ -7,9 +7,24 @@ Queries, keys and values are linear in both the spatial tokens x_s and the time 
 
 so the attention pattern itself changes with the noise level. B is a Swin-style learnable relative position
 bias; time does not enter B (the paper's ablation: bias-only time conditioning is worse, FID 3.97 vs 1.95).
-Attention runs through ``scaled_dot_product_attention`` with B as an additive float mask, which selects the
-fused kernels (flash on CPU, memory-efficient on CUDA) that keep the softmax statistics in fp32.
+
+Two interchangeable attention cores compute Eq. 6, chosen at run time per layer (``attention_backend``, not
+part of the state dict or the model's config, so checkpoints load unchanged):
+
+- ``"sdpa"`` (default): ``scaled_dot_product_attention`` with B as an additive 4-D float mask; local windows
+  are partitioned into a batch of sequences and merged back. Which kernel runs depends on whether B needs a
+  gradient: without one (sampling) the CPU uses its fused flash kernel; with one (training) the CPU has no
+  fused backward for a mask and runs the unfused math kernel, and CUDA is expected to use the
+  memory-efficient kernel, which takes a bias gradient (flash takes no mask at all). ``benchmarks/gpu_check.py``
+  part 2 records what actually runs; the math kernel is where the flex path can win.
+- ``"flex"``: FlexAttention (:mod:`diffit.nn.flex`): B as a ``score_mod``, local windows as a block mask over
+  the whole grid (no partition / merge copies).
+- ``"auto"``: flex where it is available (CUDA, torch >= 2.5) and measured faster for that layer's shape,
+  dtype and pass (timed once per process, see :func:`measure_backends`); SDPA otherwise, and always on CPU.
 """
+
+import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +32,12 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from diffit.nn.flex import flex_attend, flex_available
 from diffit.nn.windows import relative_position_index, window_merge, window_partition
+
+ATTENTION_BACKENDS = ("sdpa", "flex", "auto")
+# "auto" decisions, one per (device, dtype, shape, window, grid, grad) key: measured once per process.
+_AUTO_CHOICES: dict[tuple, str] = {}
 
 
 class TMSA(nn.Module):
@@ -54,6 +74,7 @@ class TMSA(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window))
         self.q_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.attention_backend = "sdpa"  # run-time choice (see the module docstring); not in the state dict
 
     def relative_position_bias(self) -> Float[Tensor, "heads n n"]:
         """B of Eq. 6: the table gathered at every (query, key) offset of the window."""
@@ -61,24 +82,126 @@ class TMSA(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]  # (n*n, heads)
         return rearrange(bias, "(i j) h -> h i j", i=n, j=n).contiguous()
 
-    def _attend(self, x: Float[Tensor, "b n d"], qkv_t: Float[Tensor, "b 1 d3"]) -> Float[Tensor, "b n d"]:
-        if x.shape[1] != self.window * self.window:
-            raise ValueError(f"x must hold window**2={self.window**2} tokens (window={self.window}), got {x.shape[1]}")
+    def _qkv(
+        self, x: Float[Tensor, "b n d"], qkv_t: Float[Tensor, "b 1 d3"]
+    ) -> tuple[Float[Tensor, "b h n e"], Float[Tensor, "b h n e"], Float[Tensor, "b h n e"]]:
         qkv = self.qkv(x) + qkv_t  # Eq. 3-5: x_s W_s + x_t W_t, broadcast over tokens
         q, k, v = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
-        q, k = self.q_norm(q), self.k_norm(k)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def _attend(self, x: Float[Tensor, "b n d"], qkv_t: Float[Tensor, "b 1 d3"]) -> Float[Tensor, "b n d"]:
+        """SDPA over sequences of window**2 tokens (one window, or the whole grid for global attention)."""
+        if x.shape[1] != self.window * self.window:
+            raise ValueError(f"x must hold window**2={self.window**2} tokens (window={self.window}), got {x.shape[1]}")
+        q, k, v = self._qkv(x, qkv_t)
         # (1, h, n, n): a 4-D mask broadcast over the batch; a 3-D one rules out the fused CPU kernel.
         bias = self.relative_position_bias().to(q.dtype)[None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # softmax(q k^T / sqrt(e) + B) v
         return self.proj(rearrange(out, "b h n e -> b n (h e)"))
 
+    def _attend_flex(
+        self, x: Float[Tensor, "b n d"], qkv_t: Float[Tensor, "b 1 d3"], grid: tuple[int, int]
+    ) -> Float[Tensor, "b n d"]:
+        """FlexAttention over a row-major (h, w) grid of n tokens: local windows by block mask, B by score_mod."""
+        q, k, v = self._qkv(x, qkv_t)
+        out = flex_attend(q, k, v, table=self.relative_position_bias_table, window=self.window, grid=grid)
+        return self.proj(rearrange(out, "b h n e -> b n (h e)"))
+
+    def _run(
+        self, backend: str, x: Float[Tensor, "b h w d"], qkv_t: Float[Tensor, "b 1 d3"]
+    ) -> Float[Tensor, "b h w d"]:
+        """TMSA over a (B, H, W, D) grid with the named backend (windows when H, W exceed the window)."""
+        b, h, w, d = x.shape
+        if backend == "flex":
+            return self._attend_flex(x.reshape(b, h * w, d), qkv_t, (h, w)).reshape(b, h, w, d)
+        if (h, w) == (self.window, self.window):
+            return self._attend(x.reshape(b, h * w, d), qkv_t).reshape(b, h, w, d)
+        windows = window_partition(x, self.window)  # (b * nW, w*w, d)
+        per_window = qkv_t.repeat_interleave(windows.shape[0] // b, dim=0)  # the time token of each window
+        return window_merge(self._attend(windows, per_window), self.window, h, w)
+
+    def _backend_for(self, x: Float[Tensor, "b h w d"], qkv_t: Float[Tensor, "b 1 d3"]) -> str:
+        backend = self.attention_backend
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {backend!r}")
+        if backend != "auto":
+            return backend
+        if x.device.type != "cuda" or not flex_available():
+            return "sdpa"  # no CPU FlexAttention backward in torch, and its CPU forward is unfused
+        key = (str(x.device), x.dtype, torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None,
+               tuple(x.shape), self.window, self.num_heads, torch.is_grad_enabled())  # fmt: skip
+        if key not in _AUTO_CHOICES:
+            if torch.compiler.is_compiling():
+                return "sdpa"  # cannot time inside a trace; an eager call first decides for later traces
+            times = measure_backends(self, x.detach(), qkv_t.detach(), backward=torch.is_grad_enabled())
+            _AUTO_CHOICES[key] = min(times, key=times.__getitem__)
+        return _AUTO_CHOICES[key]
+
     def forward(self, x: Float[Tensor, "b n d"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b n d"]:
         """Attention over each sequence of ``window**2`` tokens, conditioned on its time token ``t``."""
-        return self._attend(x, self.qkv_temb(t)[:, None, :])
+        if x.shape[1] != self.window * self.window:
+            raise ValueError(f"x must hold window**2={self.window**2} tokens (window={self.window}), got {x.shape[1]}")
+        grid = x.reshape(x.shape[0], self.window, self.window, x.shape[2])  # row-major tokens: a w x w grid
+        qkv_t = self.qkv_temb(t)[:, None, :]
+        return self._run(self._backend_for(grid, qkv_t), grid, qkv_t).reshape(x.shape)
 
     def forward_grid(self, x: Float[Tensor, "b h w d"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b h w d"]:
         """Local attention inside non-overlapping w x w windows of a (B, H, W, C) grid (no shift)."""
-        b, h, w, _ = x.shape
-        windows = window_partition(x, self.window)  # (b * nW, w*w, d)
-        qkv_t = self.qkv_temb(t)[:, None, :].repeat_interleave(windows.shape[0] // b, dim=0)  # per window
-        return window_merge(self._attend(windows, qkv_t), self.window, h, w)
+        if x.shape[1] % self.window or x.shape[2] % self.window:
+            window_partition(x, self.window)  # raises the shared ValueError naming the window and the grid
+        qkv_t = self.qkv_temb(t)[:, None, :]
+        return self._run(self._backend_for(x, qkv_t), x, qkv_t)
+
+
+def measure_backends(
+    attn: TMSA, x: Float[Tensor, "b h w d"], qkv_t: Float[Tensor, "b 1 d3"], *, backward: bool, repeats: int = 5
+) -> dict[str, float]:
+    """Median seconds of ``attn`` on ``x`` with each of SDPA and flex (forward, or forward + backward to the
+    input and the bias table; parameter ``.grad`` is never touched), after an uncounted warm-up call that
+    also compiles flex's kernels; inf for flex where it fails to run. What ``"auto"`` decides from."""
+
+    def call(backend: str) -> None:
+        with torch.set_grad_enabled(backward):
+            inp = x.detach().requires_grad_(backward)
+            out = attn._run(backend, inp, qkv_t)
+            if backward:
+                torch.autograd.grad(out, [inp, attn.relative_position_bias_table], torch.ones_like(out))
+
+    def sync() -> None:
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
+    times: dict[str, float] = {}
+    for backend in ("sdpa", "flex"):
+        try:
+            call(backend)  # warm-up (and compilation)
+        except Exception:  # flex cannot run this shape here (a head width its kernels lack, no compiler): SDPA
+            if backend == "sdpa":
+                raise
+            times[backend] = math.inf
+            continue
+        samples = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            call(backend)
+            sync()
+            samples.append(time.perf_counter() - start)
+        times[backend] = sorted(samples)[len(samples) // 2]
+    return times
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Switch every :class:`TMSA` inside ``model`` to ``backend`` ("sdpa", "flex" or "auto"); returns
+    ``model``. A run-time setting: the state dict and ``config`` are unchanged."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {backend!r}")
+    for module in model.modules():
+        if isinstance(module, TMSA):
+            module.attention_backend = backend
+    return model
+
+
+def attention_backends(model: nn.Module) -> dict[str, str]:
+    """The ``attention_backend`` of every :class:`TMSA` in ``model``, by module name."""
+    return {name: m.attention_backend for name, m in model.named_modules() if isinstance(m, TMSA)}

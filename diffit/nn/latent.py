@@ -17,6 +17,7 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from diffit.nn.attention import set_attention_backend
 from diffit.nn.blocks import TMSABlock, layer_norm_fp32
 from diffit.nn.contract import capture_config, checkpointed_call
 from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token, sincos_pos_embed_2d
@@ -151,6 +152,12 @@ class LatentDiffiT(nn.Module):
         """Recompute every block's activations in the backward pass while training (less memory, one more
         forward); a run-time switch, not part of ``config``."""
         self.grad_checkpointing = enabled
+        return self
+
+    def set_attention_backend(self, backend: str) -> "LatentDiffiT":
+        """Every TMSA's attention core: "sdpa" (default), "flex" (FlexAttention) or "auto" (flex where available
+        and measured faster, else SDPA); a run-time switch, not part of ``config`` or the state dict."""
+        set_attention_backend(self, backend)
         return self
 
     def stages(self) -> list[dict[str, int | str]]:

@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from diffit.nn.attention import set_attention_backend
 from diffit.nn.blocks import GroupNorm32, ResBlock, group_count
 from diffit.nn.contract import capture_config, checkpointed_call
 from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token
@@ -184,6 +185,12 @@ class ImageDiffiT(nn.Module):
         """Recompute every ResBlock's activations in the backward pass while training (less memory, one more
         forward); a run-time switch, not part of ``config``."""
         self.grad_checkpointing = enabled
+        return self
+
+    def set_attention_backend(self, backend: str) -> "ImageDiffiT":
+        """Every TMSA's attention core: "sdpa" (default), "flex" (FlexAttention) or "auto" (flex where available
+        and measured faster, else SDPA); a run-time switch, not part of ``config`` or the state dict."""
+        set_attention_backend(self, backend)
         return self
 
     def stages(self) -> list[dict[str, int | str]]:

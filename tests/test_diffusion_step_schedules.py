@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+from test_diffusion_samplers import SIGMA_MAX, SIGMA_MIN, mixture, ode_reference
+
+from diffit.diffusion import (
+    SCHEDULES,
+    karras_sigmas,
+    loglinear_sigmas,
+    optimized_sigmas,
+    sample_ipndm,
+    schedule_sigmas,
+    vp_time_sigmas,
+)
+from diffit.diffusion.step_schedules import VP_BETA_D, VP_BETA_MIN
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_schedules_span_the_range_and_end_with_zero(name: str, n: int) -> None:
+    s = schedule_sigmas(name, n, SIGMA_MIN, SIGMA_MAX, dtype=F64)
+    assert len(s) == n + 1 and s[-1] == 0 and s[0] == pytest.approx(SIGMA_MAX)
+    assert bool((s[:-1] > s[1:]).all())
+    if n > 1:
+        assert s[-2] == pytest.approx(SIGMA_MIN)
+    # final="zero": the (n + 1)-point schedule without its sigma_min point, still n steps ending at 0.
+    z = schedule_sigmas(name, n, SIGMA_MIN, SIGMA_MAX, final="zero", dtype=F64)
+    longer = schedule_sigmas(name, n + 1, SIGMA_MIN, SIGMA_MAX, dtype=F64)
+    assert torch.equal(z, torch.cat([longer[:-2], longer[-1:]]))
+    assert len(z) == n + 1 and z[-1] == 0 and z[-2] > SIGMA_MIN
+
+
+def test_closed_forms() -> None:
+    torch.testing.assert_close(
+        schedule_sigmas("karras", 9, SIGMA_MIN, SIGMA_MAX), karras_sigmas(9, SIGMA_MIN, SIGMA_MAX)
+    )
+    log = loglinear_sigmas(9, SIGMA_MIN, SIGMA_MAX, dtype=F64)[:-1].log()
+    torch.testing.assert_close(log.diff(), torch.full((8,), (math.log(SIGMA_MIN / SIGMA_MAX)) / 8, dtype=F64))
+    # power 1: equal steps in the VP time t, sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1).
+    s = vp_time_sigmas(9, SIGMA_MIN, SIGMA_MAX, power=1.0, dtype=F64)[:-1]
+    t = ((VP_BETA_MIN**2 + 2 * VP_BETA_D * torch.log1p(s**2)).sqrt() - VP_BETA_MIN) / VP_BETA_D
+    torch.testing.assert_close(t.diff(), t.diff().mean().expand(8), rtol=1e-9, atol=1e-12)
+
+
+def test_bad_schedule_arguments_raise_naming_them() -> None:
+    with pytest.raises(ValueError, match="schedule must be one of karras, log-snr, vp-time, got 'cosine'"):
+        schedule_sigmas("cosine", 5, SIGMA_MIN, SIGMA_MAX)
+    with pytest.raises(ValueError, match="final must be"):
+        schedule_sigmas("karras", 5, SIGMA_MIN, SIGMA_MAX, final="last")
+    with pytest.raises(ValueError, match="n \\(number of steps\\) must be >= 1"):
+        loglinear_sigmas(0, SIGMA_MIN, SIGMA_MAX)
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        vp_time_sigmas(5, 1.0, 0.5)
+    with pytest.raises(ValueError, match="power"):
+        vp_time_sigmas(5, SIGMA_MIN, SIGMA_MAX, power=0.0)
+    with pytest.raises(ValueError, match="fine_steps"):
+        optimized_sigmas(mixture(), torch.randn(4, 2, dtype=F64), 10, SIGMA_MIN, SIGMA_MAX, fine_steps=8)
+
+
+def test_optimized_schedule_is_a_fine_grid_path_that_beats_karras() -> None:
+    gm = mixture()
+    fit = torch.randn(32, 2, generator=torch.Generator().manual_seed(5), dtype=F64) * SIGMA_MAX
+    fine = karras_sigmas(12, SIGMA_MIN, SIGMA_MAX, dtype=F64)
+    # With as many steps as fine points there is one path: the fine grid itself.
+    torch.testing.assert_close(optimized_sigmas(gm, fit, 12, SIGMA_MIN, SIGMA_MAX, fine_steps=12), fine)
+    s = optimized_sigmas(gm, fit, 8, SIGMA_MIN, SIGMA_MAX, fine_steps=60)
+    grid = karras_sigmas(60, SIGMA_MIN, SIGMA_MAX, dtype=F64)
+    assert len(s) == 9 and s[0] == SIGMA_MAX and s[-1] == 0 and bool((s[:-1] > s[1:]).all())
+    assert all(bool((grid - v).abs().min() < 1e-12) for v in s[:-1])
+    # On other starting points, iPNDM on the fitted schedule beats iPNDM on Karras at the same 8 NFE.
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(6), dtype=F64) * SIGMA_MAX
+    ref = ode_reference(gm, x)
+    fitted = (sample_ipndm(gm, x, s) - ref).norm(dim=1).mean()
+    karras = (sample_ipndm(gm, x, karras_sigmas(8, SIGMA_MIN, SIGMA_MAX, dtype=F64)) - ref).norm(dim=1).mean()
+    assert fitted < 0.7 * karras, (fitted, karras)

@@ -1,0 +1,59 @@
+"""benchmarks/gpu_check.py cannot rot: its CPU quick run takes the same code paths as the GPU check on tiny
+shapes, and writes a record with every part, environment field and table the GPU run fills in."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+PARTS = ["correctness", "attention", "train_step_eager", "train_step_compiled", "sampling", "train_cli"]
+
+
+@pytest.mark.slow  # ~1 min on two idle cores: six part processes, four `diffit train` runs, one via torchrun
+def test_gpu_check_quick_cpu_run_writes_a_complete_record(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    record = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert proc.returncode == 0, json.dumps(record["parts"], indent=1)[-4000:]
+    env = record["environment"]
+    assert {"device", "card", "torch", "cuda", "bf16_dense_peak_flops"} <= set(env) and env["device"] == "cpu"
+    assert list(record["parts"]) == PARTS and record["quick"] is True
+    assert all(part["status"] == "ok" and part["result"]["failures"] == [] for part in record["parts"].values())
+    res = {name: part["result"] for name, part in record["parts"].items()}
+    assert [r["model"] for r in res["correctness"]["rows"]] == ["diffit_tiny", "diffit_cifar10", "latent_diffit_s_2"]
+    assert all(r["fp32_grad_rel_max"] == 0 for r in res["correctness"]["rows"])  # CPU against itself
+    attention = {r["case"]: r for r in res["attention"]["rows"]}
+    assert set(attention) == {"windowed", "global"}
+    for r in attention.values():
+        assert r["sdpa_kernels"]["forward"] and r["sdpa_kernels"]["backward"]
+        assert r["flex_vs_sdpa_fwd_rel"] < 1e-5 and r["sdpa_fwd_vs_flash"] > 0 and r["flex_fwd_ms"] > 0
+    for name in ("train_step_eager", "train_step_compiled"):
+        assert res[name]["batch"] >= 1 and res[name]["images_per_s"] > 0 and res[name]["model_flops_per_image"] > 0
+    assert (
+        res["train_step_compiled"]["compiled"]
+        and res["train_step_compiled"]["batch"] == res["train_step_eager"]["batch"]
+    )
+    assert [r["images_per_s"] > 0 for r in res["sampling"]["rows"]] == [True, True]
+    runs = res["train_cli"]["rows"]
+    assert len(runs) == 4 and all(r["exit"] == 0 for r in runs)
+    table = (tmp_path / "gpu_check.md").read_text()
+    for heading in ("## 1. Correctness", "## 2. Attention", "## 3. Training step", "## 4. Sampling", "## 5."):
+        assert heading in table
+
+
+def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cuda", "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "CUDA is not available" in proc.stderr
