@@ -9,6 +9,7 @@
 - samplers: sampling error against network evaluations (NFE) on the 16-D Gaussian mixture with an exact
   denoiser (diffit.diffusion.GaussianMixture), seconds. The FID-against-NFE sweep of the digits model is
   `python benchmarks/bench_quality.py --sweep` (benchmarks/results/quality_sweep.png).
+- sweep: copies that sweep's plot to docs/figures/quality_sweep.png (the site cannot link outside docs/).
 - training: loss against steps of a short digits run (the bundled checkpoint's own 6000-step run kept no
   log), plus FID of a few hundred EMA samples at a few checkpoints; a few minutes.
 """
@@ -265,11 +266,21 @@ def figure_training(
     plt.close(fig)
 
 
+def figure_sweep(out: Path) -> None:
+    """A copy of the FID-against-NFE sweep that `benchmarks/bench_quality.py --sweep` writes (68 min: not rerun)."""
+    import shutil
+
+    shutil.copyfile(
+        Path(__file__).resolve().parent.parent / "benchmarks/results/quality_sweep.png", out / "quality_sweep.png"
+    )
+
+
 FIGURES = {
     "grid": figure_grid,
     "architecture": figure_architecture,
     "samplers": figure_samplers,
     "training": figure_training,
+    "sweep": figure_sweep,
 }
 
 
