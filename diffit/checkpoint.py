@@ -110,6 +110,7 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, what:
 
 
 def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -163,6 +164,7 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest ``ckpt-<step>`` directory of ``run_dir``, or None when it has none."""
     dirs = checkpoint_dirs(run_dir)
     return dirs[-1] if dirs else None
 

@@ -112,6 +112,7 @@ class EDMObjective:
     def loss(
         self, model: nn.Module, x0: Float[Tensor, "b c h w"], y: Int[Tensor, " b"] | None, draws: dict[str, Tensor]
     ) -> Float[Tensor, " b"]:
+        """EDM's weighted denoising loss per sample (Eq. 2 with lambda(sigma)), augmented when ``draws`` say so."""
         labels = draws.get("augment")
         if labels is not None:
             if getattr(unwrap(model), "augment_dim", 0) != AUGMENT_DIM:
@@ -123,9 +124,11 @@ class EDMObjective:
         )  # fmt: skip
 
     def denoiser(self, model: nn.Module) -> Denoiser:
+        """EDM preconditioning around ``model`` (:class:`~diffit.diffusion.EDMPrecond`)."""
         return EDMPrecond(model, sigma_data=self.sigma_data)
 
     def sampling_sigmas(self, steps: int) -> Float[Tensor, " n"]:
+        """Karras et al.'s sigmas (EDM Eq. 5) from ``sigma_max`` down to ``sigma_min``, then 0."""
         return karras_sigmas(steps, self.sigma_min, self.sigma_max, rho=self.rho)
 
 
@@ -160,11 +163,13 @@ class ADMObjective:
     def loss(
         self, model: nn.Module, x0: Float[Tensor, "b c h w"], y: Int[Tensor, " b"] | None, draws: dict[str, Tensor]
     ) -> Float[Tensor, " b"]:
+        """ADM's L_hybrid per sample: epsilon MSE plus the VLB term of the learned variance."""
         return adm_hybrid_loss(
             model, x0, draws["t"], y=y, alphas_cumprod=self.alphas_cumprod.to(x0.device), noise=draws["noise"]
         )
 
     def denoiser(self, model: nn.Module) -> Denoiser:
+        """``model`` as an epsilon-predicting VP denoiser, with the learned variance when it outputs one."""
         bare = unwrap(model)
         learned = getattr(bare, "out_channels", 2 * bare.in_channels) == 2 * bare.in_channels
         return VPEpsDenoiser(model, alphas_cumprod=self.alphas_cumprod, learned_sigma=learned)

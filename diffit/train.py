@@ -50,6 +50,8 @@ def lr_at(step: int, *, lr: float, warmup: int) -> float:
 
 @dataclass
 class StepStats:
+    """What one optimisation step did: mean loss, gradient norm, and whether it was skipped."""
+
     loss: float
     grad_norm: float
     skipped: bool
@@ -136,6 +138,8 @@ class _nullcontext:
 
 @dataclass
 class TrainResult:
+    """How :func:`train` ended: last step, status, latest checkpoint and skipped steps."""
+
     step: int
     status: str  # "completed" | "interrupted"
     checkpoint: Path | None

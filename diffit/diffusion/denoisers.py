@@ -63,6 +63,7 @@ class EDMPrecond(nn.Module):
         y: Int[Tensor, " b"] | None = None,
         augment_labels: Float[Tensor, "b a"] | None = None,
     ) -> Float[Tensor, " b *dims"]:
+        """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise, y) (EDM Eq. 7): the clean-image estimate."""
         # Coefficients in float32 at least: c_noise = ln(sigma)/4 must not round in bf16.
         sigma = sigma if sigma.dtype == torch.float64 else sigma.float()
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
@@ -135,4 +136,5 @@ class VPEpsDenoiser(nn.Module):
     def forward(
         self, x: Float[Tensor, "b c *dims"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
     ) -> Float[Tensor, "b c *dims"]:
+        """The clean-image estimate x0_hat from the backbone's epsilon prediction."""
         return self.denoise_with_variance(x, sigma, y)[0]

@@ -116,6 +116,7 @@ class ClassifierFreeGuidance(nn.Module):
     def forward(
         self, x: Float[Tensor, "b c *dims"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"]
     ) -> Float[Tensor, "b c *dims"]:
+        """uncond + s (cond - uncond) inside the guidance interval (one batched pass), the conditional model outside."""
         active = self.active(sigma)
         if not bool(active.any()):
             return self.denoiser(x, sigma, y)

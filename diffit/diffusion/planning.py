@@ -60,9 +60,11 @@ class SamplingPlan:
     budget: int
 
     def describe(self) -> str:
+        """One line for logs and records: ``sampler/schedule/N steps``."""
         return f"{self.sampler}/{self.schedule}/{self.steps} steps"
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as a JSON-ready dict (what ``diffit sample`` writes into its record)."""
         return asdict(self)
 
 

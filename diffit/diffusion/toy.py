@@ -63,6 +63,7 @@ class GaussianMixture(nn.Module):
     def forward(
         self, x: Float[Tensor, "b d"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
     ) -> Float[Tensor, "b d"]:
+        """The exact posterior mean E[x0 | x] of the mixture at noise level ``sigma``."""
         d = x.shape[1]
         var = self.stds**2 + sigma[:, None].to(x.dtype) ** 2  # (b, k): marginal variance per component
         sq = ((x[:, None, :] - self.means[None]) ** 2).sum(-1)  # (b, k)

@@ -123,6 +123,7 @@ class InceptionV3(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: UInt8[Tensor, "b c h w"]) -> Float[Tensor, "b 2048"]:
+        """The 2048-d ``pool_3`` features of uint8 images (any size; resized and normalised inside)."""
         if self.nvlabs:
             return self.net(self._rgb(images).contiguous(), return_features=True).float()
         features = self.net(self.preprocess(images)).float()

@@ -46,6 +46,7 @@ class StatsAccumulator:
         self.scatter: np.ndarray | None = None
 
     def update(self, features: Float[Tensor, "b d"]) -> None:
+        """Add a batch of features to the running mean and scatter (float64)."""
         x = features.detach().to("cpu", torch.float64).numpy()
         if len(x) == 0:
             return
@@ -65,6 +66,7 @@ class StatsAccumulator:
         self.count = n
 
     def result(self) -> FeatureStats:
+        """The mean, unbiased covariance and count of every feature seen so far."""
         if self.mean is None or self.scatter is None or self.count < 2:
             raise ValueError(f"features: a covariance needs at least 2 samples, got {self.count}")
         return FeatureStats(self.mean, self.scatter / (self.count - 1), self.count)

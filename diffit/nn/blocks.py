@@ -25,6 +25,7 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm whose statistics are computed in fp32 (bf16 sums of many pixels lose precision)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """GroupNorm computed in fp32, returned in the input's dtype."""
         return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
 
 
@@ -43,6 +44,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
+        """fc2(GELU-tanh(fc1(x))), token-wise."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -121,6 +123,7 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: Float[Tensor, "b c h w"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b c h w"]:
+        """x + TMSABlock(Conv3x3(SiLU(GN(x)))) inside local windows (paper Eq. 9-10)."""
         h = self.conv(self.act(self.norm(x)))  # Eq. 9
         h = rearrange(h, "b c h w -> b h w c")
         h = self.block.forward_grid(h, t)

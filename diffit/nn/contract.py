@@ -33,7 +33,9 @@ class Backbone(Protocol):
     resolution: int
     num_classes: int | None
 
-    def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None) -> Tensor: ...
+    def forward(self, x: Tensor, noise_label: Tensor, y: Tensor | None = None) -> Tensor:
+        """The network's output for ``x`` at ``noise_label`` (and class ids ``y``; the null class when None)."""
+        ...
 
 
 def backbone_problems(model: Any) -> list[str]:

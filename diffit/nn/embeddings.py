@@ -43,6 +43,7 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Float[Tensor, " b"]) -> Float[Tensor, "b d"]:
+        """The time token of noise labels ``t``: sinusoids, then the MLP."""
         freq = sinusoidal_embedding(t, self.frequency_dim, max_period=self.max_period)
         return self.mlp(freq.to(self.mlp[0].weight.dtype))
 
@@ -82,6 +83,7 @@ class LabelEmbedding(nn.Module):
         force_drop: Bool[Tensor, " b"] | None = None,
         generator: torch.Generator | None = None,
     ) -> Float[Tensor, "b d"]:
+        """Class embeddings; labels dropped to the null class by ``force_drop`` or, in training, at random."""
         # A readable error for bad ids, checked where it costs no device sync or graph break (CUDA would
         # raise a device-side assert anyway).
         checkable = labels.device.type == "cpu" and not torch.compiler.is_compiling()
