@@ -13,6 +13,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from diffit.data.atomic import atomic_path
+
 __all__ = [
     "FeatureStats",
     "StatsAccumulator",
@@ -152,15 +154,9 @@ def save_statistics(path: str, stats: FeatureStats) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"out: folder {folder!r} does not exist")
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(-1 if stats.count is None else stats.count))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    count = np.int64(-1 if stats.count is None else stats.count)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, mu=stats.mu, sigma=stats.sigma, count=count)
 
 
 def load_statistics(path: str) -> FeatureStats:
