@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/diffit sample
+	$(BIN)/diffit sample --class 0-9
 
 test: $(STAMP)
 	$(BIN)/ruff check diffit cli tests examples benchmarks docs

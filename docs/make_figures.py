@@ -32,13 +32,13 @@ OUT = Path(__file__).resolve().parent / "figures"
 
 
 def figure_grid(out: Path) -> None:
-    """The bundled checkpoint's 10 x 10 grid: Heun, 18 steps (35 NFE), fp32, seeds 0..99, class = row."""
+    """The bundled checkpoint's 10 x 10 grid: Heun, 18 steps (35 NFE), fp32, seeds 0..99, class = column (`diffit sample --class 0-9`)."""
     from diffit.checkpoint import BUNDLED_CHECKPOINT, load_weights
     from diffit.diffusion import sample_heun
     from diffit.generate import default_sigmas, make_grid, sample, save_png, to_uint8
 
     model, _ = load_weights(BUNDLED_CHECKPOINT)
-    labels = torch.arange(10).repeat_interleave(10)
+    labels = torch.arange(10).repeat(10)
     x = sample(model, sampler=sample_heun, sigmas=default_sigmas(model, 18), seeds=range(100), labels=labels)
     save_png(make_grid(to_uint8(x), nrow=10), out / "demo_grid.png", upscale=4)
 
