@@ -1,19 +1,16 @@
 """`diffit sample`: images from a checkpoint with any sampler, guidance settings and per-sample seeds."""
 
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-import diffit
 from diffit.checkpoint import load_model
 from diffit.data import load_vae
-from diffit.diffusion import SAMPLERS, SCHEDULE_NAMES, final_for, plan_sampling
+from diffit.diffusion import SAMPLERS, SCHEDULE_NAMES, plan_sampling
 from diffit.distributed import check_device, init_distributed, shutdown
 from diffit.generate import (
     Guidance,
@@ -22,10 +19,11 @@ from diffit.generate import (
     guided_denoiser,
     images_out_kind,
     latent_decoder,
+    sampling_protocol,
     sampling_sigmas,
     save_images,
 )
-from diffit.objectives import ADMObjective, objective_spec
+from diffit.objectives import ADMObjective
 from diffit.release import check_release_resolution
 from diffit.runs import import_factory
 from diffit_cli.common import (
@@ -174,20 +172,13 @@ def sample_command(
     if dist.is_main:
         elapsed = time.perf_counter() - state["start"]
         save_images(images, out, labels=labels)
-        record = {
-            "diffit_version": diffit.__version__, "torch_version": torch.__version__,
-            "python": platform.python_version(), "checkpoint": loaded.source, "weights": loaded.source["weights"],
-            "objective": objective_spec(objective), "sampler": sampler_name, "steps": steps,
-            "nfe_per_image": state["nfe"], "schedule": schedule or "objective default",
-            "final": final_for(sampler_name) if schedule else "sigma_min",
-            "plan": plan.to_dict() if plan is not None else None, "step_orders": orders or None,
-            "schedule_fit_nfe": fit_nfe,
-            "guidance": {"scale": cfg, "schedule": cfg_schedule, "channels": cfg_channels, "interval": interval},
-            "seeds": seeds or f"0-{n - 1}", "count": len(seed_list), "classes": class_ids or "random per seed",
-            "precision": precision, "tf32": tf32, "sigmas": [round(float(s), 6) for s in sigmas],
-            "device": str(dist.device), "world_size": dist.world_size, "seconds": round(elapsed, 3),
-            "vae": vae if latent else None,
-        }  # fmt: skip
+        record = sampling_protocol(
+            source=loaded.source, objective=objective, sampler=sampler_name, sigmas=sigmas,
+            nfe_per_image=state["nfe"], guidance=guidance, seeds=seeds or f"0-{n - 1}", count=len(seed_list),
+            classes=class_ids or "random per seed", precision=precision, device=str(dist.device),
+            world_size=dist.world_size, seconds=elapsed, schedule=schedule, plan=plan and plan.to_dict(),
+            step_orders=orders, schedule_fit_nfe=fit_nfe, tf32=tf32, vae=vae if latent else None,
+        )  # fmt: skip
         record_path = Path(out) / "protocol.json" if kind == "dir" else Path(out).with_suffix(".json")
         write_json(record_path, record)
         console.print(

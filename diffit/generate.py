@@ -48,6 +48,7 @@ __all__ = [
     "default_sigmas",
     "fitted_sigmas",
     "sigma_range",
+    "sampling_protocol",
     "sampling_sigmas",
     "generate",
     "guided_denoiser",
@@ -237,6 +238,49 @@ def sampling_sigmas(
         return sigmas, (2 * FIT_FINE_STEPS - 1) * len(FIT_SEEDS) * (1 if guidance.scale == 1.0 else 2)
     final = final_for(sampler) if schedule is not None else "sigma_min"
     return default_sigmas(model, steps, objective=objective, schedule=schedule, final=final), 0
+
+
+def sampling_protocol(
+    *,
+    source: dict[str, Any],
+    objective: Objective,
+    sampler: str,
+    sigmas: Float[Tensor, " n"],
+    nfe_per_image: int,
+    guidance: Guidance,
+    seeds: str,
+    count: int,
+    classes: str,
+    precision: str,
+    device: str,
+    world_size: int = 1,
+    seconds: float | None = None,
+    schedule: str | None = None,
+    plan: dict[str, Any] | None = None,
+    step_orders: list[int] | None = None,
+    schedule_fit_nfe: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The JSON record of a sampling run that users of peer codebases ask for first: the checkpoint (path,
+    sha256, EMA or raw), the objective, sampler, steps, schedule and its exact sigmas, the NFE each image cost
+    (guided steps count cond + uncond), guidance, seeds, classes, precision, device count and versions."""
+    import platform
+
+    from diffit import __version__
+    from diffit.objectives import objective_spec
+
+    return {
+        "diffit_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
+        "checkpoint": source, "weights": source.get("weights"), "objective": objective_spec(objective),
+        "sampler": sampler, "steps": len(sigmas) - 1, "nfe_per_image": nfe_per_image,
+        "schedule": schedule or "objective default", "final": final_for(sampler) if schedule else "sigma_min",
+        "plan": plan, "step_orders": step_orders or None, "schedule_fit_nfe": schedule_fit_nfe,
+        "guidance": {"scale": guidance.scale, "schedule": guidance.schedule, "channels": guidance.channels,
+                     "interval": guidance.interval},
+        "seeds": seeds, "count": count, "classes": classes, "precision": precision,
+        "sigmas": [round(float(s), 6) for s in sigmas], "device": device, "world_size": world_size,
+        "seconds": None if seconds is None else round(seconds, 3), **extra,
+    }  # fmt: skip
 
 
 @torch.no_grad()
