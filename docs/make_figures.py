@@ -32,7 +32,8 @@ OUT = Path(__file__).resolve().parent / "figures"
 
 
 def figure_grid(out: Path) -> None:
-    """The bundled checkpoint's 10 x 10 grid: Heun, 18 steps (35 NFE), fp32, seeds 0..99, class = column (`diffit sample --class 0-9`)."""
+    """The bundled checkpoint's 10 x 10 grid: Heun, 18 steps (35 NFE), fp32, seeds 0..99, class = column
+    (what `diffit sample --class 0-9` draws)."""
     from diffit.checkpoint import BUNDLED_CHECKPOINT, load_weights
     from diffit.diffusion import sample_heun
     from diffit.generate import default_sigmas, make_grid, sample, save_png, to_uint8
