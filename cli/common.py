@@ -39,15 +39,17 @@ def fail(message: str) -> NoReturn:
 
 
 def fail_from(err: Exception, ctx: typer.Context | None = None, aliases: dict[str, str] | None = None) -> NoReturn:
-    """:func:`fail` with a library error. Its first word names a Python argument by convention; where that is
-    one of the command's options (``ctx``), it is shown as the option (``batch_size`` -> ``--batch-size``), or
-    as ``aliases`` says where the library's name differs from the option's."""
-    message = str(err)
-    first, sep, rest = message.partition(" ")
-    first, colon = first.removesuffix(":"), ":" if first.endswith(":") else ""
+    """:func:`fail` with a library error. By convention it starts with the Python argument it is about (or two,
+    "a and b ..."); those that are options of the command (``ctx``) are shown as the options (``batch_size`` ->
+    ``--batch-size``), or as ``aliases`` says where the library's name differs from the option's."""
+    words = str(err).split(" ")
     options = {p.name: p.opts[0] for p in ctx.command.params if getattr(p, "opts", None)} if ctx is not None else {}
     options |= aliases or {}
-    fail(f"{options[first]}{colon}{sep}{rest}" if first in options else message)
+    for i in (0, 2) if len(words) > 2 and words[1] == "and" else (0,):
+        name = words[i].removesuffix(":")
+        if name in options:
+            words[i] = options[name] + words[i][len(name) :]
+    fail(" ".join(words))
 
 
 @contextmanager

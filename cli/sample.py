@@ -2,7 +2,6 @@
 
 import math
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -10,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from diffit.checkpoint import load_model
 from diffit.data import load_vae
-from diffit.diffusion import SAMPLERS, SCHEDULE_NAMES, plan_sampling
+from diffit.diffusion import SAMPLERS, SCHEDULE_NAMES, resolve_sampling
 from diffit.distributed import check_device, init_distributed, shutdown
 from diffit.generate import (
     Guidance,
@@ -36,7 +35,6 @@ from diffit_cli.common import (
     parse_int_ranges,
     refusing,
     set_tf32,
-    write_json,
 )
 
 
@@ -112,30 +110,17 @@ def sample_command(
     set_tf32(tf32)
     if n < 1 or batch_size < 1:
         fail(f"--n and --batch-size must be >= 1, got {n} and {batch_size}")
-    if steps is not None and steps < 1:
-        fail(f"--steps must be >= 1, got {steps}")
-    if sampler is not None and sampler not in SAMPLERS:
-        fail(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if schedule is not None and schedule not in SCHEDULE_NAMES:
-        fail(f"--schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {schedule!r}")
-    if nfe is not None and steps is not None:
-        fail("--nfe and --steps are alternatives: give one")
-    plan = None
-    if nfe is not None:
-        try:
-            plan = plan_sampling(nfe, guidance_scale=cfg, sampler=sampler, schedule=schedule)
-        except ValueError as err:
-            fail(f"--{err}" if str(err).startswith("nfe") else str(err))
-        sampler, steps, schedule = plan.sampler, plan.steps, plan.schedule
+    with refusing(ctx):
+        sampler, steps, schedule, plan = resolve_sampling(
+            sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, guidance_scale=cfg
+        )
     interval = _interval(guidance_interval) if guidance_interval is not None else None
     seed_list = parse_int_ranges(seeds, name="--seeds") if seeds is not None else list(range(n))
     classes = parse_int_ranges(class_ids, name="--class") if class_ids is not None else None
-    aliases = {"scale": "--cfg", "schedule": "--cfg-schedule", "channels": "--cfg-channels", "classes": "--class",
-               "release_resolution": "--release-res"}  # fmt: skip
-    with refusing(ctx, aliases):
+    with refusing(ctx, _GUIDANCE_ALIASES):
         guidance = Guidance(scale=cfg, schedule=cfg_schedule, channels=cfg_channels, interval=interval)
         check_release_resolution(release_res)
-        kind = images_out_kind(out)
+        images_out_kind(out)  # checked before any work
         check_device(device)
         build = import_factory(model_factory) if model_factory is not None else None
         try:
@@ -145,46 +130,40 @@ def sample_command(
         model, objective = loaded.model, loaded.objective
         labels = class_labels(seed_list, model.num_classes, classes)
         guided_denoiser(model, labels, guidance, objective)  # checks the guidance settings against the model
-        latent = isinstance(objective, ADMObjective)
-        decode = latent_decoder(load_vae(vae, check_device(device))) if latent else None
+        decode = latent_decoder(load_vae(vae, check_device(device))) if isinstance(objective, ADMObjective) else None
     sampler_name = sampler or objective.default_sampler
     steps = steps or objective.default_steps
     dist = init_distributed(device)
     model = model.to(dist.device)
-    with refusing(ctx):
+    bar, callback, state = _progress(len(range(dist.rank, len(seed_list), dist.world_size)), batch_size, steps, dist)
+    with bar, refusing(ctx):
         sigmas, fit_nfe = sampling_sigmas(
             model, steps, sampler=sampler_name, schedule=schedule, objective=objective, guidance=guidance
         )
-    orders: list[int] = []  # the order of each step of the first batch, as the sampler reports it
-    bar, callback, state = _progress(len(range(dist.rank, len(seed_list), dist.world_size)), batch_size, steps, dist)
-
-    def record_orders(s: dict[str, Any]) -> None:
-        if s["batch"] == 0 and "order" in s:
-            orders.append(s["order"])
-        callback(s)
-
-    with bar, refusing(ctx):
         images = generate(
             model, sampler=SAMPLERS[sampler_name], sigmas=sigmas, seeds=seed_list, labels=labels, guidance=guidance,
             objective=objective, precision=precision, batch_size=batch_size, decode=decode, dist=dist,
-            callback=record_orders,
+            callback=callback,
         )  # fmt: skip
     if dist.is_main:
         elapsed = time.perf_counter() - state["start"]
-        save_images(images, out, labels=labels)
         record = sampling_protocol(
             source=loaded.source, objective=objective, sampler=sampler_name, sigmas=sigmas,
             nfe_per_image=state["nfe"], guidance=guidance, seeds=seeds or f"0-{n - 1}", count=len(seed_list),
             classes=class_ids or "random per seed", precision=precision, device=str(dist.device),
             world_size=dist.world_size, seconds=elapsed, schedule=schedule, plan=plan and plan.to_dict(),
-            step_orders=orders, schedule_fit_nfe=fit_nfe, tf32=tf32, vae=vae if latent else None,
+            step_orders=state["orders"], schedule_fit_nfe=fit_nfe, tf32=tf32, vae=vae if decode is not None else None,
         )  # fmt: skip
-        record_path = Path(out) / "protocol.json" if kind == "dir" else Path(out).with_suffix(".json")
-        write_json(record_path, record)
+        record_path = save_images(images, out, labels=labels, protocol=record)
         console.print(
             f"wrote {len(images)} images to {out} in {elapsed:.1f} s ({state['nfe']} NFE each); protocol: {record_path}"
         )
     shutdown(dist)
+
+
+# Guidance's argument names, as the options that set them.
+_GUIDANCE_ALIASES = {"scale": "--cfg", "schedule": "--cfg-schedule", "channels": "--cfg-channels",
+                     "classes": "--class", "release_resolution": "--release-res"}  # fmt: skip
 
 
 def _interval(text: str) -> tuple[float, float]:
@@ -198,17 +177,20 @@ def _interval(text: str) -> tuple[float, float]:
 
 
 def _progress(mine: int, batch_size: int, steps: int, dist: Any) -> tuple[Progress, Any, dict[str, Any]]:
-    """The sampling progress bar, the ``generate`` callback driving it, and what it measured (NFE, start)."""
+    """The sampling progress bar, the ``generate`` callback driving it, and what it measured: the NFE per image,
+    the start time, and the order of each step of the first batch as the sampler reports it."""
     bar = Progress(
         TextColumn("[bold]sampling"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
         TextColumn("NFE {task.fields[nfe]}  {task.fields[ips]:.1f} img/s"), TimeElapsedColumn(),
         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not dist.is_main,
     )  # fmt: skip
     task = bar.add_task("sample", total=-(-mine // batch_size) * steps, nfe=0, ips=0.0)
-    state: dict[str, Any] = {"nfe": 0, "start": time.perf_counter()}
+    state: dict[str, Any] = {"nfe": 0, "start": time.perf_counter(), "orders": []}
 
     def callback(s: dict[str, Any]) -> None:
         state["nfe"] = s["nfe"]  # denoiser evaluations per image (guided steps count cond + uncond)
+        if s["batch"] == 0 and "order" in s:
+            state["orders"].append(s["order"])
         # Images finished, counting the current batch's share of its steps.
         done = s["images_done"] + s["batch_size"] * (s["i"] + 1) / steps
         rate = done / max(time.perf_counter() - state["start"], 1e-9)

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from diffit.data import load_vae
 from diffit.distributed import check_device, init_distributed, shutdown, world_size
-from diffit.generate import latent_decoder, preview_grid, save_png
+from diffit.generate import latent_decoder, preview_writer
 from diffit.objectives import ADMObjective, EDMObjective
 from diffit.runs import (
     build_backbone,
@@ -20,7 +20,7 @@ from diffit.runs import (
     training_data,
 )
 from diffit.train import TrainingDiverged, check_run_dir, check_train_args, train
-from diffit_cli.common import TF32, Device, Precision, console, fail, refusing, set_tf32
+from diffit_cli.common import TF32, Device, Precision, console, refusing, set_tf32
 
 
 def train_command(
@@ -115,15 +115,12 @@ def train_command(
 ) -> None:
     """Train DiffiT. With no --data: the class-conditional tiny model on the bundled 16x16 digits."""
     set_tf32(tf32)
-    world = world_size()
-    micro = micro_batch if micro_batch is not None else max(1, batch_size // world)
     with refusing(ctx, {"betas": "--beta1/--beta2"}):
         check_train_args(
-            steps=steps, batch_size=batch_size, micro_batch=micro,
-            world_size=world, lr=lr, warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay, ema=ema,
-            grad_clip=grad_clip, precision=precision, label_dropout=label_dropout, ckpt_every=ckpt_every,
-            keep_last=keep_last, log_every=log_every, sample_every=sample_every, max_bad_steps=max_bad_steps,
-            seed=seed,
+            steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=world_size(), lr=lr,
+            warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,
+            precision=precision, label_dropout=label_dropout, ckpt_every=ckpt_every, keep_last=keep_last,
+            log_every=log_every, sample_every=sample_every, max_bad_steps=max_bad_steps, seed=seed,
         )  # fmt: skip
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -135,19 +132,13 @@ def train_command(
             check_resume_data(run_dir, data_.content_hash)
         torch.manual_seed(seed)  # the initial weights are a function of --seed (identical on every rank)
         net = build_backbone(
-            data_, model="xl2" if latent and model == "tiny" else model, factory=factory, augment=augment
-        )
+            data_, model="xl2" if latent and model == "tiny" else model, factory=factory, augment=augment,
+            grad_checkpointing=grad_checkpointing,
+        )  # fmt: skip
         decode = latent_decoder(load_vae(vae, check_device(device))) if latent and vae and sample_every else None
-    if grad_checkpointing:
-        if not hasattr(net, "set_grad_checkpointing"):
-            fail("--grad-checkpointing: the model has no set_grad_checkpointing(enabled) method")
-        net.set_grad_checkpointing(True)
     objective = ADMObjective() if latent else EDMObjective(augment_p=augment)
-
-    def on_sample(step: int, ema_model: torch.nn.Module) -> None:
-        if not latent or decode is not None:  # latent grids need --vae
-            grid = preview_grid(ema_model, objective=objective, decode=decode)
-            save_png(grid, run_dir / f"samples-{step:08d}.png", upscale=max(1, 128 // data_.resolution))
+    preview = preview_writer(run_dir, objective=objective, decode=decode, upscale=max(1, 128 // data_.resolution))
+    on_sample = preview if not latent or decode is not None else None  # latent grids need --vae
 
     dist = init_distributed(device)
     torch.manual_seed(seed + 1 + dist.rank)  # any other global randomness differs per rank

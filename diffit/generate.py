@@ -12,6 +12,7 @@ Image i of a run depends only on ``seeds[i]`` and ``labels[i]`` (EDM's per-sampl
 batch it was drawn in or on how many processes shared the seeds.
 """
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ __all__ = [
     "latent_decoder",
     "make_grid",
     "preview_grid",
+    "preview_writer",
     "class_labels",
     "images_out_kind",
     "random_labels",
@@ -431,10 +433,18 @@ def images_out_kind(out: str | Path) -> str:
     return kind
 
 
-def save_images(images: UInt8[Tensor, "b h w c"], out: str | Path, *, labels: Tensor | None = None) -> Path:
+def save_images(
+    images: UInt8[Tensor, "b h w c"],
+    out: str | Path,
+    *,
+    labels: Tensor | None = None,
+    protocol: dict[str, Any] | None = None,
+) -> Path:
     """Write uint8 NHWC images to ``out`` (see :func:`images_out_kind`), atomically: a ``.png`` grid (10 per
     row for labelled sets of multiples of 10), an ``.npz`` with ``arr_0`` (and ``arr_1`` labels) as the ADM
-    evaluation suite reads, or a directory of ``000000.png`` ... filled under a temporary name and renamed."""
+    evaluation suite reads, or a directory of ``000000.png`` ... filled under a temporary name and renamed.
+    ``protocol`` (see :func:`sampling_protocol`) is written beside them as JSON: ``out`` with a ``.json``
+    suffix, or ``protocol.json`` inside the directory. Returns the protocol's path (``out`` without one)."""
     out = Path(out)
     kind = images_out_kind(out)
     if kind == "png":
@@ -449,7 +459,29 @@ def save_images(images: UInt8[Tensor, "b h w c"], out: str | Path, *, labels: Te
             tmp.mkdir()
             for i, img in enumerate(images.numpy()):
                 save_png(img, tmp / f"{i:06d}.png")  # renamed onto out (new, or an empty directory) at the end
-    return out
+    if protocol is None:
+        return out
+    record_path = out / "protocol.json" if kind == "dir" else out.with_suffix(".json")
+    with atomic_path(record_path) as tmp:
+        tmp.write_text(json.dumps(protocol, indent=2) + "\n")
+    return record_path
+
+
+def preview_writer(
+    run_dir: str | Path,
+    *,
+    objective: Objective | None = None,
+    decode: Callable[[Tensor], Tensor] | None = None,
+    upscale: int = 1,
+) -> Callable[[int, nn.Module], None]:
+    """``on_sample(step, ema_model)`` for :func:`diffit.train.train`: writes the :func:`preview_grid` of the EMA
+    model to ``run_dir/samples-<step>.png``, each pixel ``upscale`` times."""
+
+    def on_sample(step: int, ema_model: nn.Module) -> None:
+        grid = preview_grid(ema_model, objective=objective, decode=decode)
+        save_png(grid, Path(run_dir) / f"samples-{step:08d}.png", upscale=upscale)
+
+    return on_sample
 
 
 @torch.no_grad()

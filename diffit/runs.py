@@ -187,11 +187,17 @@ def import_factory(spec: str) -> Callable[..., nn.Module]:
 
 
 def build_backbone(
-    data: TrainingData, *, model: str = "tiny", factory: Callable[..., nn.Module] | None = None, augment: float = 0.0
+    data: TrainingData,
+    *,
+    model: str = "tiny",
+    factory: Callable[..., nn.Module] | None = None,
+    augment: float = 0.0,
+    grad_checkpointing: bool = False,
 ) -> nn.Module:
     """A fresh backbone for ``data``: ``factory(resolution=side, in_channels=channels, num_classes=...)`` when
     given, else the preset ``model`` (image: tiny | cifar10 | ffhq64; latent: s2 | b2 | l2 | xl2). Unlabelled
-    data gives an unconditional model. Seed torch's RNG first for reproducible initial weights."""
+    data gives an unconditional model. ``grad_checkpointing`` switches it on through the model's
+    ``set_grad_checkpointing``. Seed torch's RNG first for reproducible initial weights."""
     if not 0 <= augment <= 1:
         raise ValueError(f"augment must be in [0, 1], got {augment}")
     if augment > 0 and data.latent:
@@ -216,6 +222,10 @@ def build_backbone(
     problems = backbone_problems(net)
     if problems:
         raise ValueError(f"model_factory returned a model that {problems[0]} (see diffit.nn.Backbone)")
+    if grad_checkpointing:
+        if not hasattr(net, "set_grad_checkpointing"):
+            raise ValueError("grad_checkpointing: the model has no set_grad_checkpointing(enabled) method")
+        net.set_grad_checkpointing(True)
     return net
 
 

@@ -194,7 +194,7 @@ def check_train_args(
     *,
     steps: int,
     batch_size: int,
-    micro_batch: int,
+    micro_batch: int | None,
     world_size: int,
     lr: float,
     warmup: int,
@@ -217,7 +217,8 @@ def check_train_args(
         if not ok:
             raise ValueError(f"{name} must be {expected}, got {value}")
 
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("micro_batch", micro_batch),
+    micro = batch_size // world_size if micro_batch is None else micro_batch  # None: the whole per-rank batch
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("micro_batch", micro),
                         ("ckpt_every", ckpt_every), ("keep_last", keep_last), ("log_every", log_every),
                         ("max_bad_steps", max_bad_steps)):  # fmt: skip
         need(value >= 1, name, "an integer >= 1", value)
@@ -233,7 +234,7 @@ def check_train_args(
     need(label_dropout is None or 0 <= label_dropout < 1, "label_dropout", "in [0, 1)", label_dropout)
     need(batch_size % world_size == 0, "batch_size", f"divisible by the world size {world_size}", batch_size)
     per_rank = batch_size // world_size
-    need(per_rank % micro_batch == 0, "micro_batch", f"a divisor of the per-rank batch {per_rank}", micro_batch)
+    need(per_rank % micro == 0, "micro_batch", f"a divisor of the per-rank batch {per_rank}", micro)
 
 
 def check_run_dir(run_dir: str | Path, *, resume: bool) -> Path:
@@ -293,14 +294,14 @@ def train(
     problems = backbone_problems(unwrap(model))
     if problems:
         raise ValueError(f"model {type(unwrap(model)).__name__} {problems[0]} (see diffit.nn.Backbone)")
-    per_rank = batch_size // dist.world_size if dist.world_size >= 1 else batch_size
-    micro_batch = per_rank if micro_batch is None else micro_batch
     check_train_args(
         steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=dist.world_size, lr=lr,
         warmup=warmup, betas=betas, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip, precision=precision,
         label_dropout=label_dropout, ckpt_every=ckpt_every, keep_last=keep_last, log_every=log_every,
         sample_every=sample_every, max_bad_steps=max_bad_steps, seed=seed,
     )  # fmt: skip
+    per_rank = batch_size // dist.world_size
+    micro_batch = per_rank if micro_batch is None else micro_batch
     run_dir = check_run_dir(run_dir, resume=resume)
     model = unwrap(model).to(dist.device).train()
     num_classes = model.num_classes

@@ -17,7 +17,14 @@ from diffit.diffusion.losses import (
 from diffit.diffusion.multistep import sample_dpmpp_3m, sample_ipndm, sample_unipc
 from diffit.diffusion.noise import NoiseSampler, PerSampleNoise, global_noise, per_sample_noise
 from diffit.diffusion.ode_samplers import sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun
-from diffit.diffusion.planning import MIN_STEPS, SamplingPlan, final_for, plan_sampling, steps_for_nfe
+from diffit.diffusion.planning import (
+    MIN_STEPS,
+    SamplingPlan,
+    final_for,
+    plan_sampling,
+    resolve_sampling,
+    steps_for_nfe,
+)
 from diffit.diffusion.sampling import Callback, Denoiser, bind_labels, check_sigmas
 from diffit.diffusion.schedules import (
     alpha_bar_to_sigma,
@@ -90,6 +97,7 @@ __all__ = [
     "optimized_sigmas",
     "per_sample_noise",
     "plan_sampling",
+    "resolve_sampling",
     "respaced_sigmas",
     "sample_ddim",
     "sample_ddpm",

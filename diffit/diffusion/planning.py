@@ -117,3 +117,28 @@ def plan_sampling(
     steps = steps_for_nfe(sampler, nfe, guidance_scale=guidance_scale)
     cost = (2 * steps - 1 if sampler in TWO_STAGE else steps) * per_call
     return SamplingPlan(sampler, schedule, final_for(sampler), steps, cost, per_call, nfe)
+
+
+def resolve_sampling(
+    *,
+    sampler: str | None,
+    schedule: str | None,
+    steps: int | None = None,
+    nfe: int | None = None,
+    guidance_scale: float = 1.0,
+) -> tuple[str | None, int | None, str | None, SamplingPlan | None]:
+    """A run's sampler, schedule and step count (or budget ``nfe``, its alternative), checked (ValueError naming
+    the argument); with a budget, the plan that fills it (:func:`plan_sampling`). Returns (sampler, steps,
+    schedule, plan); None where nothing was asked (the objective's defaults apply) and plan None without nfe."""
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if nfe is not None and steps is not None:
+        raise ValueError("nfe and steps are alternatives: give one")
+    if sampler is not None and sampler not in MIN_STEPS:
+        raise ValueError(f"sampler must be one of {', '.join(MIN_STEPS)}, got {sampler!r}")
+    if schedule is not None and schedule not in SCHEDULE_NAMES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {schedule!r}")
+    if nfe is None:
+        return sampler, steps, schedule, None
+    plan = plan_sampling(nfe, guidance_scale=guidance_scale, sampler=sampler, schedule=schedule)
+    return plan.sampler, plan.steps, plan.schedule, plan
