@@ -32,7 +32,7 @@ from torch import nn
 
 from diffit.data.atomic import atomic_path, fsync_dir, fsync_file
 from diffit.ema import strip_wrapper_prefixes, unwrap
-from diffit.nn import ImageDiffiT, LatentDiffiT, backbone_problems
+from diffit.nn import ImageDiffiT, LatentDiffiT, check_backbone
 from diffit.objectives import build_objective, objective_spec
 from diffit.release import check_release_resolution, load_release
 
@@ -344,9 +344,7 @@ def load_model(
     if MODEL_METADATA_KEY not in metadata:
         return _release(str(path), release_resolution, objective)
     model, _ = load_weights(path, build=build)
-    problems = backbone_problems(model)
-    if problems:
-        raise ValueError(f"the model rebuilt from {path} cannot be sampled: it {problems[0]}")
+    check_backbone(model, what=f"the model rebuilt from {path} cannot be sampled: it")
     if objective is None:
         spec = metadata.get(OBJECTIVE_METADATA_KEY)
         objective = build_objective(json.loads(spec) if spec is not None else None, model=model)

@@ -14,6 +14,7 @@ batch it was drawn in or on how many processes shared the seeds.
 
 import json
 import math
+import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from jaxtyping import Float, Int, UInt8
 from PIL import Image
 from torch import Tensor, nn
 
+import diffit
 from diffit.data import SD_SCALE_FACTOR, mix_seed
 from diffit.data.atomic import atomic_path
 from diffit.diffusion import (
@@ -38,8 +40,8 @@ from diffit.diffusion import (
     schedule_sigmas,
 )
 from diffit.distributed import DistInfo
-from diffit.nn import backbone_problems
-from diffit.objectives import ADMObjective, Objective, default_objective, release_alphas_cumprod
+from diffit.nn import check_backbone
+from diffit.objectives import ADMObjective, Objective, default_objective, objective_spec, release_alphas_cumprod
 
 Sampler = Callable[..., Tensor]
 _LABEL_STREAM = 1  # random_labels' seeds: mix_seed(seed, _LABEL_STREAM), apart from the noise's seed
@@ -66,13 +68,6 @@ __all__ = [
     "save_png",
     "to_uint8",
 ]
-
-
-def check_backbone(model: nn.Module) -> None:
-    """ValueError (one line) unless ``model`` follows the :class:`~diffit.nn.Backbone` contract."""
-    problems = backbone_problems(model)
-    if problems:
-        raise ValueError(f"model {type(model).__name__} {problems[0]} (see diffit.nn.Backbone)")
 
 
 def sigma_range(objective: Objective) -> tuple[float, float]:
@@ -266,13 +261,8 @@ def sampling_protocol(
     """The JSON record of a sampling run that users of peer codebases ask for first: the checkpoint (path,
     sha256, EMA or raw), the objective, sampler, steps, schedule and its exact sigmas, the NFE each image cost
     (guided steps count cond + uncond), guidance, seeds, classes, precision, device count and versions."""
-    import platform
-
-    from diffit import __version__
-    from diffit.objectives import objective_spec
-
     return {
-        "diffit_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
+        "diffit_version": diffit.__version__, "torch_version": torch.__version__, "python": platform.python_version(),
         "checkpoint": source, "weights": source.get("weights"), "objective": objective_spec(objective),
         "sampler": sampler, "steps": len(sigmas) - 1, "nfe_per_image": nfe_per_image,
         "schedule": schedule or "objective default", "final": final_for(sampler) if schedule else "sigma_min",

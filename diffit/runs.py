@@ -5,14 +5,14 @@
 - :func:`build_backbone`: a preset by name, or a model factory of the user's own, sized for that data;
 - :func:`check_resume_data`: a resumed run must train on the data its checkpoints were trained on;
 - :func:`import_factory`: ``"mypkg.nets:make_net"`` -> the callable (code named by the user, never by a file);
-- :func:`check_output_path`: an output path that can be written, checked before any work.
+- :func:`check_output_path`: an output path that can be written, checked before any work (re-exported from
+  :mod:`diffit.data.atomic`, which the shard writers use too).
 """
 
 import importlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +31,9 @@ from diffit.data import (
     load_images,
     memory_batches,
 )
+from diffit.data.atomic import check_output_path
 from diffit.nn import (
-    backbone_problems,
+    check_backbone,
     diffit_cifar10,
     diffit_ffhq64,
     diffit_tiny,
@@ -42,6 +43,20 @@ from diffit.nn import (
     latent_diffit_xl_2,
 )
 from diffit.train import DataFn
+
+__all__ = [
+    "IMAGE_PRESETS",
+    "LATENT_PRESETS",
+    "MEMORY_LIMIT_BYTES",
+    "VAE_FACTOR",
+    "TrainingData",
+    "build_backbone",
+    "check_output_path",
+    "check_resume_data",
+    "import_factory",
+    "latent_side",
+    "training_data",
+]
 
 VAE_FACTOR = 8  # the Stable Diffusion VAE maps H x W x 3 pixels to H/8 x W/8 x 4 latents
 # Image datasets up to this size are held in RAM as uint8: their batches are exact, seekable and shared by
@@ -219,9 +234,7 @@ def build_backbone(
                 )  # fmt: skip
         except ValueError as err:
             raise ValueError(f"model {model} at res {data.resolution}: {err}") from None
-    problems = backbone_problems(net)
-    if problems:
-        raise ValueError(f"model_factory returned a model that {problems[0]} (see diffit.nn.Backbone)")
+    check_backbone(net, what="model_factory returned a model that")
     if grad_checkpointing:
         if not hasattr(net, "set_grad_checkpointing"):
             raise ValueError("grad_checkpointing: the model has no set_grad_checkpointing(enabled) method")
@@ -242,22 +255,3 @@ def check_resume_data(run_dir: str | Path, content_hash: str | None) -> None:
             f"data is not the data the run in {run_dir} was trained on (content hash {content_hash[:12]}, "
             f"run: {recorded[:12]}); resume with the same shards"
         )
-
-
-def check_output_path(path: str | Path, *, name: str = "out") -> Path:
-    """``path`` as a Path that can be created and written: not empty, no existing file among its parents, and
-    its nearest existing ancestor writable. ValueError (one line, naming ``name``) otherwise; nothing is made."""
-    text = str(path)
-    if not text.strip():
-        raise ValueError(f"{name} must be a path, got {text!r}")
-    p = Path(text)
-    ancestor = p.parent if not p.exists() else p
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ValueError(f"{name} {text}: {ancestor} is a file, not a directory")
-    try:  # a real probe: permissions, read-only file systems and pseudo file systems (/proc) all show here
-        os.rmdir(tempfile.mkdtemp(prefix=".diffit-probe-", dir=ancestor))
-    except OSError:
-        raise ValueError(f"{name} {text}: cannot create anything in {ancestor}") from None
-    return p

@@ -26,7 +26,7 @@ from diffit.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoin
 from diffit.data import mix_seed
 from diffit.distributed import DistInfo, all_reduce_max, all_reduce_mean
 from diffit.ema import ema_decay, ema_update, make_ema, unwrap
-from diffit.nn import LabelEmbedding, backbone_problems
+from diffit.nn import LabelEmbedding, check_backbone
 from diffit.objectives import Objective
 
 DataFn = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
@@ -291,9 +291,7 @@ def train(
     ``class_dropout_prob``) is drawn here for the global batch, so the backbone's internal random dropout is
     switched off for the run (and restored afterwards). Arguments out of range raise ValueError before any work.
     """
-    problems = backbone_problems(unwrap(model))
-    if problems:
-        raise ValueError(f"model {type(unwrap(model)).__name__} {problems[0]} (see diffit.nn.Backbone)")
+    check_backbone(unwrap(model))
     check_train_args(
         steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=dist.world_size, lr=lr,
         warmup=warmup, betas=betas, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip, precision=precision,

@@ -2,11 +2,12 @@
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "fsync_dir", "fsync_file"]
+__all__ = ["atomic_path", "check_output_path", "fsync_dir", "fsync_file"]
 
 
 def fsync_file(path: str | Path) -> None:
@@ -40,3 +41,22 @@ def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def check_output_path(path: str | Path, *, name: str = "out") -> Path:
+    """``path`` as a Path that can be created and written: not empty, no existing file among its parents, and
+    its nearest existing ancestor writable. ValueError (one line, naming ``name``) otherwise; nothing is made."""
+    text = str(path)
+    if not text.strip():
+        raise ValueError(f"{name} must be a path, got {text!r}")
+    p = Path(text)
+    ancestor = p.parent if not p.exists() else p
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{name} {text}: {ancestor} is a file, not a directory")
+    try:  # a real probe: permissions, read-only file systems and pseudo file systems (/proc) all show here
+        os.rmdir(tempfile.mkdtemp(prefix=".diffit-probe-", dir=ancestor))
+    except OSError:
+        raise ValueError(f"{name} {text}: cannot create anything in {ancestor}") from None
+    return p

@@ -22,6 +22,7 @@ import webdataset as wds
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
+from diffit.data.atomic import check_output_path
 from diffit.data.badinput import BadSampleLog, IgnoreLog
 
 __all__ = ["ShardInfo", "ShardWriter", "check_out_folder", "existing_shards", "read_shard", "shard_digest"]
@@ -221,13 +222,7 @@ class ShardWriter:
 def check_out_folder(out_pattern: str) -> str:
     """The folder of ``out_pattern``, after checking that it is, or can be created as, a writable folder."""
     folder = os.path.dirname(os.path.abspath(out_pattern))
-    existing = folder
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(f"out_pattern: {existing!r} is a file, so {folder!r} cannot be a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"out_pattern: {existing!r} is not writable")
+    check_output_path(os.path.join(folder, ""), name="out_pattern")
     return folder
 
 

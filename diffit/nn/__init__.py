@@ -2,7 +2,7 @@
 
 from diffit.nn.attention import ATTENTION_BACKENDS, TMSA, attention_backends, measure_backends, set_attention_backend
 from diffit.nn.blocks import GroupNorm32, Mlp, ResBlock, TMSABlock, group_count, layer_norm_fp32
-from diffit.nn.contract import Backbone, backbone_problems, capture_config, checkpointed_call
+from diffit.nn.contract import Backbone, backbone_problems, capture_config, check_backbone, checkpointed_call
 from diffit.nn.embeddings import (
     LabelEmbedding,
     TimestepEmbedding,
@@ -27,6 +27,7 @@ __all__ = [
     "Backbone",
     "backbone_problems",
     "capture_config",
+    "check_backbone",
     "checkpointed_call",
     "group_count",
     "GroupNorm32",

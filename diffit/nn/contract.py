@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor, nn
 
-__all__ = ["Backbone", "backbone_problems", "capture_config", "checkpointed_call", "jsonable"]
+__all__ = ["Backbone", "backbone_problems", "check_backbone", "capture_config", "checkpointed_call", "jsonable"]
 
 
 @runtime_checkable
@@ -52,6 +52,14 @@ def backbone_problems(model: Any) -> list[str]:
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             problems.append(f"num_classes must be a positive int or None (got {n!r})")
     return problems
+
+
+def check_backbone(model: Any, *, what: str | None = None) -> None:
+    """ValueError (one line) naming the first thing ``model`` lacks of the :class:`Backbone` contract; ``what``
+    starts the message (default: ``model <its class>``)."""
+    problems = backbone_problems(model)
+    if problems:
+        raise ValueError(f"{what or f'model {type(model).__name__}'} {problems[0]} (see diffit.nn.Backbone)")
 
 
 def jsonable(value: Any) -> Any:
