@@ -263,10 +263,13 @@ def load_checkpoint(
     ema: nn.Module,
     optimizer: torch.optim.Optimizer | None,
     map_location: str | torch.device = "cpu",
+    verified: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Load weights (strictly), EMA and optimizer state in place; returns (state.json dict, rng states)."""
+    """Load weights (strictly), EMA and optimizer state in place; returns (state.json dict, rng states).
+    ``verified``: the record :func:`verify_checkpoint` already returned for this directory (its files are then
+    not hashed a second time)."""
     ckpt_dir = Path(ckpt_dir)
-    record = verify_checkpoint(ckpt_dir)
+    record = verified if verified is not None else verify_checkpoint(ckpt_dir)
     saved, current = record["model"], model_spec(model)
     if saved.get("class") != current["class"] or (
         saved.get("config") is not None and current["config"] is not None and saved["config"] != current["config"]

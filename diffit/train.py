@@ -443,10 +443,10 @@ class _RunState:
         """Continue from the newest intact checkpoint of ``run_dir`` (none: a fresh start). A checkpoint whose
         files fail their hash check is passed over with a warning; if every one fails, ValueError."""
         candidates = checkpoint_dirs(run_dir)[::-1]
-        ckpt = None
+        ckpt, verified = None, None
         for candidate in candidates:
             try:
-                verify_checkpoint(candidate)
+                verified = verify_checkpoint(candidate)
             except ValueError as err:
                 warn({"event": "warning", "message": f"{err}; trying an older checkpoint"})
                 continue
@@ -458,7 +458,9 @@ class _RunState:
             )
         if ckpt is None:
             return
-        record, rng = load_checkpoint(ckpt, model=model, ema=ema, optimizer=optimizer, map_location=dist.device)
+        record, rng = load_checkpoint(
+            ckpt, model=model, ema=ema, optimizer=optimizer, map_location=dist.device, verified=verified
+        )
         self.step, self.skipped, self.last_checkpoint = record["step"], record.get("skipped_steps", 0), ckpt
         best = record.get("best_loss")
         self.best_loss, self.best_step = (math.inf if best is None else best), record.get("best_step", -1)
