@@ -1,9 +1,7 @@
 """What the commands share: one-line failures with exit code 2, shared options, the progress bar."""
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, NoReturn
 
 import torch
@@ -11,8 +9,6 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
-
-from diffit.data.atomic import atomic_path
 
 console = Console(stderr=True)
 
@@ -110,10 +106,3 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int | None], None]
     finally:
         if task is not None:
             progress.stop()
-
-
-def write_json(path: str | Path, record: dict[str, object]) -> None:
-    """Write ``record`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")

@@ -11,6 +11,7 @@ from rich.table import Table
 
 import diffit
 from diffit.checkpoint import sha256_file
+from diffit.data.atomic import write_json
 from diffit.evaluation import (
     InceptionV3,
     evaluate_images,
@@ -22,7 +23,7 @@ from diffit.evaluation import (
     reference_statistics,
     save_statistics,
 )
-from diffit_cli.common import Device, console, fail, fail_from, progress_bar, write_json
+from diffit_cli.common import Device, console, fail, fail_from, progress_bar
 
 eval_app = typer.Typer(name="eval", help="Inception statistics, FID and Inception Score.", no_args_is_help=True)
 _out = Console()

@@ -33,6 +33,7 @@ from torch import nn
 from diffit.data.atomic import atomic_path, fsync_dir, fsync_file
 from diffit.ema import strip_wrapper_prefixes, unwrap
 from diffit.nn import ImageDiffiT, LatentDiffiT, check_backbone
+from diffit.nn.contract import jsonable
 from diffit.objectives import build_objective, objective_spec
 from diffit.release import check_release_resolution, load_release
 
@@ -57,7 +58,7 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     bare = unwrap(model)
     config = getattr(bare, "config", None)
     try:
-        config = json.loads(json.dumps(config, allow_nan=False)) if isinstance(config, dict) else None
+        config = jsonable(config) if isinstance(config, dict) else None
     except (TypeError, ValueError):
         config = None
     return {"class": type(bare).__name__, "module": type(bare).__module__, "config": config}

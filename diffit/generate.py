@@ -12,7 +12,6 @@ Image i of a run depends only on ``seeds[i]`` and ``labels[i]`` (EDM's per-sampl
 batch it was drawn in or on how many processes shared the seeds.
 """
 
-import json
 import math
 import platform
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 
 import diffit
 from diffit.data import SD_SCALE_FACTOR, mix_seed
-from diffit.data.atomic import atomic_path
+from diffit.data.atomic import atomic_path, write_json
 from diffit.diffusion import (
     SAMPLERS,
     ClassifierFreeGuidance,
@@ -452,8 +451,7 @@ def save_images(
     if protocol is None:
         return out
     record_path = out / "protocol.json" if kind == "dir" else out.with_suffix(".json")
-    with atomic_path(record_path) as tmp:
-        tmp.write_text(json.dumps(protocol, indent=2) + "\n")
+    write_json(record_path, protocol)
     return record_path
 
 

@@ -1,13 +1,15 @@
 """Atomic writes: a file appears complete under its final name or not at all."""
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "check_output_path", "fsync_dir", "fsync_file"]
+__all__ = ["atomic_path", "check_output_path", "fsync_dir", "fsync_file", "write_json"]
 
 
 def fsync_file(path: str | Path) -> None:
@@ -41,6 +43,13 @@ def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def write_json(path: str | Path, record: dict[str, Any]) -> None:
+    """Write ``record`` to ``path`` as indented JSON, atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
 
 
 def check_output_path(path: str | Path, *, name: str = "out") -> Path:
