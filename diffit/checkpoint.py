@@ -16,6 +16,7 @@ half-written latest checkpoint. Weights holding non-finite values are never writ
 """
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -49,6 +50,20 @@ BUILTIN_MODELS: dict[str, type[nn.Module]] = {"ImageDiffiT": ImageDiffiT, "Laten
 _LEGACY_CONFIG_KEYS = ("checkpointing",)
 
 Build = Callable[..., nn.Module]
+
+
+def _same_config(saved: dict[str, Any] | None, current: dict[str, Any] | None, model: nn.Module) -> bool:
+    """Whether a checkpoint's recorded config describes ``model``; an argument added after the file was written
+    (absent from it) matches when the model uses that argument's default."""
+    if saved is None or current is None:
+        return True
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(type(unwrap(model)).__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    filled = {k: jsonable(defaults[k]) for k in current.keys() - saved.keys() if k in defaults}
+    return {k: v for k, v in saved.items() if k not in _LEGACY_CONFIG_KEYS} | filled == current
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
@@ -272,9 +287,7 @@ def load_checkpoint(
     ckpt_dir = Path(ckpt_dir)
     record = verified if verified is not None else verify_checkpoint(ckpt_dir)
     saved, current = record["model"], model_spec(model)
-    if saved.get("class") != current["class"] or (
-        saved.get("config") is not None and current["config"] is not None and saved["config"] != current["config"]
-    ):
+    if saved.get("class") != current["class"] or not _same_config(saved.get("config"), current["config"], model):
         raise ValueError(
             f"checkpoint {ckpt_dir} is for model {saved.get('class')} {saved.get('config')}, "
             f"not the model being trained ({current['class']} {current['config']})"

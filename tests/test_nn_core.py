@@ -66,11 +66,15 @@ def tmsa_reference(attn: TMSA, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor
     """Slow per-token TMSA straight from the paper's Eq. 3-6, one window (b, n, d) at a time."""
     d, h, e = attn.dim, attn.num_heads, attn.head_dim
     W_s, b_s = attn.qkv.weight.double(), attn.qkv.bias.double()
-    W_t, b_t = attn.qkv_temb.weight.double(), attn.qkv_temb.bias.double()
     table, index = attn.relative_position_bias_table.double(), attn.relative_position_index
     out = torch.zeros(x.shape, dtype=torch.float64)
     for bi in range(x.shape[0]):
-        xt = W_t @ t[bi].double() + b_t  # x_t [W_qt W_kt W_vt]
+        xt = torch.zeros(3 * d, dtype=torch.float64)  # plain attention (time_qkv=False)
+        if attn.qkv_temb is not None:
+            xt = attn.qkv_temb.weight.double() @ t[bi].double() + attn.qkv_temb.bias.double()  # x_t [W_qt W_kt W_vt]
+        if attn.bias_temb is not None:  # time_bias: B(x_t) = B + x_t W_B, one table per sample
+            shift = attn.bias_temb.weight.double() @ t[bi].double() + attn.bias_temb.bias.double()
+            table = attn.relative_position_bias_table.double() + shift.reshape(-1, h)
         qkv = [W_s @ x[bi, i].double() + b_s + xt for i in range(x.shape[1])]  # q_s = x_s W_qs + x_t W_qt ...
         q = torch.stack([v[:d] for v in qkv]).reshape(-1, h, e)
         k = torch.stack([v[d : 2 * d] for v in qkv]).reshape(-1, h, e)
@@ -225,3 +229,87 @@ def test_bad_shapes_raise_errors_naming_the_argument() -> None:
         attn(torch.randint(0, 3, (1, 4, 16)), torch.randn(1, 8))
     with pytest.raises(ValueError, match="dim=10 must be divisible by num_heads=4"):
         TMSA(dim=10, time_dim=8, num_heads=4, window=2)
+
+
+# The paper's ablation of time conditioning (TMSABlock.time_conditioning), each against its own equations.
+
+
+def _randomise(module: torch.nn.Module) -> torch.nn.Module:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.3)
+    return module
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_time_bias_attention_matches_its_equations(grid: bool) -> None:
+    attn = _randomise(TMSA(dim=16, time_dim=8, num_heads=4, window=2, time_qkv=False, time_bias=True))
+    assert attn.qkv_temb is None and attn.bias_temb.out_features == 9 * 4
+    t = torch.randn(2, 8)
+    if not grid:
+        x = torch.randn(2, 4, 16)
+        torch.testing.assert_close(attn(x, t).double(), tmsa_reference(attn, x, t), atol=1e-5, rtol=1e-5)
+        return
+    x = torch.randn(2, 4, 2, 16)  # two windows per sample, each with its sample's time bias
+    out = attn.forward_grid(x, t)
+    for bi in range(2):
+        for i in (0, 2):
+            win = x[bi : bi + 1, i : i + 2].reshape(1, 4, 16)
+            ref = tmsa_reference(attn, win, t[bi : bi + 1]).reshape(2, 2, 16)
+            torch.testing.assert_close(out[bi, i : i + 2].double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_plain_attention_ignores_time_and_flex_refuses_time_bias() -> None:
+    attn = _randomise(TMSA(dim=16, time_dim=8, num_heads=4, window=3, time_qkv=False))
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(attn(x, torch.randn(2, 8)), attn(x, torch.randn(2, 8)))
+    biased = TMSA(dim=16, time_dim=8, num_heads=4, window=3, time_qkv=False, time_bias=True)
+    biased.attention_backend = "flex"
+    with pytest.raises(ValueError, match="'flex' does not support time_bias"):
+        biased(x, torch.randn(2, 8))
+
+
+def test_adaln_block_is_adaln_zero() -> None:
+    from diffit.nn import layer_norm_fp32
+
+    block = TMSABlock(dim=16, time_dim=8, num_heads=4, window=2, time_conditioning="adaln")
+    x, t = torch.randn(2, 4, 16), torch.randn(2, 8)
+    torch.testing.assert_close(block(x, t), x)  # zero-initialised gates: a fresh block is the identity
+    _randomise(block)
+    shift1, scale1, gate1, shift2, scale2, gate2 = block.adaln(t)[:, None].chunk(6, dim=-1)
+    h = x + gate1 * block.attn(layer_norm_fp32(x) * (1 + scale1) + shift1, t)
+    expected = h + gate2 * block.mlp(layer_norm_fp32(h) * (1 + scale2) + shift2)
+    torch.testing.assert_close(block(x, t), expected)
+    assert block.attn.qkv_temb is None  # the attention itself is plain
+    grid = torch.randn(2, 2, 4, 16)
+    torch.testing.assert_close(
+        block.forward_grid(grid, t)[:, :, :2], block(grid[:, :, :2].reshape(2, 4, 16), t).reshape(2, 2, 2, 16)
+    )
+
+
+def test_input_block_adds_the_time_token_to_the_attention_input() -> None:
+    from diffit.nn import layer_norm_fp32
+
+    block = _randomise(TMSABlock(dim=16, time_dim=8, num_heads=4, window=2, time_conditioning="input"))
+    x, t = torch.randn(2, 4, 16), torch.randn(2, 8)
+    h = x + block.attn(layer_norm_fp32(x) + block.time_in(t)[:, None], t)
+    torch.testing.assert_close(block(x, t), h + block.mlp(layer_norm_fp32(h)))
+
+
+def test_time_conditioning_choices_and_state_dicts() -> None:
+    from diffit.nn import ImageDiffiT, diffit_tiny
+
+    with pytest.raises(ValueError, match="time_conditioning must be one of tmsa, adaln, bias, input, got 'film'"):
+        TMSABlock(dim=16, time_dim=8, num_heads=4, window=2, time_conditioning="film")
+    base = set(diffit_tiny().state_dict())
+    assert not any(k.endswith(("bias_temb.weight", "adaln.1.weight", "time_in.weight")) for k in base)
+    x, s, y = torch.randn(2, 1, 16, 16), torch.randn(2), torch.tensor([3, 10])
+    for kind, extra in (("adaln", "adaln.1.weight"), ("bias", "bias_temb.weight"), ("input", "time_in.weight")):
+        model = diffit_tiny(time_conditioning=kind)
+        keys = set(model.state_dict())
+        assert any(k.endswith(extra) for k in keys) and not any(k.endswith("qkv_temb.weight") for k in keys)
+        rebuilt = ImageDiffiT(**model.config)  # the variant is part of config, so checkpoints rebuild it
+        rebuilt.load_state_dict(model.state_dict())
+        _randomise(model)
+        out = model(x, s, y)
+        assert out.shape == x.shape and not torch.allclose(out, model(x, s + 1.0, y))  # depends on the noise level

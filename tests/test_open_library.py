@@ -179,3 +179,23 @@ def test_runtime_checks_are_offered_to_users() -> None:
     env = {**os.environ, "DIFFIT_TYPECHECK": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0 and "TypeCheckError" in proc.stderr
+
+
+def test_runs_saved_before_an_argument_existed_still_resume(tmp_path: Path) -> None:
+    """A checkpoint whose config predates a constructor argument resumes when the model uses that argument's
+    default (time_conditioning and label_init_std were added after 0.2.0), and is refused otherwise."""
+    from diffit.nn import diffit_tiny
+
+    def tiny(**kw: object) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return diffit_tiny(channels=(8, 8, 8), num_heads=1, time_dim=16, **kw)
+
+    run(tmp_path, 2, model=tiny())
+    state = tmp_path / "ckpt-00000002" / "state.json"
+    record = json.loads(state.read_text())
+    for key in ("time_conditioning", "label_init_std"):
+        del record["model"]["config"][key]
+    state.write_text(json.dumps(record))
+    assert run(tmp_path, 3, model=tiny(), resume=True).step == 3
+    with pytest.raises(ValueError, match="is for model ImageDiffiT"):
+        run(tmp_path, 4, model=tiny(time_conditioning="adaln"), resume=True)

@@ -1,7 +1,7 @@
 """Layers and backbones of DiffiT. Knows nothing of noise schedules."""
 
 from diffit.nn.attention import ATTENTION_BACKENDS, TMSA, attention_backends, measure_backends, set_attention_backend
-from diffit.nn.blocks import GroupNorm32, Mlp, ResBlock, TMSABlock, group_count, layer_norm_fp32
+from diffit.nn.blocks import TIME_CONDITIONINGS, GroupNorm32, Mlp, ResBlock, TMSABlock, group_count, layer_norm_fp32
 from diffit.nn.contract import Backbone, backbone_problems, capture_config, check_backbone, checkpointed_call
 from diffit.nn.embeddings import (
     LabelEmbedding,
@@ -35,6 +35,7 @@ __all__ = [
     "Mlp",
     "ResBlock",
     "TMSABlock",
+    "TIME_CONDITIONINGS",
     "TimestepEmbedding",
     "condition_token",
     "layer_norm_fp32",

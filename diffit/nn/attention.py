@@ -8,6 +8,10 @@ Queries, keys and values are linear in both the spatial tokens x_s and the time 
 so the attention pattern itself changes with the noise level. B is a Swin-style learnable relative position
 bias; time does not enter B (the paper's ablation: bias-only time conditioning is worse, FID 3.97 vs 1.95).
 
+For the ablations (:class:`~diffit.nn.TMSABlock`'s ``time_conditioning``), the same module also runs as plain
+multi-head self-attention (``time_qkv=False``: no x_t W_t terms) or with time entering only B
+(``time_bias=True``: B(x_t) = B + gather(x_t W_B), one ((2w-1)^2, heads) table per sample).
+
 Two interchangeable attention cores compute Eq. 6, chosen at run time per layer (``attention_backend``, not
 part of the state dict or the model's config, so checkpoints load unchanged):
 
@@ -49,7 +53,17 @@ class TMSA(nn.Module):
     whole grid) and :meth:`forward_grid` on a (B, H, W, C) grid split into local windows.
     """
 
-    def __init__(self, *, dim: int, time_dim: int, num_heads: int, window: int, qk_norm: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        dim: int,
+        time_dim: int,
+        num_heads: int,
+        window: int,
+        qk_norm: bool = False,
+        time_qkv: bool = True,
+        time_bias: bool = False,
+    ) -> None:
         """
         Args:
             dim: token width d (split into ``num_heads`` heads of d / num_heads).
@@ -58,6 +72,10 @@ class TMSA(nn.Module):
             window: side w of the square window; the bias table has (2w-1)^2 rows.
             qk_norm: normalise queries and keys per head (LayerNorm) before the dot product: an optional
                 guard against attention-logit growth in long bf16 runs; off in the paper and release.
+            time_qkv: the time token enters queries, keys and values (``qkv_temb``, Eq. 3-5): TMSA. False
+                gives plain self-attention that ignores ``t`` (for the ablations).
+            time_bias: the time token also shifts the relative position bias (``bias_temb``: the paper's
+                "bias-only" ablation when ``time_qkv=False``). Runs on the SDPA core only.
         """
         super().__init__()
         if dim % num_heads:
@@ -67,7 +85,8 @@ class TMSA(nn.Module):
         self.dim, self.num_heads, self.window = dim, num_heads, window
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim)  # x_s [W_qs W_ks W_vs]
-        self.qkv_temb = nn.Linear(time_dim, 3 * dim)  # x_t [W_qt W_kt W_vt]
+        self.qkv_temb = nn.Linear(time_dim, 3 * dim) if time_qkv else None  # x_t [W_qt W_kt W_vt]
+        self.bias_temb = nn.Linear(time_dim, (2 * window - 1) ** 2 * num_heads) if time_bias else None
         self.proj = nn.Linear(dim, dim)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -78,29 +97,44 @@ class TMSA(nn.Module):
 
     def relative_position_bias(self) -> Float[Tensor, "heads n n"]:
         """B of Eq. 6: the table gathered at every (query, key) offset of the window."""
+        return self._gather(self.relative_position_bias_table)
+
+    def _gather(self, table: Float[Tensor, "*b r heads"]) -> Float[Tensor, "*b heads n n"]:
         n = self.window * self.window
-        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]  # (n*n, heads)
-        return rearrange(bias, "(i j) h -> h i j", i=n, j=n).contiguous()
+        bias = table[..., self.relative_position_index.reshape(-1), :]  # (*b, n*n, heads)
+        return rearrange(bias, "... (i j) h -> ... h i j", i=n, j=n).contiguous()
+
+    def _time_terms(self, t: Float[Tensor, "b dt"]) -> tuple[Tensor | None, Tensor | None]:
+        """x_t W_t broadcast over tokens (b, 1, 3d) and the per-sample bias shift (b, heads, n, n), or None."""
+        qkv_t = None if self.qkv_temb is None else self.qkv_temb(t)[:, None, :]
+        if self.bias_temb is None:
+            return qkv_t, None
+        table = self.bias_temb(t).reshape(t.shape[0], -1, self.num_heads)  # (b, (2w-1)^2, heads)
+        return qkv_t, self._gather(table)
 
     def _qkv(
-        self, x: Float[Tensor, "b n d"], qkv_t: Float[Tensor, "b 1 d3"]
+        self, x: Float[Tensor, "b n d"], qkv_t: Float[Tensor, "b 1 d3"] | None
     ) -> tuple[Float[Tensor, "b h n e"], Float[Tensor, "b h n e"], Float[Tensor, "b h n e"]]:
-        qkv = self.qkv(x) + qkv_t  # Eq. 3-5: x_s W_s + x_t W_t, broadcast over tokens
+        qkv = self.qkv(x) if qkv_t is None else self.qkv(x) + qkv_t  # Eq. 3-5: x_s W_s + x_t W_t
         q, k, v = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=self.num_heads)
         return self.q_norm(q), self.k_norm(k), v
 
-    def _attend(self, x: Float[Tensor, "b n d"], qkv_t: Float[Tensor, "b 1 d3"]) -> Float[Tensor, "b n d"]:
+    def _attend(
+        self, x: Float[Tensor, "b n d"], qkv_t: Float[Tensor, "b 1 d3"] | None, bias_t: Tensor | None = None
+    ) -> Float[Tensor, "b n d"]:
         """SDPA over sequences of window**2 tokens (one window, or the whole grid for global attention)."""
         if x.shape[1] != self.window * self.window:
             raise ValueError(f"x must hold window**2={self.window**2} tokens (window={self.window}), got {x.shape[1]}")
         q, k, v = self._qkv(x, qkv_t)
         # (1, h, n, n): a 4-D mask broadcast over the batch; a 3-D one rules out the fused CPU kernel.
         bias = self.relative_position_bias().to(q.dtype)[None]
+        if bias_t is not None:
+            bias = bias + bias_t.to(q.dtype)  # (b, h, n, n): B(x_t) of the bias-only ablation
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # softmax(q k^T / sqrt(e) + B) v
         return self.proj(rearrange(out, "b h n e -> b n (h e)"))
 
     def _attend_flex(
-        self, x: Float[Tensor, "b n d"], qkv_t: Float[Tensor, "b 1 d3"], grid: tuple[int, int]
+        self, x: Float[Tensor, "b n d"], qkv_t: Float[Tensor, "b 1 d3"] | None, grid: tuple[int, int]
     ) -> Float[Tensor, "b n d"]:
         """FlexAttention over a row-major (h, w) grid of n tokens: local windows by block mask, B by score_mod."""
         q, k, v = self._qkv(x, qkv_t)
@@ -108,22 +142,34 @@ class TMSA(nn.Module):
         return self.proj(rearrange(out, "b h n e -> b n (h e)"))
 
     def _run(
-        self, backend: str, x: Float[Tensor, "b h w d"], qkv_t: Float[Tensor, "b 1 d3"]
+        self,
+        backend: str,
+        x: Float[Tensor, "b h w d"],
+        qkv_t: Float[Tensor, "b 1 d3"] | None,
+        bias_t: Tensor | None = None,
     ) -> Float[Tensor, "b h w d"]:
         """TMSA over a (B, H, W, D) grid with the named backend (windows when H, W exceed the window)."""
         b, h, w, d = x.shape
         if backend == "flex":
             return self._attend_flex(x.reshape(b, h * w, d), qkv_t, (h, w)).reshape(b, h, w, d)
         if (h, w) == (self.window, self.window):
-            return self._attend(x.reshape(b, h * w, d), qkv_t).reshape(b, h, w, d)
+            return self._attend(x.reshape(b, h * w, d), qkv_t, bias_t).reshape(b, h, w, d)
         windows = window_partition(x, self.window)  # (b * nW, w*w, d)
-        per_window = qkv_t.repeat_interleave(windows.shape[0] // b, dim=0)  # the time token of each window
-        return window_merge(self._attend(windows, per_window), self.window, h, w)
+        per_sample = windows.shape[0] // b
+        if qkv_t is not None:
+            qkv_t = qkv_t.repeat_interleave(per_sample, dim=0)  # the time token of each window
+        if bias_t is not None:
+            bias_t = bias_t.repeat_interleave(per_sample, dim=0)
+        return window_merge(self._attend(windows, qkv_t, bias_t), self.window, h, w)
 
-    def _backend_for(self, x: Float[Tensor, "b h w d"], qkv_t: Float[Tensor, "b 1 d3"]) -> str:
+    def _backend_for(self, x: Float[Tensor, "b h w d"], qkv_t: Float[Tensor, "b 1 d3"] | None) -> str:
         backend = self.attention_backend
         if backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {backend!r}")
+        if self.bias_temb is not None:
+            if backend == "flex":
+                raise ValueError("attention_backend 'flex' does not support time_bias=True; use 'sdpa' or 'auto'")
+            return "sdpa"
         if backend != "auto":
             return backend
         if x.device.type != "cuda" or not flex_available():
@@ -133,7 +179,8 @@ class TMSA(nn.Module):
         if key not in _AUTO_CHOICES:
             if torch.compiler.is_compiling():
                 return "sdpa"  # cannot time inside a trace; an eager call first decides for later traces
-            times = measure_backends(self, x.detach(), qkv_t.detach(), backward=torch.is_grad_enabled())
+            detached = None if qkv_t is None else qkv_t.detach()
+            times = measure_backends(self, x.detach(), detached, backward=torch.is_grad_enabled())
             _AUTO_CHOICES[key] = min(times, key=times.__getitem__)
         return _AUTO_CHOICES[key]
 
@@ -142,19 +189,24 @@ class TMSA(nn.Module):
         if x.shape[1] != self.window * self.window:
             raise ValueError(f"x must hold window**2={self.window**2} tokens (window={self.window}), got {x.shape[1]}")
         grid = x.reshape(x.shape[0], self.window, self.window, x.shape[2])  # row-major tokens: a w x w grid
-        qkv_t = self.qkv_temb(t)[:, None, :]
-        return self._run(self._backend_for(grid, qkv_t), grid, qkv_t).reshape(x.shape)
+        qkv_t, bias_t = self._time_terms(t)
+        return self._run(self._backend_for(grid, qkv_t), grid, qkv_t, bias_t).reshape(x.shape)
 
     def forward_grid(self, x: Float[Tensor, "b h w d"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b h w d"]:
         """Local attention inside non-overlapping w x w windows of a (B, H, W, C) grid (no shift)."""
         if x.shape[1] % self.window or x.shape[2] % self.window:
             window_partition(x, self.window)  # raises the shared ValueError naming the window and the grid
-        qkv_t = self.qkv_temb(t)[:, None, :]
-        return self._run(self._backend_for(x, qkv_t), x, qkv_t)
+        qkv_t, bias_t = self._time_terms(t)
+        return self._run(self._backend_for(x, qkv_t), x, qkv_t, bias_t)
 
 
 def measure_backends(
-    attn: TMSA, x: Float[Tensor, "b h w d"], qkv_t: Float[Tensor, "b 1 d3"], *, backward: bool, repeats: int = 5
+    attn: TMSA,
+    x: Float[Tensor, "b h w d"],
+    qkv_t: Float[Tensor, "b 1 d3"] | None,
+    *,
+    backward: bool,
+    repeats: int = 5,
 ) -> dict[str, float]:
     """Median seconds of ``attn`` on ``x`` with each of SDPA and flex (forward, or forward + backward to the
     input and the bias table; parameter ``.grad`` is never touched), after an uncounted warm-up call that

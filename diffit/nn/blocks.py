@@ -1,5 +1,7 @@
 """DiffiT blocks: the Transformer block (paper Eq. 7-8) and the image-space ResBlock (Eq. 9-10)."""
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
@@ -48,6 +50,20 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+# How the time token conditions a block: the paper's TMSA, and the alternatives of its ablation (Sec. 5).
+TIME_CONDITIONINGS = ("tmsa", "adaln", "bias", "input")
+
+
+def _per_token(v: Float[Tensor, "b d"], x: Tensor) -> Tensor:
+    """A per-sample (b, d) vector viewed to broadcast over the token axes of x: (b, n, d) or (b, h, w, d)."""
+    return v.view((v.shape[0],) + (1,) * (x.dim() - 2) + (v.shape[-1],))
+
+
+def _modulate(x: Tensor, shift: Float[Tensor, "b d"], scale: Float[Tensor, "b d"]) -> Tensor:
+    """adaLN's x * (1 + scale) + shift, per sample."""
+    return x * (1 + _per_token(scale, x)) + _per_token(shift, x)
+
+
 class TMSABlock(nn.Module):
     """The DiffiT Transformer block:
 
@@ -55,10 +71,26 @@ class TMSABlock(nn.Module):
         x  = MLP(LN(x^)) + x^              (Eq. 8)
 
     LayerNorms have no affine parameters (eps 1e-6) and run in fp32; MLP ratio 4 with GELU-tanh.
+
+    ``time_conditioning`` replays the paper's ablation of how x_t enters (everything else unchanged):
+
+    - ``"tmsa"`` (default, the paper): x_t in queries, keys and values (Eq. 3-5).
+    - ``"adaln"``: DiT's adaLN-Zero; plain attention, and (shift, scale, gate) for attention and MLP from
+      Linear(SiLU(x_t)), zero-initialised (``adaln``).
+    - ``"bias"``: time only in the relative position bias, B(x_t) = B + gather(x_t W_B) (``attn.bias_temb``).
+    - ``"input"``: x_t projected (``time_in``) and added to every token at the attention's input; plain attention.
     """
 
     def __init__(
-        self, *, dim: int, time_dim: int, num_heads: int, window: int, mlp_ratio: float = 4.0, qk_norm: bool = False
+        self,
+        *,
+        dim: int,
+        time_dim: int,
+        num_heads: int,
+        window: int,
+        mlp_ratio: float = 4.0,
+        qk_norm: bool = False,
+        time_conditioning: str = "tmsa",
     ) -> None:
         """
         Args:
@@ -68,20 +100,44 @@ class TMSABlock(nn.Module):
             window: attention window side (the whole token grid for global attention).
             mlp_ratio: MLP hidden width as a multiple of ``dim``.
             qk_norm: per-head LayerNorm of queries and keys (see :class:`TMSA`).
+            time_conditioning: "tmsa" | "adaln" | "bias" | "input" (see above).
         """
         super().__init__()
-        self.attn = TMSA(dim=dim, time_dim=time_dim, num_heads=num_heads, window=window, qk_norm=qk_norm)
+        if time_conditioning not in TIME_CONDITIONINGS:
+            choices = ", ".join(TIME_CONDITIONINGS)
+            raise ValueError(f"time_conditioning must be one of {choices}, got {time_conditioning!r}")
+        self.time_conditioning = time_conditioning
+        self.attn = TMSA(dim=dim, time_dim=time_dim, num_heads=num_heads, window=window, qk_norm=qk_norm,
+                         time_qkv=time_conditioning == "tmsa", time_bias=time_conditioning == "bias")  # fmt: skip
         self.mlp = Mlp(dim=dim, hidden_dim=int(dim * mlp_ratio))
+        self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, 6 * dim)) if time_conditioning == "adaln" else None
+        self.time_in = nn.Linear(time_dim, dim) if time_conditioning == "input" else None
+        self.reset_conditioning()
+
+    def reset_conditioning(self) -> None:
+        """Zero the adaLN-Zero projection (each block starts as the identity); call after a model-wide init."""
+        if self.adaln is not None:
+            nn.init.zeros_(self.adaln[1].weight)
+            nn.init.zeros_(self.adaln[1].bias)
+
+    def _forward(self, x: Tensor, t: Tensor, attend: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        if self.adaln is not None:
+            shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(t).chunk(6, dim=-1)
+            x = x + _per_token(gate1, x) * attend(_modulate(layer_norm_fp32(x), shift1, scale1), t)
+            return x + _per_token(gate2, x) * self.mlp(_modulate(layer_norm_fp32(x), shift2, scale2))
+        h = layer_norm_fp32(x)
+        if self.time_in is not None:
+            h = h + _per_token(self.time_in(t), x)
+        x = x + attend(h, t)
+        return x + self.mlp(layer_norm_fp32(x))
 
     def forward(self, x: Float[Tensor, "b n d"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b n d"]:
         """Tokens (B, window**2, D): attention over the whole sequence."""
-        x = x + self.attn(layer_norm_fp32(x), t)
-        return x + self.mlp(layer_norm_fp32(x))
+        return self._forward(x, t, self.attn)
 
     def forward_grid(self, x: Float[Tensor, "b h w d"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b h w d"]:
         """A (B, H, W, D) grid: attention inside local windows; LN and MLP are token-wise anyway."""
-        x = x + self.attn.forward_grid(layer_norm_fp32(x), t)
-        return x + self.mlp(layer_norm_fp32(x))
+        return self._forward(x, t, self.attn.forward_grid)
 
 
 class ResBlock(nn.Module):
@@ -103,6 +159,7 @@ class ResBlock(nn.Module):
         mlp_ratio: float = 4.0,
         groups: int = 32,
         qk_norm: bool = False,
+        time_conditioning: str = "tmsa",
     ) -> None:
         """
         Args:
@@ -113,14 +170,14 @@ class ResBlock(nn.Module):
             mlp_ratio: MLP hidden width as a multiple of ``dim``.
             groups: GroupNorm groups (reduced to a divisor of ``dim`` when needed).
             qk_norm: per-head LayerNorm of queries and keys.
+            time_conditioning: how the time token enters the block (see :class:`TMSABlock`).
         """
         super().__init__()
         self.norm = GroupNorm32(group_count(groups, dim), dim, eps=1e-6)
         self.act = nn.SiLU()
         self.conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
-        self.block = TMSABlock(
-            dim=dim, time_dim=time_dim, num_heads=num_heads, window=window, mlp_ratio=mlp_ratio, qk_norm=qk_norm
-        )
+        self.block = TMSABlock(dim=dim, time_dim=time_dim, num_heads=num_heads, window=window, mlp_ratio=mlp_ratio,
+                               qk_norm=qk_norm, time_conditioning=time_conditioning)  # fmt: skip
 
     def forward(self, x: Float[Tensor, "b c h w"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b c h w"]:
         """x + TMSABlock(Conv3x3(SiLU(GN(x)))) inside local windows (paper Eq. 9-10)."""

@@ -68,6 +68,7 @@ class LatentDiffiT(nn.Module):
         class_dropout_prob: float = 0.1,
         learn_sigma: bool = True,
         qk_norm: bool = False,
+        time_conditioning: str = "tmsa",
     ) -> None:
         """
         Args:
@@ -82,6 +83,8 @@ class LatentDiffiT(nn.Module):
             class_dropout_prob: probability of dropping a label to the null class in training.
             learn_sigma: also predict the variance interpolation (output 2 * in_channels channels).
             qk_norm: per-head LayerNorm of queries and keys (not in the release; changes the state dict).
+            time_conditioning: "tmsa" (the release) or an ablation's "adaln", "bias", "input" (see
+                :class:`~diffit.nn.TMSABlock`; changes the state dict).
         """
         super().__init__()
         if patch_size < 1 or input_size < 1 or input_size % patch_size:
@@ -117,6 +120,7 @@ class LatentDiffiT(nn.Module):
                 window=self.grid_size,
                 mlp_ratio=mlp_ratio,
                 qk_norm=qk_norm,
+                time_conditioning=time_conditioning,
             )
             for _ in range(depth)
         )
@@ -141,6 +145,8 @@ class LatentDiffiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        for block in self.blocks:
+            block.reset_conditioning()
 
     def unpatchify(self, x: Float[Tensor, "b n e"]) -> Float[Tensor, "b c h w"]:
         """Per token a p x p x C patch, channel last within the patch (the release's layout)."""

@@ -24,7 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from diffit.nn.attention import set_attention_backend
-from diffit.nn.blocks import GroupNorm32, ResBlock, group_count
+from diffit.nn.blocks import GroupNorm32, ResBlock, TMSABlock, group_count
 from diffit.nn.contract import capture_config, checkpointed_call
 from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token
 
@@ -86,6 +86,8 @@ class ImageDiffiT(nn.Module):
         groups: int = 32,
         qk_norm: bool = False,
         augment_dim: int = 0,
+        time_conditioning: str = "tmsa",
+        label_init_std: float = 1.0,
     ) -> None:
         """
         Args:
@@ -103,6 +105,12 @@ class ImageDiffiT(nn.Module):
             qk_norm: per-head LayerNorm of queries and keys (an optional bf16 stability guard).
             augment_dim: width of the augmentation labels embedded into the time token (EDM's non-leaking
                 augmentation; 9 with ``diffit.augment``); 0 for none.
+            time_conditioning: how the time token enters each block: "tmsa" (the paper) or one of the
+                ablation's alternatives "adaln", "bias", "input" (see :class:`~diffit.nn.TMSABlock`).
+            label_init_std: standard deviation of the initial label table. N(0, 1) (torch's ``nn.Embedding``
+                default) puts the class into the time token from the first step; the N(0, 0.02) of DiT and the
+                latent release leaves a small model blind to the label for its first few hundred steps
+                (``benchmarks/bench_architectures.py``, docs/benchmarks.md).
         """
         super().__init__()
         channels, blocks_per_stage = tuple(int(c) for c in channels), tuple(int(n) for n in blocks_per_stage)
@@ -128,17 +136,20 @@ class ImageDiffiT(nn.Module):
                 raise ValueError(f"num_heads={h} must divide the width channels[{s}]={c}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
+        if not label_init_std >= 0:
+            raise ValueError(f"label_init_std must be >= 0, got {label_init_std}")
         if in_channels < 1 or time_dim < 1:
             raise ValueError(f"in_channels and time_dim must be >= 1, got {in_channels}, {time_dim}")
 
         self.resolution, self.in_channels, self.num_classes = resolution, in_channels, num_classes
         self.channels, self.windows, self.augment_dim = channels, windows, augment_dim
+        self.label_init_std = label_init_std
         self.grad_checkpointing = False
 
         def res_blocks(s: int) -> list[ResBlock]:
             return [
                 ResBlock(dim=channels[s], time_dim=time_dim, num_heads=heads[s], window=windows[s],
-                         mlp_ratio=mlp_ratio, groups=groups, qk_norm=qk_norm)
+                         mlp_ratio=mlp_ratio, groups=groups, qk_norm=qk_norm, time_conditioning=time_conditioning)
                 for _ in range(blocks_per_stage[s])
             ]  # fmt: skip
 
@@ -168,7 +179,8 @@ class ImageDiffiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """Xavier-uniform linear layers, zero biases, N(0, 0.02) embeddings, and a zero output convolution."""
+        """Xavier-uniform linear layers, zero biases, an N(0, 0.02) time MLP, an N(0, ``label_init_std``) label
+        table, zero adaLN-Zero projections (that ablation only), and a zero output convolution."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -177,9 +189,12 @@ class ImageDiffiT(nn.Module):
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
         if self.label_embed is not None:
-            nn.init.normal_(self.label_embed.embedding_table.weight, std=0.02)
+            nn.init.normal_(self.label_embed.embedding_table.weight, std=self.label_init_std)
         nn.init.zeros_(self.head_conv.weight)  # the initial model outputs exactly 0
         nn.init.zeros_(self.head_conv.bias)
+        for module in self.modules():
+            if isinstance(module, TMSABlock):
+                module.reset_conditioning()
 
     def set_grad_checkpointing(self, enabled: bool = True) -> "ImageDiffiT":
         """Recompute every ResBlock's activations in the backward pass while training (less memory, one more
