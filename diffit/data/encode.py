@@ -22,14 +22,21 @@ import webdataset as wds
 from jaxtyping import Float
 from torch import Tensor
 
-from diffit.data.badinput import BadSampleLog
-from diffit.data.decoders import SD_SCALE_FACTOR, ImageDecoder
-from diffit.data.manifest import Manifest, find_manifest, label_spec, write_manifest
-from diffit.data.shards import ShardInfo, ShardWriter, check_out_folder, read_shard, shard_digest
+from diffit.data.images import SD_SCALE_FACTOR, ImageDecoder
+from diffit.data.shards import (
+    BadSampleLog,
+    Manifest,
+    ShardInfo,
+    ShardWriter,
+    check_out_folder,
+    expand_urls,
+    find_manifest,
+    label_spec,
+    mix_seed,
+    read_shard,
+    write_manifest,
+)
 from diffit.data.streams import decode_or_skip
-from diffit.data.urls import expand_urls, mix_seed
-
-__all__ = ["encode_latents", "load_vae", "vae_posterior"]
 
 
 def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -136,9 +143,8 @@ def encode_latents(
     for index, url in enumerate(expanded):
         path = out_pattern % index
         if os.path.exists(path):  # finished earlier: resume after it
-            count, size, sha = shard_digest(path)
-            shards.append(ShardInfo(os.path.basename(path), count, size, sha))
-            done += count
+            shards.append(ShardInfo.of(path))
+            done += shards[-1].count
             continue
         with ShardWriter(out_pattern, max_count=1 << 40, max_size=1 << 60, start_index=index) as writer:
             for keys, labels, images in _batches(url, decoder, batch_size, log):

@@ -26,14 +26,18 @@ import torch
 from jaxtyping import Float, Int64, UInt8
 from torch import Tensor
 
-from diffit.data.badinput import BadSampleLog
-from diffit.data.decoders import ImageDecoder
-from diffit.data.manifest import find_manifest, label_spec, shard_counts
-from diffit.data.shards import read_shard
+from diffit.data.images import ImageDecoder
+from diffit.data.shards import (
+    BadSampleLog,
+    expand_urls,
+    find_manifest,
+    label_spec,
+    mix_seed,
+    read_shard,
+    resolve_rank,
+    shard_counts,
+)
 from diffit.data.streams import decode_or_skip
-from diffit.data.urls import expand_urls, mix_seed, resolve_rank
-
-__all__ = ["batch_indices", "load_images", "memory_batches"]
 
 _FLIP_STREAM = 1  # separates the flip generator's seeds from the permutations'
 
