@@ -148,29 +148,6 @@ class BadSampleLog:
             warnings.warn(f"{what}: skipped {self.count} bad sample(s) in total", BadSampleWarning, stacklevel=2)
 
 
-class _ShardErrors:
-    """A webdataset exception handler for one shard: remembers the member being read, stops the shard."""
-
-    def __init__(self) -> None:
-        self.member: str | None = None
-        self.error: str | None = None
-
-    def select(self, name: str) -> bool:
-        """``select_files`` hook: webdataset calls it with each member's name before reading its data."""
-        self.member = name
-        return True
-
-    def __call__(self, exc: Exception) -> bool:
-        # webdataset appends the stream and URL to exc.args; the first argument is the message.
-        self.error = f"{type(exc).__name__}: {str(exc.args[0]).split(' @ ')[0] if exc.args else ''}"
-        return False  # stop reading this shard
-
-    @property
-    def broken_key(self) -> str | None:
-        """Key of the sample that was being read when the shard broke (None: no member read yet)."""
-        return base_plus_ext(self.member)[0] if self.error and self.member else None
-
-
 def read_shard(url: str, log: BadSampleLog | None, expected: int | None = None, pad: bool = False) -> Iterator[dict]:
     """Samples of one shard in file order, as ``{'__key__': str, '__url__': str, ext: bytes, ...}``.
 
@@ -180,25 +157,36 @@ def read_shard(url: str, log: BadSampleLog | None, expected: int | None = None, 
     no samples is reported, and ``pad`` yields a ``__lost__`` placeholder for each missing sample, so the
     stream keeps its declared length (exact resume counts positions without reading).
     """
-    errors, yielded = _ShardErrors(), 0
+    member, error, broken, yielded = [""], [], None, 0  # member being read; why the shard broke; its key
+
+    def select(name: str) -> bool:  # webdataset calls it with each member's name before reading its data
+        member[0] = name
+        return True
+
+    def stop(exc: Exception) -> bool:  # webdataset's handler: it appends the stream and URL to exc.args
+        error.append(f"{type(exc).__name__}: {str(exc.args[0]).split(' @ ')[0] if exc.args else ''}")
+        return False  # stop reading this shard
+
     try:
         stream = gopen(url, "rb")
     except Exception as exc:  # any opener failure (missing file, failing pipe command, HTTP error)
-        errors.error = f"cannot open shard ({type(exc).__name__}: {exc})"
+        error.append(f"cannot open shard ({type(exc).__name__}: {exc})")
     else:
         try:
-            files = tar_file_expander([{"url": url, "stream": stream}], handler=errors, select_files=errors.select)
-            for sample in group_by_keys(files, handler=errors):
-                if sample["__key__"] != errors.broken_key:
+            files = tar_file_expander([{"url": url, "stream": stream}], handler=stop, select_files=select)
+            for sample in group_by_keys(files, handler=stop):
+                broken = base_plus_ext(member[0])[0] if error and member[0] else None
+                if sample["__key__"] != broken:
                     yielded += 1
                     yield sample
         finally:
             stream.close()
-    lost = (expected - yielded) if expected is not None else int(errors.broken_key is not None)
-    if log is not None and errors.error:
-        what = f"corrupt or truncated shard, rest of the shard skipped ({errors.error})"
+    broken = base_plus_ext(member[0])[0] if error and member[0] else None
+    lost = (expected - yielded) if expected is not None else int(broken is not None)
+    if log is not None and error:
+        what = f"corrupt or truncated shard, rest of the shard skipped ({error[0]})"
         if lost > 0:
-            log.skip(url, errors.broken_key or "<shard>", what, count=lost)
+            log.skip(url, broken or "<shard>", what, count=lost)
         else:
             log.warn(url, f"shard {url}: {what}")
     elif log is not None and lost > 0:

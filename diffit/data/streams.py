@@ -136,6 +136,17 @@ def decode_or_skip(
         return None
 
 
+def good_batches(
+    raws: Iterator[dict], decoder: Decoder, log: BadSampleLog, batch_size: int
+) -> Iterator[tuple[list[str], list[np.ndarray], list[int]]]:
+    """``(keys, arrays, labels)`` of the good samples of ``raws`` (no augmentation), ``batch_size`` at a time."""
+    decoded = ((raw["__key__"], decode_or_skip(raw, decoder, None, log)) for raw in raws)
+    good = ((key, *item) for key, item in decoded if item is not None)
+    for batch in wds.filters.batched(batch_size, collation_fn=None, partial=True)(good):
+        keys, items, labels = zip(*batch, strict=True)
+        yield list(keys), list(items), list(labels)
+
+
 @dataclass(frozen=True)
 class Shards:
     """What every stream of one pipeline shares: the shards, their declared counts, the log, the rank."""
@@ -229,11 +240,8 @@ class EvalStream(IterableDataset):
         (worker, workers), sh = _slot(), self.shards
         where = dict(seed=0, epoch=0, index=sh.rank * workers + worker, total=sh.world_size * workers)
         raws = epoch_samples(sh.urls, sh.counts, sh.log, **where, shuffle_buffer=0, pad=False)
-        decoded = ((raw["__key__"], decode_or_skip(raw, self.decoder, None, sh.log)) for raw in raws)
-        good = ((key, *item) for key, item in decoded if item is not None)
-        for batch in wds.filters.batched(sh.batch_size, collation_fn=None, partial=True)(good):
-            keys, items, labels = zip(*batch, strict=True)
-            yield (*self.collate(list(items), list(labels)), list(keys))
+        for keys, items, labels in good_batches(raws, self.decoder, sh.log, sh.batch_size):
+            yield (*self.collate(items, labels), keys)
 
 
 class Batches:
