@@ -183,7 +183,8 @@ def _load_npy(data: object, name: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LatentDecoder:
-    """Latent members -> float32 (C, h, w) of the raw (unscaled) VAE latent.
+    """Latent members -> (C, h, w) raw (unscaled) VAE latent in its stored dtype (float16 from ``encode_latents``),
+    or with ``sample`` its stacked (mean, std), (2, C, h, w), from which ``collate_latents`` draws.
 
     Stored layouts (see ``encode``): ``mean.npy`` and ``std.npy`` of shape (2, C, h, w), index 0 for the
     image and 1 for its horizontal mirror, or ``latent.npy`` (2, C, h, w) of one posterior sample. ``flip``
@@ -212,17 +213,20 @@ class LatentDecoder:
         if mean.ndim != 4 or (std is not None and std.shape != mean.shape):
             raise BadSample(f"latent arrays have unexpected shapes {mean.shape}, {None if std is None else std.shape}")
         view = 1 if self.flip and rng is not None and len(mean) > 1 and rng.random() < 0.5 else 0
-        z = mean[view].astype(np.float32)
-        if self.sample and rng is not None and std is not None:
-            # Reparameterised draw from the posterior N(mean, diag(std^2)).
-            z = z + std[view].astype(np.float32) * rng.standard_normal(z.shape, dtype=np.float32)
-        if not np.isfinite(z).all():
+        if self.sample and rng is not None:  # collate_latents draws z = mean + std * eps for the whole batch at once
+            z = np.stack([mean[view], np.zeros_like(mean[view]) if std is None else std[view]])
+        else:
+            z = mean[view]
+        # NumPy's isfinite is slow on float16; a half is inf or nan exactly when its 5 exponent bits are all set.
+        if not (np.isfinite(z).all() if z.dtype != np.float16 else ((z.view(np.uint16) & 0x7C00) != 0x7C00).all()):
             raise BadSample("latent holds non-finite values (nan or inf)")
         return z, label
 
 
-def collate_images(images: list[np.ndarray], labels: list[int]) -> tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]:
-    """Stack uint8 images and map 0..255 to [-1, 1]: x = u / 127.5 - 1."""
+def collate_images(
+    images: list[np.ndarray], labels: list[int], rng: np.random.Generator | None = None
+) -> tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]:
+    """Stack uint8 images and map 0..255 to [-1, 1]: x = u / 127.5 - 1 (``rng`` is unused)."""
     x = np.stack(images).astype(np.float32)
     x /= 127.5
     x -= 1.0
@@ -230,9 +234,15 @@ def collate_images(images: list[np.ndarray], labels: list[int]) -> tuple[Float[T
 
 
 def collate_latents(
-    latents: list[np.ndarray], labels: list[int], scale_factor: float
+    latents: list[np.ndarray], labels: list[int], rng: np.random.Generator | None = None, *, scale_factor: float
 ) -> tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]:
-    """Stack latents and multiply by the VAE scale factor (``SD_SCALE_FACTOR`` for SD VAEs: unit-variance latents)."""
-    z = np.stack(latents)
-    z *= np.float32(scale_factor)
-    return torch.from_numpy(z), torch.tensor(labels, dtype=torch.int64)
+    """Stack latents and multiply by the VAE scale factor (``SD_SCALE_FACTOR`` for SD VAEs: unit-variance latents).
+
+    Stacked (mean, std) pairs (``LatentDecoder`` with ``sample``) become posterior draws z = mean + std * eps, the
+    noise of the whole batch drawn at once by torch (seeded from ``rng``): a fraction of per-sample NumPy draws.
+    """
+    z = torch.from_numpy(np.stack(latents)).float()  # float16 as stored: one conversion for the batch
+    if z.ndim == 5:
+        eps = torch.randn(z[:, 0].shape, generator=torch.Generator().manual_seed(int(rng.integers(2**63))))
+        z = torch.addcmul(z[:, 0], z[:, 1], eps)
+    return z.mul_(scale_factor), torch.tensor(labels, dtype=torch.int64)

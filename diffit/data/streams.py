@@ -69,7 +69,7 @@ from diffit.data.shards import (
 LOOKAHEAD_BATCHES = 64  # how far a batch of only bad samples looks for good ones before the stream gives up
 Decoder = Callable[[dict, np.random.Generator | None], tuple[np.ndarray, int]]
 Batch = tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]  # (x or z, labels)
-Collate = Callable[[list[np.ndarray], list[int]], Batch]
+Collate = Callable[[list[np.ndarray], list[int], np.random.Generator | None], Batch]
 
 
 def reader_shards(n_shards: int, *, seed: int, epoch: int, index: int, total: int, shuffle: bool) -> list[int]:
@@ -226,7 +226,9 @@ class TrainStream(IterableDataset):
                     f"no sample could be decoded in the {LOOKAHEAD_BATCHES} batches from step {step} on (first: "
                     f"{batch[0]['__key__']!r} in {batch[0]['__url__']}); see the BadSampleWarning above"
                 )
-            yield self.collate([good[i % len(good)][0] for i in range(b)], [good[i % len(good)][1] for i in range(b)])
+            yield self.collate(
+                [good[i % len(good)][0] for i in range(b)], [good[i % len(good)][1] for i in range(b)], rng
+            )
 
 
 class EvalStream(IterableDataset):
