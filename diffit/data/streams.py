@@ -49,7 +49,7 @@ import torch
 import webdataset as wds
 from jaxtyping import Float, Int64
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from diffit.data.images import SD_SCALE_FACTOR, ImageDecoder, LatentDecoder, collate_images, collate_latents
 from diffit.data.shards import (
@@ -249,10 +249,10 @@ class EvalStream(IterableDataset):
 class Batches:
     """An iterable of batches read by a DataLoader, with the count of skipped bad samples."""
 
-    def __init__(self, dataset: Dataset, *, num_workers: int, log: BadSampleLog, finite: bool, name: str) -> None:
+    def __init__(self, dataset: "TrainStream | EvalStream", *, num_workers: int, name: str) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
-        self.dataset, self.num_workers, self.log, self.finite, self.name = dataset, num_workers, log, finite, name
+        self.dataset, self.num_workers, self.log, self.name = dataset, num_workers, dataset.shards.log, name
 
     @property
     def skipped(self) -> int:
@@ -264,7 +264,7 @@ class Batches:
             self.dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None
         )
         yield from loader
-        if self.finite:
+        if isinstance(self.dataset, EvalStream):  # a finite pass: warn the total
             self.log.report(self.name)
 
 
@@ -327,7 +327,7 @@ def image_pipeline(
     stream = TrainStream(
         shards, decoder, collate_images, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer
     )
-    return Batches(stream, num_workers=num_workers, log=shards.log, finite=False, name="image_pipeline")
+    return Batches(stream, num_workers=num_workers, name="image_pipeline")
 
 
 def latent_pipeline(
@@ -361,7 +361,7 @@ def latent_pipeline(
     decoder = LatentDecoder(*label_spec(labelled, manifest), flip=flip, sample=sample)
     collate = partial(collate_latents, scale_factor=scale_factor)  # a partial pickles into workers
     stream = TrainStream(shards, decoder, collate, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer)
-    return Batches(stream, num_workers=num_workers, log=shards.log, finite=False, name="latent_pipeline")
+    return Batches(stream, num_workers=num_workers, name="latent_pipeline")
 
 
 def eval_pipeline(
@@ -381,10 +381,4 @@ def eval_pipeline(
     shards = _shards(urls, batch_size, rank, world_size)
     _check_images(shards.manifest, resolution, channels, resize)
     decoder = ImageDecoder(resolution, channels, resize, *label_spec(labelled, shards.manifest), flip=False)
-    return Batches(
-        EvalStream(shards, decoder, collate_images),
-        num_workers=num_workers,
-        log=shards.log,
-        finite=True,
-        name="eval_pipeline",
-    )
+    return Batches(EvalStream(shards, decoder, collate_images), num_workers=num_workers, name="eval_pipeline")

@@ -212,9 +212,8 @@ def write_image_shards(
     for name in old:
         os.remove(os.path.join(folder, name))
     sizes: set[tuple[int, int]] = set()
-    done = 0
     try:
-        for key, img, label in source.samples():
+        for done, (key, img, label) in enumerate(source.samples(), 1):
             img = img.convert("L" if channels == 1 else "RGB")
             if resolution is not None and center_crop:
                 img = center_crop_resize(img, resolution)
@@ -225,7 +224,6 @@ def write_image_shards(
             if label is not None:
                 fields["cls"] = str(label).encode()
             writer.write(key, fields)
-            done += 1
             if progress is not None:
                 progress(done, source.count)
         shards = writer.close()
