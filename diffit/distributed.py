@@ -6,8 +6,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from diffit.data.encode import check_device as check_data_device
-
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -30,13 +28,20 @@ class DistInfo:
         return self.world_size > 1 or self.group
 
 
-def check_device(device: str | None) -> torch.device:
+def check_device(device: str | torch.device | None) -> torch.device:
     """The torch device ``device`` names (None: CUDA when available, else CPU); ValueError (one line) for an
-    unknown name or a device this machine does not have (the check ``diffit.data`` applies too)."""
+    unknown name or a device this machine does not have (``diffit.data``'s encoding applies it too)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_data_device(device)
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device: unknown device {device!r} (expected cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and (dev.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        raise ValueError(
+            f"device: {device!r} is not available on this machine (CUDA devices: {torch.cuda.device_count()})"
+        )
+    return dev
 
 
 def init_distributed(device: str | None = None) -> DistInfo:

@@ -10,7 +10,7 @@ import os
 import sys
 
 from diffit.data import digits_folder, write_digits_shards
-from diffit.data.digits import DIGITS_PATTERN
+from diffit.data.writing import DIGITS_PATTERN
 
 out = sys.argv[1] if len(sys.argv) > 1 else digits_folder()
 manifest = write_digits_shards(os.path.join(out, DIGITS_PATTERN), replace=True)

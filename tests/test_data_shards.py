@@ -27,7 +27,7 @@ from diffit.data import (
     write_digits_shards,
     write_image_shards,
 )
-from diffit.data.digits import DIGITS_PATTERN
+from diffit.data.writing import DIGITS_PATTERN
 
 
 def _write(pattern: str, n: int, **kw: int) -> list:
@@ -167,7 +167,7 @@ def test_center_crop_resize_is_adm_style():
 
 
 def test_png_writer_is_a_standard_png():
-    from diffit.data.png import encode_png
+    from diffit.data.images import encode_png
 
     rng = np.random.default_rng(0)
     for shape in ((5, 7), (6, 4, 3)):

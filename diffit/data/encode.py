@@ -14,22 +14,29 @@ Latents are stored unscaled; ``dataset.json`` records ``scale_factor`` and ``lat
 import io
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
-import webdataset as wds
 from jaxtyping import Float
 from torch import Tensor
 
-from diffit.data.badinput import BadSampleLog
-from diffit.data.decoders import SD_SCALE_FACTOR, ImageDecoder
-from diffit.data.manifest import Manifest, find_manifest, label_spec, write_manifest
-from diffit.data.shards import ShardInfo, ShardWriter, check_out_folder, read_shard, shard_digest
-from diffit.data.streams import decode_or_skip
-from diffit.data.urls import expand_urls, mix_seed
-
-__all__ = ["encode_latents", "load_vae", "vae_posterior"]
+from diffit.data.images import SD_SCALE_FACTOR, ImageDecoder
+from diffit.data.shards import (
+    BadSampleLog,
+    Manifest,
+    ShardInfo,
+    ShardWriter,
+    check_out_folder,
+    expand_urls,
+    find_manifest,
+    label_spec,
+    mix_seed,
+    read_shard,
+    write_manifest,
+)
+from diffit.data.streams import good_batches
+from diffit.distributed import check_device
 
 
 def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -63,33 +70,10 @@ def vae_posterior(
     return dist.mean, dist.std
 
 
-def check_device(device: str | torch.device) -> None:
-    """Raise ValueError for a device string torch does not know, or a CUDA device this machine lacks."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"device: unknown device {device!r} (expected cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and (dev.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        raise ValueError(
-            f"device: {device!r} is not available on this machine (CUDA devices: {torch.cuda.device_count()})"
-        )
-
-
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
-
-
-def _batches(
-    url: str, decoder: ImageDecoder, batch_size: int, log: BadSampleLog
-) -> Iterator[tuple[list[str], list[int], np.ndarray]]:
-    """``(keys, labels, uint8 images)`` of the good samples of one shard, ``batch_size`` at a time."""
-    decoded = ((raw["__key__"], decode_or_skip(raw, decoder, None, log)) for raw in read_shard(url, log))
-    good = ((key, *item) for key, item in decoded if item is not None)
-    for batch in wds.filters.batched(batch_size, collation_fn=None, partial=True)(good):
-        keys, images, labels = zip(*batch, strict=True)
-        yield list(keys), list(labels), np.stack(images)
 
 
 def encode_latents(
@@ -136,20 +120,18 @@ def encode_latents(
     for index, url in enumerate(expanded):
         path = out_pattern % index
         if os.path.exists(path):  # finished earlier: resume after it
-            count, size, sha = shard_digest(path)
-            shards.append(ShardInfo(os.path.basename(path), count, size, sha))
-            done += count
+            shards.append(ShardInfo.of(path))
+            done += shards[-1].count
             continue
         with ShardWriter(out_pattern, max_count=1 << 40, max_size=1 << 60, start_index=index) as writer:
-            for keys, labels, images in _batches(url, decoder, batch_size, log):
-                x = torch.from_numpy(images).to(device).float().div(127.5).sub(1.0)
+            for keys, images, labels in good_batches(read_shard(url, log), decoder, log, batch_size):
+                x = torch.from_numpy(np.stack(images)).to(device).float().div(127.5).sub(1.0)
                 # Encode the images and their mirrors in one pass: rows [0, B) and [B, 2B).
                 mean, std = vae_posterior(model, torch.cat([x, x.flip(-1)]))
                 mean, std = mean.float().cpu().numpy(), std.float().cpu().numpy()
                 b = len(keys)
                 for i, (key, label) in enumerate(zip(keys, labels, strict=True)):
-                    pair = np.stack([mean[i], mean[b + i]])  # (2, C, h, w): image, mirror
-                    pair_std = np.stack([std[i], std[b + i]])
+                    pair, pair_std = mean[i::b], std[i::b]  # (2, C, h, w): image, mirror
                     if store == "mean_std":
                         fields = {
                             "mean.npy": _npy(pair.astype(np.float16)),

@@ -19,21 +19,25 @@ cost of a resume (none here; a stream reads up to one epoch share per reader).
 """
 
 from collections.abc import Iterator
-from itertools import count
+from itertools import chain, count
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int64, UInt8
 from torch import Tensor
 
-from diffit.data.badinput import BadSampleLog
-from diffit.data.decoders import ImageDecoder
-from diffit.data.manifest import find_manifest, label_spec, shard_counts
-from diffit.data.shards import read_shard
+from diffit.data.images import ImageDecoder
+from diffit.data.shards import (
+    BadSampleLog,
+    expand_urls,
+    find_manifest,
+    label_spec,
+    mix_seed,
+    read_shard,
+    resolve_rank,
+    shard_counts,
+)
 from diffit.data.streams import decode_or_skip
-from diffit.data.urls import expand_urls, mix_seed, resolve_rank
-
-__all__ = ["batch_indices", "load_images", "memory_batches"]
 
 _FLIP_STREAM = 1  # separates the flip generator's seeds from the permutations'
 
@@ -56,24 +60,24 @@ def load_images(
     manifest = find_manifest(expanded)
     labelled, classes = label_spec(labelled, manifest)
     log = log or BadSampleLog()
+    counts = shard_counts(expanded, manifest) or [None] * len(expanded)
+    raws = chain.from_iterable(read_shard(url, log, n) for url, n in zip(expanded, counts, strict=True))
+    decoder = ImageDecoder(resolution, channels, resize, labelled, classes, flip=False)
     images: list[np.ndarray] = []
     labels: list[int] = []
-    counts = shard_counts(expanded, manifest) or [None] * len(expanded)
-    for url, expected in zip(expanded, counts, strict=True):
-        for raw in read_shard(url, log, expected):
-            decoder = ImageDecoder(resolution, channels, resize, labelled, flip=False, classes=classes)
-            if (item := decode_or_skip(raw, decoder, None, log)) is None:
-                continue
-            image, label = item
-            if resolution is None or channels is None:  # the first image fixes the shape for the rest
-                channels, resolution = image.shape[0], image.shape[1] if image.shape[1] == image.shape[2] else None
-                if resolution is None:
-                    raise ValueError(
-                        f"urls: image {raw['__key__']!r} in {url} is not square "
-                        f"({image.shape[2]}x{image.shape[1]}); pass resolution= and resize=True"
-                    )
-            images.append(image)
-            labels.append(label)
+    for raw in raws:
+        if (item := decode_or_skip(raw, decoder, None, log)) is None:
+            continue
+        if not images:  # the first image fixes the shape for the rest
+            c, h, w = item[0].shape
+            if h != w:
+                raise ValueError(
+                    f"urls: image {raw['__key__']!r} in {raw['__url__']} is not square ({w}x{h}); "
+                    "pass resolution= and resize=True"
+                )
+            decoder = ImageDecoder(h, c, resize, labelled, classes, flip=False)
+        images.append(item[0])
+        labels.append(item[1])
     if not images:
         raise ValueError(f"urls: no readable images in {urls!r}")
     log.report("load_images")

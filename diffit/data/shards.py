@@ -1,60 +1,154 @@
-"""WebDataset shards on webdataset's own tar stages: deterministic writing, reading with bad-shard accounting.
+"""Shards on webdataset's own tar stages: URLs, deterministic writing, reading with bad-sample accounting, and
+``dataset.json``.
 
-A shard is a tar of members ``<key>.<ext>``; the members of one sample share a key and are contiguous.
-Writing goes through ``webdataset.ShardWriter``; diffit adds only what it lacks: byte-identical output
-(fixed tar metadata: mtime 0, uid/gid 0, no user names, mode 0644, members in sorted extension order; gzip
-with mtime 0 and no file name), shards written to a temporary name and renamed when complete, and each
-shard's ``sha256`` taken over its *uncompressed* tar bytes, so it does not depend on the zlib build.
+URLs. A URL argument is a brace pattern (``data/train-{000000..000127}.tar``), a ``::``-joined list of them, or a
+Python list. Local paths, ``file:``, ``http(s):`` and ``pipe:`` URLs (``pipe:aws s3 cp s3://b/x.tar -``) are
+opened by WebDataset's ``gopen``; only local paths can be checked for existence up front.
 
-Reading goes through webdataset's ``tar_file_expander`` and ``group_by_keys`` (the stages behind
-``tarfile_to_samples``) with a per-shard exception handler that counts and names what a corrupt or
-truncated shard loses; the shard's file is closed even when it breaks.
+Bad samples. A corrupt or truncated shard, an undecodable image, a missing or out-of-range label or a non-finite
+latent does not stop a run: the sample is skipped, counted, and the first skip in each shard raises a one-line
+``BadSampleWarning`` naming the shard and the sample's key. The count lives in shared memory so that
+``log.count`` in the main process includes what workers skipped.
+
+Shards. A shard is a tar of members ``<key>.<ext>``; the members of one sample share a key and are contiguous.
+Writing goes through ``webdataset.ShardWriter``; diffit adds only what it lacks: byte-identical output (fixed tar
+metadata: mtime 0, uid/gid 0, no user names, mode 0644, members in sorted extension order; gzip with mtime 0 and
+no file name), shards written to a temporary name and renamed when complete, and each shard's ``sha256`` taken
+over its *uncompressed* tar bytes, so it does not depend on the zlib build. Reading goes through webdataset's
+``tar_file_expander`` and ``group_by_keys`` (the stages behind ``tarfile_to_samples``) with a per-shard
+exception handler that counts and names what a corrupt or truncated shard loses.
+
+``dataset.json``, written beside the shards, says what a folder of shards holds, so that training can verify
+what it reads. Fields::
+
+    format         "diffit-shards/1"
+    kind           "image" or "latent"
+    count          samples in all shards
+    resolution     image side (image kind) or latent side (latent kind); null if sizes vary
+    channels       image channels, or latent channels
+    classes        number of classes; 0 for an unlabelled (unconditional) dataset
+    class_names    label -> name (folder names), when known
+    shards         [{name, count, bytes, sha256}] in order; bytes and sha256 of the uncompressed tar
+    content_hash   sha256 over the shards' sha256 in order: the dataset's identity
+    extra          source-specific facts (image format, VAE, scale factor, citation...)
 """
 
 import gzip
 import hashlib
-import io
+import json
+import multiprocessing
 import os
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlparse
 
+import torch
 import webdataset as wds
 from webdataset.gopen import gopen
+from webdataset.shardlists import expand_urls as _wds_expand
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from diffit.data.atomic import check_output_path
-from diffit.data.badinput import BadSampleLog, IgnoreLog
+from diffit.data.atomic import atomic_path, check_output_path
 
-__all__ = ["ShardInfo", "ShardWriter", "check_out_folder", "existing_shards", "read_shard", "shard_digest"]
-
+MANIFEST_NAME = "dataset.json"
+FORMAT = "diffit-shards/1"
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 LOST = "__lost__"  # marks a placeholder for a sample that dataset.json lists but the shard no longer holds
 
 
-class _ShardErrors:
-    """A webdataset exception handler for one shard: remembers the member being read, stops the shard."""
+def is_local(url: str) -> bool:
+    """Whether ``url`` names a file on this machine (a bare path or ``file:``), as opposed to a stream."""
+    scheme = urlparse(url).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # a one-letter scheme is a Windows drive letter
+
+
+def expand_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Expand brace patterns into a list of shard URLs, failing fast on an empty or nonexistent pattern.
+
+    Raises ValueError naming the offending pattern when nothing matches or a local shard does not exist;
+    remote and ``pipe:`` URLs are accepted unchecked (they fail when opened).
+    """
+    patterns = [urls] if isinstance(urls, str) else list(urls)
+    if not patterns or any(not p.strip() for p in patterns):
+        raise ValueError(
+            f"urls: expected a shard path or pattern such as 'data/train-{{000000..000009}}.tar', got {urls!r}"
+        )
+    expanded = [url for pattern in patterns for url in _wds_expand(pattern)]
+    missing = [u for u in expanded if is_local(u) and not os.path.isfile(u.removeprefix("file:"))]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"urls: shard {missing[0]!r} does not exist{more} (pattern {urls!r})")
+    return expanded
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure, well-mixed function of integers (seed, step, epoch, rank, worker...).
+
+    Hashing rather than adding keeps nearby tuples, e.g. (seed, rank=1) and (seed + 1, rank=0), unrelated.
+    """
+    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``(rank, world_size)``: the explicit values, else torch.distributed's when initialised, else (0, 1)."""
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if rank is None:
+        rank = torch.distributed.get_rank() if dist else 0
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if dist else 1
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+class BadSample(Exception):
+    """Raised by a decoder for a sample that must be skipped (undecodable, missing label...)."""
+
+
+class BadSampleWarning(UserWarning):
+    """A sample (or the rest of a shard) was skipped because it could not be read."""
+
+
+class BadSampleLog:
+    """Counter of skipped samples shared by the processes of one pipeline; warns once per shard.
+
+    ``count`` is shared between a DataLoader's workers (a ``multiprocessing.Value`` handed to them when
+    they start); the "once per shard" memory is per process, so with W workers a bad shard warns at most
+    W times. Readers that take ``log=None`` record nothing (they scan samples another reader reports).
+    """
 
     def __init__(self) -> None:
-        self.member: str | None = None
-        self.error: str | None = None
-
-    def select(self, name: str) -> bool:
-        """``select_files`` hook: webdataset calls it with each member's name before reading its data."""
-        self.member = name
-        return True
-
-    def __call__(self, exc: Exception) -> bool:
-        # webdataset appends the stream and URL to exc.args; the first argument is the message.
-        self.error = f"{type(exc).__name__}: {str(exc.args[0]).split(' @ ')[0] if exc.args else ''}"
-        return False  # stop reading this shard
+        self._count = multiprocessing.Value("q", 0)
+        self._warned: set[str] = set()
 
     @property
-    def broken_key(self) -> str | None:
-        """Key of the sample that was being read when the shard broke (None: no member read yet)."""
-        return base_plus_ext(self.member)[0] if self.error and self.member else None
+    def count(self) -> int:
+        """Samples skipped so far by every process of this pipeline."""
+        return int(self._count.value)
+
+    def skip(self, url: str, key: str, reason: str, count: int = 1) -> None:
+        """Record ``count`` skipped samples (the first has key ``key``) of shard ``url``; warn if it is the
+        shard's first."""
+        with self._count.get_lock():
+            self._count.value += count
+        self.warn(url, f"skipping bad sample {key!r} in shard {url}: {reason}")
+
+    def warn(self, url: str, message: str) -> None:
+        """Warn ``message`` (on one line) if shard ``url`` has not warned yet in this process."""
+        if url not in self._warned:
+            self._warned.add(url)
+            message = " ".join(f"{message} (later bad samples of this shard are counted without a warning)".split())
+            warnings.warn(message, BadSampleWarning, stacklevel=3)
+
+    def report(self, what: str) -> None:
+        """Warn with the final count, if anything was skipped (called when a finite pass ends)."""
+        if self.count:
+            warnings.warn(f"{what}: skipped {self.count} bad sample(s) in total", BadSampleWarning, stacklevel=2)
 
 
-def read_shard(url: str, log: BadSampleLog, expected: int | None = None, pad: bool = False) -> Iterator[dict]:
+def read_shard(url: str, log: BadSampleLog | None, expected: int | None = None, pad: bool = False) -> Iterator[dict]:
     """Samples of one shard in file order, as ``{'__key__': str, '__url__': str, ext: bytes, ...}``.
 
     A shard that cannot be opened, or that is corrupt or truncated, ends early: the sample being read is
@@ -63,44 +157,54 @@ def read_shard(url: str, log: BadSampleLog, expected: int | None = None, pad: bo
     no samples is reported, and ``pad`` yields a ``__lost__`` placeholder for each missing sample, so the
     stream keeps its declared length (exact resume counts positions without reading).
     """
-    errors, yielded = _ShardErrors(), 0
+    member, error, broken, yielded = [""], [], None, 0  # member being read; why the shard broke; its key
+
+    def select(name: str) -> bool:  # webdataset calls it with each member's name before reading its data
+        member[0] = name
+        return True
+
+    def stop(exc: Exception) -> bool:  # webdataset's handler: it appends the stream and URL to exc.args
+        error.append(f"{type(exc).__name__}: {str(exc.args[0]).split(' @ ')[0] if exc.args else ''}")
+        return False  # stop reading this shard
+
     try:
         stream = gopen(url, "rb")
     except Exception as exc:  # any opener failure (missing file, failing pipe command, HTTP error)
-        errors.error = f"cannot open shard ({type(exc).__name__}: {exc})"
+        error.append(f"cannot open shard ({type(exc).__name__}: {exc})")
     else:
         try:
-            files = tar_file_expander([{"url": url, "stream": stream}], handler=errors, select_files=errors.select)
-            for sample in group_by_keys(files, handler=errors):
-                if sample["__key__"] != errors.broken_key:
+            files = tar_file_expander([{"url": url, "stream": stream}], handler=stop, select_files=select)
+            for sample in group_by_keys(files, handler=stop):
+                broken = base_plus_ext(member[0])[0] if error and member[0] else None
+                if sample["__key__"] != broken:
                     yielded += 1
                     yield sample
         finally:
             stream.close()
-    lost = (expected - yielded) if expected is not None else int(errors.broken_key is not None)
-    if errors.error:
-        what = f"corrupt or truncated shard, rest of the shard skipped ({errors.error})"
+    broken = base_plus_ext(member[0])[0] if error and member[0] else None
+    lost = (expected - yielded) if expected is not None else int(broken is not None)
+    if log is not None and error:
+        what = f"corrupt or truncated shard, rest of the shard skipped ({error[0]})"
         if lost > 0:
-            log.skip(url, errors.broken_key or "<shard>", what, count=lost)
+            log.skip(url, broken or "<shard>", what, count=lost)
         else:
             log.warn(url, f"shard {url}: {what}")
-    elif lost > 0:
+    elif log is not None and lost > 0:
         log.skip(url, "<shard>", f"the shard holds {yielded} of the {expected} samples in dataset.json", count=lost)
-    elif yielded == 0:
+    elif log is not None and yielded == 0:
         log.warn(url, f"shard {url} holds no samples")
     for i in range(max(lost, 0) if pad else 0):
         yield {"__key__": f"<lost {i}>", "__url__": url, LOST: True}
 
 
-def shard_digest(path: str) -> tuple[int, int, str]:
-    """``(samples, uncompressed bytes, sha256 of the uncompressed tar)`` of a local shard (see dataset.json)."""
-    opener = gzip.open if path.endswith((".gz", ".tgz")) else open
+def _tar_digest(path: str) -> tuple[int, str]:
+    """``(bytes, sha256)`` of a local shard's uncompressed tar."""
     sha, size = hashlib.sha256(), 0
-    with opener(path, "rb") as f:
+    with (gzip.open if path.endswith((".gz", ".tgz")) else open)(path, "rb") as f:
         while chunk := f.read(1 << 20):
             sha.update(chunk)
             size += len(chunk)
-    return sum(1 for _ in read_shard(path, IgnoreLog())), size, sha.hexdigest()
+    return size, sha.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -112,32 +216,10 @@ class ShardInfo:
     bytes: int
     sha256: str
 
-
-class _HashingSink(io.RawIOBase):
-    """Write-through file that hashes and counts the uncompressed tar bytes, gzipping them for ``.gz``."""
-
-    def __init__(self, path: str) -> None:
-        self.path, self.raw = path, open(path + ".tmp", "wb")
-        # filename="" and mtime=0 keep the gzip header free of names and times (determinism).
-        gz = path.endswith((".gz", ".tgz"))
-        self.target = gzip.GzipFile(filename="", mode="wb", fileobj=self.raw, mtime=0, compresslevel=9) if gz else None
-        self.sha, self.size = hashlib.sha256(), 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.sha.update(data)
-        self.size += len(data)
-        (self.target or self.raw).write(data)
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            if self.target is not None:
-                self.target.close()
-            self.raw.close()
-        super().close()
+    @classmethod
+    def of(cls, path: str) -> "ShardInfo":
+        """The record of the local shard at ``path``, counted and hashed from its contents."""
+        return cls(os.path.basename(path), sum(1 for _ in read_shard(path, None)), *_tar_digest(path))
 
 
 class ShardWriter:
@@ -163,21 +245,23 @@ class ShardWriter:
         self.pattern, self.max_count, self.max_size, self.start_index = pattern, max_count, max_size, start_index
         self.shards: list[ShardInfo] = []
         self._writer: wds.ShardWriter | None = None
-        self._sink: _HashingSink | None = None
+        self._files: list = []  # the open temporary file of the current shard (and its gzip layer)
         self._keys: set[str] = set()
 
-    def _open(self, path: str) -> _HashingSink:
+    def _open(self, path: str) -> object:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._sink = _HashingSink(path)
-        return self._sink
+        self._files = [open(path + ".tmp", "wb")]
+        if path.endswith((".gz", ".tgz")):  # filename="" and mtime=0: no names or times in the gzip header
+            self._files.insert(0, gzip.GzipFile(filename="", mode="wb", fileobj=self._files[0], mtime=0))
+        return self._files[0]
 
     def _finished(self, path: str) -> None:
-        """webdataset's ``post`` hook: the shard's tar stream is closed; rename it into place."""
-        sink, self._sink = self._sink, None
-        assert sink is not None and self._writer is not None
-        sink.close()
+        """webdataset's ``post`` hook: the shard's tar stream is closed; hash it and rename it into place."""
+        for f in self._files:
+            f.close()
+        self._files = []
         os.replace(path + ".tmp", path)  # atomic: a shard exists only once complete
-        self.shards.append(ShardInfo(os.path.basename(path), self._writer.count, sink.size, sink.sha.hexdigest()))
+        self.shards.append(ShardInfo(os.path.basename(path), self._writer.count, *_tar_digest(path)))
 
     def write(self, key: str, fields: dict[str, bytes]) -> None:
         """Add sample ``key`` with members ``{ext: bytes}`` (written in sorted extension order)."""
@@ -203,20 +287,18 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the shard being written (its temporary file); finished shards stay."""
-        if self._sink is not None:
+        if self._files:
             self._writer.tarstream.close()  # the tar's end blocks go to the file that is removed next
-            self._sink.close()
-            os.remove(self._sink.path + ".tmp")
-        self._sink = self._writer = None
+            for f in self._files:
+                f.close()
+            os.remove(self._files[-1].name)
+        self._files, self._writer = [], None
 
     def __enter__(self) -> "ShardWriter":
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+        self.close() if exc_type is None else self.abort()
 
 
 def check_out_folder(out_pattern: str) -> str:
@@ -230,4 +312,104 @@ def existing_shards(folder: str) -> list[str]:
     """Shard files and the dataset.json already in ``folder`` (names; empty if it does not exist)."""
     if not os.path.isdir(folder):
         return []
-    return sorted(f for f in os.listdir(folder) if f.endswith(SHARD_SUFFIXES) or f == "dataset.json")
+    return sorted(f for f in os.listdir(folder) if f.endswith(SHARD_SUFFIXES) or f == MANIFEST_NAME)
+
+
+def content_hash(shards: list[ShardInfo]) -> str:
+    """sha256 over the shards' tar digests, in shard order (independent of file names and compression)."""
+    return hashlib.sha256("\n".join(s.sha256 for s in shards).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``dataset.json`` of a shard folder (see the module docstring for the fields)."""
+
+    kind: str
+    count: int
+    resolution: int | None
+    channels: int
+    classes: int
+    shards: list[ShardInfo]
+    content_hash: str
+    class_names: list[str] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the samples carry labels (``classes > 0``)."""
+        return self.classes > 0
+
+
+def label_spec(labelled: bool | None, manifest: Manifest | None) -> tuple[bool, int | None]:
+    """The one decision on labels: whether samples carry them (``labelled``, else dataset.json's classes > 0,
+    else True without a dataset.json), and the class count they must lie below (None: unchecked)."""
+    classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
+    return (manifest is None or manifest.labelled) if labelled is None else labelled, classes
+
+
+def write_manifest(
+    folder: str,
+    *,
+    kind: str,
+    shards: list[ShardInfo],
+    resolution: int | None,
+    channels: int,
+    classes: int,
+    class_names: list[str] | None = None,
+    extra: dict[str, object] | None = None,
+) -> Manifest:
+    """Write ``folder/dataset.json`` atomically and return it."""
+    count, shards, digest = sum(s.count for s in shards), list(shards), content_hash(shards)
+    manifest = Manifest(kind, count, resolution, channels, classes, shards, digest, class_names or [], extra or {})
+    with atomic_path(os.path.join(folder, MANIFEST_NAME)) as tmp, open(tmp, "w") as f:
+        json.dump({"format": FORMAT, **asdict(manifest)}, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return manifest
+
+
+def read_manifest(path: str) -> Manifest:
+    """Read a ``dataset.json`` (or the one inside folder ``path``)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, MANIFEST_NAME)
+    try:
+        with open(path) as f:
+            body = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"manifest: cannot read {path!r} ({exc})") from None
+    if (fmt := body.pop("format", None)) != FORMAT:
+        raise ValueError(f"manifest: {path!r} is not a {FORMAT} dataset.json (format={fmt!r})")
+    return Manifest(**{**body, "shards": [ShardInfo(**s) for s in body["shards"]]})
+
+
+def find_manifest(urls: list[str]) -> Manifest | None:
+    """The ``dataset.json`` beside the first shard, when the shards are local and it exists."""
+    if not urls or not is_local(urls[0]):
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(urls[0].removeprefix("file:"))), MANIFEST_NAME)
+    return read_manifest(path) if os.path.isfile(path) else None
+
+
+def shard_counts(urls: list[str], manifest: Manifest | None) -> list[int] | None:
+    """Each shard's sample count from ``manifest``, in ``urls`` order; None unless it lists every shard."""
+    listed = {s.name: s.count for s in manifest.shards} if manifest is not None else {}
+    names = [os.path.basename(u.removeprefix("file:")) for u in urls]
+    return [listed[n] for n in names] if manifest is not None and all(n in listed for n in names) else None
+
+
+def verify_shards(folder: str) -> Manifest:
+    """Check every shard of ``folder`` against its ``dataset.json``; raise ValueError on any difference."""
+    manifest = read_manifest(folder)
+    folder = folder if os.path.isdir(folder) else os.path.dirname(folder)
+    for shard in manifest.shards:
+        path = os.path.join(folder, shard.name)
+        if not os.path.isfile(path):
+            raise ValueError(f"shards: {path!r} listed in {MANIFEST_NAME} is missing")
+        found = ShardInfo.of(path)
+        if (found.count, found.sha256) != (shard.count, shard.sha256):
+            raise ValueError(
+                f"shards: {path!r} does not match {MANIFEST_NAME} "
+                f"(count {found.count} vs {shard.count}, sha256 {found.sha256[:12]} vs {shard.sha256[:12]})"
+            )
+    if content_hash(manifest.shards) != manifest.content_hash:
+        raise ValueError(f"shards: content_hash of {folder!r}/{MANIFEST_NAME} does not match its shard list")
+    return manifest

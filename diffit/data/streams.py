@@ -1,4 +1,18 @@
-"""Iterable datasets over shards: endless training streams that resume exactly, and a finite exact-once pass.
+"""Streaming pipelines over shards: endless training streams that resume exactly, and a finite exact-once pass.
+
+Conventions shared by every pipeline:
+- ``batch_size`` is the *global* batch; rank r receives ``batch_size // world_size`` samples per batch
+  (batch_size must be divisible by world_size). ``rank``/``world_size`` default to torch.distributed's
+  when it is initialised, else (0, 1).
+- images come out as float32 (B, C, H, W) in [-1, 1]; latents as float32 (B, C, h, w) already multiplied
+  by the scale factor; labels as int64 (B,), -1 for an unlabelled (unconditional) dataset.
+- ``labelled=None`` reads ``dataset.json`` beside local shards (classes > 0); without one, labelled. A label
+  outside dataset.json's class range is a bad sample.
+- bad samples are skipped and counted (``BadSampleWarning`` once per shard); ``.skipped`` gives the count
+  so far, and a finite pass warns the total when it ends.
+- resume: ``start_step=k`` yields exactly the batches an uninterrupted run yields from step k on (same seed,
+  ranks and workers).
+- URLs: brace patterns, local paths, ``http(s):`` and ``pipe:`` URLs (anything WebDataset's gopen opens).
 
 Readers. With R ranks and W DataLoader workers (W = 1 without workers) there are N = R * W readers; reader
 ``i = r * W + q`` serves rank r. A DataLoader hands out its workers' batches round-robin, so in a run started
@@ -27,6 +41,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain, islice
 
 import numpy as np
@@ -34,27 +49,27 @@ import torch
 import webdataset as wds
 from jaxtyping import Float, Int64
 from torch import Tensor
-from torch.utils.data import IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
-from diffit.data.badinput import BadSample, BadSampleLog, IgnoreLog
-from diffit.data.manifest import Manifest
-from diffit.data.shards import LOST, read_shard
-from diffit.data.urls import mix_seed
-
-__all__ = [
-    "EvalStream",
-    "Shards",
-    "TrainStream",
-    "decode_or_skip",
-    "epoch_length",
-    "epoch_samples",
-    "reader_shards",
-]
+from diffit.data.images import SD_SCALE_FACTOR, ImageDecoder, LatentDecoder, collate_images, collate_latents
+from diffit.data.shards import (
+    LOST,
+    BadSample,
+    BadSampleLog,
+    Manifest,
+    expand_urls,
+    find_manifest,
+    label_spec,
+    mix_seed,
+    read_shard,
+    resolve_rank,
+    shard_counts,
+)
 
 LOOKAHEAD_BATCHES = 64  # how far a batch of only bad samples looks for good ones before the stream gives up
 Decoder = Callable[[dict, np.random.Generator | None], tuple[np.ndarray, int]]
 Batch = tuple[Float[Tensor, "b c h w"], Int64[Tensor, " b"]]  # (x or z, labels)
-Collate = Callable[[list[np.ndarray], list[int]], Batch]
+Collate = Callable[[list[np.ndarray], list[int], np.random.Generator | None], Batch]
 
 
 def reader_shards(n_shards: int, *, seed: int, epoch: int, index: int, total: int, shuffle: bool) -> list[int]:
@@ -95,7 +110,7 @@ def epoch_samples(
     chosen = reader_shards(len(urls), seed=seed, epoch=epoch, index=index, total=total, shuffle=shuffle)
     # With fewer shards than readers every reader scans every shard: only reader 0 reports a broken one.
     shared = len(urls) < total
-    shard_log = IgnoreLog() if shared and index else log
+    shard_log = None if shared and index else log
     samples = chain.from_iterable(
         read_shard(urls[k], shard_log, None if counts is None else counts[k], pad) for k in chosen
     )
@@ -107,15 +122,29 @@ def epoch_samples(
     return samples
 
 
-def decode_or_skip(raw: dict, decoder: Decoder, rng: np.random.Generator | None, log: BadSampleLog) -> tuple | None:
-    """``decoder(raw, rng)``, or None for a bad sample (counted and warned in ``log``)."""
+def decode_or_skip(
+    raw: dict, decoder: Decoder, rng: np.random.Generator | None, log: BadSampleLog | None
+) -> tuple | None:
+    """``decoder(raw, rng)``, or None for a bad sample (counted and warned in ``log`` unless it is None)."""
     if raw.get(LOST):  # already counted when its shard was read
         return None
     try:
         return decoder(raw, rng)
     except BadSample as exc:
-        log.skip(str(raw["__url__"]), str(raw["__key__"]), str(exc))
+        if log is not None:
+            log.skip(str(raw["__url__"]), str(raw["__key__"]), str(exc))
         return None
+
+
+def good_batches(
+    raws: Iterator[dict], decoder: Decoder, log: BadSampleLog, batch_size: int
+) -> Iterator[tuple[list[str], list[np.ndarray], list[int]]]:
+    """``(keys, arrays, labels)`` of the good samples of ``raws`` (no augmentation), ``batch_size`` at a time."""
+    decoded = ((raw["__key__"], decode_or_skip(raw, decoder, None, log)) for raw in raws)
+    good = ((key, *item) for key, item in decoded if item is not None)
+    for batch in wds.filters.batched(batch_size, collation_fn=None, partial=True)(good):
+        keys, items, labels = zip(*batch, strict=True)
+        yield list(keys), list(items), list(labels)
 
 
 @dataclass(frozen=True)
@@ -190,14 +219,16 @@ class TrainStream(IterableDataset):
             for n in range(LOOKAHEAD_BATCHES if not good else 0):
                 if len(ahead) == n:
                     ahead.append(next(batches))
-                if good := [d for d in (decode_or_skip(s, self.decoder, rng, IgnoreLog()) for s in ahead[n]) if d]:
+                if good := [d for d in (decode_or_skip(s, self.decoder, rng, None) for s in ahead[n]) if d]:
                     break
             if not good:
                 raise RuntimeError(
                     f"no sample could be decoded in the {LOOKAHEAD_BATCHES} batches from step {step} on (first: "
                     f"{batch[0]['__key__']!r} in {batch[0]['__url__']}); see the BadSampleWarning above"
                 )
-            yield self.collate([good[i % len(good)][0] for i in range(b)], [good[i % len(good)][1] for i in range(b)])
+            yield self.collate(
+                [good[i % len(good)][0] for i in range(b)], [good[i % len(good)][1] for i in range(b)], rng
+            )
 
 
 class EvalStream(IterableDataset):
@@ -211,8 +242,143 @@ class EvalStream(IterableDataset):
         (worker, workers), sh = _slot(), self.shards
         where = dict(seed=0, epoch=0, index=sh.rank * workers + worker, total=sh.world_size * workers)
         raws = epoch_samples(sh.urls, sh.counts, sh.log, **where, shuffle_buffer=0, pad=False)
-        decoded = ((raw["__key__"], decode_or_skip(raw, self.decoder, None, sh.log)) for raw in raws)
-        good = ((key, *item) for key, item in decoded if item is not None)
-        for batch in wds.filters.batched(sh.batch_size, collation_fn=None, partial=True)(good):
-            keys, items, labels = zip(*batch, strict=True)
-            yield (*self.collate(list(items), list(labels)), list(keys))
+        for keys, items, labels in good_batches(raws, self.decoder, sh.log, sh.batch_size):
+            yield (*self.collate(items, labels), keys)
+
+
+class Batches:
+    """An iterable of batches read by a DataLoader, with the count of skipped bad samples."""
+
+    def __init__(self, dataset: "TrainStream | EvalStream", *, num_workers: int, name: str) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
+        self.dataset, self.num_workers, self.log, self.name = dataset, num_workers, dataset.shards.log, name
+
+    @property
+    def skipped(self) -> int:
+        """Bad samples skipped so far, by this process and its workers."""
+        return self.log.count
+
+    def __iter__(self) -> Iterator[tuple]:
+        loader = DataLoader(
+            self.dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None
+        )
+        yield from loader
+        if isinstance(self.dataset, EvalStream):  # a finite pass: warn the total
+            self.log.report(self.name)
+
+
+def _shards(urls: str | list[str], batch_size: int, rank: int | None, world_size: int | None) -> Shards:
+    expanded = expand_urls(urls)
+    rank, world_size = resolve_rank(rank, world_size)
+    if batch_size < 1 or batch_size % world_size:
+        raise ValueError(
+            f"batch_size: expected a positive multiple of world_size={world_size} (the global "
+            f"batch is split between ranks), got {batch_size}"
+        )
+    manifest = find_manifest(expanded)
+    counts = shard_counts(expanded, manifest)
+    return Shards(expanded, counts, manifest, BadSampleLog(), batch_size // world_size, rank, world_size)
+
+
+def _check_images(manifest: Manifest | None, resolution: int | None, channels: int | None, resize: bool) -> None:
+    """Fail before streaming when dataset.json already says the images do not match the request."""
+    if manifest is None or resize:
+        return
+    if manifest.kind != "image":
+        raise ValueError(f"urls: these are {manifest.kind} shards; expected image shards")
+    if resolution is not None and manifest.resolution is not None and manifest.resolution != resolution:
+        raise ValueError(
+            f"resolution: the shards hold {manifest.resolution}x{manifest.resolution} images but "
+            f"resolution={resolution} was requested; pass resize=True to resize"
+        )
+    if channels is not None and manifest.channels != channels:
+        raise ValueError(
+            f"channels: the shards hold {manifest.channels}-channel images but channels={channels} "
+            "was requested; pass resize=True to convert"
+        )
+
+
+def image_pipeline(
+    urls: str | list[str],
+    *,
+    batch_size: int,
+    resolution: int,
+    channels: int,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    num_workers: int = 0,
+    start_step: int = 0,
+    flip: bool = True,
+    resize: bool = False,
+    labelled: bool | None = None,
+    shuffle_buffer: int = 1000,
+) -> Batches:
+    """Endless shuffled ``(x, y)`` training batches of images from shards (see the module docstring).
+
+    ``flip``: random horizontal flips. ``resize``: convert/center-crop images of another channel count or
+    size instead of failing. Resume: pass the training step as ``start_step``; the batches are exactly those
+    of an uninterrupted run from that step on.
+    """
+    shards = _shards(urls, batch_size, rank, world_size)
+    _check_images(shards.manifest, resolution, channels, resize)
+    decoder = ImageDecoder(resolution, channels, resize, *label_spec(labelled, shards.manifest), flip=flip)
+    stream = TrainStream(
+        shards, decoder, collate_images, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer
+    )
+    return Batches(stream, num_workers=num_workers, name="image_pipeline")
+
+
+def latent_pipeline(
+    urls: str | list[str],
+    *,
+    batch_size: int,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    num_workers: int = 0,
+    start_step: int = 0,
+    flip: bool = True,
+    sample: bool = True,
+    scale_factor: float | None = None,
+    labelled: bool | None = None,
+    shuffle_buffer: int = 1000,
+) -> Batches:
+    """Endless shuffled ``(z, y)`` training batches of pre-encoded latents (from ``encode_latents``).
+
+    ``flip``: use the stored encoding of the mirrored image with probability 1/2. ``sample``: draw from the
+    stored posterior N(mean, std^2) rather than its mean. ``z`` is multiplied by ``scale_factor`` (default:
+    dataset.json's, else ``SD_SCALE_FACTOR``). Seeding and resume as in ``image_pipeline``.
+    """
+    shards = _shards(urls, batch_size, rank, world_size)
+    manifest = shards.manifest
+    if manifest is not None and manifest.kind != "latent":
+        raise ValueError(f"urls: these are {manifest.kind} shards; expected latent shards (diffit data encode)")
+    if scale_factor is None:
+        stored = None if manifest is None else manifest.extra.get("scale_factor")
+        scale_factor = float(stored) if isinstance(stored, (int, float)) else SD_SCALE_FACTOR
+    decoder = LatentDecoder(*label_spec(labelled, manifest), flip=flip, sample=sample)
+    collate = partial(collate_latents, scale_factor=scale_factor)  # a partial pickles into workers
+    stream = TrainStream(shards, decoder, collate, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer)
+    return Batches(stream, num_workers=num_workers, name="latent_pipeline")
+
+
+def eval_pipeline(
+    urls: str | list[str],
+    *,
+    batch_size: int,
+    resolution: int | None = None,
+    channels: int | None = None,
+    resize: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    num_workers: int = 0,
+    labelled: bool | None = None,
+) -> Batches:
+    """One finite pass of ``(x, y, keys)`` image batches, no augmentation; across all ranks and workers
+    every readable sample is yielded exactly once (the last batch of each reader may be smaller)."""
+    shards = _shards(urls, batch_size, rank, world_size)
+    _check_images(shards.manifest, resolution, channels, resize)
+    decoder = ImageDecoder(resolution, channels, resize, *label_spec(labelled, shards.manifest), flip=False)
+    return Batches(EvalStream(shards, decoder, collate_images), num_workers=num_workers, name="eval_pipeline")

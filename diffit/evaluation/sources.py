@@ -23,8 +23,8 @@ from jaxtyping import UInt8
 from torch import Tensor
 
 from diffit.data import decode_image, eval_pipeline, expand_urls, find_manifest, read_manifest
-from diffit.data.badinput import BadSample
 from diffit.data.images import IMAGE_EXTENSIONS
+from diffit.data.shards import BadSample
 
 __all__ = ["ImageBatches", "npz_keys", "open_images"]
 
