@@ -26,7 +26,9 @@ def test_gpu_check_quick_cpu_run_writes_a_complete_record(tmp_path: Path) -> Non
     assert all(part["status"] == "ok" and part["result"]["failures"] == [] for part in record["parts"].values())
     res = {name: part["result"] for name, part in record["parts"].items()}
     assert [r["model"] for r in res["correctness"]["rows"]] == ["diffit_tiny", "diffit_cifar10", "latent_diffit_s_2"]
-    assert all(r["fp32_grad_rel_max"] == 0 for r in res["correctness"]["rows"])  # CPU against itself
+    for r in res["correctness"]["rows"]:  # CPU against itself, and both against a float64 reference
+        assert r["fp32_grad_rel_max"] == 0 and r["fp32_less_accurate_than_cpu"] == []
+        assert 0 < r["worst_grad_vs_fp64"]["device"] == r["worst_grad_vs_fp64"]["cpu"] < 1e-4
     attention = {r["case"]: r for r in res["attention"]["rows"]}
     assert set(attention) == {"windowed", "global"}
     for r in attention.values():

@@ -181,6 +181,26 @@ def test_bf16_autocast_stays_close_to_fp32() -> None:
     assert (low - ref).norm() / ref.norm() < 2e-2
 
 
+@pytest.mark.parametrize("factory", ["diffit_tiny", "latent"])
+def test_float64_models_run_in_float64_and_agree_with_float32(factory: str) -> None:
+    """The fp32 norms and embeddings keep float64 as it is (the GPU check's reference model is a ``.double()``
+    copy): every activation stays float64 and the result matches the fp32 model to fp32's rounding."""
+    from diffit.nn import diffit_tiny, latent_diffit_s_2
+
+    torch.manual_seed(0)
+    model = diffit_tiny() if factory == "diffit_tiny" else latent_diffit_s_2(input_size=8, depth=1, num_classes=10)
+    with torch.no_grad():  # the zero-initialised output layers would make every output 0
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.normal_(0, 0.02)
+    x = torch.randn(2, model.in_channels, model.resolution, model.resolution)
+    label, y = torch.rand(2), torch.tensor([1, 2])
+    ref = model(x, label, y)
+    out = model.double()(x.double(), label.double(), y)
+    assert out.dtype == torch.float64
+    assert (out - ref.double()).norm() / ref.norm() < 1e-5
+
+
 def test_sinusoidal_embedding_is_cos_then_sin() -> None:
     t = torch.tensor([0.0, 3.0])
     emb = sinusoidal_embedding(t, 8)

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float
@@ -18,9 +19,14 @@ def group_count(groups: int, dim: int) -> int:
     return groups
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """``x`` in fp32, or as it is if it is already fp64 (a float64 reference model keeps its precision)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def layer_norm_fp32(x: Float[Tensor, "*batch d"], eps: float = 1e-6) -> Float[Tensor, "*batch d"]:
     """LayerNorm without affine parameters, computed in fp32 whatever the autocast dtype (stable statistics)."""
-    return F.layer_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+    return F.layer_norm(at_least_fp32(x), x.shape[-1:], eps=eps).to(x.dtype)
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -28,7 +34,7 @@ class GroupNorm32(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         """GroupNorm computed in fp32, returned in the input's dtype."""
-        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+        return F.group_norm(at_least_fp32(x), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
 
 
 class Mlp(nn.Module):

@@ -19,8 +19,9 @@ def sinusoidal_embedding(t: Float[Tensor, " b"], dim: int, *, max_period: float 
     if dim < 2:
         raise ValueError(f"dim must be >= 2, got {dim}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]  # (b, half)
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32  # fp32 at least
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=t.device) / half)
+    args = t.to(dtype)[:, None] * freqs[None]  # (b, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
