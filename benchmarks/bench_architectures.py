@@ -23,14 +23,16 @@ Metrics, on the EMA weights:
 Configurations (``CONFIGS``): ``diffit`` is ``diffit_tiny()``; ``unet`` diffusers' ``UNet2DModel`` and ``dit`` a
 DiT of adaLN-Zero blocks (``arch_baselines.py``); the ablations change one thing of ``diffit``: how the time
 token enters (``time_conditioning``: adaLN-Zero, bias-only, added to the input), global attention per stage, or
-the label table's initialisation (``diffit-label0.02``: DiT's N(0, 0.02) instead of N(0, 1)).
+the label table's initialisation (``diffit-label0.02``: DiT's N(0, 0.02) instead of N(0, 1)); the comparison
+also runs two other initialisations: the time MLP at torch's init instead of N(0, 0.02) (``diffit-torch-time``),
+and that with the output convolution at torch's init instead of zero (``diffit-default-head``).
 
 Each run writes ``<out>/runs/<config>-s<seed>.json`` and is skipped when that file exists with the same
 protocol, so an interrupted benchmark resumes and more seeds can be added later; ``--report`` only rebuilds
 ``<out>/architectures.{md,json,png}`` from the runs.
 
-Run:  python benchmarks/bench_architectures.py --suite comparison   # diffit, unet, dit: 3 seeds x 360 CPU-s
-      python benchmarks/bench_architectures.py --suite ablations    # 6 variants of diffit: 3 seeds x 150 CPU-s
+Run:  python benchmarks/bench_architectures.py --suite comparison   # diffit, unet, dit, 2 inits: 3 seeds x 360 CPU-s
+      python benchmarks/bench_architectures.py --suite ablations --seeds 0 1  # 6 variants of diffit, 150 CPU-s
       python benchmarks/bench_architectures.py --configs diffit unet --seeds 0 --budget 60 --steps 50 --out /tmp/a
 """
 
@@ -70,11 +72,16 @@ CONFIGS: dict[str, Callable[[], nn.Module]] = {
     "diffit-input": lambda: diffit_tiny(time_conditioning="input"),
     "diffit-global": lambda: diffit_tiny(window=(16, 8, 4)),
     "diffit-label0.02": lambda: diffit_tiny(label_init_std=0.02),
+    # Initialisations of diffit_tiny: the time MLP at torch's nn.Linear init instead of N(0, 0.02), and that with
+    # torch's init for the output convolution instead of zero.
+    "diffit-torch-time": lambda: diffit_tiny(time_init_std=None),
+    "diffit-default-head": lambda: diffit_tiny(time_init_std=None, zero_head=False),
 }
 # Two suites of one protocol: the architecture comparison (also measured at equal steps) and the ablations of
 # ``diffit`` (equal compute only, a shorter budget).
 SUITES = {
-    "comparison": {"configs": ["diffit", "unet", "dit"], "budget": 360.0, "steps": 400, "seeds": [0, 1, 2]},
+    "comparison": {"configs": ["diffit", "unet", "dit", "diffit-torch-time", "diffit-default-head"],
+                   "budget": 360.0, "steps": 400, "seeds": [0, 1, 2]},
     "ablations": {
         "configs": ["diffit", "diffit-adaln", "diffit-bias", "diffit-input", "diffit-global", "diffit-label0.02"],
         "budget": 150.0, "steps": 0, "seeds": [0, 1, 2],
@@ -225,6 +232,8 @@ def run_one(args: argparse.Namespace) -> None:
                   sample_every=5, on_sample=hook)  # fmt: skip
         except _Finished:
             pass
+    if len(result["at"]) < (2 if equal_steps else 1):  # stopped early (train returns on SIGTERM): write nothing
+        sys.exit(f"{args.one} seed {args.seed}: stopped before its measurements; no result written")
     path = out / "runs" / f"{args.one}-s{args.seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".tmp").write_text(json.dumps(result, indent=1))
@@ -264,8 +273,8 @@ def run_all(args: argparse.Namespace, configs: list[str]) -> None:
             time.sleep(1.0)
             running = [p for p in running if p.poll() is None]
         cmd = [sys.executable, __file__, "--one", name, "--seed", str(seed), "--budget", str(args.budget),
-               "--steps", str(args.steps), "--n", str(args.n), "--curve-every", str(args.curve_every),
-               "--out", args.out]  # fmt: skip
+               "--steps", str(args.steps), "--lr", str(RECIPE["lr"]), "--n", str(args.n),
+               "--curve-every", str(args.curve_every), "--out", args.out]  # fmt: skip
         running.append(subprocess.Popen(cmd, env=env))
     for p in running:
         p.wait()
@@ -350,6 +359,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
     parser.add_argument("--budget", type=float, help="training CPU-seconds per run (comparison 360, ablations 150)")
     parser.add_argument("--steps", type=int, help="the equal-steps measurement, 0 for none (comparison 400)")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate for every network (default {RECIPE['lr']})")
     parser.add_argument("--n", type=int, default=360, help="samples for accuracy and FID")
     parser.add_argument("--curve-every", type=float, default=40.0, help="CPU-seconds between held-out losses")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
@@ -363,6 +373,8 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, suite[key])
     args.out = args.out or f"benchmarks/results/architectures/{args.suite}"
+    if args.lr is not None:  # part of the recipe, so of the protocol: runs at another lr are not reused
+        RECIPE["lr"] = args.lr
     if args.one:
         run_one(args)
         return

@@ -1,4 +1,4 @@
-"""Image-space DiffiT U-Net: presets, zero init, conditioning, config round trip, checkpointing, bf16, errors."""
+"""Image-space DiffiT U-Net: presets, init options, conditioning, config round trip, checkpointing, bf16, errors."""
 
 import json
 
@@ -17,7 +17,7 @@ def _small(**overrides: object) -> ImageDiffiT:
 
 
 def _randomise_head(model: ImageDiffiT) -> None:
-    """Break the zero init of the output conv so outputs depend on everything upstream."""
+    """A larger output conv, so that outputs depend clearly on everything upstream."""
     with torch.no_grad():
         model.head_conv.weight.normal_(0, 0.1)
         model.head_conv.bias.normal_(0, 0.1)
@@ -41,11 +41,22 @@ def test_preset_sizes() -> None:
     assert 1e6 < sum(p.numel() for p in tiny.parameters()) < 4e6
 
 
-def test_tiny_forward_shape_and_zero_init() -> None:
+def test_tiny_forward_shape_and_init_options() -> None:
+    """Default init: a zero output conv (a fresh model outputs exactly 0, EDM's D(x) = c_skip x) and a time MLP
+    drawn N(0, 0.02) with zero biases (DiT's); ``zero_head=False`` and ``time_init_std=None`` keep torch's inits."""
+    x, y = torch.randn(3, 1, 16, 16), torch.tensor([0, 5, 9])
+    torch.manual_seed(0)
     model = diffit_tiny()
-    x = torch.randn(3, 1, 16, 16)
-    out = model(x, torch.randn(3), torch.tensor([0, 5, 9]))
-    assert out.shape == x.shape and torch.equal(out, torch.zeros_like(out))  # EDM-friendly: F = 0 at init
+    out = model(x, torch.randn(3), y)
+    assert out.shape == x.shape and torch.equal(out, torch.zeros_like(out))
+    for linear in (model.time_embed.mlp[0], model.time_embed.mlp[2]):
+        assert abs(linear.weight.std().item() - 0.02) < 2e-3 and torch.equal(linear.bias, torch.zeros_like(linear.bias))
+    live = diffit_tiny(zero_head=False, time_init_std=None)
+    out = live(x, torch.randn(3), y)
+    assert out.abs().min() > 0 and not torch.allclose(out, live(x, torch.randn(3), y))  # noise level matters
+    fan_in = live.time_embed.mlp[0].in_features  # torch's nn.Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert live.time_embed.mlp[0].weight.abs().max() <= fan_in**-0.5 and live.time_embed.mlp[0].bias.abs().max() > 0
+    assert live.config["time_init_std"] is None and live.config["zero_head"] is False
 
 
 def test_conditional_none_is_null_class_and_unconditional_ignores_y() -> None:
@@ -129,6 +140,8 @@ def test_construction_errors_name_the_argument() -> None:
         _small(num_heads=3)
     with pytest.raises(ValueError, match="blocks_per_stage must have one entry per stage"):
         _small(blocks_per_stage=(1,))
+    with pytest.raises(ValueError, match="time_init_std must be > 0 or None, got 0"):
+        _small(time_init_std=0.0)
 
 
 def test_forward_errors_name_the_argument() -> None:
