@@ -52,6 +52,11 @@ _LEGACY_CONFIG_KEYS = ("checkpointing",)
 Build = Callable[..., nn.Module]
 
 
+def _without_legacy(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config without the 0.1.0 arguments that are run-time switches now."""
+    return {k: v for k, v in config.items() if k not in _LEGACY_CONFIG_KEYS}
+
+
 def _same_config(saved: dict[str, Any] | None, current: dict[str, Any] | None, model: nn.Module) -> bool:
     """Whether a checkpoint's recorded config describes ``model``; an argument added after the file was written
     (absent from it) matches when the model uses that argument's default."""
@@ -63,7 +68,7 @@ def _same_config(saved: dict[str, Any] | None, current: dict[str, Any] | None, m
         if p.default is not inspect.Parameter.empty
     }
     filled = {k: jsonable(defaults[k]) for k in current.keys() - saved.keys() if k in defaults}
-    return {k: v for k, v in saved.items() if k not in _LEGACY_CONFIG_KEYS} | filled == current
+    return _without_legacy(saved) | filled == current
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
@@ -92,7 +97,7 @@ def build_model(spec: dict[str, Any], build: Build | None = None) -> nn.Module:
             )
         build = BUILTIN_MODELS[name]
     if isinstance(build, type) and build.__name__ in BUILTIN_MODELS and config is not None:
-        config = {k: v for k, v in config.items() if k not in _LEGACY_CONFIG_KEYS}
+        config = _without_legacy(config)
     try:
         model = build(**config) if config is not None else build()
     except (TypeError, ValueError) as err:
