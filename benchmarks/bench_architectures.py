@@ -155,14 +155,15 @@ def fit_classifier(split: dict[str, torch.Tensor]):  # noqa: ANN201 (sklearn typ
     return SVC(C=10.0, gamma="scale").fit(flat, split["y_in"].numpy())
 
 
-def evaluate(model: nn.Module, objective: EDMObjective, split: dict, clf, real: FeatureStats, n: int) -> dict:  # noqa: ANN001
-    """The three metrics of one snapshot (see the module docstring)."""
+def evaluate(model: nn.Module, objective: EDMObjective, split: dict, clf, real: FeatureStats, n: int,  # noqa: ANN001
+             loss: float | None = None) -> dict:  # fmt: skip
+    """The three metrics of one snapshot (see the module docstring); ``loss``: its held-out loss, if known."""
     x_out, y_out = to_model_space(split["x_out"]), split["y_out"]
     fake = generated_digits(model, objective, n)
     predicted = clf.predict(fake.reshape(n, -1).float().numpy() / 255.0)
     fake_stats = feature_statistics(inception_features(fake))
     return {
-        "heldout_loss": heldout_loss(model, objective, x_out, y_out),
+        "heldout_loss": heldout_loss(model, objective, x_out, y_out) if loss is None else loss,
         "accuracy": float((predicted == (np.arange(n) % 10)).mean()),
         "fid": float(frechet_distance(fake_stats.mu, fake_stats.sigma, real.mu, real.sigma)),
     }
@@ -204,6 +205,7 @@ def run_one(args: argparse.Namespace) -> None:
     def hook(step: int, ema_model: nn.Module) -> None:
         cpu = train_cpu()
         begin = time.process_time()
+        loss = None  # this step's held-out loss, once computed
         if cpu >= next_curve[0]:
             loss = heldout_loss(ema_model, objective, x_out, y_out)
             result["curve"].append({"step": step, "cpu_s": cpu, "heldout_loss": loss})
@@ -212,7 +214,7 @@ def run_one(args: argparse.Namespace) -> None:
             if reached and mode not in result["at"]:
                 other = next((v for v in result["at"].values() if v["step"] == step), None)
                 if other is None:
-                    metrics = evaluate(ema_model, objective, split, clf, real_stats, args.n)
+                    metrics = evaluate(ema_model, objective, split, clf, real_stats, args.n, loss)
                 else:
                     metrics = dict(other["metrics"])
                 result["at"][mode] = {
