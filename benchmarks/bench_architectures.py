@@ -53,12 +53,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arch_baselines import DiTBaseline, UNetBaseline  # noqa: E402
+from bench_quality import features, generate_digits  # noqa: E402
 
 from diffit.data import digits_urls, load_images, memory_batches  # noqa: E402
-from diffit.diffusion import sample_heun  # noqa: E402
 from diffit.distributed import DistInfo  # noqa: E402
 from diffit.evaluation import FeatureStats, feature_statistics, frechet_distance, load_inception  # noqa: E402
-from diffit.generate import default_sigmas, sample, to_uint8  # noqa: E402
+from diffit.generate import default_sigmas  # noqa: E402
 from diffit.nn import count_params, diffit_tiny  # noqa: E402
 from diffit.objectives import EDMObjective  # noqa: E402
 from diffit.train import train  # noqa: E402
@@ -127,25 +127,14 @@ def heldout_loss(model: nn.Module, objective: EDMObjective, x: torch.Tensor, y: 
 
 
 def generated_digits(model: nn.Module, objective: EDMObjective, n: int, batch: int = 120) -> torch.Tensor:
-    """uint8 (n, 1, 16, 16): seeds 0..n-1, class i % 10, Heun 18 steps, no guidance."""
+    """uint8 (n, 1, 16, 16): seeds 0..n-1, class i % 10, Heun 18 steps, no guidance (``bench_quality``'s
+    sampling loop, in eval mode)."""
     was_training = model.training
     model.eval()
     sigmas = default_sigmas(model, SAMPLE_STEPS, objective=objective)
-    labels = torch.arange(n) % 10
-    out = []
-    for i in range(0, n, batch):
-        seeds = list(range(i, min(i + batch, n)))
-        x = sample(model, sampler=sample_heun, sigmas=sigmas, seeds=seeds, labels=labels[i : i + batch],
-                   objective=objective)  # fmt: skip
-        out.append(to_uint8(x).permute(0, 3, 1, 2))
+    images, _ = generate_digits(model, "heun", sigmas, n, batch, cfg=1.0, objective=objective)
     model.train(was_training)
-    return torch.cat(out)
-
-
-def inception_features(images: torch.Tensor, inception: nn.Module | None = None, batch: int = 60) -> torch.Tensor:
-    inception = inception or load_inception()
-    with torch.no_grad():
-        return torch.cat([inception(images[i : i + batch]) for i in range(0, len(images), batch)])
+    return images
 
 
 def fit_classifier(split: dict[str, torch.Tensor]):  # noqa: ANN201 (sklearn type)
@@ -161,7 +150,7 @@ def evaluate(model: nn.Module, objective: EDMObjective, split: dict, clf, real: 
     x_out, y_out = to_model_space(split["x_out"]), split["y_out"]
     fake = generated_digits(model, objective, n)
     predicted = clf.predict(fake.reshape(n, -1).float().numpy() / 255.0)
-    fake_stats = feature_statistics(inception_features(fake))
+    fake_stats = feature_statistics(features(load_inception(), fake, batch=60))
     return {
         "heldout_loss": heldout_loss(model, objective, x_out, y_out) if loss is None else loss,
         "accuracy": float((predicted == (np.arange(n) % 10)).mean()),
@@ -249,8 +238,8 @@ def real_statistics(out: Path, split: dict) -> dict:
     path = out / "real_stats.npz"
     if not path.exists():
         inception = load_inception()
-        held_in = feature_statistics(inception_features(split["x_in"], inception))
-        held_out = feature_statistics(inception_features(split["x_out"], inception))
+        held_in = feature_statistics(features(inception, split["x_in"], batch=60))
+        held_out = feature_statistics(features(inception, split["x_out"], batch=60))
         floor = frechet_distance(held_out.mu, held_out.sigma, held_in.mu, held_in.sigma)
         out.mkdir(parents=True, exist_ok=True)
         np.savez(path, mu=held_in.mu, sigma=held_in.sigma, count=held_in.count, floor=floor)
@@ -258,16 +247,18 @@ def real_statistics(out: Path, split: dict) -> dict:
     return {"floor_fid": float(real["floor"]), "n_held_in": int(real["count"])}
 
 
+def finished_run(args: argparse.Namespace, name: str, seed: int) -> dict | None:
+    """The result of (config, seed) under this protocol, or None when there is none yet."""
+    path = Path(args.out) / "runs" / f"{name}-s{seed}.json"
+    if not path.exists():
+        return None
+    run = json.loads(path.read_text())
+    return run if run.get("protocol") == protocol(args) else None
+
+
 def run_all(args: argparse.Namespace, configs: list[str]) -> None:
     """Every (config, seed) without a result of this protocol, ``--jobs`` at a time, one thread each."""
-    out = Path(args.out)
-    todo = []
-    for seed in args.seeds:
-        for name in configs:
-            path = out / "runs" / f"{name}-s{seed}.json"
-            if path.exists() and json.loads(path.read_text()).get("protocol") == protocol(args):
-                continue
-            todo.append((name, seed))
+    todo = [(name, seed) for seed in args.seeds for name in configs if finished_run(args, name, seed) is None]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     running: list[subprocess.Popen] = []
     for name, seed in todo:
@@ -293,11 +284,8 @@ def report(args: argparse.Namespace, configs: list[str], real: dict) -> None:
     runs: dict[str, list[dict]] = {}
     for name in configs:
         for seed in args.seeds:
-            path = out / "runs" / f"{name}-s{seed}.json"
-            if path.exists():
-                run = json.loads(path.read_text())
-                if run.get("protocol") == protocol(args):
-                    runs.setdefault(name, []).append(run)
+            if (run := finished_run(args, name, seed)) is not None:
+                runs.setdefault(name, []).append(run)
     summary: dict = {"protocol": protocol(args), "real": real, "configs": {}}
     lines = [f"Budget {args.budget:g} CPU-s per run (one thread), or {args.steps} steps; n = {args.n} samples; "
              f"FID floor (real held-out vs held-in, n = 360): {real['floor_fid']:.2f}", ""]  # fmt: skip

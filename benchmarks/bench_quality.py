@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,13 +55,15 @@ def features(inception: torch.nn.Module, images: torch.Tensor, batch: int = 50) 
         return torch.cat([inception(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
-def generate_digits(model: torch.nn.Module, sampler: str, sigmas: torch.Tensor, n: int, batch: int, cfg: float):
-    """uint8 (n, 1, 16, 16) samples for seeds 0..n-1, class i % 10, and the NFE per image actually spent."""
+def generate_digits(model: torch.nn.Module, sampler: str, sigmas: torch.Tensor, n: int, batch: int, cfg: float,
+                    objective: Any = None):  # fmt: skip
+    """uint8 (n, 1, 16, 16) samples for seeds 0..n-1, class i % 10, and the NFE per image actually spent
+    (``objective``: the model's, default :func:`~diffit.objectives.default_objective`)."""
     cls = torch.arange(n) % model.num_classes
     generated, nfe = [], [0]
     for i in range(0, n, batch):
         x = sample(model, sampler=SAMPLERS[sampler], sigmas=sigmas, seeds=list(range(i, min(i + batch, n))),
-                   labels=cls[i : i + batch], guidance=Guidance(scale=cfg),
+                   labels=cls[i : i + batch], guidance=Guidance(scale=cfg), objective=objective,
                    callback=lambda s: nfe.__setitem__(0, s["nfe"]))  # fmt: skip
         generated.append(to_uint8(x).permute(0, 3, 1, 2))
     return torch.cat(generated), nfe[0]
