@@ -55,7 +55,7 @@ def environment(device: str) -> dict[str, Any]:
 
 def run_part(name: str, args: argparse.Namespace, budget: float, extra: dict[str, Any]) -> dict[str, Any]:
     """Run one part in a subprocess (its own session, killed whole at ``budget`` seconds)."""
-    result_path = Path(args.out) / f"part-{name}.json"
+    result_path = parts.part_result_path(Path(args.out), name)
     result_path.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--part", name, "--device", args.device, "--out", args.out,
            "--part-extra", json.dumps(extra)] + (["--quick"] if args.quick else [])  # fmt: skip
@@ -103,7 +103,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.part:  # a child: run one part and write its result
         result = parts.PARTS[args.part](device=args.device, quick=args.quick, out=out, **json.loads(args.part_extra))
-        (out / f"part-{args.part}.json").write_text(json.dumps(result, indent=1, default=str))
+        parts.save_part_result(out, args.part, result)
         return
 
     start = time.perf_counter()

@@ -73,9 +73,15 @@ def _median_s(fn: Callable[[], object], device: torch.device, *, repeats: int, w
     return sorted(times)[len(times) // 2]
 
 
-def _save_partial(out: Path, part: str, result: dict[str, Any]) -> None:
-    """Write what a part has so far where its final result goes: a part killed at its time budget still reports."""
-    (out / f"part-{part}.json").write_text(json.dumps(result, indent=1, default=str))
+def part_result_path(out: Path, part: str) -> Path:
+    """Where a part's result goes (read by ``gpu_check.py`` after the part's process ends)."""
+    return out / f"part-{part}.json"
+
+
+def save_part_result(out: Path, part: str, result: dict[str, Any]) -> None:
+    """Write a part's result; parts also call it with what they have so far, so that a part killed at its time
+    budget still reports."""
+    part_result_path(out, part).write_text(json.dumps(result, indent=1, default=str))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -365,7 +371,7 @@ def part_attention(*, device: str, quick: bool, out: Path) -> dict[str, Any]:
         rows.append(
             _attention_row(case, c, dev=dev, dtype=dtype, repeats=repeats, compile_flex=compile_flex, failures=failures)
         )
-        _save_partial(out, "attention", {"rows": rows, "flex_compile_backend": compile_flex, "failures": failures})
+        save_part_result(out, "attention", {"rows": rows, "flex_compile_backend": compile_flex, "failures": failures})
     return {"rows": rows, "flex_compile_backend": compile_flex, "failures": failures}
 
 
@@ -444,7 +450,7 @@ def part_train_step(*, device: str, quick: bool, out: Path, compiled: bool, batc
             _sync(dev)
             warm_s = time.perf_counter() - start
             none = dict.fromkeys(["images_per_s", "peak_memory_gib", "achieved_tflops", "mfu"])
-            _save_partial(out, part, {"model": label, "compiled": compiled, "precision": "bf16", "tries": tries,
+            save_part_result(out, part, {"model": label, "compiled": compiled, "precision": "bf16", "tries": tries,
                                       "batch": b, "first_step_s": warm_s, **none, "failures": []})  # fmt: skip
             sec = _median_s(
                 lambda b=b: _step_once(model, opt, b, dev), dev, repeats=1 if quick else 5, warmup=0 if quick else 1
