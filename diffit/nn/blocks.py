@@ -21,7 +21,7 @@ def group_count(groups: int, dim: int) -> int:
 
 def at_least_fp32(x: Tensor) -> Tensor:
     """``x`` in fp32, or as it is if it is already fp64 (a float64 reference model keeps its precision)."""
-    return x if x.dtype == torch.float64 else x.float()
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def layer_norm_fp32(x: Float[Tensor, "*batch d"], eps: float = 1e-6) -> Float[Tensor, "*batch d"]:

@@ -19,7 +19,7 @@ def sinusoidal_embedding(t: Float[Tensor, " b"], dim: int, *, max_period: float 
     if dim < 2:
         raise ValueError(f"dim must be >= 2, got {dim}")
     half = dim // 2
-    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32  # fp32 at least
+    dtype = torch.promote_types(t.dtype, torch.float32)  # fp32 at least (fp64 stays fp64)
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=t.device) / half)
     args = t.to(dtype)[:, None] * freqs[None]  # (b, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
