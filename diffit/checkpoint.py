@@ -139,6 +139,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, then the file mode any new file gets here (0o666 less the umask).
+
+    safetensors (0.8) writes through a private temporary file and leaves the result readable by its owner only
+    (0o600), while ``state.json`` and ``optimizer.pt`` beside it follow the umask: a checkpoint a colleague or
+    another service account could not load."""
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0o022)  # os.umask is the only portable way to read it: set, then put back at once
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_weights(
     path: Path, model: nn.Module, *, objective: Any = None, extra_metadata: dict[str, str] | None = None
 ) -> None:
@@ -150,7 +162,7 @@ def save_weights(
     if objective is not None:
         metadata[OBJECTIVE_METADATA_KEY] = json.dumps(objective_spec(objective))
     with atomic_path(path, durable=True) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        save_tensors(state, tmp, metadata)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -239,7 +251,7 @@ def save_checkpoint(
         )
         save_weights(tmp / "ema.safetensors", ema, objective=objective, extra_metadata={WEIGHTS_METADATA_KEY: "ema"})
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        save_file({k: v.contiguous().cpu() for k, v in rng_states.items()}, str(tmp / "rng.safetensors"))
+        save_tensors({k: v.contiguous().cpu() for k, v in rng_states.items()}, tmp / "rng.safetensors")
         files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "ema.safetensors", "optimizer.pt")}
         record = {**state, "step": step, "model": model_spec(model), "files": files}
         if objective is not None:

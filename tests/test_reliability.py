@@ -58,6 +58,20 @@ def test_no_checkpoint_holds_non_finite_weights(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_checkpoint_files_follow_the_umask_like_any_new_file(tmp_path: Path) -> None:
+    """safetensors writes its files 0o600; every file of a checkpoint gets 0o666 less the umask instead."""
+    model = tiny_image_diffit(3)
+    old = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path, step=1, model=model, ema=model, optimizer=torch.optim.AdamW(model.parameters()),
+                        rng_states={"torch": torch.get_rng_state()}, state={})  # fmt: skip
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in checkpoint_dirs(tmp_path)[0].iterdir()}
+    assert set(modes) == {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng.safetensors", "state.json"}
+    assert set(modes.values()) == {0o640}, modes
+
+
 def _toy_run(tmp: Path, steps: int, **kw: object) -> object:
     g = torch.Generator().manual_seed(1)
     images, labels = torch.randint(0, 256, (16, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(16) % 3
