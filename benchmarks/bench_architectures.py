@@ -23,16 +23,19 @@ Metrics, on the EMA weights:
 Configurations (``CONFIGS``): ``diffit`` is ``diffit_tiny()``; ``unet`` diffusers' ``UNet2DModel`` and ``dit`` a
 DiT of adaLN-Zero blocks (``arch_baselines.py``); the ablations change one thing of ``diffit``: how the time
 token enters (``time_conditioning``: adaLN-Zero, bias-only, added to the input), global attention per stage, or
-the label table's initialisation (``diffit-label0.02``: DiT's N(0, 0.02) instead of N(0, 1)); the comparison
-also runs two other initialisations: the time MLP at torch's init instead of N(0, 0.02) (``diffit-torch-time``),
-and that with the output convolution at torch's init instead of zero (``diffit-default-head``).
+the label table's initialisation (``diffit-label0.02``: DiT's N(0, 0.02) instead of N(0, 1)). ``diffit-mlp4`` is
+the previous preset (the paper's MLP ratio 4), and the comparison also runs two other initialisations of it: the
+time MLP at torch's init instead of N(0, 0.02) (``diffit-torch-time``), and that with the output convolution at
+torch's init instead of zero (``diffit-default-head``). The preset search (suite ``presets``) measures head
+width 16 and window 8 on either MLP ratio, per step.
 
 Each run writes ``<out>/runs/<config>-s<seed>.json`` and is skipped when that file exists with the same
 protocol, so an interrupted benchmark resumes and more seeds can be added later; ``--report`` only rebuilds
 ``<out>/architectures.{md,json,png}`` from the runs.
 
-Run:  python benchmarks/bench_architectures.py --suite comparison   # diffit, unet, dit, 2 inits: 3 seeds x 360 CPU-s
+Run:  python benchmarks/bench_architectures.py --suite comparison   # diffit, unet, dit, mlp4 + 2 inits: 3 x 360 CPU-s
       python benchmarks/bench_architectures.py --suite ablations --seeds 0 1  # 6 variants of diffit, 150 CPU-s
+      python benchmarks/bench_architectures.py --suite presets    # 6 candidate presets, seed 0, 720 steps each
       python benchmarks/bench_architectures.py --configs diffit unet --seeds 0 --budget 60 --steps 50 --out /tmp/a
 """
 
@@ -72,20 +75,29 @@ CONFIGS: dict[str, Callable[[], nn.Module]] = {
     "diffit-input": lambda: diffit_tiny(time_conditioning="input"),
     "diffit-global": lambda: diffit_tiny(window=(16, 8, 4)),
     "diffit-label0.02": lambda: diffit_tiny(label_init_std=0.02),
-    # Initialisations of diffit_tiny: the time MLP at torch's nn.Linear init instead of N(0, 0.02), and that with
-    # torch's init for the output convolution instead of zero.
-    "diffit-torch-time": lambda: diffit_tiny(time_init_std=None),
-    "diffit-default-head": lambda: diffit_tiny(time_init_std=None, zero_head=False),
+    # The previous preset (MLP ratio 4) and, on it, two other initialisations: the time MLP at torch's nn.Linear
+    # init instead of N(0, 0.02), and that with torch's init for the output convolution instead of zero.
+    "diffit-mlp4": lambda: diffit_tiny(mlp_ratio=4.0),
+    "diffit-torch-time": lambda: diffit_tiny(mlp_ratio=4.0, time_init_std=None),
+    "diffit-default-head": lambda: diffit_tiny(mlp_ratio=4.0, time_init_std=None, zero_head=False),
+    # The preset search (suite "presets"): head width 16 and window 8, on either MLP ratio.
+    "diffit-heads16": lambda: diffit_tiny(num_heads=(2, 4, 8)),
+    "diffit-w8": lambda: diffit_tiny(window=(8, 8, 4)),
+    "diffit-mlp4-heads16": lambda: diffit_tiny(mlp_ratio=4.0, num_heads=(2, 4, 8)),
+    "diffit-mlp4-w8": lambda: diffit_tiny(mlp_ratio=4.0, window=(8, 8, 4)),
 }
-# Two suites of one protocol: the architecture comparison (also measured at equal steps) and the ablations of
-# ``diffit`` (equal compute only, a shorter budget).
+# Three suites of one protocol: the architecture comparison (also measured at equal steps), the ablations of
+# ``diffit`` (equal compute only, a shorter budget), and the search for the tiny preset (equal steps: the loss
+# per step of each candidate, which does not depend on the machine's speed; img/CPU-s gives its cost).
 SUITES = {
-    "comparison": {"configs": ["diffit", "unet", "dit", "diffit-torch-time", "diffit-default-head"],
+    "comparison": {"configs": ["diffit", "unet", "dit", "diffit-mlp4", "diffit-torch-time", "diffit-default-head"],
                    "budget": 360.0, "steps": 400, "seeds": [0, 1, 2]},
     "ablations": {
         "configs": ["diffit", "diffit-adaln", "diffit-bias", "diffit-input", "diffit-global", "diffit-label0.02"],
         "budget": 150.0, "steps": 0, "seeds": [0, 1, 2],
     },
+    "presets": {"configs": ["diffit-mlp4", "diffit-mlp4-heads16", "diffit-mlp4-w8", "diffit", "diffit-heads16",
+                            "diffit-w8"], "budget": 30.0, "steps": 720, "seeds": [0]},
 }  # fmt: skip
 RECIPE = {"batch_size": 128, "lr": 6e-4, "warmup": 200, "ema": 0.999, "label_dropout": 0.1}
 LOSS_SIGMAS = 8

@@ -9,7 +9,7 @@ runner = CliRunner()
 
 def test_info_reports_the_paper_sizes() -> None:
     tiny = runner.invoke(app, ["info", "--model", "tiny"])
-    assert tiny.exit_code == 0 and "1.33M trainable" in tiny.output
+    assert tiny.exit_code == 0 and "1.16M trainable" in tiny.output
     xl = runner.invoke(app, ["info", "--model", "xl2", "--res", "256"])
     assert xl.exit_code == 0, xl.output
     assert "561.04M trainable" in xl.output and "118.51 G multiply-adds" in " ".join(xl.output.split())
