@@ -157,12 +157,12 @@ def fit_classifier(split: dict[str, torch.Tensor]):  # noqa: ANN201 (sklearn typ
 
 
 def evaluate(model: nn.Module, objective: EDMObjective, split: dict, clf, real: FeatureStats, n: int,  # noqa: ANN001
-             loss: float | None = None) -> dict:  # fmt: skip
+             inception: nn.Module, loss: float | None = None) -> dict:  # fmt: skip
     """The three metrics of one snapshot (see the module docstring); ``loss``: its held-out loss, if known."""
     x_out, y_out = to_model_space(split["x_out"]), split["y_out"]
     fake = generated_digits(model, objective, n)
     predicted = clf.predict(fake.reshape(n, -1).float().numpy() / 255.0)
-    fake_stats = feature_statistics(features(load_inception(), fake, batch=60))
+    fake_stats = feature_statistics(features(inception, fake, batch=60))
     return {
         "heldout_loss": heldout_loss(model, objective, x_out, y_out) if loss is None else loss,
         "accuracy": float((predicted == (np.arange(n) % 10)).mean()),
@@ -183,6 +183,7 @@ def run_one(args: argparse.Namespace) -> None:
     clf = fit_classifier(split)
     real = np.load(out / "real_stats.npz")
     real_stats = FeatureStats(mu=real["mu"], sigma=real["sigma"], count=int(real["count"]))
+    inception = load_inception()  # once per run: both measurements use it
     objective = EDMObjective()
     torch.manual_seed(args.seed)
     model = CONFIGS[args.one]()
@@ -215,7 +216,7 @@ def run_one(args: argparse.Namespace) -> None:
             if reached and mode not in result["at"]:
                 other = next((v for v in result["at"].values() if v["step"] == step), None)
                 if other is None:
-                    metrics = evaluate(ema_model, objective, split, clf, real_stats, args.n, loss)
+                    metrics = evaluate(ema_model, objective, split, clf, real_stats, args.n, inception, loss)
                 else:
                     metrics = dict(other["metrics"])
                 result["at"][mode] = {
