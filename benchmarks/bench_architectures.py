@@ -21,20 +21,21 @@ Metrics, on the EMA weights:
    299x299), beside the real held-out digits' FID at the same n (the floor).
 
 Configurations (``CONFIGS``): ``diffit`` is ``diffit_tiny()``; ``unet`` diffusers' ``UNet2DModel`` and ``dit`` a
-DiT of adaLN-Zero blocks (``arch_baselines.py``); the ablations change one thing of ``diffit``: how the time
-token enters (``time_conditioning``: adaLN-Zero, bias-only, added to the input), global attention per stage, or
-the label table's initialisation (``diffit-label0.02``: DiT's N(0, 0.02) instead of N(0, 1)). ``diffit-mlp4`` is
-the previous preset (the paper's MLP ratio 4), and the comparison also runs two other initialisations of it: the
-time MLP at torch's init instead of N(0, 0.02) (``diffit-torch-time``), and that with the output convolution at
-torch's init instead of zero (``diffit-default-head``). The preset search (suite ``presets``) measures head
-width 16 and window 8 on either MLP ratio, per step.
+DiT of adaLN-Zero blocks (``arch_baselines.py``). ``diffit-label1-tanh`` is the previous preset (an N(0, 1) label
+table and GELU-tanh), and the other ``diffit-*`` rows change one thing of it: how the time token enters
+(``time_conditioning``: adaLN-Zero, bias-only, added to the input), global attention per stage, or the label
+table's initialisation (``diffit-label<std>``; 0.02 is DiT's). ``diffit-mlp4`` is the preset before (the paper's
+MLP ratio 4), and the comparison also runs two other initialisations of it: the time MLP at torch's init instead
+of N(0, 0.02) (``diffit-torch-time``), and that with the output convolution at torch's init instead of zero
+(``diffit-default-head``). The preset search (suite ``presets``) measures head width 16 and window 8 on either
+MLP ratio, per step.
 
 Each run writes ``<out>/runs/<config>-s<seed>.json`` and is skipped when that file exists with the same
 protocol, so an interrupted benchmark resumes and more seeds can be added later; ``--report`` only rebuilds
 ``<out>/architectures.{md,json,png}`` from the runs.
 
-Run:  python benchmarks/bench_architectures.py --suite comparison   # diffit, unet, dit, mlp4 + 2 inits: 3 x 360 CPU-s
-      python benchmarks/bench_architectures.py --suite ablations --seeds 0 1  # 6 variants of diffit, 150 CPU-s
+Run:  python benchmarks/bench_architectures.py --suite comparison   # 7 configs x 3 seeds x 360 CPU-s
+      python benchmarks/bench_architectures.py --suite ablations --seeds 0 1  # 10 variants, 150 CPU-s
       python benchmarks/bench_architectures.py --suite presets    # 6 candidate presets, seed 0, 720 steps each
       python benchmarks/bench_architectures.py --configs diffit unet --seeds 0 --budget 60 --steps 50 --out /tmp/a
 """
@@ -66,38 +67,55 @@ from diffit.nn import count_params, diffit_tiny  # noqa: E402
 from diffit.objectives import EDMObjective  # noqa: E402
 from diffit.train import train  # noqa: E402
 
+# The preset before the current one (MLP ratio 2, the release's GELU-tanh, an N(0, 1) label table): the base of the
+# ablations, the presets search and the label-initialisation rows, so that their filed runs keep their meaning.
+PREVIOUS = {"label_init_std": 1.0, "gelu": "tanh"}
+
+
+def previous(**overrides: object) -> nn.Module:
+    """``diffit_tiny`` as it was before its label table and GELU changed, with ``overrides``."""
+    return diffit_tiny(**(PREVIOUS | overrides))
+
+
 CONFIGS: dict[str, Callable[[], nn.Module]] = {
     "diffit": lambda: diffit_tiny(),
     "unet": lambda: UNetBaseline(),
     "dit": lambda: DiTBaseline(),
-    "diffit-adaln": lambda: diffit_tiny(time_conditioning="adaln"),
-    "diffit-bias": lambda: diffit_tiny(time_conditioning="bias"),
-    "diffit-input": lambda: diffit_tiny(time_conditioning="input"),
-    "diffit-global": lambda: diffit_tiny(window=(16, 8, 4)),
-    "diffit-label0.02": lambda: diffit_tiny(label_init_std=0.02),
-    # The previous preset (MLP ratio 4) and, on it, two other initialisations: the time MLP at torch's nn.Linear
+    "diffit-label1-tanh": lambda: previous(),
+    "diffit-adaln": lambda: previous(time_conditioning="adaln"),
+    "diffit-bias": lambda: previous(time_conditioning="bias"),
+    "diffit-input": lambda: previous(time_conditioning="input"),
+    "diffit-global": lambda: previous(window=(16, 8, 4)),
+    # The label table's initialisation: DiT's N(0, 0.02), and around N(0, 1).
+    "diffit-label0.02": lambda: previous(label_init_std=0.02),
+    "diffit-label0.25": lambda: previous(label_init_std=0.25),
+    "diffit-label0.5": lambda: previous(label_init_std=0.5),
+    "diffit-label2": lambda: previous(label_init_std=2.0),
+    "diffit-label4": lambda: previous(label_init_std=4.0),
+    # The preset before that (MLP ratio 4) and, on it, two other initialisations: the time MLP at torch's nn.Linear
     # init instead of N(0, 0.02), and that with torch's init for the output convolution instead of zero.
-    "diffit-mlp4": lambda: diffit_tiny(mlp_ratio=4.0),
-    "diffit-torch-time": lambda: diffit_tiny(mlp_ratio=4.0, time_init_std=None),
-    "diffit-default-head": lambda: diffit_tiny(mlp_ratio=4.0, time_init_std=None, zero_head=False),
+    "diffit-mlp4": lambda: previous(mlp_ratio=4.0),
+    "diffit-torch-time": lambda: previous(mlp_ratio=4.0, time_init_std=None),
+    "diffit-default-head": lambda: previous(mlp_ratio=4.0, time_init_std=None, zero_head=False),
     # The preset search (suite "presets"): head width 16 and window 8, on either MLP ratio.
-    "diffit-heads16": lambda: diffit_tiny(num_heads=(2, 4, 8)),
-    "diffit-w8": lambda: diffit_tiny(window=(8, 8, 4)),
-    "diffit-mlp4-heads16": lambda: diffit_tiny(mlp_ratio=4.0, num_heads=(2, 4, 8)),
-    "diffit-mlp4-w8": lambda: diffit_tiny(mlp_ratio=4.0, window=(8, 8, 4)),
+    "diffit-heads16": lambda: previous(num_heads=(2, 4, 8)),
+    "diffit-w8": lambda: previous(window=(8, 8, 4)),
+    "diffit-mlp4-heads16": lambda: previous(mlp_ratio=4.0, num_heads=(2, 4, 8)),
+    "diffit-mlp4-w8": lambda: previous(mlp_ratio=4.0, window=(8, 8, 4)),
 }
 # Three suites of one protocol: the architecture comparison (also measured at equal steps), the ablations of
-# ``diffit`` (equal compute only, a shorter budget), and the search for the tiny preset (equal steps: the loss
-# per step of each candidate, which does not depend on the machine's speed; img/CPU-s gives its cost).
+# the previous preset (equal compute only, a shorter budget), and the search for the tiny preset (equal steps: the
+# loss per step of each candidate, which does not depend on the machine's speed; img/CPU-s gives its cost).
 SUITES = {
-    "comparison": {"configs": ["diffit", "unet", "dit", "diffit-mlp4", "diffit-torch-time", "diffit-default-head"],
-                   "budget": 360.0, "steps": 400, "seeds": [0, 1, 2]},
+    "comparison": {"configs": ["diffit", "unet", "dit", "diffit-label1-tanh", "diffit-mlp4", "diffit-torch-time",
+                               "diffit-default-head"], "budget": 360.0, "steps": 400, "seeds": [0, 1, 2]},
     "ablations": {
-        "configs": ["diffit", "diffit-adaln", "diffit-bias", "diffit-input", "diffit-global", "diffit-label0.02"],
+        "configs": ["diffit-label1-tanh", "diffit-adaln", "diffit-bias", "diffit-input", "diffit-global",
+                    "diffit-label0.02", "diffit-label0.25", "diffit-label0.5", "diffit-label2", "diffit-label4"],
         "budget": 150.0, "steps": 0, "seeds": [0, 1, 2],
     },
-    "presets": {"configs": ["diffit-mlp4", "diffit-mlp4-heads16", "diffit-mlp4-w8", "diffit", "diffit-heads16",
-                            "diffit-w8"], "budget": 30.0, "steps": 720, "seeds": [0]},
+    "presets": {"configs": ["diffit-mlp4", "diffit-mlp4-heads16", "diffit-mlp4-w8", "diffit-label1-tanh",
+                            "diffit-heads16", "diffit-w8"], "budget": 30.0, "steps": 720, "seeds": [0]},
 }  # fmt: skip
 RECIPE = {"batch_size": 128, "lr": 6e-4, "warmup": 200, "ema": 0.999, "label_dropout": 0.1}
 LOSS_SIGMAS = 8

@@ -142,6 +142,26 @@ def test_construction_errors_name_the_argument() -> None:
         _small(blocks_per_stage=(1,))
     with pytest.raises(ValueError, match="time_init_std must be > 0 or None, got 0"):
         _small(time_init_std=0.0)
+    with pytest.raises(ValueError, match="gelu must be 'tanh' or 'none', got 'erf'"):
+        _small(gelu="erf")
+
+
+def test_gelu_choice_is_the_mlp_activation_and_round_trips() -> None:
+    """``gelu="none"`` swaps only the MLP's activation for exact GELU: same parameters, outputs that differ by the
+    tanh approximation's error (under 1e-3 of GELU), and a config that rebuilds it."""
+    torch.manual_seed(0)
+    tanh = _small(num_classes=3)
+    _randomise_head(tanh)
+    exact = ImageDiffiT(**{**tanh.config, "gelu": "none"})
+    exact.load_state_dict(tanh.state_dict())
+    acts = {m.approximate for m in exact.modules() if isinstance(m, torch.nn.GELU)}
+    assert acts == {"none"} and {m.approximate for m in tanh.modules() if isinstance(m, torch.nn.GELU)} == {"tanh"}
+    x, sigma, y = torch.randn(2, 2, 8, 8), torch.randn(2), torch.tensor([0, 2])
+    a, b = tanh(x, sigma, y), exact(x, sigma, y)
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=1e-3)
+    rebuilt = ImageDiffiT(**json.loads(json.dumps(exact.config)))
+    rebuilt.load_state_dict(exact.state_dict())
+    assert rebuilt.config["gelu"] == "none" and torch.equal(rebuilt(x, sigma, y), b)
 
 
 def test_forward_errors_name_the_argument() -> None:

@@ -183,19 +183,22 @@ def test_runtime_checks_are_offered_to_users() -> None:
 
 def test_runs_saved_before_an_argument_existed_still_resume(tmp_path: Path) -> None:
     """A checkpoint whose config predates a constructor argument resumes when the model uses that argument's
-    default (time_conditioning and label_init_std were added after 0.2.0), and is refused otherwise."""
+    default (time_conditioning, label_init_std and gelu were added after 0.2.0), and is refused otherwise."""
     from diffit.nn import diffit_tiny
 
-    def tiny(**kw: object) -> torch.nn.Module:
+    def tiny(**kw: object) -> torch.nn.Module:  # ImageDiffiT's defaults where diffit_tiny has its own
         torch.manual_seed(0)
-        return diffit_tiny(channels=(8, 8, 8), num_heads=1, time_dim=16, **kw)
+        defaults = {"label_init_std": 1.0, "gelu": "tanh"}
+        return diffit_tiny(channels=(8, 8, 8), num_heads=1, time_dim=16, **(defaults | kw))
 
     run(tmp_path, 2, model=tiny())
     state = tmp_path / "ckpt-00000002" / "state.json"
     record = json.loads(state.read_text())
-    for key in ("time_conditioning", "label_init_std"):
+    for key in ("time_conditioning", "label_init_std", "gelu"):
         del record["model"]["config"][key]
     state.write_text(json.dumps(record))
     assert run(tmp_path, 3, model=tiny(), resume=True).step == 3
     with pytest.raises(ValueError, match="is for model ImageDiffiT"):
         run(tmp_path, 4, model=tiny(time_conditioning="adaln"), resume=True)
+    with pytest.raises(ValueError, match="is for model ImageDiffiT"):  # the current preset is another model
+        run(tmp_path, 4, model=tiny(label_init_std=0.5, gelu="none"), resume=True)

@@ -38,21 +38,24 @@ class GroupNorm32(nn.GroupNorm):
 
 
 class Mlp(nn.Module):
-    """Token-wise MLP: Linear (``fc1``) -> GELU (tanh approximation) -> Linear (``fc2``)."""
+    """Token-wise MLP: Linear (``fc1``) -> GELU (tanh approximation by default) -> Linear (``fc2``)."""
 
-    def __init__(self, *, dim: int, hidden_dim: int) -> None:
+    def __init__(self, *, dim: int, hidden_dim: int, gelu: str = "tanh") -> None:
         """
         Args:
             dim: input and output width.
             hidden_dim: hidden width (4 * dim in DiffiT).
+            gelu: "tanh" (the release's approximation) or "none" (exact erf GELU), as ``nn.GELU(approximate=)``.
         """
         super().__init__()
+        if gelu not in ("tanh", "none"):
+            raise ValueError(f"gelu must be 'tanh' or 'none', got {gelu!r}")
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate=gelu)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
-        """fc2(GELU-tanh(fc1(x))), token-wise."""
+        """fc2(GELU(fc1(x))), token-wise."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -76,7 +79,7 @@ class TMSABlock(nn.Module):
         x^ = TMSA(LN(x), x_t) + x          (Eq. 7)
         x  = MLP(LN(x^)) + x^              (Eq. 8)
 
-    LayerNorms have no affine parameters (eps 1e-6) and run in fp32; MLP ratio 4 with GELU-tanh.
+    LayerNorms have no affine parameters (eps 1e-6) and run in fp32; the release's MLP is ratio 4 with GELU-tanh.
 
     ``time_conditioning`` replays the paper's ablation of how x_t enters (everything else unchanged):
 
@@ -97,6 +100,7 @@ class TMSABlock(nn.Module):
         mlp_ratio: float = 4.0,
         qk_norm: bool = False,
         time_conditioning: str = "tmsa",
+        gelu: str = "tanh",
     ) -> None:
         """
         Args:
@@ -107,6 +111,7 @@ class TMSABlock(nn.Module):
             mlp_ratio: MLP hidden width as a multiple of ``dim``.
             qk_norm: per-head LayerNorm of queries and keys (see :class:`TMSA`).
             time_conditioning: "tmsa" | "adaln" | "bias" | "input" (see above).
+            gelu: the MLP's GELU, "tanh" (the release) or "none" (exact; faster on CPUs, see :class:`Mlp`).
         """
         super().__init__()
         if time_conditioning not in TIME_CONDITIONINGS:
@@ -115,7 +120,7 @@ class TMSABlock(nn.Module):
         self.time_conditioning = time_conditioning
         self.attn = TMSA(dim=dim, time_dim=time_dim, num_heads=num_heads, window=window, qk_norm=qk_norm,
                          time_qkv=time_conditioning == "tmsa", time_bias=time_conditioning == "bias")  # fmt: skip
-        self.mlp = Mlp(dim=dim, hidden_dim=int(dim * mlp_ratio))
+        self.mlp = Mlp(dim=dim, hidden_dim=int(dim * mlp_ratio), gelu=gelu)
         self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, 6 * dim)) if time_conditioning == "adaln" else None
         self.time_in = nn.Linear(time_dim, dim) if time_conditioning == "input" else None
         self.reset_conditioning()
@@ -166,6 +171,7 @@ class ResBlock(nn.Module):
         groups: int = 32,
         qk_norm: bool = False,
         time_conditioning: str = "tmsa",
+        gelu: str = "tanh",
     ) -> None:
         """
         Args:
@@ -177,13 +183,14 @@ class ResBlock(nn.Module):
             groups: GroupNorm groups (reduced to a divisor of ``dim`` when needed).
             qk_norm: per-head LayerNorm of queries and keys.
             time_conditioning: how the time token enters the block (see :class:`TMSABlock`).
+            gelu: the MLP's GELU, "tanh" or "none" (see :class:`Mlp`).
         """
         super().__init__()
         self.norm = GroupNorm32(group_count(groups, dim), dim, eps=1e-6)
         self.act = nn.SiLU()
         self.conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
         self.block = TMSABlock(dim=dim, time_dim=time_dim, num_heads=num_heads, window=window, mlp_ratio=mlp_ratio,
-                               qk_norm=qk_norm, time_conditioning=time_conditioning)  # fmt: skip
+                               qk_norm=qk_norm, time_conditioning=time_conditioning, gelu=gelu)  # fmt: skip
 
     def forward(self, x: Float[Tensor, "b c h w"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b c h w"]:
         """x + TMSABlock(Conv3x3(SiLU(GN(x)))) inside local windows (paper Eq. 9-10)."""
