@@ -190,7 +190,7 @@ def evaluate(model: nn.Module, objective: EDMObjective, split: dict, clf, real: 
 
 def protocol(args: argparse.Namespace) -> dict:
     return {"version": PROTOCOL_VERSION, "budget": args.budget, "steps": args.steps, "n": args.n,
-            "curve_every": args.curve_every, "recipe": RECIPE}  # fmt: skip
+            "curve_every": args.curve_every, "recipe": args.recipe}  # fmt: skip
 
 
 def run_one(args: argparse.Namespace) -> None:
@@ -208,8 +208,10 @@ def run_one(args: argparse.Namespace) -> None:
     y_in = split["y_in"]
     x_out, y_out = to_model_space(split["x_out"]), split["y_out"]
 
+    recipe = args.recipe
+
     def batches(start: int):  # noqa: ANN202
-        return memory_batches(split["x_in"], y_in, batch_size=RECIPE["batch_size"], seed=args.seed, start_step=start,
+        return memory_batches(split["x_in"], y_in, batch_size=recipe["batch_size"], seed=args.seed, start_step=start,
                               flip=False)  # fmt: skip
 
     result: dict = {"config": args.one, "seed": args.seed, "params": count_params(model), "protocol": protocol(args),
@@ -239,7 +241,7 @@ def run_one(args: argparse.Namespace) -> None:
                     metrics = dict(other["metrics"])
                 result["at"][mode] = {
                     "step": step, "cpu_s": cpu, "wall_s": time.perf_counter() - start_wall,
-                    "images_per_cpu_s": step * RECIPE["batch_size"] / cpu, "metrics": metrics,
+                    "images_per_cpu_s": step * recipe["batch_size"] / cpu, "metrics": metrics,
                 }  # fmt: skip
         spent["eval"] += time.process_time() - begin
         if len(result["at"]) == (2 if equal_steps else 1):
@@ -249,8 +251,8 @@ def run_one(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             train(model=model, objective=objective, data=batches, run_dir=Path(tmp), dist=dist, steps=10**7,
-                  batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], warmup=RECIPE["warmup"], ema=RECIPE["ema"],
-                  label_dropout=RECIPE["label_dropout"], seed=args.seed, ckpt_every=10**7, log_every=10**6,
+                  batch_size=recipe["batch_size"], lr=recipe["lr"], warmup=recipe["warmup"], ema=recipe["ema"],
+                  label_dropout=recipe["label_dropout"], seed=args.seed, ckpt_every=10**7, log_every=10**6,
                   sample_every=5, on_sample=hook)  # fmt: skip
         except _Finished:
             pass
@@ -297,7 +299,7 @@ def run_all(args: argparse.Namespace, configs: list[str]) -> None:
             time.sleep(1.0)
             running = [p for p in running if p.poll() is None]
         cmd = [sys.executable, __file__, "--one", name, "--seed", str(seed), "--budget", str(args.budget),
-               "--steps", str(args.steps), "--lr", str(RECIPE["lr"]), "--n", str(args.n),
+               "--steps", str(args.steps), "--lr", str(args.recipe["lr"]), "--n", str(args.n),
                "--curve-every", str(args.curve_every), "--out", args.out]  # fmt: skip
         running.append(subprocess.Popen(cmd, env=env))
     for p in running:
@@ -394,8 +396,8 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, suite[key])
     args.out = args.out or f"benchmarks/results/architectures/{args.suite}"
-    if args.lr is not None:  # part of the recipe, so of the protocol: runs at another lr are not reused
-        RECIPE["lr"] = args.lr
+    # --lr is part of the recipe, so of the protocol: runs at another lr are not reused
+    args.recipe = RECIPE | ({} if args.lr is None else {"lr": args.lr})
     if args.one:
         run_one(args)
         return

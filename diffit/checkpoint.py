@@ -146,9 +146,22 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     (0o600), while ``state.json`` and ``optimizer.pt`` beside it follow the umask: a checkpoint a colleague or
     another service account could not load."""
     save_file(tensors, str(path), metadata=metadata)
-    umask = os.umask(0o022)  # os.umask is the only portable way to read it: set, then put back at once
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process's umask. Linux reports it in /proc/self/status (kernel 4.7+); elsewhere ``os.umask`` is the only
+    way to read it, by setting it and putting it back at once (process-wide for that instant)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    return umask
 
 
 def save_weights(

@@ -72,6 +72,29 @@ def test_checkpoint_files_follow_the_umask_like_any_new_file(tmp_path: Path) -> 
     assert set(modes.values()) == {0o640}, modes
 
 
+def test_current_umask_reads_it_without_changing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Linux from /proc/self/status, so no other thread ever sees a borrowed umask; elsewhere by os.umask."""
+    from diffit.checkpoint import current_umask
+
+    old = os.umask(0o027)
+    try:
+        with monkeypatch.context() as m:
+            if Path("/proc/self/status").exists():
+                m.setattr(os, "umask", lambda *_: pytest.fail("os.umask called where /proc/self/status says it"))
+            assert current_umask() == 0o027
+        real_open = open
+
+        def open_without_proc(file: object, *args: object, **kwargs: object) -> object:
+            if str(file) == "/proc/self/status":
+                raise OSError("no /proc here")
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr("builtins.open", open_without_proc)
+        assert current_umask() == 0o027 and os.umask(0o027) == 0o027  # the fallback puts it back
+    finally:
+        os.umask(old)
+
+
 def _toy_run(tmp: Path, steps: int, **kw: object) -> object:
     g = torch.Generator().manual_seed(1)
     images, labels = torch.randint(0, 256, (16, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(16) % 3
