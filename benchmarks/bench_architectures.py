@@ -34,7 +34,7 @@ Each run writes ``<out>/runs/<config>-s<seed>.json`` and is skipped when that fi
 protocol, so an interrupted benchmark resumes and more seeds can be added later; ``--report`` only rebuilds
 ``<out>/architectures.{md,json,png}`` from the runs.
 
-Run:  python benchmarks/bench_architectures.py --suite comparison   # 7 configs x 3 seeds x 360 CPU-s
+Run:  python benchmarks/bench_architectures.py --suite comparison   # 8 configs x 3 seeds x 360 CPU-s
       python benchmarks/bench_architectures.py --suite ablations --seeds 0 1  # 10 variants, 150 CPU-s
       python benchmarks/bench_architectures.py --suite presets    # 6 candidate presets, seed 0, 720 steps each
       python benchmarks/bench_architectures.py --configs diffit unet --seeds 0 --budget 60 --steps 50 --out /tmp/a
@@ -107,8 +107,9 @@ CONFIGS: dict[str, Callable[[], nn.Module]] = {
 # the previous preset (equal compute only, a shorter budget), and the search for the tiny preset (equal steps: the
 # loss per step of each candidate, which does not depend on the machine's speed; img/CPU-s gives its cost).
 SUITES = {
-    "comparison": {"configs": ["diffit", "unet", "dit", "diffit-label1-tanh", "diffit-mlp4", "diffit-torch-time",
-                               "diffit-default-head"], "budget": 360.0, "steps": 400, "seeds": [0, 1, 2]},
+    "comparison": {"configs": ["diffit", "unet", "dit", "diffit-label1-tanh", "diffit-label0.5", "diffit-mlp4",
+                               "diffit-torch-time", "diffit-default-head"], "budget": 360.0, "steps": 400,
+                   "seeds": [0, 1, 2]},
     "ablations": {
         "configs": ["diffit-label1-tanh", "diffit-adaln", "diffit-bias", "diffit-input", "diffit-global",
                     "diffit-label0.02", "diffit-label0.25", "diffit-label0.5", "diffit-label2", "diffit-label4"],
