@@ -87,6 +87,16 @@ def all_reduce_max(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return x
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, *, synchronize: bool = True) -> None:
+    """Leave the process group.
+
+    ``synchronize`` (a normal ending) first waits at a barrier for every rank, so that no rank tears the
+    group down while another still has a collective in flight, and so that gloo's worker threads release the
+    last collective's tensors while the interpreter is still alive: without it a rank that exits right after
+    a collective can abort at exit ("terminate called without an active exception"). Pass False on an error
+    path, where another rank may never reach the barrier.
+    """
     if info.enabled and dist.is_initialized():
+        if synchronize:
+            dist.barrier(device_ids=[info.device.index]) if info.device.type == "cuda" else dist.barrier()
         dist.destroy_process_group()
