@@ -143,7 +143,6 @@ def train_command(
     dist = init_distributed(device)
     torch.manual_seed(seed + 1 + dist.rank)  # any other global randomness differs per rank
     progress, callback = _progress(steps, batch_size, enabled=dist.is_main)
-    ended = False  # a normal ending (completed or interrupted): every rank meets at the barrier in shutdown
     try:
         with progress, refusing(ctx):
             result = train(
@@ -157,12 +156,11 @@ def train_command(
                 guard_updates=guard_updates, resume=resume, callback=callback,
                 run_info={"data": data_.describe(), "model": model_factory or model},
             )  # fmt: skip
-        ended = True
     except TrainingDiverged as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     finally:
-        shutdown(dist, synchronize=ended)
+        shutdown(dist)
     if dist.is_main:
         console.print(
             f"{result.status} at step {result.step}; checkpoint: {result.checkpoint}; "

@@ -1,6 +1,10 @@
 """torch.distributed set-up for torchrun: NCCL on GPU, gloo on CPU; single-process when not launched by torchrun."""
 
 import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,11 +74,47 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+SETTLE_TIMEOUT_S = 5.0  # the longest a collective waits for gloo's threads to let go of its tensors
+_settling = [True]  # turned off (with one warning) if a wait ever times out
+
+
+def _refcounts(tensors: list[torch.Tensor]) -> list[int]:
+    return [sys.getrefcount(t) for t in tensors]
+
+
+def _collective(run: Callable[[], object], tensors: list[torch.Tensor], info: DistInfo) -> None:
+    """Run a blocking collective over ``tensors``; on gloo, return only once its worker thread has let go of them.
+
+    A gloo worker thread drops its references to a collective's tensors just after the collective completes,
+    and for a tensor Python also holds, dropping the last of them takes the GIL. When that happens while the
+    interpreter shuts down, the process aborts ("terminate called without an active exception"): a rank that
+    exits right after a collective could crash. While the thread holds them each tensor's Python refcount is
+    one higher, so waiting (GIL released) until the counts are back makes every collective of diffit end with
+    its tensors in Python's hands alone.
+    """
+    before = _refcounts(tensors)
+    run()
+    if info.device.type != "cpu" or not _settling[0]:
+        return
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while any(now > then for now, then in zip(_refcounts(tensors), before, strict=True)):
+        if time.monotonic() > deadline:
+            _settling[0] = False
+            warnings.warn(
+                "gloo kept a collective's tensors for more than "
+                f"{SETTLE_TIMEOUT_S:g} s; later collectives no longer wait for it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        time.sleep(1e-4)
+
+
 def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Mean of ``x`` over ranks (a no-op in a single process)."""
     if info.enabled:
         x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        _collective(lambda: dist.all_reduce(x, op=dist.ReduceOp.SUM), [x], info)
         x /= info.world_size
     return x
 
@@ -83,20 +123,31 @@ def all_reduce_max(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Max of ``x`` over ranks (a no-op in a single process)."""
     if info.enabled:
         x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+        _collective(lambda: dist.all_reduce(x, op=dist.ReduceOp.MAX), [x], info)
     return x
 
 
-def shutdown(info: DistInfo, *, synchronize: bool = True) -> None:
-    """Leave the process group.
+def all_gather(x: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's ``x`` in rank order (``[x]`` in a single process), on ``x``'s device.
 
-    ``synchronize`` (a normal ending) first waits at a barrier for every rank, so that no rank tears the
-    group down while another still has a collective in flight, and so that gloo's worker threads release the
-    last collective's tensors while the interpreter is still alive: without it a rank that exits right after
-    a collective can abort at exit ("terminate called without an active exception"). Pass False on an error
-    path, where another rank may never reach the barrier.
+    Ranks may pass different shapes (a rank with nothing to give passes 0 rows) of one dtype and number of
+    dimensions: the shapes are gathered first, then the flattened tensors padded to the longest.
     """
+    if not info.enabled:
+        return [x]
+    shape = torch.tensor(x.shape, dtype=torch.int64, device=info.device)
+    shapes = [torch.empty_like(shape) for _ in range(info.world_size)]
+    _collective(lambda: dist.all_gather(shapes, shape), [shape, *shapes], info)
+    sizes = [torch.Size(s.tolist()) for s in shapes]
+    longest = max(s.numel() for s in sizes)
+    flat = torch.zeros(longest, dtype=x.dtype, device=info.device)
+    flat[: x.numel()] = x.reshape(-1)
+    flats = [torch.empty_like(flat) for _ in range(info.world_size)]
+    _collective(lambda: dist.all_gather(flats, flat), [flat, *flats], info)
+    return [f[: s.numel()].reshape(s).to(x.device) for f, s in zip(flats, sizes, strict=True)]
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group (nothing in a single process)."""
     if info.enabled and dist.is_initialized():
-        if synchronize:
-            dist.barrier(device_ids=[info.device.index]) if info.device.type == "cuda" else dist.barrier()
         dist.destroy_process_group()

@@ -38,7 +38,7 @@ from diffit.diffusion import (
     per_sample_noise,
     schedule_sigmas,
 )
-from diffit.distributed import DistInfo
+from diffit.distributed import DistInfo, all_gather
 from diffit.nn import check_backbone
 from diffit.objectives import ADMObjective, Objective, default_objective, objective_spec, release_alphas_cumprod
 
@@ -354,13 +354,11 @@ def generate(
         )  # fmt: skip
         images.append(to_uint8(decode(x) if decode is not None else x))
         done += len(idx)
-    side = images[0].shape[1:] if images else (0, 0, 0)
-    local, order = (torch.cat(images) if images else torch.zeros(0, *side, dtype=torch.uint8)), torch.tensor(mine)
+    local = torch.cat(images) if images else torch.zeros(0, 0, 0, 0, dtype=torch.uint8)
+    order = torch.tensor(mine, dtype=torch.int64)
     if dist is not None and dist.enabled:  # every rank's images, back in seed order
-        gathered: list[Any] = [None] * world
-        torch.distributed.all_gather_object(gathered, (order, local))
-        order = torch.cat([g[0] for g in gathered])
-        local = torch.cat([g[1] for g in gathered if len(g[1])])
+        order = torch.cat(all_gather(order, dist))
+        local = torch.cat([g for g in all_gather(local, dist) if len(g)])
     return local[torch.argsort(order)]
 
 

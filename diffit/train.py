@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from diffit.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint, verify_checkpoint
 from diffit.data import mix_seed
-from diffit.distributed import DistInfo, all_reduce_max, all_reduce_mean
+from diffit.distributed import DistInfo, all_gather, all_reduce_max, all_reduce_mean
 from diffit.ema import ema_decay, ema_update, make_ema, unwrap
 from diffit.nn import LabelEmbedding, check_backbone
 from diffit.objectives import Objective
@@ -176,11 +176,8 @@ def _rng_states(dist: DistInfo) -> dict[str, Tensor]:
     local = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and dist.device.type == "cuda":
         local["cuda"] = torch.cuda.get_rng_state(dist.device)
-    gathered: list[dict[str, Tensor]] = [local]
-    if dist.enabled:
-        gathered = [None] * dist.world_size  # type: ignore[list-item]
-        torch.distributed.all_gather_object(gathered, local)
-    return {f"rank{r}.{k}": v for r, states in enumerate(gathered) for k, v in states.items()}
+    gathered = {k: all_gather(v, dist) for k, v in local.items()}
+    return {f"rank{r}.{k}": gathered[k][r] for r in range(len(gathered["cpu"])) for k in local}
 
 
 def _truncate_log(path: Path, step: int) -> None:

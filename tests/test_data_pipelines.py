@@ -15,6 +15,7 @@ from PIL import Image
 from diffit.data import (
     BadSampleLog,
     BadSampleWarning,
+    Batches,
     ShardWriter,
     array_source,
     batch_indices,
@@ -344,6 +345,16 @@ def test_missing_or_empty_urls_fail_immediately(tmp_path):
         eval_pipeline("", batch_size=2)
     with pytest.raises(ValueError, match="urls"):
         load_images([])
+
+
+def test_bad_worker_count_or_dataset_is_named_in_one_line(tmp_path):
+    urls = _shards(tmp_path, n=6)
+    with pytest.raises(ValueError, match=r"num_workers: expected >= 0, got -1"):
+        image_pipeline(urls, batch_size=2, resolution=4, channels=1, num_workers=-1)
+    with pytest.raises(ValueError, match=r"num_workers: expected >= 0, got -1"):
+        eval_pipeline(urls, batch_size=2, num_workers=-1)
+    with pytest.raises(TypeError, match="dataset: expected a TrainStream or EvalStream, got list"):
+        Batches([], num_workers=0, name="x")
 
 
 def test_wrong_resolution_or_channels_is_rejected_unless_resized(tmp_path):

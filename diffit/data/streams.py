@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain, islice
+from typing import no_type_check
 
 import numpy as np
 import torch
@@ -249,7 +250,12 @@ class EvalStream(IterableDataset):
 class Batches:
     """An iterable of batches read by a DataLoader, with the count of skipped bad samples."""
 
+    @no_type_check  # checked here: beartype warns on torch's typing.Iterable base of IterableDataset (PEP 585)
     def __init__(self, dataset: "TrainStream | EvalStream", *, num_workers: int, name: str) -> None:
+        if not isinstance(dataset, (TrainStream, EvalStream)):
+            raise TypeError(f"dataset: expected a TrainStream or EvalStream, got {type(dataset).__name__}")
+        if not isinstance(num_workers, int):
+            raise TypeError(f"num_workers: expected an int, got {type(num_workers).__name__}")
         if num_workers < 0:
             raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
         self.dataset, self.num_workers, self.log, self.name = dataset, num_workers, dataset.shards.log, name
