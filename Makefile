@@ -45,8 +45,9 @@ figures: $(STAMP)
 	$(BIN)/python docs/make_figures.py
 
 # One command on a CUDA machine (< 8 min on an H100): correctness, attention kernels, XL/2 training and sampling
-# throughput, and `diffit train` end to end; writes runs/gpu-check/gpu_check.{json,md}. GPU_PY is a Python whose
-# torch has CUDA and diffit's dependencies (.venv holds the CPU build); diffit runs from this source tree.
+# throughput, `diffit train` end to end, and exits right after collectives; writes
+# runs/gpu-check/gpu_check.{json,md}. GPU_PY is a Python whose torch has CUDA and diffit's dependencies (.venv
+# holds the CPU build); diffit runs from this source tree.
 GPU_PY ?= python3
 gpu-check:
 	PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(GPU_PY) benchmarks/gpu_check.py --device cuda --out runs/gpu-check

@@ -12,6 +12,8 @@ Parts (each in its own subprocess with a time budget, so a hang or a crashed CUD
    diffit_cifar10 Heun-18 images/s.
 5. train CLI: ``diffit train`` on the digits with ``--precision bf16 --compile``, and through torchrun with
    world size 1, each resumed from its final checkpoint.
+6. teardown: processes that exit right after diffit's collectives (and, for comparison, torch's
+   ``all_gather_object``) while DDP holds the process group; how many exit non-zero.
 
 Writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``. ``--device cpu --quick`` runs the same code on tiny
 shapes (compiling with the eager backend: Dynamo's tracing, not inductor's code generation) so the script
@@ -34,10 +36,12 @@ from typing import Any
 import gpu_check_parts as parts
 import torch
 
-PART_NAMES = ["correctness", "attention", "train_step_eager", "train_step_compiled", "sampling", "train_cli"]
+PART_NAMES = [
+    "correctness", "attention", "train_step_eager", "train_step_compiled", "sampling", "train_cli", "teardown",
+]  # fmt: skip
 # Seconds per part on a GPU (caps, not expectations); the whole run also stops at --budget-s.
 GPU_BUDGETS = {"correctness": 45, "attention": 150, "train_step_eager": 75, "train_step_compiled": 240,
-               "sampling": 50, "train_cli": 180}  # fmt: skip
+               "sampling": 50, "train_cli": 180, "teardown": 60}  # fmt: skip
 QUICK_BUDGETS = {name: 150 if name == "train_cli" else 90 for name in PART_NAMES}
 RESERVE_S = 5.0  # kept back for writing the record
 

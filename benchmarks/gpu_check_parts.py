@@ -6,6 +6,7 @@ Everything goes through diffit's public API (backbones, ``diffit.train.train_ste
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import time
@@ -669,6 +670,52 @@ def part_train_cli(*, device: str, quick: bool, out: Path) -> dict[str, Any]:
     }
 
 
+# A process that leaves right after collectives while DDP still holds the process group (world size 1).
+_TEARDOWN = """
+import sys, torch
+from diffit.distributed import all_gather, all_reduce_max, init_distributed, shutdown
+info = init_distributed(sys.argv[1])
+ids = [info.device.index] if info.device.type == "cuda" else None
+ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2).to(info.device), device_ids=ids)
+if sys.argv[2] == "diffit":
+    all_reduce_max(torch.ones(1, device=info.device), info)
+    all_gather(torch.get_rng_state(), info)
+else:  # torch's object gather, which does not wait for the backend's threads to let go of its tensors
+    torch.distributed.all_gather_object([None] * info.world_size, {"rng": torch.get_rng_state()})
+shutdown(info)
+"""
+
+
+def part_teardown(*, device: str, quick: bool, out: Path) -> dict[str, Any]:
+    """Exit codes of processes that leave right after collectives, DDP holding the group: on gloo a backend thread
+    freeing a collective's tensors during interpreter shutdown aborted them ("terminate called without an active
+    exception"); diffit's collectives wait for it there, NCCL's do not. Counts for diffit's collectives (a
+    failure when any exits non-zero) and, for comparison, for torch's ``all_gather_object``."""
+    import socket
+
+    repeats = 2 if quick else 5
+    rows: list[dict[str, Any]] = []
+    for variant in ("diffit", "torch"):
+        codes, tail = [], ""
+        for _ in range(repeats):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(port)}  # fmt: skip
+            proc = subprocess.run(
+                [sys.executable, "-c", _TEARDOWN, device, variant], env=env, capture_output=True, text=True, timeout=60
+            )
+            codes.append(proc.returncode)
+            tail = proc.stderr[-800:] if proc.returncode else tail
+        rows.append({"collectives": variant, "runs": repeats, "nonzero_exits": sum(c != 0 for c in codes),
+                     "exit_codes": sorted(set(codes)), **({"stderr_tail": tail} if tail else {})})  # fmt: skip
+        save_part_result(out, "teardown", {"rows": rows, "failures": []})
+    bad = rows[0]["nonzero_exits"]
+    failures = [f"{bad} of {repeats} runs with diffit's collectives exited non-zero"] if bad else []
+    return {"rows": rows, "failures": failures}
+
+
 PARTS: dict[str, Callable[..., dict[str, Any]]] = {
     "correctness": part_correctness,
     "attention": part_attention,
@@ -676,6 +723,7 @@ PARTS: dict[str, Callable[..., dict[str, Any]]] = {
     "train_step_compiled": part_train_step_compiled,
     "sampling": part_sampling,
     "train_cli": part_train_cli,
+    "teardown": part_teardown,
 }
 
 
@@ -782,6 +830,13 @@ def markdown(record: dict[str, Any]) -> str:
         lines += [
             f"| {r['run']} | {r['exit']} | {r['seconds']} | {_fmt(r.get('images_per_s'))} |"
             for r in get["train_cli"]["rows"]
+        ]
+    if get.get("teardown", {}).get("rows"):
+        lines += ["", "## 6. Leaving right after collectives (world size 1, DDP holding the group)", "",
+                  "| collectives | runs | non-zero exits | exit codes |", "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| {r['collectives']} | {r['runs']} | {r['nonzero_exits']} | {r['exit_codes']} |"
+            for r in get["teardown"]["rows"]
         ]
     failures = [f"- {n}: {f}" for n, r in get.items() for f in r.get("failures", [])]
     failures += [f"- {n}: {r['status']}" for n, r in record["parts"].items() if r["status"] in ("error", "timeout")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
-PARTS = ["correctness", "attention", "train_step_eager", "train_step_compiled", "sampling", "train_cli"]
+PARTS = ["correctness", "attention", "train_step_eager", "train_step_compiled", "sampling", "train_cli", "teardown"]
 
 
 @pytest.mark.slow  # ~1 min on two idle cores: six part processes, four `diffit train` runs, one via torchrun
@@ -43,8 +43,11 @@ def test_gpu_check_quick_cpu_run_writes_a_complete_record(tmp_path: Path) -> Non
     assert [r["images_per_s"] > 0 for r in res["sampling"]["rows"]] == [True, True]
     runs = res["train_cli"]["rows"]
     assert len(runs) == 4 and all(r["exit"] == 0 for r in runs)
+    diffit_exits = res["teardown"]["rows"][0]
+    assert (diffit_exits["collectives"], diffit_exits["runs"], diffit_exits["nonzero_exits"]) == ("diffit", 2, 0)
     table = (tmp_path / "gpu_check.md").read_text()
-    for heading in ("## 1. Correctness", "## 2. Attention", "## 3. Training step", "## 4. Sampling", "## 5."):
+    for heading in ("## 1. Correctness", "## 2. Attention", "## 3. Training step", "## 4. Sampling", "## 5.",
+                    "## 6."):  # fmt: skip
         assert heading in table
 
 
