@@ -141,7 +141,7 @@ def all_gather(x: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     sizes = [torch.Size(s.tolist()) for s in shapes]
     longest = max(s.numel() for s in sizes)
     flat = torch.zeros(longest, dtype=x.dtype, device=info.device)
-    flat[: x.numel()] = x.reshape(-1)
+    flat[: x.numel()] = x.detach().reshape(-1)
     flats = [torch.empty_like(flat) for _ in range(info.world_size)]
     _collective(lambda: dist.all_gather(flats, flat), [flat, *flats], info)
     return [f[: s.numel()].reshape(s).to(x.device) for f, s in zip(flats, sizes, strict=True)]
