@@ -54,7 +54,15 @@ def sample_command(
             "its recorded constructor arguments."
         ),
     ] = None,
-    n: Annotated[int, typer.Option(help="Number of images (seeds 0..n-1) unless --seeds is given.")] = 100,
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n",
+            "--num-images",
+            help="Number of images (seeds 0..n-1) unless --seeds is given. Under torchrun write --num-images: "
+            "torchrun reads --n as an abbreviation of its own options and stops.",
+        ),
+    ] = 100,
     seeds: Annotated[
         str | None, typer.Option(help="Per-sample seeds, e.g. 0-49999: image i depends on its seed only.")
     ] = None,

@@ -209,3 +209,37 @@ def test_bad_invocations_are_clean_refusals(
     assert res.exit_code == 2, res.output
     assert message in out and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, out
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed
+
+
+def test_every_cli_option_has_a_spelling_that_torchrun_passes_through() -> None:
+    """torchrun parses the whole command line with argparse, abbreviations included: an option of ours that is a
+    prefix of torchrun's (``--n`` of --nnodes, --nproc-per-node...) stops it with "ambiguous option", and one
+    that is a unique prefix would be taken from us. Every parameter needs one spelling that reaches diffit."""
+    import contextlib
+    import io
+
+    import typer
+    from torch.distributed.run import get_args_parser
+
+    parser = get_args_parser()
+
+    def passes(path: list[str], opt: str) -> bool:
+        with contextlib.redirect_stderr(io.StringIO()):
+            try:
+                ns = parser.parse_args(["--nproc-per-node", "2", "-m", "diffit_cli.main", *path, opt, "1"])
+            except SystemExit:
+                return False
+        return ns.training_script_args == [*path, opt, "1"]
+
+    def spellings(cmd: object, path: list[str]) -> list[tuple[list[str], list[str]]]:
+        """(command path, the spellings of one meaning): an option's names, or a flag's --no- form."""
+        if hasattr(cmd, "commands"):
+            return [item for name, sub in cmd.commands.items() for item in spellings(sub, [*path, name])]
+        names = [p.opts for p in cmd.params] + [p.secondary_opts for p in cmd.params if p.secondary_opts]
+        return [(path, opts) for opts in names if any(o.startswith("--") for o in opts)]
+
+    found = spellings(typer.main.get_command(app), [])
+    assert len(found) > 50 and any(opts == ["--no-flip"] for _, opts in found)
+    stopped = [(" ".join(path), opts) for path, opts in found if not any(passes(path, o) for o in opts)]
+    assert stopped == []
+    assert not passes(["sample"], "--n") and passes(["sample"], "--num-images")  # the case that needed an alias
