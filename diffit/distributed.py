@@ -78,8 +78,10 @@ SETTLE_TIMEOUT_S = 5.0  # the longest a collective waits for gloo's threads to l
 _settling = [True]  # turned off (with one warning) if a wait ever times out
 
 
-def _refcounts(tensors: list[torch.Tensor]) -> list[int]:
-    return [sys.getrefcount(t) for t in tensors]
+def _holds(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """Each tensor's Python refcount and C++ use count: while a backend thread holds a tensor, the use count is
+    higher, and where freeing it takes the GIL (torch 2.13 here) so is the refcount."""
+    return [(sys.getrefcount(t), t._use_count()) for t in tensors]
 
 
 def _collective(run: Callable[[], object], tensors: list[torch.Tensor], info: DistInfo) -> None:
@@ -88,16 +90,16 @@ def _collective(run: Callable[[], object], tensors: list[torch.Tensor], info: Di
     A gloo worker thread drops its references to a collective's tensors just after the collective completes,
     and for a tensor Python also holds, dropping the last of them takes the GIL. When that happens while the
     interpreter shuts down, the process aborts ("terminate called without an active exception"): a rank that
-    exits right after a collective could crash. While the thread holds them each tensor's Python refcount is
-    one higher, so waiting (GIL released) until the counts are back makes every collective of diffit end with
+    exits right after a collective could crash. While the thread holds them each tensor's counts are higher
+    (see ``_holds``), so waiting (GIL released) until they are back makes every collective of diffit end with
     its tensors in Python's hands alone.
     """
-    before = _refcounts(tensors)
+    before = _holds(tensors)
     run()
     if info.device.type != "cpu" or not _settling[0]:
         return
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while any(now > then for now, then in zip(_refcounts(tensors), before, strict=True)):
+    while any(r > r0 or u > u0 for (r, u), (r0, u0) in zip(_holds(tensors), before, strict=True)):
         if time.monotonic() > deadline:
             _settling[0] = False
             warnings.warn(
