@@ -355,11 +355,11 @@ def generate(
         images.append(to_uint8(decode(x) if decode is not None else x))
         done += len(idx)
     local = torch.cat(images) if images else torch.zeros(0, 0, 0, 0, dtype=torch.uint8)
-    order = torch.tensor(mine, dtype=torch.int64)
-    if dist is not None and dist.enabled:  # every rank's images, back in seed order
-        order = torch.cat(all_gather(order, dist))
-        local = torch.cat([g for g in all_gather(local, dist) if len(g)])
-    return local[torch.argsort(order)]
+    if dist is None or not dist.enabled:
+        return local
+    # Every rank's images, back in seed order: rank r made those of seeds r, r + world, r + 2 * world, ...
+    gathered = torch.cat([g for g in all_gather(local, dist) if len(g)])
+    return gathered[torch.argsort(torch.cat([torch.arange(r, len(seeds), world) for r in range(world)]))]
 
 
 def latent_decoder(vae: nn.Module, *, scale: float = SD_SCALE_FACTOR) -> Callable[[Tensor], Tensor]:
