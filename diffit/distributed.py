@@ -112,21 +112,22 @@ def _collective(run: Callable[[], object], tensors: list[torch.Tensor], info: Di
         time.sleep(1e-4)
 
 
-def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Mean of ``x`` over ranks (a no-op in a single process)."""
+def _all_reduce(x: torch.Tensor, op: dist.ReduceOp.RedOpType, info: DistInfo) -> torch.Tensor:
+    """A reduced copy of ``x`` (``x`` itself in a single process)."""
     if info.enabled:
         x = x.clone()
-        _collective(lambda: dist.all_reduce(x, op=dist.ReduceOp.SUM), [x], info)
-        x /= info.world_size
+        _collective(lambda: dist.all_reduce(x, op=op), [x], info)
     return x
+
+
+def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean of ``x`` over ranks (a no-op in a single process)."""
+    return _all_reduce(x, dist.ReduceOp.SUM, info) / info.world_size if info.enabled else x
 
 
 def all_reduce_max(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Max of ``x`` over ranks (a no-op in a single process)."""
-    if info.enabled:
-        x = x.clone()
-        _collective(lambda: dist.all_reduce(x, op=dist.ReduceOp.MAX), [x], info)
-    return x
+    return _all_reduce(x, dist.ReduceOp.MAX, info)
 
 
 def all_gather(x: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
