@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import run_two_ranks
 from PIL import Image
 
 from diffit.data import (
@@ -192,14 +193,7 @@ def test_readers_of_an_epoch_share_no_shard_and_see_every_sample_once(tmp_path, 
 
 
 def test_two_gloo_processes_resume_exactly(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
     urls = _shards(tmp_path / "d", n=24, per_shard=3)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     script = tmp_path / "rank.py"
     script.write_text(
         "import sys, torch, torch.distributed as dist\n"
@@ -210,25 +204,7 @@ def test_two_gloo_processes_resume_exactly(tmp_path):
         "torch.save({'full': take(0, 9), 'resumed': take(5, 4)}, f'{sys.argv[2]}/rank{dist.get_rank()}.pt')\n"
         "dist.destroy_process_group()\n"
     )
-    env = {
-        **os.environ,
-        "WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "OMP_NUM_THREADS": "1",
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), urls, str(tmp_path)],
-            env={**env, "RANK": str(r)},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err[-2000:]
+    run_two_ranks(script, urls, str(tmp_path), timeout=120)
     runs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for run in runs:
         assert _same(run["resumed"], run["full"][5:]) and run["full"][0][0].shape == (2, 1, 4, 4)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_image_diffit
+from helpers import run_two_ranks, tiny_image_diffit
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -207,14 +207,6 @@ def test_cli_samples_a_release_layout_latent_checkpoint(tmp_path: Path, tiny_vae
 
 def test_two_ranks_split_seeds_and_gather_in_order(tmp_path: Path, ckpt: Path) -> None:
     """Seeds are split over 2 gloo processes and gathered in seed order: the same pixels as one process."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     script = tmp_path / "worker.py"
     script.write_text(
         "import sys, torch\n"
@@ -229,26 +221,7 @@ def test_two_ranks_split_seeds_and_gather_in_order(tmp_path: Path, ckpt: Path) -
         f"torch.save(images, {str(tmp_path)!r} + f'/rank{{dist.rank}}.pt')\n"
         "shutdown(dist)\n"
     )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script)],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={
-                **os.environ,
-                "RANK": str(r),
-                "LOCAL_RANK": str(r),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-                "OMP_NUM_THREADS": "1",
-            },
-        )  # fmt: skip
-        for r in range(2)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err[-2000:]
+    run_two_ranks(script)
     from diffit.checkpoint import load_weights
     from diffit.diffusion import sample_heun
     from diffit.generate import generate

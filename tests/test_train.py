@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_image_diffit
+from helpers import run_two_ranks, tiny_image_diffit
 from safetensors.torch import load_file
 
 import diffit.checkpoint as ckpt_mod
@@ -187,12 +186,6 @@ def test_ema_update_and_warmup() -> None:
     assert lr_at(0, lr=1.0, warmup=4) == 0.25 and lr_at(10, lr=1.0, warmup=4) == 1.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_collectives_wait_until_another_thread_lets_go_and_give_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """``_collective`` returns once no other holder keeps its tensors (here a thread that lets go after 50 ms);
     a holder that never lets go ends the waiting for good, with one warning."""
@@ -238,19 +231,10 @@ def test_ranks_exit_cleanly_right_after_a_collective(tmp_path: Path) -> None:
         "shutdown(info)\n"
     )
     for _ in range(5):  # one pair at a time: a loaded machine hides the race
-        port = _free_port()
-        procs = []
-        for rank in range(2):
-            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}  # fmt: skip
-            procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True))
-        for p in procs:
-            _, err = p.communicate(timeout=240)
-            assert p.returncode == 0, err[-2000:]
+        run_two_ranks(script)
 
 
 def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
-    port = _free_port()
     script = tmp_path / "worker.py"
     script.write_text(
         "import sys, torch\n"
@@ -273,21 +257,7 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
         f"          {str(tmp_path)!r} + f'/rank{{dist.rank}}.safetensors')\n"
         "shutdown(dist)\n"
     )
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err[-2000:]
+    run_two_ranks(script)
     r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k  # replicas stay bit-identical
