@@ -23,7 +23,11 @@ from diffit.nn import (
     set_attention_backend,
 )
 
-pytestmark = pytest.mark.skipif(not flex_available(), reason="FlexAttention needs torch >= 2.5")
+pytestmark = [
+    pytest.mark.skipif(not flex_available(), reason="FlexAttention needs torch >= 2.5"),
+    # eager FlexAttention is what these tests compare against SDPA; torch warns that it is unfused
+    pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile:UserWarning"),
+]
 
 
 @pytest.fixture
