@@ -290,6 +290,13 @@ def finished_run(args: argparse.Namespace, name: str, seed: int) -> dict | None:
     return run if run.get("protocol") == protocol(args) else None
 
 
+def child_argv(args: argparse.Namespace, name: str, seed: int) -> list[str]:
+    """The arguments of the child process that runs (config, seed) under ``args``'s protocol, into its folder."""
+    return ["--one", name, "--seed", str(seed), "--budget", str(args.budget), "--steps", str(args.steps),
+            "--lr", str(args.recipe["lr"]), "--label-dropout", str(args.recipe["label_dropout"]), "--n", str(args.n),
+            "--curve-every", str(args.curve_every), "--out", args.out]  # fmt: skip
+
+
 def run_all(args: argparse.Namespace, configs: list[str]) -> None:
     """Every (config, seed) without a result of this protocol, ``--jobs`` at a time, one thread each."""
     todo = [(name, seed) for seed in args.seeds for name in configs if finished_run(args, name, seed) is None]
@@ -299,10 +306,7 @@ def run_all(args: argparse.Namespace, configs: list[str]) -> None:
         while len(running) >= args.jobs:
             time.sleep(1.0)
             running = [p for p in running if p.poll() is None]
-        cmd = [sys.executable, __file__, "--one", name, "--seed", str(seed), "--budget", str(args.budget),
-               "--steps", str(args.steps), "--lr", str(args.recipe["lr"]), "--n", str(args.n),
-               "--curve-every", str(args.curve_every), "--out", args.out]  # fmt: skip
-        running.append(subprocess.Popen(cmd, env=env))
+        running.append(subprocess.Popen([sys.executable, __file__, *child_argv(args, name, seed)], env=env))
     for p in running:
         p.wait()
 
@@ -376,7 +380,8 @@ def plot(runs: dict[str, list[dict]], path: Path, budget: float) -> None:
     fig.savefig(path)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the suite's defaults, the recipe and the results folder filled in."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=list(SUITES), default="comparison", help="what to run (defaults below)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="default: the suite's")
@@ -384,21 +389,30 @@ def main() -> None:
     parser.add_argument("--budget", type=float, help="training CPU-seconds per run (comparison 360, ablations 150)")
     parser.add_argument("--steps", type=int, help="the equal-steps measurement, 0 for none (comparison 400)")
     parser.add_argument("--lr", type=float, help=f"peak learning rate for every network (default {RECIPE['lr']})")
+    parser.add_argument("--label-dropout", type=float, help=f"for every network (default {RECIPE['label_dropout']})")
     parser.add_argument("--n", type=int, default=360, help="samples for accuracy and FID")
     parser.add_argument("--curve-every", type=float, default=40.0, help="CPU-seconds between held-out losses")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
-    parser.add_argument("--out", help="default: benchmarks/results/architectures/<suite>")
+    parser.add_argument("--out", help="default: benchmarks/results/architectures/<suite>[/<recipe change>]")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot from the runs")
     parser.add_argument("--one", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     suite = SUITES[args.suite]
     for key in ("configs", "seeds", "budget", "steps"):
         if getattr(args, key) is None:
             setattr(args, key, suite[key])
-    args.out = args.out or f"benchmarks/results/architectures/{args.suite}"
-    # --lr is part of the recipe, so of the protocol: runs at another lr are not reused
-    args.recipe = RECIPE | ({} if args.lr is None else {"lr": args.lr})
+    # --lr and --label-dropout are part of the recipe, so of the protocol: runs of another recipe are not reused, and
+    # by default they go to a folder of their own (e.g. comparison/lr0.0012), beside the suite's runs, not over them
+    changes = {"lr": args.lr, "label_dropout": args.label_dropout}
+    args.recipe = RECIPE | {k: v for k, v in changes.items() if v is not None}
+    variant = "-".join(f"{k}{v:g}" for k, v in args.recipe.items() if v != RECIPE[k])
+    args.out = args.out or f"benchmarks/results/architectures/{args.suite}" + (f"/{variant}" if variant else "")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.one:
         run_one(args)
         return

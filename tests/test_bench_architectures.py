@@ -46,3 +46,15 @@ def test_heldout_loss_is_deterministic_and_sees_the_model() -> None:
     with torch.no_grad():
         model.head_conv.bias.fill_(0.3)  # a worse denoiser
     assert bench.heldout_loss(model, objective, x, y) > first
+
+
+def test_a_changed_recipe_has_its_own_folder_and_its_child_runs_the_same_protocol() -> None:
+    default = bench.parse_args(["--suite", "ablations"])
+    assert default.out == "benchmarks/results/architectures/ablations" and default.recipe == bench.RECIPE
+    changed = bench.parse_args(["--lr", "0.0012", "--label-dropout", "0"])
+    assert changed.out == "benchmarks/results/architectures/comparison/lr0.0012-label_dropout0"  # not over the suite's
+    assert changed.recipe == bench.RECIPE | {"lr": 0.0012, "label_dropout": 0.0}
+    for args in (default, changed):  # the parent finds what its children write only if they agree on the protocol
+        child = bench.parse_args(bench.child_argv(args, "unet", 3))
+        assert (child.one, child.seed, child.out) == ("unet", 3, args.out)
+        assert bench.protocol(child) == bench.protocol(args)
