@@ -37,7 +37,10 @@ protocol, so an interrupted benchmark resumes and more seeds can be added later;
 Run:  python benchmarks/bench_architectures.py --suite comparison   # 8 configs x 3 seeds x 360 CPU-s
       python benchmarks/bench_architectures.py --suite ablations --seeds 0 1  # 10 variants, 150 CPU-s
       python benchmarks/bench_architectures.py --suite presets    # 6 candidate presets, seed 0, 720 steps each
+      python benchmarks/bench_architectures.py --configs diffit unet --seeds 0 1 --lr 0.0024  # -> comparison/lr0.0024
       python benchmarks/bench_architectures.py --configs diffit unet --seeds 0 --budget 60 --steps 50 --out /tmp/a
+
+``--lr`` and ``--label-dropout`` change the recipe for every network; such runs go to a folder named after the change.
 """
 
 import argparse
