@@ -338,7 +338,11 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
-    mine = list(range(rank, len(seeds), world))
+
+    def positions(r: int) -> range:  # the seeds rank r samples, and so the order of its images
+        return range(r, len(seeds), world)
+
+    mine = list(positions(rank))
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     images, done = [], 0
     for b, idx in enumerate(batches):
@@ -357,9 +361,9 @@ def generate(
     local = torch.cat(images) if images else torch.zeros(0, 0, 0, 0, dtype=torch.uint8)
     if dist is None or not dist.enabled:
         return local
-    # Every rank's images, back in seed order: rank r made those of seeds r, r + world, r + 2 * world, ...
+    # Every rank's images, back in seed order
     gathered = torch.cat([g for g in all_gather(local, dist) if len(g)])
-    return gathered[torch.argsort(torch.cat([torch.arange(r, len(seeds), world) for r in range(world)]))]
+    return gathered[torch.argsort(torch.cat([torch.tensor(positions(r), dtype=torch.int64) for r in range(world)]))]
 
 
 def latent_decoder(vae: nn.Module, *, scale: float = SD_SCALE_FACTOR) -> Callable[[Tensor], Tensor]:
