@@ -34,7 +34,7 @@ class DistInfo:
 
 def check_device(device: str | torch.device | None) -> torch.device:
     """The torch device ``device`` names (None: CUDA when available, else CPU); ValueError (one line) for an
-    unknown name or a device this machine does not have (``diffit.data``'s encoding applies it too)."""
+    unknown name or a device this machine does not have."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

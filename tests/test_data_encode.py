@@ -94,3 +94,10 @@ def test_sample_store_and_offline_error(tmp_path, tiny_vae, image_shards):
     assert manifest.extra["store"] == "sample" and z.shape == (4, 4, 4, 4)
     with pytest.raises(ValueError, match="cannot load an AutoencoderKL.*HF_HUB_OFFLINE"):
         load_vae("nobody/no-such-vae")
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "nonsense"])
+def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_path, tiny_vae, image_shards, device):
+    with pytest.raises(ValueError, match=rf"^device: '{device}' is not a device this machine has"):
+        encode_latents(image_shards, str(tmp_path / "d" / "l-%03d.tar"), vae=tiny_vae, device=device)
+    assert not (tmp_path / "d").exists()

@@ -36,7 +36,6 @@ from diffit.data.shards import (
     write_manifest,
 )
 from diffit.data.streams import good_batches
-from diffit.distributed import check_device
 
 
 def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -108,7 +107,10 @@ def encode_latents(
         raise ValueError(f"resolution: expected a positive side length, got {resolution}")
     if not (math.isfinite(scale_factor) and scale_factor > 0):
         raise ValueError(f"scale_factor: expected a finite positive number, got {scale_factor}")
-    check_device(device)
+    try:  # a device this machine lacks fails here, before the VAE is loaded and any shard is written
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, NotImplementedError):
+        raise ValueError(f"device: {device!r} is not a device this machine has (cpu, cuda, cuda:1...)") from None
     source = find_manifest(expanded)
     labelled, classes = label_spec(labelled, source)
     model = load_vae(vae, device) if isinstance(vae, str) else vae
