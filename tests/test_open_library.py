@@ -172,13 +172,14 @@ def test_unlabelled_latents_train_an_unconditional_model(tmp_path: Path, tiny_va
 
 def test_runtime_checks_are_offered_to_users() -> None:
     code = (
-        "import torch\nfrom diffit.nn import TMSABlock\n"
+        "import torch\nfrom diffit.nn import TMSABlock\nfrom diffit.diffusion import karras_sigmas\n"
+        "karras_sigmas(5, 1, 80)\n"  # ints where floats are annotated pass, as without the checks
         "b = TMSABlock(dim=8, time_dim=4, num_heads=2, window=2)\n"
         "b(torch.randn(2, 4, 8), torch.randn(3, 4))\n"  # batch 2 tokens, batch 3 time tokens
     )
     env = {**os.environ, "DIFFIT_TYPECHECK": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode != 0 and "TypeCheckError" in proc.stderr
+    assert proc.returncode != 0 and "TypeCheckError" in proc.stderr and "line 5" in proc.stderr
 
 
 def test_runs_saved_before_an_argument_existed_still_resume(tmp_path: Path) -> None:
