@@ -93,3 +93,15 @@ def test_vp_eps_denoiser_channel_check_and_fixed_variance() -> None:
         learned(x, sigma)
     with pytest.raises(ValueError, match="alphas_cumprod"):
         VPEpsDenoiser(lambda x, t, y: x, alphas_cumprod=torch.tensor([1.5], dtype=F64))
+
+
+def test_edm_precond_refuses_bad_sigma_data_and_outputs_of_another_shape() -> None:
+    for sigma_data in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="sigma_data must be a finite number > 0"):
+            EDMPrecond(lambda x, c, y: x, sigma_data=sigma_data)
+        with pytest.raises(ValueError, match="sigma_data must be a finite number > 0"):
+            edm_coefficients(torch.ones(2), sigma_data)
+    x, sigma = torch.randn(2, 3, 4, 4), torch.ones(2)
+    for wrong in (lambda a: a[:, :1], lambda a: a[:1]):
+        with pytest.raises(ValueError, match=r"model must return a tensor shaped like x \(2, 3, 4, 4\)"):
+            EDMPrecond(lambda a, c, y, wrong=wrong: wrong(a))(x, sigma)

@@ -126,6 +126,16 @@ def test_bad_guidance_arguments() -> None:
         ClassifierFreeGuidance(gm, num_classes=3, scale=2.0, interval=(2.0, 1.0))
     with pytest.raises(ValueError, match="guidance_channels"):
         ClassifierFreeGuidance(gm, num_classes=3, scale=2.0, guidance_channels=0)
+    acp = betas_to_alphas_cumprod(linear_betas())
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="scale .* must be a finite number >= 0"):
+            ClassifierFreeGuidance(gm, num_classes=3, scale=value)
+        with pytest.raises(ValueError, match="w .* must be a finite number >= 0"):
+            PowerCosineScale(value, alphas_cumprod=acp)
+        with pytest.raises(ValueError, match="power must be a finite number > 0"):
+            PowerCosineScale(2.0, alphas_cumprod=acp, power=value)
+    with pytest.raises(ValueError, match="alphas_cumprod must be a 1-D tensor with values in"):
+        PowerCosineScale(2.0, alphas_cumprod=torch.tensor([1.5, 2.0]))
 
 
 def test_release_pipeline_on_latent_shaped_tensors() -> None:

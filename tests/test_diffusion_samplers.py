@@ -249,3 +249,22 @@ def test_bad_input_raises_clear_errors() -> None:
         sample_edm_stochastic(gm, x, good, S_churn=-1.0)
     with pytest.raises(ValueError, match="noise must return"):
         sample_euler_maruyama(gm, x, good, noise=lambda: torch.randn(3, 2, dtype=F64))
+    nan = float("nan")
+    for bad_option, call in [
+        ("eta must be a finite number", lambda: sample_ddim(gm, x, good, eta=nan)),
+        ("S_churn", lambda: sample_edm_stochastic(gm, x, good, S_churn=nan)),
+        ("S_churn", lambda: sample_edm_stochastic(gm, x, good, S_noise=math.inf)),
+        ("S_churn", lambda: sample_edm_stochastic(gm, x, good, S_tmax=nan)),
+    ]:
+        with pytest.raises(ValueError, match=bad_option):
+            call()
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("wrong", ["fewer rows", "fewer columns", "more rows"])
+def test_a_denoiser_output_of_another_shape_is_refused_not_broadcast(name: str, wrong: str) -> None:
+    x = torch.randn(3, 2, dtype=F64)
+    cut = {"fewer rows": lambda d: d[:1], "fewer columns": lambda d: d[:, :1], "more rows": lambda d: d.repeat(2, 1)}
+    gm = mixture()
+    with pytest.raises(ValueError, match=r"denoiser must return a tensor shaped like x \(3, 2\)"):
+        SAMPLERS[name](lambda x, s: cut[wrong](gm(x, s)), x, karras_sigmas(3, SIGMA_MIN, SIGMA_MAX, dtype=F64))

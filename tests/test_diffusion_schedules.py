@@ -26,11 +26,20 @@ def test_karras_sigmas_match_edm_eq5() -> None:
     assert s[-1] == 0 and s[0] == pytest.approx(hi) and s[-2] == pytest.approx(lo)
     assert bool((s[:-1] > s[1:]).all())
     assert karras_sigmas(1, lo, hi).tolist() == [hi, 0.0]
+    assert karras_sigmas(5, 1, 80).tolist() == karras_sigmas(5, 1.0, 80.0).tolist()  # ints pass the type checks
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"n": 0}, "n"), ({"sigma_min": 100.0}, "sigma_min"), ({"rho": 0.0}, "rho")],
+    [
+        ({"n": 0}, "n"),
+        ({"sigma_min": 100.0}, "sigma_min"),
+        ({"sigma_max": math.inf}, "sigma_max < inf"),
+        ({"sigma_max": math.nan}, "sigma_max < inf"),
+        ({"rho": 0.0}, "rho"),
+        ({"rho": math.nan}, "rho must be a finite number"),
+        ({"rho": math.inf}, "rho must be a finite number"),
+    ],
 )
 def test_karras_sigmas_bad_input(kwargs: dict, match: str) -> None:
     args = {"n": 10, "sigma_min": 0.002, "sigma_max": 80.0} | kwargs

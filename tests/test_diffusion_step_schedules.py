@@ -56,6 +56,11 @@ def test_bad_schedule_arguments_raise_naming_them() -> None:
         vp_time_sigmas(5, 1.0, 0.5)
     with pytest.raises(ValueError, match="power"):
         vp_time_sigmas(5, SIGMA_MIN, SIGMA_MAX, power=0.0)
+    for schedule in (loglinear_sigmas, vp_time_sigmas):  # inf gave NaN sigmas before
+        with pytest.raises(ValueError, match="sigma_max < inf"):
+            schedule(5, SIGMA_MIN, float("inf"))
+    with pytest.raises(ValueError, match="power must be a finite number"):
+        vp_time_sigmas(5, SIGMA_MIN, SIGMA_MAX, power=float("nan"))
     with pytest.raises(ValueError, match="fine_steps"):
         optimized_sigmas(mixture(), torch.randn(4, 2, dtype=F64), 10, SIGMA_MIN, SIGMA_MAX, fine_steps=8)
 

@@ -8,18 +8,25 @@ Backbones know nothing of noise schedules; the wrapper owns the preconditioning:
   DiffiT release), backbone called as ``model(x_t, t, y)``.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from diffit.diffusion.schedules import sigma_to_timestep
+from diffit.diffusion.schedules import check_alphas_cumprod, sigma_to_timestep
 
 
 def per_sample_view(sigma: Tensor, x: Tensor) -> Tensor:
     """(B,) -> (B, 1, ..., 1) to broadcast against x, in x's dtype."""
     return sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def check_sigma_data(sigma_data: float) -> None:
+    """The data's standard deviation, as preconditioning and its objective take it: finite and > 0."""
+    if not 0 < sigma_data < math.inf:
+        raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data}")
 
 
 def edm_coefficients(
@@ -30,8 +37,7 @@ def edm_coefficients(
     c_skip = s_d^2/(sigma^2 + s_d^2), c_out = sigma s_d/sqrt(sigma^2 + s_d^2), c_in = 1/sqrt(sigma^2 + s_d^2),
     c_noise = ln(sigma)/4: the network input and its training target both have unit variance (EDM App. B.6).
     """
-    if sigma_data <= 0:
-        raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+    check_sigma_data(sigma_data)
     total = sigma**2 + sigma_data**2
     c_skip = sigma_data**2 / total
     c_out = sigma * sigma_data / total.sqrt()
@@ -51,8 +57,7 @@ class EDMPrecond(nn.Module):
             sigma_data: standard deviation of the training data (0.5 for images in [-1, 1]).
         """
         super().__init__()
-        if sigma_data <= 0:
-            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        check_sigma_data(sigma_data)
         self.model = model
         self.sigma_data = sigma_data
 
@@ -70,6 +75,8 @@ class EDMPrecond(nn.Module):
         # Augmentation labels (EDM's non-leaking augmentation) only reach backbones that take them.
         extra = {} if augment_labels is None else {"augment_labels": augment_labels}
         f = self.model(per_sample_view(c_in, x) * x, c_noise, y, **extra)
+        if f.shape != x.shape:  # it would broadcast into D silently
+            raise ValueError(f"model must return a tensor shaped like x {tuple(x.shape)}, got {tuple(f.shape)}")
         # D(x; sigma) = c_skip x + c_out F (EDM Eq. 7).
         return per_sample_view(c_skip, x) * x + per_sample_view(c_out, x) * f.to(x.dtype)
 
@@ -103,8 +110,7 @@ class VPEpsDenoiser(nn.Module):
                 (useful for sigmas that are not on the training chain, e.g. Karras schedules).
         """
         super().__init__()
-        if alphas_cumprod.ndim != 1 or not bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all()):
-            raise ValueError("alphas_cumprod must be a 1-D tensor with values in (0, 1)")
+        check_alphas_cumprod(alphas_cumprod)
         self.model = model
         self.learned_sigma = learned_sigma
         self.continuous_timesteps = continuous_timesteps

@@ -11,13 +11,14 @@ release's schedule. A guidance interval (Kynkaanniemi et al. 2024) restricts gui
 sigma in [lo, hi]; outside it only the conditional pass runs, and the NFE accounting says so.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from diffit.diffusion.schedules import sigma_to_timestep
+from diffit.diffusion.schedules import check_alphas_cumprod, sigma_to_timestep
 
 GuidanceScale = Callable[[Tensor], Tensor]
 
@@ -31,10 +32,11 @@ class PowerCosineScale:
     """
 
     def __init__(self, w: float, *, alphas_cumprod: Float[Tensor, " t"], power: float = 4.0) -> None:
-        if w < 0:
-            raise ValueError(f"w (guidance scale) must be >= 0, got {w}")
-        if power <= 0:
-            raise ValueError(f"power must be > 0, got {power}")
+        if not 0 <= w < math.inf:
+            raise ValueError(f"w (guidance scale) must be a finite number >= 0, got {w}")
+        if not 0 < power < math.inf:
+            raise ValueError(f"power must be a finite number > 0, got {power}")
+        check_alphas_cumprod(alphas_cumprod)
         self.w = w
         self.power = power
         self.alphas_cumprod = alphas_cumprod.detach().double().cpu()
@@ -71,8 +73,8 @@ class ClassifierFreeGuidance(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not callable(scale) and scale < 0:
-            raise ValueError(f"scale (guidance scale) must be >= 0, got {scale}")
+        if not callable(scale) and not 0 <= scale < math.inf:
+            raise ValueError(f"scale (guidance scale) must be a finite number >= 0, got {scale}")
         if guidance_channels is not None and guidance_channels < 1:
             raise ValueError(f"guidance_channels must be >= 1 or None, got {guidance_channels}")
         if interval is not None and not 0 <= interval[0] <= interval[1]:

@@ -121,8 +121,8 @@ def sample_ddim(
     sigma_t(eta)) and sigma_down = sqrt(sigma_next^2 - sigma_up^2). eta = 0 is deterministic and equals
     Euler on the ODE step for step; eta = 1 is ancestral sampling with the DDPM posterior variance.
     """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not 0 <= eta < math.inf:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
     sig = check_sigmas(sigmas)
     run = Stepper(denoiser, x, callback, noise)
     for i, (sigma, sigma_next) in enumerate(zip(sig[:-1], sig[1:], strict=True)):

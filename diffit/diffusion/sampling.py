@@ -70,6 +70,13 @@ def check_x(x: Tensor) -> None:
         raise ValueError("x must be finite (it contains NaN or inf)")
 
 
+def _shaped_like(x: Tensor, denoised: Tensor) -> Tensor:
+    """The denoiser's output, refused unless it has x's shape (the update would broadcast it silently)."""
+    if denoised.shape != x.shape:
+        raise ValueError(f"denoiser must return a tensor shaped like x {tuple(x.shape)}, got {tuple(denoised.shape)}")
+    return denoised
+
+
 class Stepper:
     """Per-run bookkeeping shared by the samplers: the denoiser call at a scalar sigma, the cumulative
     number of function evaluations (NFE) and the callback."""
@@ -93,7 +100,7 @@ class Stepper:
         """D(x, sigma) with sigma broadcast to (B,), counting its evaluations."""
         s = self._sigma(x, sigma)
         self._count(s)
-        return self.denoiser(x, s)
+        return _shaped_like(x, self.denoiser(x, s))
 
     def denoise_and_variance(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor | None]:
         """(D(x, sigma), learned variance interpolation or None when the denoiser has none)."""
@@ -101,7 +108,8 @@ class Stepper:
             return self.denoise(x, sigma), None
         s = self._sigma(x, sigma)
         self._count(s)
-        return self.with_variance(x, s)
+        denoised, variance = self.with_variance(x, s)
+        return _shaped_like(x, denoised), variance
 
     def draw(self, like: Tensor) -> Tensor:
         """One standard normal draw from the injected noise sampler, checked against the batch shape."""

@@ -10,11 +10,26 @@ A schedule handed to a sampler is a 1-D descending tensor of sigmas ending with 
 (k-diffusion's convention): ``n`` steps -> ``n + 1`` values.
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+
+def check_steps(n: int, sigma_min: float, sigma_max: float) -> None:
+    """The arguments every closed-form step schedule takes: ``n >= 1`` and ``0 < sigma_min < sigma_max < inf``."""
+    if n < 1:
+        raise ValueError(f"n (number of steps) must be >= 1, got {n}")
+    if not 0.0 < sigma_min < sigma_max < math.inf:
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+
+
+def check_alphas_cumprod(alphas_cumprod: Tensor) -> None:
+    """A discrete VP chain's alpha_bar: 1-D, every value in (0, 1) (NaN and inf refused)."""
+    if alphas_cumprod.ndim != 1 or not bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all()):
+        raise ValueError("alphas_cumprod must be a 1-D tensor with values in (0, 1)")
 
 
 def karras_sigmas(
@@ -30,12 +45,9 @@ def karras_sigmas(
 
     ``n = 1`` gives [sigma_max, 0]. rho = 7 concentrates steps at low noise, where the ODE curves most.
     """
-    if n < 1:
-        raise ValueError(f"n (number of steps) must be >= 1, got {n}")
-    if not 0.0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    if rho <= 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
+    check_steps(n, sigma_min, sigma_max)
+    if not 0.0 < rho < math.inf:
+        raise ValueError(f"rho must be a finite number > 0, got {rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho

@@ -30,9 +30,9 @@ def sample_edm_stochastic(
     """EDM Algorithm 2: raise the noise level by gamma = min(S_churn/n, sqrt(2) - 1) for sigma in
     [S_tmin, S_tmax] with fresh noise scaled by S_noise, then take a Heun step back down.
     S_churn = 0 is exactly :func:`sample_heun`."""
-    if S_churn < 0 or S_noise < 0 or S_tmin < 0 or S_tmax < S_tmin:
+    if not (0 <= S_churn < math.inf and 0 <= S_noise < math.inf and 0 <= S_tmin <= S_tmax):  # NaN fails too
         raise ValueError(
-            f"need S_churn >= 0, S_noise >= 0 and 0 <= S_tmin <= S_tmax, got S_churn={S_churn}, "
+            f"need finite S_churn >= 0, S_noise >= 0 and 0 <= S_tmin <= S_tmax, got S_churn={S_churn}, "
             f"S_noise={S_noise}, S_tmin={S_tmin}, S_tmax={S_tmax}"
         )
     sig = check_sigmas(sigmas)

@@ -13,17 +13,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from diffit.diffusion.sampling import Denoiser, check_x
-from diffit.diffusion.schedules import karras_sigmas
+from diffit.diffusion.schedules import check_steps, karras_sigmas
 
 # Linear-beta VP process of Song et al. 2021 (beta_min = 0.1, beta_max = 20), EDM Table 1.
 VP_BETA_MIN, VP_BETA_D = 0.1, 19.9
-
-
-def _check(n: int, sigma_min: float, sigma_max: float) -> None:
-    if n < 1:
-        raise ValueError(f"n (number of steps) must be >= 1, got {n}")
-    if not 0.0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
 
 
 def _finish(sigmas: Tensor, device: torch.device | str, dtype: torch.dtype) -> Tensor:
@@ -45,7 +38,7 @@ def loglinear_sigmas(
 ) -> Float[Tensor, " n_plus_1"]:
     """Uniform in log-SNR (DPM-Solver's "logSNR" spacing, Lu et al. 2022): equal steps h in lambda = -log sigma,
     the variable of the exponential integrators. Then a zero."""
-    _check(n, sigma_min, sigma_max)
+    check_steps(n, sigma_min, sigma_max)
     log_sigmas = math.log(sigma_max) + _ramp(n) * (math.log(sigma_min) - math.log(sigma_max))
     return _finish(log_sigmas.exp(), device, dtype)
 
@@ -62,9 +55,9 @@ def vp_time_sigmas(
     """Polynomial in the time of the linear-beta VP SDE (Lu et al. 2022 "time-uniform" for power 1,
     "time-quadratic" for 2): t_i = (t_max^(1/p) + u_i (t_min^(1/p) - t_max^(1/p)))^p, mapped through
     sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) (EDM Table 1). Then a zero."""
-    _check(n, sigma_min, sigma_max)
-    if power <= 0:
-        raise ValueError(f"power must be > 0, got {power}")
+    check_steps(n, sigma_min, sigma_max)
+    if not 0.0 < power < math.inf:
+        raise ValueError(f"power must be a finite number > 0, got {power}")
 
     def time_of(sigma: float) -> float:  # inverse of sigma(t), EDM Table 1
         return (math.sqrt(VP_BETA_MIN**2 + 2 * VP_BETA_D * math.log1p(sigma**2)) - VP_BETA_MIN) / VP_BETA_D
@@ -145,7 +138,7 @@ def optimized_sigmas(
     points are enough. The local error of a step i -> j is mean_b ||x_i + (sigma_j - sigma_i) d_i - x_j||
     (d = (x - D)/sigma), and of the final step i -> 0 it is mean_b ||D_i - x_end||.
     """
-    _check(n, sigma_min, sigma_max)
+    check_steps(n, sigma_min, sigma_max)
     if fine_steps < n:
         raise ValueError(f"fine_steps must be >= n ({n}), got {fine_steps}")
     check_x(x)
