@@ -171,6 +171,9 @@ def save_weights(
     objective's, when given) in the metadata. Written to a temporary name, fsync'ed and renamed, so ``path``
     is either the old file or the new one."""
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())), None)
+    if bad is not None:
+        raise ValueError(f"refusing to save {path.name}: the weight {bad} holds non-finite values")
     metadata = {MODEL_METADATA_KEY: json.dumps(model_spec(model)), **(extra_metadata or {})}
     if objective is not None:
         metadata[OBJECTIVE_METADATA_KEY] = json.dumps(objective_spec(objective))
@@ -241,17 +244,8 @@ def save_checkpoint(
     and any temporary directory an interrupted write left behind. Refuses weights that are not finite."""
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-    for name, module in (("model", model), ("EMA", ema)):
-        bad = next(
-            (
-                k
-                for k, v in unwrap(module).state_dict().items()
-                if v.is_floating_point() and not bool(v.isfinite().all())
-            ),
-            None,
-        )
-        if bad is not None:
-            raise ValueError(f"refusing to checkpoint step {step}: the {name} weight {bad} holds non-finite values")
+    if not 0 <= step < 10**8:  # the eight digits of ckpt-<step>, which checkpoint_dirs recognises
+        raise ValueError(f"step must be in [0, 10**8), got {step}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_orphans(run_dir)
@@ -265,7 +259,8 @@ def save_checkpoint(
         save_weights(tmp / "ema.safetensors", ema, objective=objective, extra_metadata={WEIGHTS_METADATA_KEY: "ema"})
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         save_tensors({k: v.contiguous().cpu() for k, v in rng_states.items()}, tmp / "rng.safetensors")
-        files = {name: sha256_file(tmp / name) for name in ("model.safetensors", "ema.safetensors", "optimizer.pt")}
+        names = ("model.safetensors", "ema.safetensors", "optimizer.pt", "rng.safetensors")
+        files = {name: sha256_file(tmp / name) for name in names}
         record = {**state, "step": step, "model": model_spec(model), "files": files}
         if objective is not None:
             record["objective"] = objective_spec(objective)
@@ -297,7 +292,7 @@ def verify_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
     for name, expected in record.get("files", {}).items():
         if not (ckpt_dir / name).is_file() or sha256_file(ckpt_dir / name) != expected:
             raise ValueError(f"checkpoint file {ckpt_dir / name} does not match its recorded sha256")
-    if not (ckpt_dir / "rng.safetensors").is_file():
+    if not (ckpt_dir / "rng.safetensors").is_file():  # checkpoints before 2026-11-27 did not hash it
         raise ValueError(f"checkpoint {ckpt_dir} has no rng.safetensors")
     return record
 

@@ -58,6 +58,8 @@ def ema_decay(step: int, *, decay: float, warmup: bool = True) -> float:
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"decay must be in [0, 1], got {decay}")
     source = unwrap(model)
     ema_params = dict(ema.named_parameters())
     for name, p in source.named_parameters():

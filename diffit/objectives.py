@@ -12,6 +12,7 @@ The two built in:
   on the linear-beta chain of T = 1000 steps).
 """
 
+import math
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -92,12 +93,11 @@ class EDMObjective:
         """
         if not 0.0 <= augment_p <= 1.0:
             raise ValueError(f"augment_p must be in [0, 1], got {augment_p}")
-        if not sigma_data > 0 or not P_std > 0:
-            raise ValueError(f"sigma_data and P_std must be > 0, got {sigma_data}, {P_std}")
-        if not 0 < sigma_min < sigma_max:
+        if not (0 < sigma_data < math.inf and 0 < P_std < math.inf and math.isfinite(P_mean)):
             raise ValueError(
-                f"sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}"
+                f"sigma_data and P_std must be finite and > 0, P_mean finite; got {sigma_data}, {P_std}, {P_mean}"
             )
+        karras_sigmas(1, sigma_min, sigma_max, rho)  # checks 0 < sigma_min < sigma_max < inf and rho
         self.sigma_data, self.P_mean, self.P_std, self.augment_p = sigma_data, P_mean, P_std, augment_p
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
 

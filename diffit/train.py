@@ -10,6 +10,7 @@ Every random draw of a step (data order and flips, noise levels, noise, label dr
 
 import json
 import math
+import numbers
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -210,18 +211,21 @@ def check_train_args(
 ) -> None:
     """ValueError naming the first argument of :func:`train` that is out of range (called before any work)."""
 
-    def need(ok: bool, name: str, expected: str, value: object) -> None:
+    def need(ok: object, name: str, expected: str, value: object) -> None:  # ok: a truth value (numpy ones too)
         if not ok:
             raise ValueError(f"{name} must be {expected}, got {value}")
+
+    def integer(value: object) -> bool:  # numpy integers too; not bools, not floats such as 1.5
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
     micro = batch_size // world_size if micro_batch is None else micro_batch  # None: the whole per-rank batch
     for name, value in (("steps", steps), ("batch_size", batch_size), ("micro_batch", micro),
                         ("ckpt_every", ckpt_every), ("keep_last", keep_last), ("log_every", log_every),
                         ("max_bad_steps", max_bad_steps)):  # fmt: skip
-        need(value >= 1, name, "an integer >= 1", value)
-    need(warmup >= 0, "warmup", ">= 0", warmup)
-    need(seed >= 0, "seed", "an integer >= 0", seed)
-    need(sample_every >= 0, "sample_every", ">= 0 (0 disables)", sample_every)
+        need(integer(value) and value >= 1, name, "an integer >= 1", value)
+    need(integer(warmup) and warmup >= 0, "warmup", "an integer >= 0", warmup)
+    need(integer(seed) and seed >= 0, "seed", "an integer >= 0", seed)
+    need(integer(sample_every) and sample_every >= 0, "sample_every", "an integer >= 0 (0 disables)", sample_every)
     need(math.isfinite(lr) and lr > 0, "lr", "a finite number > 0", lr)
     need(all(math.isfinite(b) and 0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)", betas)
     need(math.isfinite(weight_decay) and weight_decay >= 0, "weight_decay", "a finite number >= 0", weight_decay)
@@ -338,6 +342,11 @@ def train(
     with _label_dropout_off(model), _StopFlag() as flag:
         while run.step < steps:
             x, y = next(batches)
+            if x.shape[0] != per_rank or y.shape != (per_rank,):
+                raise ValueError(
+                    f"data: expected batches of this rank's {per_rank} samples (batch_size={batch_size} over "
+                    f"{dist.world_size} rank(s)), got x {tuple(x.shape)} and y {tuple(y.shape)} at step {run.step}"
+                )
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             # Everything random in this step, drawn for the global batch; this rank keeps its slice.
             gen = step_generator(seed, run.step)

@@ -1,21 +1,23 @@
 """Reliability: bad input is a clean one-line refusal (exit 2, nothing written); state never goes bad
 (overflowing updates rolled back, no non-finite checkpoint, orphans removed, damaged checkpoints passed over)."""
 
+import inspect
 import json
 import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_image_diffit
 from typer.testing import CliRunner
 
-from diffit.checkpoint import checkpoint_dirs, save_checkpoint
+from diffit.checkpoint import checkpoint_dirs, save_checkpoint, save_weights
 from diffit.data import memory_batches
 from diffit.distributed import DistInfo
 from diffit.objectives import EDMObjective
-from diffit.train import train, train_step
+from diffit.train import check_train_args, train, train_step
 from diffit_cli.main import app
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -55,6 +57,17 @@ def test_no_checkpoint_holds_non_finite_weights(tmp_path: Path) -> None:
     opt = torch.optim.AdamW(model.parameters())
     with pytest.raises(ValueError, match="head_conv.bias holds non-finite values"):
         save_checkpoint(tmp_path, step=1, model=model, ema=model, optimizer=opt, rng_states={}, state={})
+    with pytest.raises(ValueError, match="refusing to save w.safetensors: the weight head_conv.bias holds non-finite"):
+        save_weights(tmp_path / "w.safetensors", model)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("step", [-1, 10**8])
+def test_a_step_outside_the_checkpoint_names_is_refused(tmp_path: Path, step: int) -> None:
+    model = tiny_image_diffit(3)
+    with pytest.raises(ValueError, match=r"step must be in \[0, 10\*\*8\)"):
+        save_checkpoint(tmp_path, step=step, model=model, ema=model, optimizer=torch.optim.SGD(model.parameters()),
+                        rng_states={}, state={})  # fmt: skip
     assert list(tmp_path.iterdir()) == []
 
 
@@ -101,8 +114,26 @@ def _toy_run(tmp: Path, steps: int, **kw: object) -> object:
     return train(
         model=tiny_image_diffit(3), objective=kw.pop("objective", EDMObjective()), run_dir=tmp, dist=CPU,
         data=lambda s: memory_batches(images, labels, batch_size=4, seed=0, start_step=s, flip=False),
-        steps=steps, batch_size=4, lr=1e-3, ckpt_every=kw.pop("ckpt_every", 2), **kw,
+        steps=steps, batch_size=kw.pop("batch_size", 4), lr=1e-3, ckpt_every=kw.pop("ckpt_every", 2), **kw,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "value"), [("steps", 1.5), ("steps", True), ("seed", 0.5), ("warmup", 2.0)])
+def test_train_counts_must_be_integers_also_without_the_type_checks(name: str, value: object) -> None:
+    args = dict(steps=2, batch_size=4, micro_batch=None, world_size=1, lr=1e-3, warmup=0, betas=(0.9, 0.99),
+                weight_decay=0.0, ema=0.99, grad_clip=1.0, precision="fp32", label_dropout=None, ckpt_every=1,
+                keep_last=1, log_every=1, sample_every=0, max_bad_steps=1, seed=0)  # fmt: skip
+    inspect.unwrap(check_train_args)(**args)  # as users run it: DIFFIT_TYPECHECK off
+    with pytest.raises(ValueError, match=rf"^{name} must be an integer >= [01].*, got {value}$"):
+        inspect.unwrap(check_train_args)(**{**args, name: value})
+    np_steps = {**args, "steps": np.int64(3)}
+    inspect.unwrap(check_train_args)(**np_steps)
+
+
+def test_train_refuses_data_batches_of_another_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"data: expected batches of this rank's 8 samples .* got x \(4, 1, 8, 8\)"):
+        _toy_run(tmp_path, 2, batch_size=8)
+    assert checkpoint_dirs(tmp_path) == []
 
 
 def test_orphaned_temporary_checkpoints_are_removed_at_the_next_save(tmp_path: Path) -> None:
@@ -113,17 +144,18 @@ def test_orphaned_temporary_checkpoints_are_removed_at_the_next_save(tmp_path: P
     assert not orphan.exists() and [p.name for p in checkpoint_dirs(tmp_path)] == ["ckpt-00000002"]
 
 
-def test_a_damaged_latest_checkpoint_is_passed_over_on_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damaged", ["model.safetensors", "rng.safetensors"])
+def test_a_damaged_latest_checkpoint_is_passed_over_on_resume(tmp_path: Path, damaged: str) -> None:
     _toy_run(tmp_path, 4)
     latest = checkpoint_dirs(tmp_path)[-1]
-    with open(latest / "model.safetensors", "r+b") as f:
+    with open(latest / damaged, "r+b") as f:
         f.seek(-4, os.SEEK_END)
         f.write(b"XXXX")
     events: list[dict] = []
     result = _toy_run(tmp_path, 6, resume=True, callback=events.append)
     assert result.step == 6
     warnings = [e["message"] for e in events if e["event"] == "warning"]
-    assert len(warnings) == 1 and "ckpt-00000004/model.safetensors does not match its recorded sha256" in warnings[0]
+    assert len(warnings) == 1 and f"ckpt-00000004/{damaged} does not match its recorded sha256" in warnings[0]
     for ckpt in checkpoint_dirs(tmp_path):
         with open(ckpt / "ema.safetensors", "r+b") as f:
             f.write(b"XXXX")
@@ -162,7 +194,7 @@ BAD = [
     ("train", ["--ema", "1"], "--ema must be in [0, 1)"),
     ("train", ["--grad-clip", "-1"], "--grad-clip must be"),
     ("train", ["--label-dropout", "1.5"], "--label-dropout must be in [0, 1)"),
-    ("train", ["--warmup", "-3"], "--warmup must be >= 0"),
+    ("train", ["--warmup", "-3"], "--warmup must be an integer >= 0"),
     ("train", ["--out", ""], "--out must be a path"),
     ("train", ["--out", "notes.txt/run"], "--out notes.txt/run: notes.txt is a file"),
     ("train", ["--device", "cuda"], "--device"),
