@@ -274,6 +274,16 @@ def sampling_protocol(
     }  # fmt: skip
 
 
+def check_sample_args(seeds: Sequence[int], labels: Tensor | None, precision: str) -> None:
+    """ValueError for arguments :func:`sample` and :func:`generate` refuse, before any work."""
+    if isinstance(seeds, (str, bytes)) or len(seeds) < 1:
+        raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if labels is not None and len(labels) != len(seeds):
+        raise ValueError(f"labels must hold one class id per seed ({len(seeds)}), got {len(labels)}")
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -295,12 +305,7 @@ def sample(
     step come from per-sample generators seeded with ``seeds``.
     """
     check_backbone(model)
-    if len(seeds) < 1:
-        raise ValueError("seeds must hold at least one seed")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if labels is not None and len(labels) != len(seeds):
-        raise ValueError(f"labels must hold one class id per seed ({len(seeds)}), got {len(labels)}")
+    check_sample_args(seeds, labels, precision)
     device = next(model.parameters()).device
     shape = (model.in_channels, model.resolution, model.resolution)
     noise = per_sample_noise(seeds, shape, device=device)
@@ -337,6 +342,7 @@ def generate(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_sample_args(seeds, labels, precision)  # here too: a rank without seeds must not pass silently
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
 
     def positions(r: int) -> range:  # the seeds rank r samples, and so the order of its images
@@ -344,7 +350,7 @@ def generate(
 
     mine = list(positions(rank))
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    images, done = [], 0
+    images, done, broken = [], 0, []
     for b, idx in enumerate(batches):
 
         def report(state: dict[str, Any], b: int = b, done: int = done, size: int = len(idx)) -> None:
@@ -356,9 +362,19 @@ def generate(
             labels=None if labels is None else labels[idx], guidance=guidance, objective=objective,
             precision=precision, callback=report, sampler_kwargs=sampler_kwargs,
         )  # fmt: skip
-        images.append(to_uint8(decode(x) if decode is not None else x))
+        pixels = decode(x) if decode is not None else x
+        finite = pixels.flatten(1).isfinite().all(1).cpu()
+        broken += [i for i, ok in zip(idx, finite.tolist(), strict=True) if not ok]  # positions in seeds
+        images.append(to_uint8(pixels))
         done += len(idx)
     local = torch.cat(images) if images else torch.zeros(0, 0, 0, 0, dtype=torch.uint8)
+    if dist is not None and dist.enabled:  # every rank learns of every broken seed, so all of them raise
+        broken = sorted(torch.cat(all_gather(torch.tensor(broken, dtype=torch.int64), dist)).tolist())
+    if broken:  # to_uint8 would have made them black (NaN) or white (inf) without a word
+        raise ValueError(
+            f"model: the images of {len(broken)} seed(s) hold NaN or inf (first: seed {seeds[broken[0]]}); "
+            "the weights, the sampler settings or the precision are broken"
+        )
     if dist is None or not dist.enabled:
         return local
     # Every rank's images, back in seed order

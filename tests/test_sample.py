@@ -1,6 +1,9 @@
 """Generation and `diffit sample`: seed invariance, output formats, protocol record, release loading, errors."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ from typer.testing import CliRunner
 
 from diffit.checkpoint import save_weights
 from diffit.diffusion import sample_dpmpp_2m, sample_edm_stochastic
-from diffit.generate import Guidance, default_sigmas, make_grid, random_labels, sample, to_uint8
+from diffit.generate import Guidance, default_sigmas, generate, make_grid, random_labels, sample, to_uint8
 from diffit.nn import ImageDiffiT, LatentDiffiT
 from diffit_cli.main import app
 
@@ -57,6 +60,49 @@ def test_each_image_depends_on_its_seed_only(sampler: object) -> None:
         # Equal up to float rounding (batched kernels may sum in another order).
         torch.testing.assert_close(alone[0], together[i], atol=1e-4, rtol=1e-4)
     assert random_labels([5], 3)[0] == labels[0]
+
+
+@pytest.mark.parametrize(
+    ("seeds", "labels", "match"),
+    [
+        ([], None, "seeds must be a non-empty sequence of integers, got \\[\\]"),
+        ([0, -1], None, "seeds must be integers in \\[0, 2\\*\\*64\\), got -1"),  # torch: -1 is 2**64 - 1
+        ([0, 2**64], None, "got 18446744073709551616"),
+        ([True], None, "got True"),
+        ([0, 1], torch.tensor([0, 1, 2]), "labels must hold one class id per seed \\(2\\), got 3"),
+        ([0, 1], torch.tensor([0]), "labels must hold one class id per seed \\(2\\), got 1"),
+    ],
+)
+def test_generate_refuses_seeds_that_collide_and_labels_that_do_not_fit(
+    seeds: object, labels: torch.Tensor | None, match: str
+) -> None:
+    model = tiny_image_model()
+    with pytest.raises(ValueError, match=match):
+        generate(model, sampler=sample_dpmpp_2m, sigmas=default_sigmas(model, 2), seeds=seeds, labels=labels)
+
+
+def test_seeds_of_other_types_are_refused_also_without_the_type_checks() -> None:
+    code = (
+        "import numpy as np\nfrom diffit.diffusion import per_sample_noise\n"
+        "assert per_sample_noise([np.int64(3)], (2,))().shape == (1, 2)\n"
+        "for seeds in ('01', [0.9], [0, None]):\n"
+        "    try:\n        per_sample_noise(seeds, (2,))\n    except ValueError as e:\n        print(e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DIFFIT_TYPECHECK"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.splitlines() == [
+        "seeds must be a non-empty sequence of integers, got '01'",
+        "seeds must be integers in [0, 2**64), got 0.9",
+        "seeds must be integers in [0, 2**64), got None",
+    ], out.stderr
+
+
+def test_generate_refuses_images_that_are_not_finite_instead_of_painting_them_black() -> None:
+    model = tiny_image_model(None)
+    with torch.no_grad():
+        model.head_conv.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"^model: the images of 3 seed\(s\) hold NaN or inf \(first: seed 7\)"):
+        generate(model, sampler=sample_dpmpp_2m, sigmas=default_sigmas(model, 2), seeds=[7, 8, 9], batch_size=2)
 
 
 def test_uint8_and_grid_layout() -> None:

@@ -7,6 +7,7 @@ draws only from its own generator seeded with ``seeds[i]``, so an image depends 
 the batch it was generated in or how many devices shared the work.
 """
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -14,6 +15,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 NoiseSampler = Callable[[], Tensor]
+
+
+def _is_seed(s: object) -> bool:
+    return isinstance(s, numbers.Integral) and not isinstance(s, bool) and 0 <= s < 2**64  # type: ignore[operator]
 
 
 class PerSampleNoise:
@@ -38,8 +43,12 @@ class PerSampleNoise:
             device: where the generators live and the noise is made.
             dtype: dtype of the returned noise (drawn in float32 or float64, then cast).
         """
-        if len(seeds) < 1:
-            raise ValueError("seeds must hold at least one seed")
+        if isinstance(seeds, (str, bytes)) or len(seeds) < 1:
+            raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
+        # torch takes a seed modulo 2**64: -1 and 2**64 - 1 (or 0.9 and 0, True and 1) would draw the same noise.
+        bad = next(((s,) for s in seeds if not _is_seed(s)), None)
+        if bad is not None:
+            raise ValueError(f"seeds must be integers in [0, 2**64), got {bad[0]!r}")
         if any(d < 1 for d in shape):
             raise ValueError(f"shape must be positive per-sample dimensions, got {tuple(shape)}")
         self.shape = tuple(shape)
