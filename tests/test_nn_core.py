@@ -1,10 +1,12 @@
 """diffit.nn core: window ops, relative position index, TMSA against the paper's equations, blocks."""
 
+import inspect
 import math
 
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_image_diffit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jaxtyping import TypeCheckError
@@ -249,6 +251,27 @@ def test_bad_shapes_raise_errors_naming_the_argument() -> None:
         attn(torch.randint(0, 3, (1, 4, 16)), torch.randn(1, 8))
     with pytest.raises(ValueError, match="dim=10 must be divisible by num_heads=4"):
         TMSA(dim=10, time_dim=8, num_heads=4, window=2)
+    with pytest.raises(ValueError, match="dim=8 must be divisible by num_heads=0"):  # ZeroDivisionError before
+        TMSA(dim=8, time_dim=8, num_heads=0, window=2)
+    with pytest.raises(ValueError, match="the grid must be at least 1x1, got 0x0"):
+        window_merge(torch.randn(1, 4, 8), 2, 0, 0)
+
+
+def test_one_time_token_noise_label_or_class_for_a_whole_batch_is_refused_also_without_the_type_checks() -> None:
+    """Torch would broadcast it, giving every sample the same time or class; ``inspect.unwrap`` removes the
+    jaxtyping hook the suite runs with, as users run by default."""
+    attn = TMSA(dim=16, time_dim=8, num_heads=4, window=2)
+    with pytest.raises(ValueError, match=r"t must have one time token per sample of x \(batch 2\), got \(1, 8\)"):
+        inspect.unwrap(TMSA.forward)(attn, torch.randn(2, 4, 16), torch.randn(1, 8))
+    with pytest.raises(ValueError, match=r"t must have one time token per sample of x \(batch 2\), got \(1, 8\)"):
+        inspect.unwrap(TMSA.forward_grid)(attn, torch.randn(2, 2, 2, 16), torch.randn(1, 8))
+    model, x = tiny_image_diffit(3), torch.randn(2, 1, 8, 8)
+    forward = inspect.unwrap(type(model).forward)
+    forward(model, x, torch.ones(2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"noise_label must have shape \(2,\), one per sample of x, got \(1,\)"):
+        forward(model, x, torch.ones(1), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"y must have shape \(2,\), one per sample of x, got \(1,\)"):
+        forward(model, x, torch.ones(2), torch.tensor([1]))
 
 
 # The paper's ablation of time conditioning (TMSABlock.time_conditioning), each against its own equations.

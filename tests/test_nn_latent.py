@@ -285,6 +285,8 @@ def test_errors_name_the_argument() -> None:
         LatentDiffiT(**(TINY | dict(patch_size=3)))
     with pytest.raises(ValueError, match="hidden_size=32 must be divisible by num_heads=5"):
         LatentDiffiT(**(TINY | dict(num_heads=5)))
+    with pytest.raises(ValueError, match="hidden_size=32 must be divisible by num_heads=0"):
+        LatentDiffiT(**(TINY | dict(num_heads=0)))
     model = LatentDiffiT(**TINY)
     with pytest.raises(ValueError, match="x must have shape \\(b, 3, 8, 8\\), got \\(1, 3, 16, 16\\)"):
         model(torch.randn(1, 3, 16, 16), torch.rand(1), torch.tensor([0]))

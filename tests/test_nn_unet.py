@@ -140,10 +140,19 @@ def test_construction_errors_name_the_argument() -> None:
         _small(num_heads=3)
     with pytest.raises(ValueError, match="blocks_per_stage must have one entry per stage"):
         _small(blocks_per_stage=(1,))
-    with pytest.raises(ValueError, match="time_init_std must be > 0 or None, got 0"):
+    with pytest.raises(ValueError, match="time_init_std must be a finite number > 0 or None, got 0"):
         _small(time_init_std=0.0)
     with pytest.raises(ValueError, match="gelu must be 'tanh' or 'none', got 'erf'"):
         _small(gelu="erf")
+    # These raised ZeroDivisionError or failed only at the first forward before.
+    with pytest.raises(ValueError, match="groups must be >= 1, got 0"):
+        _small(groups=0)
+    with pytest.raises(ValueError, match="groups must be >= 1, got -3"):
+        _small(groups=-3)
+    with pytest.raises(ValueError, match="hidden width .* must be >= 1, got 0"):
+        _small(mlp_ratio=0.0)
+    with pytest.raises(ValueError, match="time_init_std must be a finite number > 0 or None, got inf"):
+        _small(time_init_std=float("inf"))
 
 
 def test_gelu_choice_is_the_mlp_activation_and_round_trips() -> None:

@@ -78,8 +78,8 @@ class TMSA(nn.Module):
                 "bias-only" ablation when ``time_qkv=False``). Runs on the SDPA core only.
         """
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        if num_heads < 1 or dim < 1 or dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (both >= 1)")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.dim, self.num_heads, self.window = dim, num_heads, window
@@ -104,8 +104,10 @@ class TMSA(nn.Module):
         bias = table[..., self.relative_position_index.reshape(-1), :]  # (*b, n*n, heads)
         return rearrange(bias, "... (i j) h -> ... h i j", i=n, j=n).contiguous()
 
-    def _time_terms(self, t: Float[Tensor, "b dt"]) -> tuple[Tensor | None, Tensor | None]:
+    def _time_terms(self, x: Tensor, t: Float[Tensor, "b dt"]) -> tuple[Tensor | None, Tensor | None]:
         """x_t W_t broadcast over tokens (b, 1, 3d) and the per-sample bias shift (b, heads, n, n), or None."""
+        if t.ndim != 2 or t.shape[0] != x.shape[0]:  # a single time token would be broadcast over the batch
+            raise ValueError(f"t must have one time token per sample of x (batch {x.shape[0]}), got {tuple(t.shape)}")
         qkv_t = None if self.qkv_temb is None else self.qkv_temb(t)[:, None, :]
         if self.bias_temb is None:
             return qkv_t, None
@@ -189,14 +191,14 @@ class TMSA(nn.Module):
         if x.shape[1] != self.window * self.window:
             raise ValueError(f"x must hold window**2={self.window**2} tokens (window={self.window}), got {x.shape[1]}")
         grid = x.reshape(x.shape[0], self.window, self.window, x.shape[2])  # row-major tokens: a w x w grid
-        qkv_t, bias_t = self._time_terms(t)
+        qkv_t, bias_t = self._time_terms(x, t)
         return self._run(self._backend_for(grid, qkv_t), grid, qkv_t, bias_t).reshape(x.shape)
 
     def forward_grid(self, x: Float[Tensor, "b h w d"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b h w d"]:
         """Local attention inside non-overlapping w x w windows of a (B, H, W, C) grid (no shift)."""
         if x.shape[1] % self.window or x.shape[2] % self.window:
             window_partition(x, self.window)  # raises the shared ValueError naming the window and the grid
-        qkv_t, bias_t = self._time_terms(t)
+        qkv_t, bias_t = self._time_terms(x, t)
         return self._run(self._backend_for(x, qkv_t), x, qkv_t, bias_t)
 
 

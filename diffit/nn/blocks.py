@@ -13,6 +13,8 @@ from diffit.nn.attention import TMSA
 
 def group_count(groups: int, dim: int) -> int:
     """The largest GroupNorm group count <= ``groups`` that divides ``dim``."""
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
     groups = min(groups, dim)
     while dim % groups:
         groups -= 1
@@ -50,6 +52,8 @@ class Mlp(nn.Module):
         super().__init__()
         if gelu not in ("tanh", "none"):
             raise ValueError(f"gelu must be 'tanh' or 'none', got {gelu!r}")
+        if hidden_dim < 1:
+            raise ValueError(f"the MLP's hidden width (dim * mlp_ratio) must be >= 1, got {hidden_dim}")
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU(approximate=gelu)
         self.fc2 = nn.Linear(hidden_dim, dim)

@@ -107,6 +107,16 @@ def capture_config(init: Init) -> Init:
     return wrapper  # type: ignore[return-value]
 
 
+def check_inputs(x: Tensor, sample_shape: tuple[int, ...], noise_label: Tensor, y: Tensor | None) -> None:
+    """A backbone's inputs: ``x`` of ``(B, *sample_shape)``, and one noise label (and class) per sample. Torch would
+    broadcast a single noise label or class over the batch, giving every sample the same one without a word."""
+    if tuple(x.shape[1:]) != sample_shape:
+        raise ValueError(f"x must have shape (b, {', '.join(map(str, sample_shape))}), got {tuple(x.shape)}")
+    for name, value in (("noise_label", noise_label), ("y", y)):
+        if value is not None and tuple(value.shape) != (x.shape[0],):
+            raise ValueError(f"{name} must have shape ({x.shape[0]},), one per sample of x, got {tuple(value.shape)}")
+
+
 def checkpointed_call(enabled: bool, fn: Callable[..., Tensor], *args: Any) -> Tensor:
     """``fn(*args)``, recomputed in the backward pass when ``enabled`` (gradient checkpointing)."""
     if not enabled:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from diffit.nn.attention import set_attention_backend
 from diffit.nn.blocks import TMSABlock, layer_norm_fp32
-from diffit.nn.contract import capture_config, checkpointed_call
+from diffit.nn.contract import capture_config, check_inputs, checkpointed_call
 from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token, sincos_pos_embed_2d
 
 
@@ -89,8 +89,8 @@ class LatentDiffiT(nn.Module):
         super().__init__()
         if patch_size < 1 or input_size < 1 or input_size % patch_size:
             raise ValueError(f"patch_size={patch_size} must divide input_size={input_size}")
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+        if num_heads < 1 or hidden_size < 1 or hidden_size % num_heads:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} (both >= 1)")
         if hidden_size % 4:
             raise ValueError(f"hidden_size must be divisible by 4 (2D sin-cos position codes), got {hidden_size}")
         if depth < 1 or in_channels < 1:
@@ -181,9 +181,7 @@ class LatentDiffiT(nn.Module):
         self, x: Float[Tensor, "b c h w"], noise_label: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
     ) -> Float[Tensor, "b c2 h w"]:
         """eps (and the variance interpolation with ``learn_sigma``) for DDPM timestep ``noise_label``."""
-        expected = (self.in_channels, self.input_size, self.input_size)
-        if tuple(x.shape[1:]) != expected:
-            raise ValueError(f"x must have shape (b, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        check_inputs(x, (self.in_channels, self.input_size, self.input_size), noise_label, y)
         tokens = self.x_embedder(x).to(x.dtype) + self.pos_embed  # (b, T, D); residual stream in x's dtype
         c = self.time_token(noise_label, y)
         ckpt = self.grad_checkpointing and self.training

@@ -17,6 +17,7 @@ The lowest-resolution stage is the bottleneck: it appears once, so the decoder m
 (EDM's preconditioning then starts from D(x) = c_skip x).
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from diffit.nn.attention import set_attention_backend
 from diffit.nn.blocks import GroupNorm32, ResBlock, TMSABlock, group_count
-from diffit.nn.contract import capture_config, checkpointed_call
+from diffit.nn.contract import capture_config, check_inputs, checkpointed_call
 from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token
 
 
@@ -147,10 +148,10 @@ class ImageDiffiT(nn.Module):
                 raise ValueError(f"num_heads={h} must divide the width channels[{s}]={c}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
-        if not label_init_std >= 0:
-            raise ValueError(f"label_init_std must be >= 0, got {label_init_std}")
-        if time_init_std is not None and not time_init_std > 0:
-            raise ValueError(f"time_init_std must be > 0 or None, got {time_init_std}")
+        if not 0 <= label_init_std < math.inf:
+            raise ValueError(f"label_init_std must be a finite number >= 0, got {label_init_std}")
+        if time_init_std is not None and not 0 < time_init_std < math.inf:
+            raise ValueError(f"time_init_std must be a finite number > 0 or None, got {time_init_std}")
         if in_channels < 1 or time_dim < 1:
             raise ValueError(f"in_channels and time_dim must be >= 1, got {in_channels}, {time_dim}")
 
@@ -252,9 +253,7 @@ class ImageDiffiT(nn.Module):
         augment_labels: Float[Tensor, "b a"] | None = None,
     ) -> Float[Tensor, "b c h w"]:
         """Denoiser backbone output F(x; c_noise, y); ``y`` is ignored by an unconditional model."""
-        expected = (self.in_channels, self.resolution, self.resolution)
-        if tuple(x.shape[1:]) != expected:
-            raise ValueError(f"x must have shape (b, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        check_inputs(x, (self.in_channels, self.resolution, self.resolution), noise_label, y)
         t = self.time_token(noise_label, y)
         ckpt = self.grad_checkpointing and self.training
         if augment_labels is not None:

@@ -13,6 +13,8 @@ from torch import Tensor
 def _check_window(h: int, w: int, window: int) -> None:
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
+    if h < 1 or w < 1:
+        raise ValueError(f"the grid must be at least 1x1, got {h}x{w}")
     if h % window or w % window:
         raise ValueError(f"window={window} must divide the grid height and width, got a {h}x{w} grid")
 
