@@ -344,6 +344,12 @@ def test_wrong_resolution_or_channels_is_rejected_unless_resized(tmp_path):
         next(iter(image_pipeline(urls, batch_size=2, resolution=8, channels=3, shuffle_buffer=1)))
     x, _ = next(iter(image_pipeline(urls, batch_size=2, resolution=8, channels=1, resize=True)))
     assert x.shape == (2, 1, 8, 8)
+    for bad in ({"channels": 2}, {"channels": 0}, {"resolution": 0}):  # channels=2 gave RGB before, silently
+        args = {"resolution": 8, "channels": 3, "resize": True} | bad
+        with pytest.raises(ValueError, match=rf"^{next(iter(bad))}: expected"):
+            image_pipeline(urls, batch_size=2, **args)
+        with pytest.raises(ValueError, match=rf"^{next(iter(bad))}: expected"):
+            load_images(urls, **args)
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -150,6 +150,11 @@ def test_statistics_round_trip_and_adm_layout(tmp_path):
     assert not is_statistics_file(str(tmp_path / "images.npz"))
     with pytest.raises(ValueError, match="no 'mu' and 'sigma'"):
         load_statistics(str(tmp_path / "images.npz"))
+    whole = (tmp_path / "s.npz").read_bytes()
+    for name, data in [("cut.npz", whole[: len(whole) // 2]), ("zip.npz", b"PK\x03\x04" + bytes(60))]:
+        (tmp_path / name).write_bytes(data)  # a damaged zip raised BadZipFile before
+        with pytest.raises(ValueError, match=f"^statistics: cannot read .*{name}' as .npz \\(BadZipFile"):
+            load_statistics(str(tmp_path / name))
     with pytest.raises(ValueError, match="does not exist"):
         save_statistics(str(tmp_path / "missing" / "s.npz"), stats)
 

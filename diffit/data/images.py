@@ -146,6 +146,12 @@ class ImageDecoder:
     classes: int | None  # labels must lie in [0, classes) when known (dataset.json)
     flip: bool
 
+    def __post_init__(self) -> None:
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels: expected 1 (grayscale) or 3 (RGB), got {self.channels}")
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"resolution: expected a positive side length, got {self.resolution}")
+
     def __call__(self, sample: dict[str, object], rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
         """``(image, label)`` of a raw sample; BadSample when it must be skipped."""
         ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)

@@ -6,6 +6,8 @@ images ``arr_0``) read as statistics too, with ``count=None``.
 """
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,17 +165,20 @@ def load_statistics(path: str) -> FeatureStats:
     """Read ours or an ADM reference batch (``mu``, ``sigma``); ValueError when the file has no statistics."""
     if not os.path.isfile(path):
         raise ValueError(f"statistics: {path!r} does not exist")
-    try:
+    files: list[str] | None = None  # stays None for a single .npy array
+    try:  # a damaged file fails on open or on reading a member
         npz = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError) as exc:
-        raise ValueError(f"statistics: cannot read {path!r} as .npz ({exc})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
+        if isinstance(npz, np.lib.npyio.NpzFile):
+            with npz:  # only these members: an ADM reference batch also holds its images
+                files, arrays = sorted(npz.files), {k: npz[k] for k in ("mu", "sigma", "count") if k in npz}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"statistics: cannot read {path!r} as .npz ({type(exc).__name__}: {exc})") from None
+    if files is None:
         raise ValueError(f"statistics: {path!r} is a single array, not an .npz with 'mu' and 'sigma'")
-    with npz:
-        if "mu" not in npz or "sigma" not in npz:
-            raise ValueError(f"statistics: {path!r} has no 'mu' and 'sigma' arrays (has {sorted(npz.files)})")
-        mu, sigma = npz["mu"].astype(np.float64), npz["sigma"].astype(np.float64)
-        count = int(npz["count"]) if "count" in npz else -1
+    if "mu" not in arrays or "sigma" not in arrays:
+        raise ValueError(f"statistics: {path!r} has no 'mu' and 'sigma' arrays (has {files})")
+    mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
+    count = int(arrays["count"]) if "count" in arrays else -1
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"statistics: {path!r} has mu {mu.shape} and sigma {sigma.shape}; expected (d,) and (d, d)")
     return FeatureStats(mu, sigma, None if count < 0 else count)
