@@ -14,7 +14,6 @@ from diffit.generate import latent_decoder, preview_writer
 from diffit.objectives import ADMObjective, EDMObjective
 from diffit.runs import (
     build_backbone,
-    check_output_path,
     check_resume_data,
     import_factory,
     training_data,
@@ -124,7 +123,7 @@ def train_command(
         )  # fmt: skip
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        run_dir = check_run_dir(check_output_path(out), resume=resume)
+        run_dir = check_run_dir(out, resume=resume)
         check_device(device)
         factory = import_factory(model_factory) if model_factory is not None else None
         data_ = training_data(data, latent=latent, resolution=res, flip=flip)

@@ -170,6 +170,9 @@ def save_weights(
     """One self-describing safetensors file: the unwrapped state dict, with the model spec (and the
     objective's, when given) in the metadata. Written to a temporary name, fsync'ed and renamed, so ``path``
     is either the old file or the new one."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"{path}: the folder {path.parent} does not exist")
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
     bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())), None)
     if bad is not None:
@@ -182,9 +185,25 @@ def save_weights(
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    """The string metadata of a safetensors file."""
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    """The string metadata of a safetensors file; ValueError (one line) for a file that is not one, or damaged."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # safetensors' own errors, OSError, ...
+        raise ValueError(f"{path}: cannot read it as a checkpoint ({type(err).__name__}: {err})") from None
+
+
+def metadata_spec(metadata: dict[str, str], key: str, path: Path) -> dict[str, Any] | None:
+    """The JSON spec stored under ``key`` (None when absent); ValueError naming the file when it is not JSON."""
+    if key not in metadata:
+        return None
+    try:
+        spec = json.loads(metadata[key])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: its '{key}' metadata is not valid JSON ({err})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: its '{key}' metadata is not a JSON object, got {type(spec).__name__}")
+    return spec
 
 
 def load_weights(
@@ -198,7 +217,7 @@ def load_weights(
     metadata = read_metadata(path)
     if MODEL_METADATA_KEY not in metadata:
         raise ValueError(f"{path} has no '{MODEL_METADATA_KEY}' metadata: not a diffit weights file")
-    model = build_model(json.loads(metadata[MODEL_METADATA_KEY]), build)
+    model = build_model(metadata_spec(metadata, MODEL_METADATA_KEY, path), build)
     load_state_strict(model, load_file(str(path), device=str(map_location)), what=str(path))
     return model.to(map_location).eval(), metadata
 
@@ -379,17 +398,13 @@ def load_model(
         if source is not None and "/" in text and not text.startswith((".", "/")) and not Path(text).exists():
             return _release(text, release_resolution, objective)  # a hub id such as nvidia/DiffiT
         raise
-    try:
-        metadata = read_metadata(path)
-    except Exception as err:  # not a safetensors file at all, or a damaged one
-        raise ValueError(f"{path}: cannot read it as a checkpoint ({type(err).__name__}: {err})") from None
+    metadata = read_metadata(path)
     if MODEL_METADATA_KEY not in metadata:
         return _release(str(path), release_resolution, objective)
     model, _ = load_weights(path, build=build)
     check_backbone(model, what=f"the model rebuilt from {path} cannot be sampled: it")
     if objective is None:
-        spec = metadata.get(OBJECTIVE_METADATA_KEY)
-        objective = build_objective(json.loads(spec) if spec is not None else None, model=model)
+        objective = build_objective(metadata_spec(metadata, OBJECTIVE_METADATA_KEY, path), model=model)
     weights = metadata.get(WEIGHTS_METADATA_KEY, "unspecified")
     info = {"path": str(path), "sha256": sha256_file(path), "kind": "diffit", "weights": weights}
     return LoadedModel(model, objective, info)

@@ -12,6 +12,7 @@ Image i of a run depends only on ``seeds[i]`` and ``labels[i]`` (EDM's per-sampl
 batch it was drawn in or on how many processes shared the seeds.
 """
 
+import json
 import math
 import platform
 from collections.abc import Callable, Sequence
@@ -452,6 +453,14 @@ def save_images(
     evaluation suite reads, or a directory of ``000000.png`` ... filled under a temporary name and renamed.
     ``protocol`` (see :func:`sampling_protocol`) is written beside them as JSON: ``out`` with a ``.json``
     suffix, or ``protocol.json`` inside the directory. Returns the protocol's path (``out`` without one)."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"images must be non-empty uint8 (b, h, w, c), got {images.dtype} {list(images.shape)}")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"labels must hold one class id per image ({len(images)}), got {len(labels)}")
+    try:  # before any image is written: a protocol that cannot be saved must not leave images without it
+        json.dumps(protocol, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"protocol: cannot be written as JSON ({exc})") from None
     out = Path(out)
     kind = images_out_kind(out)
     if kind == "png":

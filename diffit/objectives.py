@@ -64,6 +64,16 @@ class Objective(Protocol):
         ...
 
 
+def check_objective(objective: Any) -> None:
+    """ValueError (one line) naming what ``objective`` lacks of the :class:`Objective` contract."""
+    missing = [name for name in ("default_sampler", "default_steps", "draw", "loss", "denoiser", "sampling_sigmas")
+               if not hasattr(objective, name)]  # fmt: skip
+    if missing:
+        raise ValueError(
+            f"objective {type(objective).__name__} lacks {', '.join(missing)} (see diffit.objectives.Objective)"
+        )
+
+
 class EDMObjective:
     """Image-space objective of the paper: EDM preconditioning and loss (Karras et al. 2022)."""
 

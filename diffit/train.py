@@ -25,10 +25,11 @@ from torch import Tensor, nn
 
 from diffit.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint, verify_checkpoint
 from diffit.data import mix_seed
+from diffit.data.atomic import check_output_path
 from diffit.distributed import DistInfo, all_gather, all_reduce_max, all_reduce_mean
 from diffit.ema import ema_decay, ema_update, make_ema, unwrap
 from diffit.nn import LabelEmbedding, check_backbone
-from diffit.objectives import Objective
+from diffit.objectives import Objective, check_objective
 
 DataFn = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
 """``data(start_step)`` -> iterator over this rank's (x, y) slice of every global batch from ``start_step`` on."""
@@ -239,8 +240,11 @@ def check_train_args(
 
 
 def check_run_dir(run_dir: str | Path, *, resume: bool) -> Path:
-    """``run_dir`` as a Path; ValueError if it holds checkpoints and the run is not a resume (never overwrite)."""
-    run_dir = Path(run_dir)
+    """``run_dir`` as a Path that can be written; ValueError if it cannot, or if it holds checkpoints and the run is
+    not a resume (never overwrite)."""
+    run_dir = check_output_path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"out {run_dir} is a file, not a directory")
     if not resume and latest_checkpoint(run_dir) is not None:
         raise ValueError(f"out {run_dir} already holds checkpoints: resume that run, or choose another directory")
     return run_dir
@@ -293,6 +297,7 @@ def train(
     switched off for the run (and restored afterwards). Arguments out of range raise ValueError before any work.
     """
     check_backbone(unwrap(model))
+    check_objective(objective)
     check_train_args(
         steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=dist.world_size, lr=lr,
         warmup=warmup, betas=betas, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip, precision=precision,

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 from helpers import tiny_image_diffit
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from diffit.checkpoint import checkpoint_dirs, save_checkpoint, save_weights
+from diffit.checkpoint import checkpoint_dirs, load_model, load_weights, save_checkpoint, save_weights
 from diffit.data import memory_batches
 from diffit.distributed import DistInfo
-from diffit.objectives import EDMObjective
+from diffit.objectives import EDMObjective, check_objective
 from diffit.train import check_train_args, train, train_step
 from diffit_cli.main import app
 
@@ -60,6 +61,30 @@ def test_no_checkpoint_holds_non_finite_weights(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="refusing to save w.safetensors: the weight head_conv.bias holds non-finite"):
         save_weights(tmp_path / "w.safetensors", model)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_weight_files_give_one_line_errors_naming_them(tmp_path: Path) -> None:
+    model = tiny_image_diffit(3)
+    good = tmp_path / "w.safetensors"
+    save_weights(good, model)
+    whole = good.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    save_file({"x": torch.zeros(1)}, tmp_path / "badjson.safetensors", metadata={"diffit.model": "{not json"})
+    save_file({"x": torch.zeros(1)}, tmp_path / "list.safetensors", metadata={"diffit.model": "[1, 2]"})
+    cases = {
+        "cut": "cannot read it as a checkpoint",
+        "junk": "cannot read it as a checkpoint",
+        "badjson": "its 'diffit.model' metadata is not valid JSON",
+        "list": "its 'diffit.model' metadata is not a JSON object, got list",
+    }
+    for name, match in cases.items():
+        for load in (load_weights, load_model):
+            with pytest.raises(ValueError, match=f"{name}.safetensors: {match}"):
+                load(tmp_path / f"{name}.safetensors")
+    with pytest.raises(ValueError, match="the folder .*missing does not exist"):
+        save_weights(tmp_path / "missing" / "w.safetensors", model)
+    assert load_weights(good)[0].config == model.config
 
 
 @pytest.mark.parametrize("step", [-1, 10**8])
@@ -128,6 +153,15 @@ def test_train_counts_must_be_integers_also_without_the_type_checks(name: str, v
         inspect.unwrap(check_train_args)(**{**args, name: value})
     np_steps = {**args, "steps": np.int64(3)}
     inspect.unwrap(check_train_args)(**np_steps)
+
+
+def test_train_refuses_an_objective_without_the_contract_and_an_out_that_is_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="objective object lacks default_sampler, .*sampling_sigmas"):
+        check_objective(object())  # what train does first; the suite's type checks would answer before it
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="out .*file is a file, not a directory"):
+        _toy_run(tmp_path / "file", 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_train_refuses_data_batches_of_another_size(tmp_path: Path) -> None:

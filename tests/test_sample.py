@@ -1,5 +1,6 @@
 """Generation and `diffit sample`: seed invariance, output formats, protocol record, release loading, errors."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -15,7 +16,16 @@ from typer.testing import CliRunner
 
 from diffit.checkpoint import save_weights
 from diffit.diffusion import sample_dpmpp_2m, sample_edm_stochastic
-from diffit.generate import Guidance, default_sigmas, generate, make_grid, random_labels, sample, to_uint8
+from diffit.generate import (
+    Guidance,
+    default_sigmas,
+    generate,
+    make_grid,
+    random_labels,
+    sample,
+    save_images,
+    to_uint8,
+)
 from diffit.nn import ImageDiffiT, LatentDiffiT
 from diffit_cli.main import app
 
@@ -103,6 +113,25 @@ def test_generate_refuses_images_that_are_not_finite_instead_of_painting_them_bl
         model.head_conv.bias.fill_(float("nan"))
     with pytest.raises(ValueError, match=r"^model: the images of 3 seed\(s\) hold NaN or inf \(first: seed 7\)"):
         generate(model, sampler=sample_dpmpp_2m, sigmas=default_sigmas(model, 2), seeds=[7, 8, 9], batch_size=2)
+
+
+@pytest.mark.parametrize(
+    ("images", "kwargs", "match"),
+    [
+        (torch.rand(2, 4, 4, 1), {}, "images must be non-empty uint8"),  # a float image became a black PNG
+        (torch.zeros(0, 4, 4, 1, dtype=torch.uint8), {}, "images must be non-empty uint8"),
+        (torch.zeros(2, 4, 4, 1, dtype=torch.uint8), {"labels": torch.tensor([1])}, "labels must hold one class id"),
+        (torch.zeros(2, 4, 4, 1, dtype=torch.uint8), {"protocol": {"loss": float("nan")}}, "protocol: cannot be"),
+        (torch.zeros(2, 4, 4, 1, dtype=torch.uint8), {"protocol": {"x": object()}}, "protocol: cannot be"),
+    ],
+)
+def test_save_images_refuses_what_it_cannot_write_whole_and_writes_nothing(
+    tmp_path: Path, images: torch.Tensor, kwargs: dict, match: str
+) -> None:
+    for out in ("grid.png", "set.npz", "folder"):
+        with pytest.raises(ValueError, match=match):  # unwrapped: as users run it, without the type checks
+            inspect.unwrap(save_images)(images, tmp_path / out, **kwargs)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_uint8_and_grid_layout() -> None:
