@@ -65,6 +65,8 @@ def test_writer_is_byte_deterministic_and_gzip_hash_is_of_the_tar(tmp_path):
 def test_writer_rejects_bad_pattern_and_keys(tmp_path):
     with pytest.raises(ValueError, match="out_pattern"):
         ShardWriter(str(tmp_path / "no-pattern.tar"))
+    with pytest.raises(ValueError, match="start_index: expected >= 0, got -1"):  # it named a shard k--00001.tar
+        ShardWriter(str(tmp_path / "k-%03d.tar"), start_index=-1)
     with ShardWriter(str(tmp_path / "k-%03d.tar")) as w:
         with pytest.raises(ValueError, match="key"):
             w.write("has.dot", {"txt": b""})

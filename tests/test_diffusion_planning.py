@@ -1,6 +1,6 @@
 import pytest
 
-from diffit.diffusion import MIN_STEPS, SAMPLERS, plan_sampling, steps_for_nfe
+from diffit.diffusion import MIN_STEPS, SAMPLERS, final_for, plan_sampling, steps_for_nfe
 
 
 def test_every_sampler_has_a_minimum_and_plans_fit_their_budget() -> None:
@@ -37,6 +37,7 @@ def test_known_budgets() -> None:
         (lambda: steps_for_nfe("heun", 2), "nfe 2 is too small for heun: it needs at least 3"),
         (lambda: steps_for_nfe("ipndm", 6, guidance_scale=2.0), "needs at least 8 evaluations \\(guided"),
         (lambda: steps_for_nfe("rk4", 10), "sampler must be one of"),
+        (lambda: final_for("rk4"), "sampler must be one of"),  # a schedule for an unknown sampler ended anyhow
         (lambda: plan_sampling(0), "nfe must be >= 1"),
         (lambda: plan_sampling(1, guidance_scale=2.0), "one guided evaluation costs 2"),
         (lambda: plan_sampling(10, schedule="cosine"), "schedule must be one of"),

@@ -1,3 +1,4 @@
+import inspect
 import math
 from functools import partial
 
@@ -12,6 +13,7 @@ from diffit.diffusion import (
     GaussianMixture,
     VPEpsDenoiser,
     betas_to_alphas_cumprod,
+    check_sigmas,
     karras_sigmas,
     linear_betas,
     per_sample_noise,
@@ -235,6 +237,8 @@ def test_bad_input_raises_clear_errors() -> None:
         "at least 2": torch.tensor([0.0], dtype=F64),
         "finite": torch.tensor([float("inf"), 1.0, 0.0], dtype=F64),
     }
+    with pytest.raises(ValueError, match="sigmas must be a 1-D tensor, got list"):
+        inspect.unwrap(check_sigmas)([80.0, 1.0, 0.0])  # AttributeError before (unwrapped: no type checks)
     for sampler in SAMPLERS.values():
         for match, sigmas in bad.items():
             with pytest.raises(ValueError, match=match):

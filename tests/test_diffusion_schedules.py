@@ -59,6 +59,9 @@ def test_linear_and_cosine_betas() -> None:
     torch.testing.assert_close(acp[t.long() - 1], f, rtol=1e-10, atol=0)
     with pytest.raises(ValueError, match="betas"):
         betas_to_alphas_cumprod(torch.tensor([0.5, 1.5], dtype=torch.float64))
+    for kwargs in ({"beta_start": -1.0}, {"beta_start": 0.1, "beta_end": 0.01}, {"num_timesteps": 10}):
+        with pytest.raises(ValueError, match="betas must satisfy 0 < beta_start <= beta_end"):
+            linear_betas(**kwargs)  # 10 steps scale beta_end 0.02 to 2.0: beyond 1
 
 
 def test_sigma_alpha_bar_timestep_round_trips() -> None:

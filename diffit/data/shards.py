@@ -242,6 +242,8 @@ class ShardWriter:
         for name, value in (("max_count", max_count), ("max_size", max_size)):
             if value < 1:
                 raise ValueError(f"{name}: expected a positive limit, got {value}")
+        if start_index < 0:
+            raise ValueError(f"start_index: expected >= 0, got {start_index}")
         self.pattern, self.max_count, self.max_size, self.start_index = pattern, max_count, max_size, start_index
         self.shards: list[ShardInfo] = []
         self._writer: wds.ShardWriter | None = None

@@ -68,8 +68,15 @@ class SamplingPlan:
         return asdict(self)
 
 
+def check_sampler_name(sampler: str) -> None:
+    """ValueError unless ``sampler`` names one of diffit's samplers (a key of ``SAMPLERS``)."""
+    if sampler not in MIN_STEPS:
+        raise ValueError(f"sampler must be one of {', '.join(MIN_STEPS)}, got {sampler!r}")
+
+
 def final_for(sampler: str) -> str:
     """How a schedule for ``sampler`` should end: "zero" for the samplers in FINAL_TO_ZERO, else "sigma_min"."""
+    check_sampler_name(sampler)
     return "zero" if sampler in FINAL_TO_ZERO else "sigma_min"
 
 
@@ -79,8 +86,7 @@ def steps_for_nfe(sampler: str, nfe: int, *, guidance_scale: float = 1.0) -> int
     Raises a ValueError naming ``nfe`` when the budget is below what the sampler needs to reach its order
     (``MIN_STEPS``), and naming ``sampler`` when it is unknown.
     """
-    if sampler not in MIN_STEPS:
-        raise ValueError(f"sampler must be one of {', '.join(MIN_STEPS)}, got {sampler!r}")
+    check_sampler_name(sampler)
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
     per_call = 1 if guidance_scale == 1.0 else 2
@@ -134,8 +140,8 @@ def resolve_sampling(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if nfe is not None and steps is not None:
         raise ValueError("nfe and steps are alternatives: give one")
-    if sampler is not None and sampler not in MIN_STEPS:
-        raise ValueError(f"sampler must be one of {', '.join(MIN_STEPS)}, got {sampler!r}")
+    if sampler is not None:
+        check_sampler_name(sampler)
     if schedule is not None and schedule not in SCHEDULE_NAMES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {schedule!r}")
     if nfe is None:

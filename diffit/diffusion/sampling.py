@@ -50,8 +50,8 @@ def check_sigmas(sigmas: Tensor) -> list[float]:
 
     Step arithmetic then runs in float64 on the host, with no device synchronisation inside the loop.
     """
-    if sigmas.ndim != 1:
-        raise ValueError(f"sigmas must be a 1-D tensor, got shape {tuple(sigmas.shape)}")
+    if not isinstance(sigmas, Tensor) or sigmas.ndim != 1:
+        raise ValueError(f"sigmas must be a 1-D tensor, got {getattr(sigmas, 'shape', type(sigmas).__name__)}")
     if len(sigmas) < 2:
         raise ValueError(f"sigmas must hold at least 2 values (steps >= 1), got {len(sigmas)}")
     values = [float(s) for s in sigmas.detach().cpu().double()]

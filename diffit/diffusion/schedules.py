@@ -60,6 +60,11 @@ def linear_betas(num_timesteps: int = 1000, *, beta_start: float = 1e-4, beta_en
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
     scale = 1000.0 / num_timesteps
+    if not 0 < scale * beta_start <= scale * beta_end < 1:
+        raise ValueError(
+            f"betas must satisfy 0 < beta_start <= beta_end and, scaled by 1000/T, stay below 1; got "
+            f"beta_start={beta_start}, beta_end={beta_end}, num_timesteps={num_timesteps}"
+        )
     return torch.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64)
 
 
