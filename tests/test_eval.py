@@ -94,6 +94,10 @@ def test_frechet_bad_input():
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
     with pytest.raises(ValueError, match="NaN"):
         frechet_distance(np.array([np.nan, 0.0]), np.eye(2), np.zeros(2), np.eye(2))
+    for first in (True, False):  # -I gave a distance of 0 before
+        sigmas = (-np.eye(2), np.eye(2)) if first else (np.eye(2), -np.eye(2))
+        with pytest.raises(ValueError, match=f"sigma{1 if first else 2}: not a covariance matrix \\(eigenvalue -1"):
+            frechet_distance(np.zeros(2), sigmas[0], np.zeros(2), sigmas[1])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -83,10 +83,17 @@ def feature_statistics(features: Float[Tensor, "n d"]) -> FeatureStats:
     return acc.result()
 
 
-def _psd_sqrt(a: Float[np.ndarray, "d d"]) -> Float[np.ndarray, "d d"]:
-    """The symmetric PSD square root V diag(sqrt(max(w, 0))) V^T of a symmetric matrix (eigenvalues that
+def _check_covariance(name: str, eigenvalues: np.ndarray) -> None:
+    """ValueError when a matrix is no covariance: an eigenvalue below zero by more than round-off."""
+    if eigenvalues.min(initial=0.0) < -1e-6 * max(1.0, float(np.abs(eigenvalues).max(initial=0.0))):
+        raise ValueError(f"{name}: not a covariance matrix (eigenvalue {eigenvalues.min():.3g} < 0)")
+
+
+def _psd_sqrt(a: Float[np.ndarray, "d d"], name: str) -> Float[np.ndarray, "d d"]:
+    """The symmetric PSD square root V diag(sqrt(max(w, 0))) V^T of a covariance ``name`` (eigenvalues that
     round-off pushed below zero are clamped)."""
     w, v = np.linalg.eigh(a)
+    _check_covariance(name, w)
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
@@ -117,7 +124,8 @@ def frechet_distance(
             raise ValueError(f"{name}: contains NaN or infinite values")
     # Covariances are symmetric; averaging with the transpose removes asymmetric round-off.
     sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
-    root1 = _psd_sqrt(sigma1)
+    _check_covariance("sigma2", np.linalg.eigvalsh(sigma2))  # a negative-definite one gave FID 0 before
+    root1 = _psd_sqrt(sigma1, "sigma1")
     middle = root1 @ sigma2 @ root1
     eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
     trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
