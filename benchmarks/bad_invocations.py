@@ -106,6 +106,16 @@ sample --precision fp16
 sample --release-res 300
 sample --model-factory nope
 sample --raw --ckpt notes.txt
+sample --out /proc/x.png
+sample --class ²
+sample --seeds 0-٣
+sample --cfg 1e39 --class 0
+sample --nfe 1000000000
+sample --steps 1000000000
+sample --n 20000000
+sample --device meta
+train --device meta
+train --seed 18446744073709551615
 info --res 0
 info --res -8
 info --model giant

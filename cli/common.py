@@ -1,5 +1,6 @@
 """What the commands share: one-line failures with exit code 2, shared options, the progress bar."""
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, NoReturn
@@ -72,7 +73,8 @@ def parse_int_ranges(text: str, *, name: str, limit: int = MAX_IDS) -> list[int]
     spans: list[tuple[int, int]] = []
     for part in text.split(","):
         bounds = part.strip().split("-")
-        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+        # ASCII digits only: str.isdigit() also accepts '²', which int() then refuses with a traceback.
+        if len(bounds) > 2 or not all(re.fullmatch(r"[0-9]+", b.strip()) for b in bounds):
             fail(f"{name} must be non-negative integers or inclusive ranges like '0-49999,50', got {text!r}")
         spans.append((int(bounds[0]), int(bounds[-1])))
     total = sum(max(0, hi - lo + 1) for lo, hi in spans)

@@ -12,7 +12,9 @@ from rich.table import Table
 import diffit
 from diffit.checkpoint import sha256_file
 from diffit.data.atomic import write_json
+from diffit.distributed import check_device
 from diffit.evaluation import (
+    ImageBatches,
     InceptionV3,
     evaluate_images,
     frechet_distance,
@@ -59,8 +61,25 @@ def _check_count(count: int | None, name: str) -> None:
         fail(f"{name}: a covariance needs at least 2 images, got {count}")
 
 
-def _load(inception: str | None, device: str | None) -> InceptionV3:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+def _open(ctx: typer.Context, path: str, label: str, batch_size: int, max_count: int | None) -> ImageBatches:
+    """``open_images``; an error about the images names them as the command does (SRC, SAMPLES, REF)."""
+    try:
+        return open_images(path, batch_size=batch_size, max_count=max_count)
+    except ValueError as exc:
+        if str(exc).startswith("src"):
+            fail(label + _message(exc).removeprefix("src"))
+        fail_from(exc, ctx, _ALIASES)
+
+
+def _device(device: str | None) -> str:
+    """The device to run Inception on (default: CUDA when available), checked before any work."""
+    try:
+        return str(check_device(device))
+    except ValueError as exc:
+        fail(f"--{_message(exc)}")  # "device: ..." -> "--device: ..."
+
+
+def _load(inception: str | None, device: str) -> InceptionV3:
     try:
         return load_inception(inception, device=device)
     except (FileNotFoundError, ValueError) as exc:
@@ -87,10 +106,8 @@ def stats(
 ) -> None:
     """Inception pool-feature mean and covariance of SRC, written to OUT.npz (usable as REF of `eval fid`)."""
     _check_out(out, "OUT", ".npz")
-    try:
-        source = open_images(src, batch_size=batch_size, max_count=max_count)
-    except ValueError as exc:
-        fail_from(exc, ctx, _ALIASES)
+    device = _device(device)
+    source = _open(ctx, src, "SRC", batch_size, max_count)
     _check_count(source.count, "SRC")
     net = _load(inception, device)
     try:
@@ -123,12 +140,12 @@ def fid(
     """FID between SAMPLES and REF (and the Inception Score of SAMPLES when the network has a classifier head)."""
     if json_out is not None:
         _check_out(json_out, "--json", ".json")
-    try:
-        sample_source = open_images(samples, batch_size=batch_size, max_count=max_count)
-        ref_is_stats = is_statistics_file(ref)
-        ref_source = None if ref_is_stats else open_images(ref, batch_size=batch_size, max_count=max_count)
-    except ValueError as exc:
-        fail_from(exc, ctx, _ALIASES)
+    if splits < 1:
+        fail(f"--splits must be >= 1, got {splits}")
+    device = _device(device)
+    sample_source = _open(ctx, samples, "SAMPLES", batch_size, max_count)
+    ref_is_stats = is_statistics_file(ref)
+    ref_source = None if ref_is_stats else _open(ctx, ref, "REF", batch_size, max_count)
     _check_count(sample_source.count, "SAMPLES")
     _check_count(None if ref_source is None else ref_source.count, "REF")
     net = _load(inception, device)

@@ -26,6 +26,7 @@ from diffit.objectives import ADMObjective
 from diffit.release import check_release_resolution
 from diffit.runs import import_factory
 from diffit_cli.common import (
+    MAX_IDS,
     TF32,
     Device,
     Precision,
@@ -118,6 +119,8 @@ def sample_command(
     set_tf32(tf32)
     if n < 1 or batch_size < 1:
         fail(f"--n and --batch-size must be >= 1, got {n} and {batch_size}")
+    if n > MAX_IDS:
+        fail(f"--n names {n} images, more than the {MAX_IDS} one run may take: split the job (--seeds)")
     with refusing(ctx):
         sampler, steps, schedule, plan = resolve_sampling(
             sampler=sampler, schedule=schedule, steps=steps, nfe=nfe, guidance_scale=cfg

@@ -35,8 +35,9 @@ def train_command(
         bool, typer.Option(help="Train latent DiffiT on pre-encoded latent shards (ADM objective).")
     ] = False,
     model: Annotated[
-        str, typer.Option(help="Image: tiny | cifar10 | ffhq64. Latent: s2 | b2 | l2 | xl2 (default xl2).")
-    ] = "tiny",
+        str | None,
+        typer.Option(help="Image: tiny | cifar10 | ffhq64 (default tiny). Latent: s2 | b2 | l2 | xl2 (default xl2)."),
+    ] = None,
     model_factory: Annotated[
         str | None,
         typer.Option(
@@ -114,7 +115,7 @@ def train_command(
 ) -> None:
     """Train DiffiT. With no --data: the class-conditional tiny model on the bundled 16x16 digits."""
     set_tf32(tf32)
-    with refusing(ctx, {"betas": "--beta1/--beta2"}):
+    with refusing(ctx, {"betas": "--beta1/--beta2", "factory": "--model-factory"}):
         check_train_args(
             steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=world_size(), lr=lr,
             warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,
@@ -127,11 +128,12 @@ def train_command(
         check_device(device)
         factory = import_factory(model_factory) if model_factory is not None else None
         data_ = training_data(data, latent=latent, resolution=res, flip=flip)
+        model = model or ("xl2" if latent else "tiny")
         if resume:
             check_resume_data(run_dir, data_.content_hash)
         torch.manual_seed(seed)  # the initial weights are a function of --seed (identical on every rank)
         net = build_backbone(
-            data_, model="xl2" if latent and model == "tiny" else model, factory=factory, augment=augment,
+            data_, model=model, factory=factory, augment=augment,
             grad_checkpointing=grad_checkpointing,
         )  # fmt: skip
         decode = latent_decoder(load_vae(vae, check_device(device))) if latent and vae and sample_every else None

@@ -88,6 +88,8 @@ def build_model(spec: dict[str, Any], build: Build | None = None) -> nn.Module:
     """An untrained model from :func:`model_spec`'s dict: ``build(**config)`` (``build()`` when no config was
     recorded), or, without ``build``, a diffit backbone rebuilt from its recorded config."""
     name, config = spec.get("class"), spec.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"the checkpoint's model config must be a JSON object, got {type(config).__name__}")
     where = f"{spec.get('module', '?')}.{name}"
     if build is None:
         if name not in BUILTIN_MODELS or config is None:
@@ -100,10 +102,10 @@ def build_model(spec: dict[str, Any], build: Build | None = None) -> nn.Module:
         config = _without_legacy(config)
     try:
         model = build(**config) if config is not None else build()
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: e.g. a recorded size too large to allocate
         raise ValueError(
             f"build={getattr(build, '__name__', build)} cannot rebuild the checkpoint's {name} from its recorded "
-            f"config {config}: {err}"
+            f"config {config}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
         ) from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"build={getattr(build, '__name__', build)} returned a {type(model).__name__}, not a module")
@@ -301,13 +303,29 @@ def save_checkpoint(
     return final
 
 
-def verify_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
-    """``state.json`` of a checkpoint whose files all match their recorded sha256; ValueError (one line) if not."""
+def read_state(ckpt_dir: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json`` (not its files' hashes: see :func:`verify_checkpoint`); ValueError (one line)
+    when it is unreadable or lacks what every checkpoint records (step, model, files)."""
     ckpt_dir = Path(ckpt_dir)
     try:
         record = json.loads((ckpt_dir / "state.json").read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"checkpoint {ckpt_dir}: state.json is unreadable ({type(err).__name__})") from None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("step"), int)
+        or not isinstance(record.get("model"), dict)
+    ):
+        raise ValueError(f"checkpoint {ckpt_dir}: state.json lacks its step or model record")
+    if not isinstance(record.get("files", {}), dict):
+        raise ValueError(f"checkpoint {ckpt_dir}: state.json's files record is not an object")
+    return record
+
+
+def verify_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint whose files all match their recorded sha256; ValueError (one line) if not."""
+    ckpt_dir = Path(ckpt_dir)
+    record = read_state(ckpt_dir)
     for name, expected in record.get("files", {}).items():
         if not (ckpt_dir / name).is_file() or sha256_file(ckpt_dir / name) != expected:
             raise ValueError(f"checkpoint file {ckpt_dir / name} does not match its recorded sha256")
@@ -398,20 +416,35 @@ def load_model(
         if source is not None and "/" in text and not text.startswith((".", "/")) and not Path(text).exists():
             return _release(text, release_resolution, objective)  # a hub id such as nvidia/DiffiT
         raise
+    sha = _intact_sha256(path)
     metadata = read_metadata(path)
     if MODEL_METADATA_KEY not in metadata:
-        return _release(str(path), release_resolution, objective)
+        return _release(str(path), release_resolution, objective, sha)
     model, _ = load_weights(path, build=build)
     check_backbone(model, what=f"the model rebuilt from {path} cannot be sampled: it")
     if objective is None:
         objective = build_objective(metadata_spec(metadata, OBJECTIVE_METADATA_KEY, path), model=model)
     weights = metadata.get(WEIGHTS_METADATA_KEY, "unspecified")
-    info = {"path": str(path), "sha256": sha256_file(path), "kind": "diffit", "weights": weights}
+    info = {"path": str(path), "sha256": sha, "kind": "diffit", "weights": weights}
     return LoadedModel(model, objective, info)
 
 
-def _release(source: str, resolution: int, objective: Any) -> LoadedModel:
+def _intact_sha256(path: Path) -> str:
+    """The file's sha256, refused (ValueError) when the state.json of the training checkpoint that holds it records
+    another one. An unreadable state.json leaves nothing to compare with."""
+    sha = sha256_file(path)
+    try:
+        record = read_state(path.parent) if (path.parent / "state.json").is_file() else {}
+    except ValueError:
+        record = {}
+    recorded = record.get("files", {}).get(path.name)
+    if recorded is not None and recorded != sha:
+        raise ValueError(f"{path} does not match the sha256 its checkpoint's state.json records: the file is damaged")
+    return sha
+
+
+def _release(source: str, resolution: int, objective: Any, sha: str | None = None) -> LoadedModel:
     model = load_release(source, resolution=resolution)
-    sha = sha256_file(source) if Path(source).is_file() else None
+    sha = sha or (sha256_file(source) if Path(source).is_file() else None)
     info = {"path": source, "sha256": sha, "kind": "release", "weights": "ema"}
     return LoadedModel(model, objective if objective is not None else build_objective(None, model=model), info)

@@ -41,6 +41,8 @@ def check_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
         raise ValueError(f"device: unknown device {device!r} (expected cpu, cuda, cuda:1, ...)") from None
+    if dev.type not in ("cpu", "cuda"):  # others (meta, mps, xpu...) fail later, in autocast or in sampling
+        raise ValueError(f"device: diffit runs on cpu or cuda devices, got {device!r}")
     if dev.type == "cuda" and (dev.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
         raise ValueError(
             f"device: {device!r} is not available on this machine (CUDA devices: {torch.cuda.device_count()})"

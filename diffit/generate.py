@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 import diffit
 from diffit.data import SD_SCALE_FACTOR, mix_seed
-from diffit.data.atomic import atomic_path, write_json
+from diffit.data.atomic import atomic_path, check_output_path, write_json
 from diffit.diffusion import (
     SAMPLERS,
     ClassifierFreeGuidance,
@@ -374,7 +374,7 @@ def generate(
     if broken:  # to_uint8 would have made them black (NaN) or white (inf) without a word
         raise ValueError(
             f"model: the images of {len(broken)} seed(s) hold NaN or inf (first: seed {seeds[broken[0]]}); "
-            "the weights, the sampler settings or the precision are broken"
+            "the weights, the sampler or guidance settings or the precision are broken"
         )
     if dist is None or not dist.enabled:
         return local
@@ -431,13 +431,16 @@ def images_out_kind(out: str | Path) -> str:
     kind = {".png": "png", ".npz": "npz", "": "dir"}.get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"out must be a .png file, an .npz file or a directory (no suffix), got {path}")
-    parent = path.parent
-    if not parent.is_dir():
-        raise ValueError(f"out {path}: directory {parent} does not exist")
+    # A file among its parents, or a folder nothing can be written to (an existing out file is replaced).
+    check_output_path(path if kind == "dir" else path.parent, name="out")
+    if not path.parent.is_dir():
+        raise ValueError(f"out {path}: directory {path.parent} does not exist")
     if kind == "dir" and path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ValueError(f"out {path} exists and is not an empty directory: images are never mixed with older ones")
     if kind != "dir" and path.is_dir():
         raise ValueError(f"out {path} is a directory")
+    if kind != "dir" and path.with_suffix(".json").is_dir():  # where the protocol goes
+        raise ValueError(f"out {path}: its protocol {path.with_suffix('.json')} would replace a directory")
     return kind
 
 
@@ -462,14 +465,14 @@ def save_images(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"protocol: cannot be written as JSON ({exc})") from None
     out = Path(out)
-    kind = images_out_kind(out)
+    kind = images_out_kind(out)  # checked again: nothing is written where the protocol could not follow
     if kind == "png":
         nrow = 10 if labels is not None and len(images) % 10 == 0 else None
         save_png(make_grid(images, nrow=nrow), out, upscale=max(1, 128 // images.shape[1]))
     elif kind == "npz":
         arrays = {"arr_0": images.numpy()} | ({} if labels is None else {"arr_1": labels.numpy()})
-        with atomic_path(out) as tmp:
-            np.savez(tmp, **arrays)
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:  # a file object: np.savez appends .npz to a path
+            np.savez(f, **arrays)
     else:
         with atomic_path(out) as tmp:
             tmp.mkdir()

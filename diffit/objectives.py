@@ -209,13 +209,16 @@ def build_objective(spec: dict[str, Any] | None, *, model: nn.Module | None = No
     :func:`default_objective`). Raises ValueError for an objective diffit cannot rebuild by itself."""
     if spec is None:
         return default_objective(model)
-    cls = BUILTIN_OBJECTIVES.get(spec.get("class", ""))
-    if cls is None or spec.get("config") is None:
+    cls = BUILTIN_OBJECTIVES.get(spec.get("class", "")) if isinstance(spec, dict) else None
+    if cls is None or not isinstance(spec.get("config"), dict):
         raise ValueError(
-            f"the checkpoint was trained with objective {spec.get('class')!r}, which diffit cannot rebuild: "
-            "pass objective=YourObjective(...)"
+            f"the checkpoint was trained with objective {spec.get('class') if isinstance(spec, dict) else spec!r}, "
+            "which diffit cannot rebuild: pass objective=YourObjective(...)"
         )
-    return cls(**spec["config"])
+    try:
+        return cls(**spec["config"])
+    except (TypeError, ValueError) as err:  # a recorded config this version does not take
+        raise ValueError(f"cannot rebuild objective {spec['class']} from its recorded config: {err}") from None
 
 
 def default_objective(model: nn.Module | None) -> Any:

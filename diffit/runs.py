@@ -10,7 +10,6 @@
 """
 
 import importlib
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from diffit.augment import AUGMENT_DIM
-from diffit.checkpoint import latest_checkpoint
+from diffit.checkpoint import checkpoint_dirs, read_state
 from diffit.data import (
     digits_urls,
     expand_urls,
@@ -218,7 +217,11 @@ def build_backbone(
     if augment > 0 and data.latent:
         raise ValueError("augment is for image-space training only")
     if factory is not None:
-        net = factory(resolution=data.side, in_channels=data.channels, num_classes=data.num_classes)
+        try:
+            net = factory(resolution=data.side, in_channels=data.channels, num_classes=data.num_classes)
+        except TypeError as err:  # a factory that does not take the three keyword arguments
+            name = getattr(factory, "__qualname__", factory)
+            raise ValueError(f"factory {name} must accept resolution=, in_channels=, num_classes= ({err})") from None
     else:
         presets = LATENT_PRESETS if data.latent else IMAGE_PRESETS
         if model not in presets:
@@ -242,12 +245,19 @@ def build_backbone(
     return net
 
 
+def _readable_state(ckpt: Path) -> dict[str, Any] | None:
+    try:
+        return read_state(ckpt)
+    except ValueError:
+        return None
+
+
 def check_resume_data(run_dir: str | Path, content_hash: str | None) -> None:
     """ValueError unless the run in ``run_dir`` (if any) was trained on data with this content hash."""
-    last = latest_checkpoint(Path(run_dir))
-    if last is None or content_hash is None:
+    states = (_readable_state(c) for c in checkpoint_dirs(Path(run_dir))[::-1])  # a damaged newest is passed over
+    state = next((s for s in states if s is not None), None)
+    if state is None or content_hash is None:
         return
-    state = json.loads((last / "state.json").read_text())
     recorded = state.get("run", {}).get("data", {}).get("content_hash")
     recorded = recorded or state.get("args", {}).get("data_content_hash")  # checkpoints of diffit 0.1.0
     if recorded is not None and recorded != content_hash:

@@ -189,6 +189,12 @@ def _truncate_log(path: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in kept))
 
 
+# Arguments that shape a run's trajectory: resuming with another value is no longer an exact resume. (steps,
+# micro_batch, world_size and compile are not among them: they extend the run or only reorder its arithmetic.)
+TRAJECTORY_ARGS = ("batch_size", "lr", "warmup", "betas", "weight_decay", "ema", "ema_warmup", "grad_clip",
+                   "precision", "seed", "label_dropout", "guard_updates")  # fmt: skip
+
+
 def check_train_args(
     *,
     steps: int,
@@ -225,7 +231,7 @@ def check_train_args(
                         ("max_bad_steps", max_bad_steps)):  # fmt: skip
         need(integer(value) and value >= 1, name, "an integer >= 1", value)
     need(integer(warmup) and warmup >= 0, "warmup", "an integer >= 0", warmup)
-    need(integer(seed) and seed >= 0, "seed", "an integer >= 0", seed)
+    need(integer(seed) and 0 <= seed < 2**63, "seed", "an integer in [0, 2**63)", seed)  # torch overflowed past it
     need(integer(sample_every) and sample_every >= 0, "sample_every", "an integer >= 0 (0 disables)", sample_every)
     need(math.isfinite(lr) and lr > 0, "lr", "a finite number > 0", lr)
     need(all(math.isfinite(b) and 0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)", betas)
@@ -329,6 +335,13 @@ def train(
     run = _RunState()
     if resume:
         run.restore(run_dir, model=model, ema=ema_model, optimizer=optimizer, dist=dist, warn=emit)
+        changed = [
+            f"{k} {run.recorded_args[k]} -> {v}"
+            for k, v in train_args.items()
+            if k in TRAJECTORY_ARGS and k in run.recorded_args and run.recorded_args[k] != v
+        ]
+        if changed:  # allowed (a lower lr, say), but the run is no longer the one an uninterrupted run gives
+            emit({"event": "warning", "message": f"resumed with changed arguments: {', '.join(changed)}"})
     log_path = run_dir / "log.jsonl"
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -440,6 +453,7 @@ class _RunState:
     best_step: int = -1
     window: list[float] = field(default_factory=list)  # losses since the last checkpoint
     last_checkpoint: Path | None = None
+    recorded_args: dict[str, Any] = field(default_factory=dict)  # the train arguments of the restored checkpoint
 
     def restore(
         self,
@@ -473,6 +487,7 @@ class _RunState:
             ckpt, model=model, ema=ema, optimizer=optimizer, map_location=dist.device, verified=verified
         )
         self.step, self.skipped, self.last_checkpoint = record["step"], record.get("skipped_steps", 0), ckpt
+        self.recorded_args = record.get("train", {}) if isinstance(record.get("train"), dict) else {}
         best = record.get("best_loss")
         self.best_loss, self.best_step = (math.inf if best is None else best), record.get("best_step", -1)
         if f"rank{dist.rank}.cpu" in rng:

@@ -18,6 +18,7 @@ from diffit.checkpoint import checkpoint_dirs, load_model, load_weights, save_ch
 from diffit.data import memory_batches
 from diffit.distributed import DistInfo
 from diffit.objectives import EDMObjective, check_objective
+from diffit.runs import check_resume_data
 from diffit.train import check_train_args, train, train_step
 from diffit_cli.main import app
 
@@ -82,6 +83,16 @@ def test_damaged_weight_files_give_one_line_errors_naming_them(tmp_path: Path) -
         for load in (load_weights, load_model):
             with pytest.raises(ValueError, match=f"{name}.safetensors: {match}"):
                 load(tmp_path / f"{name}.safetensors")
+    objectives = {  # TypeError / AttributeError before
+        '{"class": "EDMObjective", "config": {"bogus": 1}}': "cannot rebuild objective EDMObjective .* 'bogus'",
+        '{"class": "EDMObjective", "config": {"sigma_min": "abc"}}': "cannot rebuild objective EDMObjective",
+        '{"class": "EDMObjective", "config": [1]}': "objective 'EDMObjective', which diffit cannot rebuild",
+        "[]": "its 'diffit.objective' metadata is not a JSON object, got list",
+    }
+    for spec, match in objectives.items():
+        save_weights(tmp_path / "o.safetensors", model, extra_metadata={"diffit.objective": spec})
+        with pytest.raises(ValueError, match=match):
+            load_model(tmp_path / "o.safetensors")
     with pytest.raises(ValueError, match="the folder .*missing does not exist"):
         save_weights(tmp_path / "missing" / "w.safetensors", model)
     assert load_weights(good)[0].config == model.config
@@ -149,7 +160,7 @@ def test_train_counts_must_be_integers_also_without_the_type_checks(name: str, v
                 weight_decay=0.0, ema=0.99, grad_clip=1.0, precision="fp32", label_dropout=None, ckpt_every=1,
                 keep_last=1, log_every=1, sample_every=0, max_bad_steps=1, seed=0)  # fmt: skip
     inspect.unwrap(check_train_args)(**args)  # as users run it: DIFFIT_TYPECHECK off
-    with pytest.raises(ValueError, match=rf"^{name} must be an integer >= [01].*, got {value}$"):
+    with pytest.raises(ValueError, match=rf"^{name} must be an integer (>= [01]|in \[0, 2\*\*63\)).*, got {value}$"):
         inspect.unwrap(check_train_args)(**{**args, name: value})
     np_steps = {**args, "steps": np.int64(3)}
     inspect.unwrap(check_train_args)(**np_steps)
@@ -197,6 +208,38 @@ def test_a_damaged_latest_checkpoint_is_passed_over_on_resume(tmp_path: Path, da
         _toy_run(tmp_path, 8, resume=True)
 
 
+@pytest.mark.parametrize("state", ["{}", "[]", "{bad", '{"step": 4, "model": {}, "files": []}'])
+def test_a_newest_checkpoint_with_a_damaged_state_json_is_passed_over(tmp_path: Path, state: str) -> None:
+    _toy_run(tmp_path, 4)
+    (checkpoint_dirs(tmp_path)[-1] / "state.json").write_text(state)  # KeyError / AttributeError before
+    check_resume_data(tmp_path, "0" * 64)  # reads the newest readable state.json, as train will
+    events: list[dict] = []
+    assert _toy_run(tmp_path, 6, resume=True, callback=events.append).step == 6
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert len(warnings) == 1 and "ckpt-00000004: state.json" in warnings[0]
+
+
+def test_sampling_refuses_a_checkpoint_file_that_does_not_match_its_recorded_hash(tmp_path: Path) -> None:
+    _toy_run(tmp_path, 2)
+    ema = checkpoint_dirs(tmp_path)[-1] / "ema.safetensors"
+    data = bytearray(ema.read_bytes())
+    data[-8:] = b"\xff" * 8  # weights that still parse, as NaN: sampled as black images before
+    ema.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="ema.safetensors does not match the sha256 its checkpoint's state.json"):
+        load_model(tmp_path)
+
+
+def test_a_resume_with_changed_arguments_says_which(tmp_path: Path) -> None:
+    _toy_run(tmp_path, 2)
+    events: list[dict] = []
+    _toy_run(tmp_path, 4, resume=True, seed=5, grad_clip=0.5, callback=events.append)  # silent before
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert warnings == ["resumed with changed arguments: grad_clip 0.0 -> 0.5, seed 0 -> 5"]
+    events.clear()
+    _toy_run(tmp_path, 6, resume=True, seed=5, grad_clip=0.5, callback=events.append)  # steps may grow
+    assert [e for e in events if e["event"] == "warning"] == []
+
+
 class NaNAtEnd(EDMObjective):
     def __init__(self, bad_from: int) -> None:
         super().__init__()
@@ -240,18 +283,28 @@ BAD = [
     ("sample", ["--cfg-channels", "5"], "--cfg-channels (guided) must be in [1, 1]"),
     ("sample", ["--cfg-schedule", "zigzag"], "--cfg-schedule (guidance) must be"),
     ("sample", ["--out", "x.jpg"], "--out must be a .png file, an .npz file or a directory"),
-    ("sample", ["--out", "notes.txt/x.png"], "--out notes.txt/x.png: directory notes.txt does not exist"),
+    ("sample", ["--out", "notes.txt/x.png"], "--out notes.txt: notes.txt is a file, not a directory"),
+    ("sample", ["--out", "/proc/x.png"], "--out /proc: cannot create anything in /proc"),  # after sampling before
+    ("sample", ["--class", "\u00b2"], "--class must be non-negative integers"),  # '²'.isdigit(): a traceback
+    ("sample", ["--seeds", "0-\u0663"], "--seeds must be non-negative integers"),
+    ("sample", ["--cfg", "1e39", "--class", "0"], "--cfg (guidance scale) must be a finite number >= 0 (float32)"),
+    ("sample", ["--nfe", "1000000000"], "--nfe must be in [1, 100000]"),  # StopIteration before
+    ("sample", ["--n", "20000000"], "--n names 20000000 images, more than the 10000000"),
     ("sample", ["--out", "full"], "--out full exists and is not an empty directory"),
     ("sample", ["--device", "cuda:7"], "--device"),
     ("sample", ["--guidance-interval", "1,nan"], "--guidance-interval"),
-    ("sample", ["--steps", "0"], "--steps must be >= 1"),
+    ("sample", ["--steps", "0"], "--steps must be in [1, 100000]"),
     ("sample", ["--class", "12"], "--class must be ids in [0, 9]"),
     ("sample", ["--ckpt", "missing-run"], "--ckpt"),
     ("sample", ["--release-res", "300"], "--release-res must be one of (256, 512)"),
-    ("train", ["--seed", "-1"], "--seed must be an integer >= 0"),
+    ("train", ["--seed", "-1"], "--seed must be an integer in [0, 2**63)"),
+    ("train", ["--seed", "18446744073709551615"], "--seed must be an integer in [0, 2**63)"),
+    ("train", ["--device", "meta"], "--device: diffit runs on cpu or cuda devices, got 'meta'"),
     ("train", ["--out", "/proc/run"], "--out /proc/run: cannot create anything in /proc"),
     ("eval", ["stats", "nothing.npz", "out.npz"], "nothing.npz"),
-    ("eval", ["fid", "full", "missing.npz"], "missing.npz"),
+    ("eval", ["fid", "full", "missing.npz"], "REF: 'missing.npz' does not exist"),  # it said src:
+    ("eval", ["fid", "full", "full", "--splits", "0"], "--splits must be >= 1, got 0"),
+    ("eval", ["stats", "full", "out.npz", "--device", "foo"], "--device: unknown device 'foo'"),  # blamed the net
     ("eval", ["stats", "full", "out.npz", "--batch-size", "0"], "--batch-size"),
     ("data", ["shard", "full", "out/x-%03d.tar", "--res", "0"], "--res"),
     ("info", ["--res", "0"], "--res must be >= 1"),

@@ -73,8 +73,8 @@ class ClassifierFreeGuidance(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not callable(scale) and not 0 <= scale < math.inf:
-            raise ValueError(f"scale (guidance scale) must be a finite number >= 0, got {scale}")
+        if not callable(scale) and not 0 <= scale <= torch.finfo(torch.float32).max:  # 1e39 overflowed in torch
+            raise ValueError(f"scale (guidance scale) must be a finite number >= 0 (float32), got {scale}")
         if guidance_channels is not None and guidance_channels < 1:
             raise ValueError(f"guidance_channels must be >= 1 or None, got {guidance_channels}")
         if interval is not None and not 0 <= interval[0] <= interval[1]:

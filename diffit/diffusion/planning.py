@@ -14,6 +14,10 @@ from diffit.diffusion.step_schedules import SCHEDULE_NAMES
 # last one (to sigma = 0), so n steps cost 2n - 1; all others evaluate once per step.
 TWO_STAGE = ("heun", "edm-stochastic")
 
+# Far more steps or evaluations than any sampler needs (ADM's longest chain is 4000): beyond it a schedule
+# alone takes gigabytes, so a budget or step count this large is a typo.
+MAX_STEPS = 100_000
+
 # The fewest steps at which a sampler takes at least one step at its nominal order (warm-up and final
 # steps are lower order): below this it would silently be a lower-order method.
 MIN_STEPS = {
@@ -41,7 +45,7 @@ FINAL_TO_ZERO = ("ipndm", "unipc")
 LOW_NFE_CHOICE: tuple[tuple[int, int, str, str], ...] = (
     (1, 3, "euler", "karras"),
     (3, 4, "dpmpp-2m", "karras"),
-    (4, 10**9, "unipc", "vp-time"),
+    (4, MAX_STEPS + 1, "unipc", "vp-time"),
 )
 
 
@@ -109,8 +113,8 @@ def plan_sampling(
     ``sampler`` / ``schedule`` pin one of the two; the other comes from ``LOW_NFE_CHOICE``. Guidance with a
     scale other than 1 runs two passes per call, so the budget buys half the steps.
     """
-    if nfe < 1:
-        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    if not 1 <= nfe <= MAX_STEPS:
+        raise ValueError(f"nfe must be in [1, {MAX_STEPS}], got {nfe}")
     if schedule is not None and schedule not in SCHEDULE_NAMES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {schedule!r}")
     per_call = 1 if guidance_scale == 1.0 else 2
@@ -136,8 +140,8 @@ def resolve_sampling(
     """A run's sampler, schedule and step count (or budget ``nfe``, its alternative), checked (ValueError naming
     the argument); with a budget, the plan that fills it (:func:`plan_sampling`). Returns (sampler, steps,
     schedule, plan); None where nothing was asked (the objective's defaults apply) and plan None without nfe."""
-    if steps is not None and steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
     if nfe is not None and steps is not None:
         raise ValueError("nfe and steps are alternatives: give one")
     if sampler is not None:

@@ -185,8 +185,11 @@ def load_statistics(path: str) -> FeatureStats:
         raise ValueError(f"statistics: {path!r} is a single array, not an .npz with 'mu' and 'sigma'")
     if "mu" not in arrays or "sigma" not in arrays:
         raise ValueError(f"statistics: {path!r} has no 'mu' and 'sigma' arrays (has {files})")
-    mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
-    count = int(arrays["count"]) if "count" in arrays else -1
+    try:
+        mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
+        count = int(arrays["count"]) if "count" in arrays else -1
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"statistics: {path!r} holds non-numeric mu, sigma or count ({exc})") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"statistics: {path!r} has mu {mu.shape} and sigma {sigma.shape}; expected (d,) and (d, d)")
     return FeatureStats(mu, sigma, None if count < 0 else count)
