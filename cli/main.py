@@ -1,10 +1,12 @@
 """Root of the `diffit` command: it only wires the sub-commands together."""
 
+import warnings
 from typing import Annotated
 
 import typer
 
 import diffit
+from diffit_cli.common import console
 from diffit_cli.data import data_app
 from diffit_cli.eval import eval_app
 from diffit_cli.info import info
@@ -38,6 +40,13 @@ def root(
     ] = False,
 ) -> None:
     """DiffiT: train, sample and evaluate Diffusion Vision Transformers."""
+    warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """Every warning a command meets (skipped bad samples, a library's deprecation...) as one line, without the
+    Python source line that the default format adds."""
+    console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

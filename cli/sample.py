@@ -93,7 +93,7 @@ def sample_command(
     cfg_channels: Annotated[
         int | None, typer.Option(help="Guide only the first k channels (3 = the release); default all.")
     ] = None,
-    guidance_interval: Annotated[str | None, typer.Option(help="'lo,hi': guide only for sigma in [lo, hi].")] = None,
+    guidance_interval: Annotated[str | None, typer.Option(help="'lo,hi': guide only for sigma in \\[lo, hi].")] = None,
     class_ids: Annotated[
         str | None, typer.Option("--class", help="Class ids, e.g. '0-9' (cycled); default random per seed.")
     ] = None,

