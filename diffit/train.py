@@ -342,6 +342,8 @@ def train(
         ]
         if changed:  # allowed (a lower lr, say), but the run is no longer the one an uninterrupted run gives
             emit({"event": "warning", "message": f"resumed with changed arguments: {', '.join(changed)}"})
+        if run.step >= steps:
+            emit({"event": "warning", "message": f"the run is at step {run.step}: steps={steps} trains nothing"})
     log_path = run_dir / "log.jsonl"
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

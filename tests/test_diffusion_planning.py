@@ -1,3 +1,5 @@
+import inspect
+
 import pytest
 
 from diffit.diffusion import MIN_STEPS, SAMPLERS, final_for, plan_sampling, steps_for_nfe
@@ -38,7 +40,8 @@ def test_known_budgets() -> None:
         (lambda: steps_for_nfe("ipndm", 6, guidance_scale=2.0), "needs at least 8 evaluations \\(guided"),
         (lambda: steps_for_nfe("rk4", 10), "sampler must be one of"),
         (lambda: final_for("rk4"), "sampler must be one of"),  # a schedule for an unknown sampler ended anyhow
-        (lambda: plan_sampling(0), "nfe must be in \\[1, 100000\\]"),
+        (lambda: plan_sampling(0), "nfe must be an integer in \\[1, 100000\\]"),
+        (lambda: inspect.unwrap(plan_sampling)(10.5), "nfe must be an integer"),  # 10.0 steps before
         (lambda: plan_sampling(1, guidance_scale=2.0), "one guided evaluation costs 2"),
         (lambda: plan_sampling(10, schedule="cosine"), "schedule must be one of"),
     ],

@@ -255,6 +255,9 @@ def test_bad_shapes_raise_errors_naming_the_argument() -> None:
         TMSA(dim=8, time_dim=8, num_heads=0, window=2)
     with pytest.raises(ValueError, match="the grid must be at least 1x1, got 0x0"):
         window_merge(torch.randn(1, 4, 8), 2, 0, 0)
+    for period in (float("nan"), 0.0):  # NaN output / "math domain error" before
+        with pytest.raises(ValueError, match="max_period must be a finite number > 1"):
+            TimestepEmbedding(dim=8, max_period=period)
 
 
 def test_one_time_token_noise_label_or_class_for_a_whole_batch_is_refused_also_without_the_type_checks() -> None:

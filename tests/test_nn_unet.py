@@ -1,11 +1,13 @@
 """Image-space DiffiT U-Net: presets, init options, conditioning, config round trip, checkpointing, bf16, errors."""
 
+import inspect
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from diffit.nn import ImageDiffiT, diffit_cifar10, diffit_ffhq64, diffit_tiny
+from diffit.nn import ImageDiffiT, diffit_cifar10, diffit_ffhq64, diffit_tiny, unet
 
 
 def _small(**overrides: object) -> ImageDiffiT:
@@ -153,6 +155,13 @@ def test_construction_errors_name_the_argument() -> None:
         _small(mlp_ratio=0.0)
     with pytest.raises(ValueError, match="time_init_std must be a finite number > 0 or None, got inf"):
         _small(time_init_std=float("inf"))
+    per_stage = inspect.unwrap(unet._per_stage)  # as users run it: the suite's type checks would answer first
+    for name, bad in (("window", (2, 2.5)), ("num_heads", (2.0, 4))):  # int() made them (2, 2) and (2, 4)
+        with pytest.raises(ValueError, match=f"{name} must hold integers"):
+            per_stage(bad, 2, name)
+    assert per_stage(np.int64(2), 2, "window") == (2, 2)
+    with pytest.raises(ValueError, match="augment_dim must be >= 0"):
+        _small(augment_dim=-1)
 
 
 def test_gelu_choice_is_the_mlp_activation_and_round_trips() -> None:

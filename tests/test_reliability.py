@@ -238,6 +238,8 @@ def test_a_resume_with_changed_arguments_says_which(tmp_path: Path) -> None:
     events.clear()
     _toy_run(tmp_path, 6, resume=True, seed=5, grad_clip=0.5, callback=events.append)  # steps may grow
     assert [e for e in events if e["event"] == "warning"] == []
+    _toy_run(tmp_path, 3, resume=True, seed=5, grad_clip=0.5, callback=events.append)
+    assert [e["message"] for e in events if e["event"] == "warning"] == ["the run is at step 6: steps=3 trains nothing"]
 
 
 class NaNAtEnd(EDMObjective):
@@ -288,12 +290,12 @@ BAD = [
     ("sample", ["--class", "\u00b2"], "--class must be non-negative integers"),  # '²'.isdigit(): a traceback
     ("sample", ["--seeds", "0-\u0663"], "--seeds must be non-negative integers"),
     ("sample", ["--cfg", "1e39", "--class", "0"], "--cfg (guidance scale) must be a finite number >= 0 (float32)"),
-    ("sample", ["--nfe", "1000000000"], "--nfe must be in [1, 100000]"),  # StopIteration before
+    ("sample", ["--nfe", "1000000000"], "--nfe must be an integer in [1, 100000]"),  # StopIteration before
     ("sample", ["--n", "20000000"], "--n names 20000000 images, more than the 10000000"),
     ("sample", ["--out", "full"], "--out full exists and is not an empty directory"),
     ("sample", ["--device", "cuda:7"], "--device"),
     ("sample", ["--guidance-interval", "1,nan"], "--guidance-interval"),
-    ("sample", ["--steps", "0"], "--steps must be in [1, 100000]"),
+    ("sample", ["--steps", "0"], "--steps must be an integer in [1, 100000]"),
     ("sample", ["--class", "12"], "--class must be ids in [0, 9]"),
     ("sample", ["--ckpt", "missing-run"], "--ckpt"),
     ("sample", ["--release-res", "300"], "--release-res must be one of (256, 512)"),

@@ -219,7 +219,7 @@ def test_cli_guided_sampling_counts_both_passes(tmp_path: Path, ckpt: Path) -> N
         (["--ckpt", "/nonexistent/ckpt.safetensors"], "checkpoint not found"),
         (["--class", "7"], "--class must be ids in [0, 2]"),
         (["--out", "/nonexistent/dir/s.png"], "does not exist"),
-        (["--steps", "0"], "--steps must be in [1, 100000]"),
+        (["--steps", "0"], "--steps must be an integer in [1, 100000]"),
         (["--seeds", "5-3"], "--seeds is empty"),
         (["--seeds", "a-b"], "--seeds must be"),
         (["--sampler", "rk45"], "--sampler must be one of"),

@@ -64,7 +64,7 @@ def test_cli_fitted_schedule_records_its_cost(tmp_path: Path, ckpt: Path, monkey
     ("extra", "message"),
     [
         (["--nfe", "3", "--sampler", "dpmpp-3m"], "--nfe 3 is too small for dpmpp-3m"),
-        (["--nfe", "0"], "--nfe must be in [1, 100000]"),
+        (["--nfe", "0"], "--nfe must be an integer in [1, 100000]"),
         (["--nfe", "5", "--steps", "5"], "--nfe and --steps are alternatives"),
         (["--schedule", "cosine"], "--schedule must be one of karras, log-snr, vp-time, optimized"),
         (["--nfe", "6", "--sampler", "ipndm", "--cfg", "2"], "needs at least 8 evaluations (guided"),

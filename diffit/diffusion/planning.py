@@ -5,6 +5,7 @@ mixtures) and ``benchmarks/bench_quality.py --sweep`` (FID of the bundled digits
 ``LOW_NFE_CHOICE``. Classifier-free guidance costs two evaluations per denoiser call, so it halves the steps.
 """
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -113,8 +114,8 @@ def plan_sampling(
     ``sampler`` / ``schedule`` pin one of the two; the other comes from ``LOW_NFE_CHOICE``. Guidance with a
     scale other than 1 runs two passes per call, so the budget buys half the steps.
     """
-    if not 1 <= nfe <= MAX_STEPS:
-        raise ValueError(f"nfe must be in [1, {MAX_STEPS}], got {nfe}")
+    if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or not 1 <= nfe <= MAX_STEPS:
+        raise ValueError(f"nfe must be an integer in [1, {MAX_STEPS}], got {nfe}")  # 10.5 planned 10.0 steps
     if schedule is not None and schedule not in SCHEDULE_NAMES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {schedule!r}")
     per_call = 1 if guidance_scale == 1.0 else 2
@@ -140,8 +141,9 @@ def resolve_sampling(
     """A run's sampler, schedule and step count (or budget ``nfe``, its alternative), checked (ValueError naming
     the argument); with a budget, the plan that fills it (:func:`plan_sampling`). Returns (sampler, steps,
     schedule, plan); None where nothing was asked (the objective's defaults apply) and plan None without nfe."""
-    if steps is not None and not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)
+                              or not 1 <= steps <= MAX_STEPS):  # fmt: skip
+        raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps}")
     if nfe is not None and steps is not None:
         raise ValueError("nfe and steps are alternatives: give one")
     if sampler is not None:

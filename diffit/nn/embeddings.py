@@ -40,6 +40,8 @@ class TimestepEmbedding(nn.Module):
         """
         super().__init__()
         self.frequency_dim = frequency_dim
+        if not 1 < max_period < math.inf:
+            raise ValueError(f"max_period must be a finite number > 1, got {max_period}")
         self.max_period = max_period
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 

@@ -18,6 +18,7 @@ The lowest-resolution stage is the bottleneck: it appears once, so the decoder m
 """
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -32,9 +33,12 @@ from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_to
 
 def _per_stage(value: int | Sequence[int], stages: int, name: str) -> tuple[int, ...]:
     """Broadcast an int to every stage, or check a per-stage sequence has one entry per stage."""
-    if isinstance(value, int):
-        return (value,) * stages
-    values = tuple(int(v) for v in value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return (int(value),) * stages
+    values = tuple(value)
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):  # int() made 2.5 2
+        raise ValueError(f"{name} must hold integers, got {list(values)}")
+    values = tuple(int(v) for v in values)
     if len(values) != stages:
         raise ValueError(f"{name} must be an int or have one entry per stage ({stages}), got {list(values)}")
     return values
@@ -152,6 +156,8 @@ class ImageDiffiT(nn.Module):
             raise ValueError(f"label_init_std must be a finite number >= 0, got {label_init_std}")
         if time_init_std is not None and not 0 < time_init_std < math.inf:
             raise ValueError(f"time_init_std must be a finite number > 0 or None, got {time_init_std}")
+        if augment_dim < 0:
+            raise ValueError(f"augment_dim must be >= 0 (0: no augmentation labels), got {augment_dim}")
         if in_channels < 1 or time_dim < 1:
             raise ValueError(f"in_channels and time_dim must be >= 1, got {in_channels}, {time_dim}")
 
