@@ -86,6 +86,28 @@ def test_encode_resumes_by_skipping_finished_shards(tmp_path, tiny_vae, image_sh
     assert done == [8]  # only shard 1's 4 images were encoded (after 4 skipped), ending at 8 of 10
 
 
+def test_encode_resumes_only_its_own_intact_shards(tmp_path, tiny_vae, image_shards):
+    out = str(tmp_path / "lat" / "l-%03d.tar")
+    first = encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
+    with open(out % 1, "r+b") as f:  # a truncated shard was kept before, and its samples lost
+        f.truncate(5000)
+    again = encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
+    assert again == first and again.count == 10
+    for kwargs, changed in [({"scale_factor": 1.0}, "scale_factor"), ({"store": "sample"}, "store")]:
+        with pytest.raises(
+            ValueError, match=f"out_pattern: .* holds an encoding of other inputs or settings \\({changed}\\)"
+        ):
+            encode_latents(
+                image_shards, out, vae=tiny_vae, resolution=8, **kwargs
+            )  # exit 0, a false dataset.json before
+    with pytest.raises(ValueError, match="other inputs or settings \\(inputs\\)"):
+        encode_latents(image_shards.replace("{000..002}", "{000..001}"), out, vae=tiny_vae, resolution=8)
+    assert read_manifest(str(tmp_path / "lat")) == first
+    os.remove(tmp_path / "lat" / ".encode.json")
+    with pytest.raises(ValueError, match="already holds shards this job did not write"):
+        encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
+
+
 def test_sample_store_and_offline_error(tmp_path, tiny_vae, image_shards):
     manifest = encode_latents(
         image_shards, str(tmp_path / "s" / "l-%03d.tar"), vae=tiny_vae, resolution=8, store="sample"
@@ -96,7 +118,7 @@ def test_sample_store_and_offline_error(tmp_path, tiny_vae, image_shards):
         load_vae("nobody/no-such-vae")
 
 
-@pytest.mark.parametrize("device", ["cuda:99", "nonsense"])
+@pytest.mark.parametrize("device", ["cuda:99", "nonsense", "meta"])
 def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_path, tiny_vae, image_shards, device):
     with pytest.raises(ValueError, match=rf"^device: '{device}' is not a device this machine has"):
         encode_latents(image_shards, str(tmp_path / "d" / "l-%03d.tar"), vae=tiny_vae, device=device)

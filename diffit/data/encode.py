@@ -12,15 +12,18 @@ Latents are stored unscaled; ``dataset.json`` records ``scale_factor`` and ``lat
 """
 
 import io
+import json
 import math
 import os
 from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from diffit.data.atomic import write_json
 from diffit.data.images import SD_SCALE_FACTOR, ImageDecoder
 from diffit.data.shards import (
     BadSampleLog,
@@ -28,6 +31,7 @@ from diffit.data.shards import (
     ShardInfo,
     ShardWriter,
     check_out_folder,
+    existing_shards,
     expand_urls,
     find_manifest,
     label_spec,
@@ -69,6 +73,39 @@ def vae_posterior(
     return dist.mean, dist.std
 
 
+RECORD_NAME = ".encode.json"  # beside the output shards: the job's settings and the shards it finished
+
+
+def _vae_name(vae: str | torch.nn.Module) -> str:
+    return vae if isinstance(vae, str) else type(vae).__name__
+
+
+def _resume_record(folder: str, job: dict) -> dict:
+    """The record of the encoding job in ``folder``: a new one when the folder holds no shards, the old one when
+    it is this job's; ValueError when the folder holds another job's latents or shards of unknown origin (they
+    used to be kept by name, and dataset.json then described latents the shards did not hold)."""
+    path = os.path.join(folder, RECORD_NAME)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                record = json.load(f)
+            saved, _ = record["job"], record["done"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"out_pattern: {path!r} is unreadable ({type(exc).__name__}); choose an empty folder"
+            ) from None
+        changed = sorted(k for k in job.keys() | saved.keys() if job.get(k) != saved.get(k))
+        if changed:
+            raise ValueError(
+                f"out_pattern: {folder!r} holds an encoding of other inputs or settings ({', '.join(changed)}); "
+                "choose an empty folder"
+            )
+        return record
+    if existing_shards(folder):
+        raise ValueError(f"out_pattern: {folder!r} already holds shards this job did not write; choose an empty folder")
+    return {"job": job, "done": {}}
+
+
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
@@ -108,11 +145,25 @@ def encode_latents(
     if not (math.isfinite(scale_factor) and scale_factor > 0):
         raise ValueError(f"scale_factor: expected a finite positive number, got {scale_factor}")
     try:  # a device this machine lacks fails here, before the VAE is loaded and any shard is written
+        if torch.device(device).type not in ("cpu", "cuda"):
+            raise RuntimeError("not a cpu or cuda device")
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError, NotImplementedError):
         raise ValueError(f"device: {device!r} is not a device this machine has (cpu, cuda, cuda:1...)") from None
     source = find_manifest(expanded)
     labelled, classes = label_spec(labelled, source)
+    folder = os.path.dirname(os.path.abspath(out_pattern))
+    job = {
+        "inputs": expanded,
+        "input_content_hash": source.content_hash if source else None,
+        "vae": _vae_name(vae),
+        "resolution": resolution,
+        "scale_factor": scale_factor,
+        "store": store,
+        "seed": seed,
+        "labelled": labelled,
+    }
+    record = _resume_record(folder, job)
     model = load_vae(vae, device) if isinstance(vae, str) else vae
     log = log or BadSampleLog()
     decoder = ImageDecoder(resolution, 3, True, labelled, flip=False, classes=classes)
@@ -121,10 +172,11 @@ def encode_latents(
     done, latent_shape, max_label = 0, None, -1
     for index, url in enumerate(expanded):
         path = out_pattern % index
-        if os.path.exists(path):  # finished earlier: resume after it
-            shards.append(ShardInfo.of(path))
+        kept = record["done"].get(os.path.basename(path))
+        if kept is not None and os.path.isfile(path) and os.path.getsize(path) == kept["file_bytes"]:
+            shards.append(ShardInfo(**{k: v for k, v in kept.items() if k != "file_bytes"}))  # finished earlier
             done += shards[-1].count
-            continue
+            continue  # anything else under this name (truncated, from a killed run) is encoded again
         with ShardWriter(out_pattern, max_count=1 << 40, max_size=1 << 60, start_index=index) as writer:
             for keys, images, labels in good_batches(read_shard(url, log), decoder, log, batch_size):
                 x = torch.from_numpy(np.stack(images)).to(device).float().div(127.5).sub(1.0)
@@ -151,16 +203,20 @@ def encode_latents(
                 if progress is not None:
                     progress(done, total)
         shards.extend(writer.shards)  # empty when no sample of the input shard was readable
+        for shard in writer.shards:
+            file_bytes = os.path.getsize(os.path.join(folder, shard.name))
+            record["done"][shard.name] = {**asdict(shard), "file_bytes": file_bytes}
+        if writer.shards:
+            write_json(os.path.join(folder, RECORD_NAME), record)
     if not shards or sum(s.count for s in shards) == 0:
         raise ValueError(f"urls: no readable images in {urls!r}")
     extra: dict[str, object] = {
         "scale_factor": scale_factor,
         "store": store,
-        "vae": vae if isinstance(vae, str) else type(vae).__name__,
+        "vae": _vae_name(vae),
         "image_resolution": resolution,
         "flip_variant": True,
     }
-    folder = os.path.dirname(os.path.abspath(out_pattern))
     if latent_shape is None:  # everything was resumed: read the shape from a stored sample
         first = next(read_shard(os.path.join(folder, shards[0].name), log))
         latent_shape = np.load(io.BytesIO(first.get("mean.npy") or first["latent.npy"])).shape[1:]
