@@ -29,18 +29,10 @@ _ALIASES = {"resolution": "--res"}  # library argument names that differ from th
 
 @contextmanager
 def _bad_sample_summary(log: BadSampleLog) -> Iterator[None]:
-    """Show each BadSampleWarning as one line, then the final count of skipped samples."""
-    with warnings.catch_warnings():  # restores warnings.showwarning on exit
+    """Show every BadSampleWarning (each shard's first; the root command prints warnings on one line), then the
+    final count of skipped samples."""
+    with warnings.catch_warnings():
         warnings.simplefilter("always", BadSampleWarning)
-        original = warnings.showwarning
-
-        def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
-            if issubclass(category, BadSampleWarning):
-                console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
-            else:
-                original(message, category, *args, **kwargs)
-
-        warnings.showwarning = show
         yield
     if log.count:
         console.print(f"skipped {log.count} bad sample(s)", markup=False)

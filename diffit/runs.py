@@ -151,6 +151,9 @@ def training_data(
         raise ValueError(
             f"data: no dataset.json beside {urls[0]}; write shards with `diffit data shard` or `diffit data encode`"
         )
+    if manifest is not None and (manifest.kind == "latent") != latent:
+        hint = "train with latent=True (--latent)" if latent is False else "latent training needs `diffit data encode`"
+        raise ValueError(f"data: these are {manifest.kind} shards; {hint}")
     if resolution is not None and resolution < 1:
         raise ValueError(f"res must be >= 1, got {resolution}")
     # Latent shards record the image resolution as image_resolution and their own (latent) side as resolution.

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import io
+import json
 import os
 import tarfile
 
@@ -19,6 +20,7 @@ from diffit.data import (
     digits_folder,
     digits_manifest,
     digits_urls,
+    expand_urls,
     folder_source,
     load_images,
     read_manifest,
@@ -27,6 +29,7 @@ from diffit.data import (
     write_digits_shards,
     write_image_shards,
 )
+from diffit.data.shards import brace_count
 from diffit.data.writing import DIGITS_PATTERN
 
 
@@ -60,6 +63,36 @@ def test_writer_is_byte_deterministic_and_gzip_hash_is_of_the_tar(tmp_path):
     assert gzip.decompress((tmp_path / "y-000.tar.gz").read_bytes()) == raw
     with tarfile.open(tmp_path / "x-000.tar") as tar:
         assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in tar.getmembers())
+
+
+def test_url_patterns_are_counted_before_they_are_expanded():
+    assert [brace_count(p) for p in ("a-{000000..000127}.tar", "a-{0..9..2}.tar", "{a..e}-{1,2,3}", "x::y-{1..3}")] == [
+        128, 5, 15, 4,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="urls: 'x/t-{0..99999999999}.tar' names more than 1,000,000 shards"):
+        expand_urls("x/t-{0..99999999999}.tar")  # exhausted the memory before
+
+
+def test_a_dataset_json_with_fields_of_other_types_is_refused_naming_the_field(tmp_path):
+    manifest = write_image_shards(array_source_of(tmp_path), str(tmp_path / "o" / "a-%03d.tar"))
+    good = json.loads((tmp_path / "o" / "dataset.json").read_text())
+    for change, match in [
+        ({"resolution": "abc"}, "resolution must be int or null, got 'abc'"),  # a TypeError far away before
+        ({"count": True}, "count must be int, got True"),
+        ({"shards": [{"name": "a-000.tar"}]}, "shards\\[0\\].count must be int, got None"),
+        ({"shards": ["a-000.tar"]}, "shards\\[0\\] must be a JSON object"),
+        ({"colour": 1}, "unknown field colour"),
+    ]:
+        (tmp_path / "o" / "dataset.json").write_text(json.dumps(good | change))
+        with pytest.raises(ValueError, match=f"^manifest: .*dataset.json': {match}"):
+            read_manifest(str(tmp_path / "o"))
+    (tmp_path / "o" / "dataset.json").write_text(json.dumps(good))
+    assert read_manifest(str(tmp_path / "o")) == manifest
+
+
+def array_source_of(tmp_path):
+    np.savez(tmp_path / "a.npz", images=np.zeros((2, 4, 4), dtype=np.uint8), labels=np.array([0, 1]))
+    return array_source(str(tmp_path / "a.npz"))
 
 
 def test_writer_rejects_bad_pattern_and_keys(tmp_path):
@@ -159,6 +192,33 @@ def test_array_source_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         folder_source(str(tmp_path / "empty"))
+
+    images = np.zeros((3, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "half.npz", images=images, labels=np.array([0.5, 1.0, 2.0]))  # 0.5 was stored as 0
+    np.savez(tmp_path / "huge.npz", images=images, labels=np.array([0, 1, 10**12]))  # 10**12 class names: a hang
+    np.savez(tmp_path / "whole.npz", images=images, labels=np.array([0.0, 1.0, 2.0]))
+    np.save(tmp_path / "obj.npy", np.array([None, 1], dtype=object))
+    np.save(tmp_path / "cut.npy", images)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:-10])
+    (tmp_path / "junk.npz").write_bytes(bytes(range(256)))
+    cases = {
+        "half.npz": "labels in .* must be integers \\(class indices\\)",
+        "huge.npz": "labels in .* must be class indices in \\[0, 1,000,000\\), got 0..1000000000000",
+        "obj.npy": "src: cannot read .*obj.npy' \\(ValueError: Object arrays cannot be loaded",
+        "cut.npy": "src: cannot read .*cut.npy'",
+        "junk.npz": "src: cannot read .*junk.npz'",
+    }
+    for name, match in cases.items():
+        with pytest.raises(ValueError, match=match):
+            array_source(str(tmp_path / name))
+    assert array_source(str(tmp_path / "whole.npz")).class_names == ["0", "1", "2"]
+
+
+def test_folder_keys_keep_letters_of_every_script(tmp_path):
+    for folder in ("ü😀", "名前"):  # ASCII-only keys made them collide as '___1'
+        (tmp_path / folder).mkdir()
+        Image.new("L", (4, 4)).save(tmp_path / folder / "1.png")
+    assert sorted(key for key, _, _ in folder_source(str(tmp_path)).samples()) == ["ü__1", "名前_1"]
 
 
 def test_center_crop_resize_is_adm_style():

@@ -52,6 +52,13 @@ def test_latent_training_on_encoded_shards(tmp_path: Path, tiny_vae: str) -> Non
     data = str(tmp_path / "lat" / "l-{000..001}.tar")
     mismatch = runner.invoke(app, ["train", "--latent", "--data", data, "--res", "16", "--out", str(tmp_path / "x")])
     assert mismatch.exit_code == 2 and "does not match the data's resolution 8" in mismatch.output
+    for wrong, hint in (
+        ([], "these are latent shards; train with latent=True (--latent)"),
+        (["--latent", "--data", str(tmp_path / "img" / "i-000.tar")], "these are image shards"),
+    ):
+        res = runner.invoke(app, ["train", "--data", data, *wrong, "--out", str(tmp_path / "x")])  # last --data wins
+        assert res.exit_code == 2 and hint in " ".join(res.output.split()), res.output  # fmt: skip
+    assert not (tmp_path / "x").exists()
     out = tmp_path / "run"
     res = runner.invoke(
         app,

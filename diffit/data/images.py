@@ -102,7 +102,7 @@ def decode_image(
         if not resize:
             raise ValueError(
                 f"image {key!r} has mode {img.mode} ({have or '?'} channels) but channels={channels} "
-                "was requested; pass resize=True (--resize) to convert"
+                "was requested; pass resize=True to convert, or re-shard with `diffit data shard --channels`"
             )
         img = img.convert("L" if channels == 1 else "RGB")
     elif have is None:

@@ -38,6 +38,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,7 @@ from diffit.data.atomic import atomic_path, check_output_path
 MANIFEST_NAME = "dataset.json"
 FORMAT = "diffit-shards/1"
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+MAX_SHARDS = 1_000_000  # a URL pattern naming more is a typo (LAION-5B is 500k shards of 10k samples)
 LOST = "__lost__"  # marks a placeholder for a sample that dataset.json lists but the shard no longer holds
 
 
@@ -61,6 +63,25 @@ def is_local(url: str) -> bool:
     """Whether ``url`` names a file on this machine (a bare path or ``file:``), as opposed to a stream."""
     scheme = urlparse(url).scheme
     return scheme in ("", "file") or len(scheme) == 1  # a one-letter scheme is a Windows drive letter
+
+
+def brace_count(pattern: str) -> int:
+    """How many names a brace pattern expands to, at most (nested alternatives count as a product), without
+    expanding it: ``{a..b}`` / ``{a..b..step}`` ranges of integers or letters, ``{x,y}`` lists, ``::`` joins."""
+    total = 0
+    for part in pattern.split("::"):
+        count = 1
+        while group := re.search(r"\{([^{}]*)\}", part):
+            bounds = group[1].split("..")
+            if len(bounds) in (2, 3) and all(re.fullmatch(r"-?\d+|[A-Za-z]", b) for b in bounds[:2]):
+                lo, hi = (int(b) if b.lstrip("-").isdigit() else ord(b) for b in bounds[:2])
+                step = abs(int(bounds[2])) if len(bounds) == 3 and bounds[2].lstrip("-").isdigit() else 1
+                count *= abs(hi - lo) // max(step, 1) + 1
+            else:
+                count *= group[1].count(",") + 1
+            part = part[: group.start()] + part[group.end() :]
+        total += count
+    return total
 
 
 def expand_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -74,6 +95,9 @@ def expand_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
         raise ValueError(
             f"urls: expected a shard path or pattern such as 'data/train-{{000000..000009}}.tar', got {urls!r}"
         )
+    for pattern in patterns:  # counted first: expanding train-{0..99999999999}.tar exhausts memory
+        if brace_count(pattern) > MAX_SHARDS:
+            raise ValueError(f"urls: {pattern!r} names more than {MAX_SHARDS:,} shards; check its brace ranges")
     expanded = [url for pattern in patterns for url in _wds_expand(pattern)]
     missing = [u for u in expanded if is_local(u) and not os.path.isfile(u.removeprefix("file:"))]
     if missing:
@@ -378,9 +402,40 @@ def read_manifest(path: str) -> Manifest:
             body = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"manifest: cannot read {path!r} ({exc})") from None
-    if (fmt := body.pop("format", None)) != FORMAT:
+    fmt = body.pop("format", None) if isinstance(body, dict) else None
+    if fmt != FORMAT:
         raise ValueError(f"manifest: {path!r} is not a {FORMAT} dataset.json (format={fmt!r})")
+    _check_fields(body, _FIELDS, path, "")
+    for i, shard in enumerate(body["shards"]):
+        _check_fields(shard, _SHARD_FIELDS, path, f"shards[{i}].")
     return Manifest(**{**body, "shards": [ShardInfo(**s) for s in body["shards"]]})
+
+
+# dataset.json's fields and their JSON types (None: may be null); class_names and extra may be absent.
+_FIELDS = {"kind": str, "count": int, "resolution": (int, None), "channels": int, "classes": int,
+           "content_hash": str, "class_names": list, "extra": dict, "shards": list}  # fmt: skip
+_SHARD_FIELDS = {"name": str, "count": int, "bytes": int, "sha256": str}
+
+
+def _check_fields(record: object, fields: dict, path: str, where: str) -> None:
+    """ValueError naming the first field of ``record`` that is missing, unknown or of another type (a string
+    resolution used to crash far from the file)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"manifest: {path!r}: {where.rstrip('.') or 'the file'} must be a JSON object, got {record!r}")
+    for name in record.keys() - fields.keys():
+        raise ValueError(f"manifest: {path!r}: unknown field {where}{name}")
+    for name, kind in fields.items():
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        value = record.get(name)
+        if name not in record and name in ("class_names", "extra"):
+            continue
+        if (
+            name not in record
+            or isinstance(value, bool)
+            or not any(value is None if k is None else isinstance(value, k) for k in kinds)
+        ):
+            names = " or ".join("null" if k is None else k.__name__ for k in kinds)
+            raise ValueError(f"manifest: {path!r}: {where}{name} must be {names}, got {value!r}")
 
 
 def find_manifest(urls: list[str]) -> Manifest | None:

@@ -17,6 +17,8 @@ bytes do not depend on the zlib build) with its ``cls``, key ``digit_NNNN``, in 
 
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -35,6 +37,7 @@ from diffit.data.shards import (
 )
 
 LabelledImage = tuple[str, Image.Image, int | None]
+MAX_CLASSES = 1_000_000  # labels are class indices 0..C-1; a larger one is no class index (it would name C classes)
 DIGITS_RESOLUTION = 16
 DIGITS_PATTERN = "digits-%06d.tar.gz"
 DIGITS_CITATION = (
@@ -60,9 +63,10 @@ def _is_image(name: str) -> bool:
 
 
 def _key(relpath: str) -> str:
-    """A stable WebDataset key from a relative path: no extension, and no dots (they split keys)."""
+    """A stable WebDataset key from a relative path: no extension, and no dots (they split keys) or separators.
+    Letters and digits of any script stay (ASCII-only keys made the folders ü/ and 名前/ collide)."""
     stem = relpath.rsplit(".", 1)[0]
-    return re.sub(r"[^A-Za-z0-9_\-]", "_", stem)
+    return re.sub(r"[^\w\-]", "_", stem)
 
 
 def _walk_images(folder: str) -> list[str]:
@@ -135,23 +139,33 @@ def array_source(path: str) -> ImageSource:
     if not os.path.isfile(path):
         raise ValueError(f"src: {path!r} does not exist")
     labels = None
-    if path.endswith(".npy"):
-        images = np.load(path, allow_pickle=False)
-    elif path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as npz:
-            name = next((k for k in ("images", "x", "arr_0") if k in npz), None)
-            if name is None:
-                raise ValueError(f"src: {path!r} has no 'images', 'x' or 'arr_0' array (has {list(npz)})")
-            images = npz[name]
-            label_name = next((k for k in ("labels", "y", "arr_1") if k in npz), None)
-            labels = None if label_name is None else npz[label_name].astype(np.int64).reshape(-1)
-    else:
+    if not path.endswith((".npy", ".npz")):
         raise ValueError(f"src: expected a folder, .npy or .npz, got {path!r}")
+    try:  # a damaged file fails on open or on reading an array; object arrays are refused (no unpickling)
+        if path.endswith(".npy"):
+            images = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                name = next((k for k in ("images", "x", "arr_0") if k in npz), None)
+                if name is None:
+                    raise ValueError(f"src: {path!r} has no 'images', 'x' or 'arr_0' array (has {list(npz)})")
+                images = npz[name]
+                label_name = next((k for k in ("labels", "y", "arr_1") if k in npz), None)
+                labels = None if label_name is None else npz[label_name].reshape(-1)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+        if str(exc).startswith("src:"):
+            raise
+        raise ValueError(f"src: cannot read {path!r} ({type(exc).__name__}: {exc})") from None
     images = _array_layout(images, path)
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"src: {path!r} has {len(images)} images but {len(labels)} labels")
-    if labels is not None and labels.min(initial=0) < 0:
-        raise ValueError(f"src: labels in {path!r} must be >= 0")
+    if labels is not None and not (labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and np.all(labels % 1 == 0))):
+        raise ValueError(f"src: labels in {path!r} must be integers (class indices), got {labels[:5].tolist()}...")
+    labels = None if labels is None else labels.astype(np.int64)
+    if labels is not None and (labels.min(initial=0) < 0 or labels.max(initial=0) >= MAX_CLASSES):
+        raise ValueError(
+            f"src: labels in {path!r} must be class indices in [0, {MAX_CLASSES:,}), got {labels.min()}..{labels.max()}"
+        )
     channels = images.shape[-1]
 
     def samples() -> Iterator[LabelledImage]:
