@@ -34,6 +34,7 @@ from diffit.diffusion import (
     ClassifierFreeGuidance,
     PowerCosineScale,
     bind_labels,
+    check_seeds,
     final_for,
     optimized_sigmas,
     per_sample_noise,
@@ -277,8 +278,7 @@ def sampling_protocol(
 
 def check_sample_args(seeds: Sequence[int], labels: Tensor | None, precision: str) -> None:
     """ValueError for arguments :func:`sample` and :func:`generate` refuse, before any work."""
-    if isinstance(seeds, (str, bytes)) or len(seeds) < 1:
-        raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
+    check_seeds(seeds)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if labels is not None and len(labels) != len(seeds):

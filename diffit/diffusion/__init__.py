@@ -15,7 +15,7 @@ from diffit.diffusion.losses import (
     sample_timesteps,
 )
 from diffit.diffusion.multistep import sample_dpmpp_3m, sample_ipndm, sample_unipc
-from diffit.diffusion.noise import NoiseSampler, PerSampleNoise, global_noise, per_sample_noise
+from diffit.diffusion.noise import NoiseSampler, PerSampleNoise, check_seeds, global_noise, per_sample_noise
 from diffit.diffusion.ode_samplers import sample_ddim, sample_dpmpp_2m, sample_euler, sample_heun
 from diffit.diffusion.planning import (
     MIN_STEPS,
@@ -83,6 +83,7 @@ __all__ = [
     "alpha_bar_to_sigma",
     "betas_to_alphas_cumprod",
     "bind_labels",
+    "check_seeds",
     "check_sigmas",
     "cosine_betas",
     "discretized_gaussian_log_likelihood",

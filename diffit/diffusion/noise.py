@@ -21,6 +21,16 @@ def _is_seed(s: object) -> bool:
     return isinstance(s, numbers.Integral) and not isinstance(s, bool) and 0 <= s < 2**64  # type: ignore[operator]
 
 
+def check_seeds(seeds: Sequence[int]) -> None:
+    """ValueError unless ``seeds`` is a non-empty sequence of integers in [0, 2**64). torch takes a seed modulo
+    2**64, so -1 and 2**64 - 1 (or 0.9 and 0, True and 1) would draw the same noise for different seeds."""
+    if isinstance(seeds, (str, bytes)) or len(seeds) < 1:
+        raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
+    bad = next(((s,) for s in seeds if not _is_seed(s)), None)
+    if bad is not None:
+        raise ValueError(f"seeds must be integers in [0, 2**64), got {bad[0]!r}")
+
+
 class PerSampleNoise:
     """Stacked per-sample generators: each call returns (len(seeds), *shape) standard normal noise.
 
@@ -43,12 +53,7 @@ class PerSampleNoise:
             device: where the generators live and the noise is made.
             dtype: dtype of the returned noise (drawn in float32 or float64, then cast).
         """
-        if isinstance(seeds, (str, bytes)) or len(seeds) < 1:
-            raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
-        # torch takes a seed modulo 2**64: -1 and 2**64 - 1 (or 0.9 and 0, True and 1) would draw the same noise.
-        bad = next(((s,) for s in seeds if not _is_seed(s)), None)
-        if bad is not None:
-            raise ValueError(f"seeds must be integers in [0, 2**64), got {bad[0]!r}")
+        check_seeds(seeds)
         if any(d < 1 for d in shape):
             raise ValueError(f"shape must be positive per-sample dimensions, got {tuple(shape)}")
         self.shape = tuple(shape)
