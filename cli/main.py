@@ -1,4 +1,4 @@
-"""Root of the `diffit` command: it only wires the sub-commands together."""
+"""Root of the `diffit` command: it wires the sub-commands together and has every warning printed on one line."""
 
 import warnings
 from typing import Annotated
