@@ -152,7 +152,7 @@ def training_data(
             f"data: no dataset.json beside {urls[0]}; write shards with `diffit data shard` or `diffit data encode`"
         )
     if manifest is not None and (manifest.kind == "latent") != latent:
-        hint = "train with latent=True (--latent)" if latent is False else "latent training needs `diffit data encode`"
+        hint = "latent training needs `diffit data encode`" if latent else "train with latent=True (--latent)"
         raise ValueError(f"data: these are {manifest.kind} shards; {hint}")
     if resolution is not None and resolution < 1:
         raise ValueError(f"res must be >= 1, got {resolution}")

@@ -248,9 +248,7 @@ def check_train_args(
 def check_run_dir(run_dir: str | Path, *, resume: bool) -> Path:
     """``run_dir`` as a Path that can be written; ValueError if it cannot, or if it holds checkpoints and the run is
     not a resume (never overwrite)."""
-    run_dir = check_output_path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"out {run_dir} is a file, not a directory")
+    run_dir = check_output_path(run_dir)  # also refuses an out that is a file
     if not resume and latest_checkpoint(run_dir) is not None:
         raise ValueError(f"out {run_dir} already holds checkpoints: resume that run, or choose another directory")
     return run_dir
