@@ -107,6 +107,7 @@ sample --release-res 300
 sample --model-factory nope
 sample --raw --ckpt notes.txt
 sample --out /proc/x.png
+sample --out .png
 sample --class ²
 sample --seeds 0-٣
 sample --cfg 1e39 --class 0

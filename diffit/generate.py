@@ -429,6 +429,8 @@ def images_out_kind(out: str | Path) -> str:
     if not str(out).strip():
         raise ValueError(f"out must be a .png file, an .npz file or a directory, got {str(out)!r}")
     kind = {".png": "png", ".npz": "npz", "": "dir"}.get(path.suffix.lower())
+    if path.name.lower() in (".png", ".npz"):  # Path('.png').suffix is '': it was taken for a directory
+        raise ValueError(f"out {path}: a .png or .npz file needs a name before its suffix")
     if kind is None:
         raise ValueError(f"out must be a .png file, an .npz file or a directory (no suffix), got {path}")
     # A file among its parents, or a folder nothing can be written to (an existing out file is replaced).

@@ -285,6 +285,7 @@ BAD = [
     ("sample", ["--cfg-channels", "5"], "--cfg-channels (guided) must be in [1, 1]"),
     ("sample", ["--cfg-schedule", "zigzag"], "--cfg-schedule (guidance) must be"),
     ("sample", ["--out", "x.jpg"], "--out must be a .png file, an .npz file or a directory"),
+    ("sample", ["--out", ".png"], "--out .png: a .png or .npz file needs a name before its suffix"),  # a dir before
     ("sample", ["--out", "notes.txt/x.png"], "--out notes.txt: notes.txt is a file, not a directory"),
     ("sample", ["--out", "/proc/x.png"], "--out /proc: cannot create anything in /proc"),  # after sampling before
     ("sample", ["--class", "\u00b2"], "--class must be non-negative integers"),  # '²'.isdigit(): a traceback
