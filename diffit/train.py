@@ -195,6 +195,12 @@ TRAJECTORY_ARGS = ("batch_size", "lr", "warmup", "betas", "weight_decay", "ema",
                    "precision", "seed", "label_dropout", "guard_updates")  # fmt: skip
 
 
+def _data_info(run_info: dict[str, Any] | None) -> dict[str, Any]:
+    """What a run_info records of the data (``TrainingData.describe``), or nothing."""
+    data = (run_info or {}).get("data")
+    return data if isinstance(data, dict) else {}
+
+
 def check_train_args(
     *,
     steps: int,
@@ -338,6 +344,12 @@ def train(
             for k, v in train_args.items()
             if k in TRAJECTORY_ARGS and k in run.recorded_args and run.recorded_args[k] != v
         ]
+        data_now, data_then = (_data_info(info) for info in (run_info, run.recorded_run))
+        changed += [  # what the caller records of the data: flips, and held in RAM vs streamed (another order)
+            f"data {k} {data_then[k]} -> {data_now[k]}"
+            for k in ("flip", "kind")
+            if k in data_now and k in data_then and data_now[k] != data_then[k]
+        ]
         if changed:  # allowed (a lower lr, say), but the run is no longer the one an uninterrupted run gives
             emit({"event": "warning", "message": f"resumed with changed arguments: {', '.join(changed)}"})
         if run.step >= steps:
@@ -454,6 +466,7 @@ class _RunState:
     window: list[float] = field(default_factory=list)  # losses since the last checkpoint
     last_checkpoint: Path | None = None
     recorded_args: dict[str, Any] = field(default_factory=dict)  # the train arguments of the restored checkpoint
+    recorded_run: dict[str, Any] = field(default_factory=dict)  # and its run_info
 
     def restore(
         self,
@@ -488,6 +501,7 @@ class _RunState:
         )
         self.step, self.skipped, self.last_checkpoint = record["step"], record.get("skipped_steps", 0), ckpt
         self.recorded_args = record.get("train", {}) if isinstance(record.get("train"), dict) else {}
+        self.recorded_run = record.get("run", {}) if isinstance(record.get("run"), dict) else {}
         best = record.get("best_loss")
         self.best_loss, self.best_step = (math.inf if best is None else best), record.get("best_step", -1)
         if f"rank{dist.rank}.cpu" in rng:

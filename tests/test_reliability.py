@@ -238,8 +238,16 @@ def test_a_resume_with_changed_arguments_says_which(tmp_path: Path) -> None:
     events.clear()
     _toy_run(tmp_path, 6, resume=True, seed=5, grad_clip=0.5, callback=events.append)  # steps may grow
     assert [e for e in events if e["event"] == "warning"] == []
-    _toy_run(tmp_path, 3, resume=True, seed=5, grad_clip=0.5, callback=events.append)
-    assert [e["message"] for e in events if e["event"] == "warning"] == ["the run is at step 6: steps=3 trains nothing"]
+    events.clear()
+    more = {"resume": True, "seed": 5, "grad_clip": 0.5, "callback": events.append}
+    _toy_run(tmp_path, 7, run_info={"data": {"flip": False}}, **more)  # the run so far recorded no data
+    _toy_run(tmp_path, 8, run_info={"data": {"flip": True}}, **more)
+    assert [e["message"] for e in events if e["event"] == "warning"] == [
+        "resumed with changed arguments: data flip False -> True"
+    ]
+    events.clear()
+    _toy_run(tmp_path, 3, run_info={"data": {"flip": True}}, **more)
+    assert [e["message"] for e in events if e["event"] == "warning"] == ["the run is at step 8: steps=3 trains nothing"]
 
 
 class NaNAtEnd(EDMObjective):
