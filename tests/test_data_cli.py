@@ -146,3 +146,37 @@ def test_shard_skips_undecodable_files_and_reports_the_count(tmp_path):
     assert result.exit_code == 0, result.output
     assert "warning: skipping bad sample 'broken'" in result.output and "skipped 1 bad sample(s)" in result.output
     assert read_manifest(str(tmp_path / "o")).count == 1
+
+
+def test_bad_npz_files_and_url_variables_exit_2_in_one_line_and_write_nothing(tmp_path, monkeypatch):
+    np.savez(tmp_path / "half.npz", images=np.zeros((3, 4, 4), dtype=np.uint8), labels=np.array([0.5, 1, 2]))
+    (tmp_path / "junk.npz").write_bytes(bytes(range(256)))
+    monkeypatch.delenv("WDS_X", raising=False)
+    before = sorted(tmp_path.rglob("*"))
+    for args, message in [
+        ([str(tmp_path / "half.npz")], "must be integers (class indices), got 0.5 at index 0"),  # stored as 0
+        ([str(tmp_path / "junk.npz")], "as .npy/.npz (ValueError: no .npy or .npz header"),
+    ]:
+        result = runner.invoke(app, ["data", "shard", *args, str(tmp_path / "o" / "s-%03d.tar")])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: src: "), lines
+        assert message in lines[0], lines
+    result = runner.invoke(app, ["data", "encode", "i-${X}.tar", str(tmp_path / "l" / "l-%03d.tar"), "--vae", "x"])
+    assert result.exit_code == 2 and result.output.startswith("error: urls: 'i-${X}.tar' uses ${X}"), result.output
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_encode_into_a_folder_of_other_settings_exits_2_and_keeps_it(tmp_path, tiny_vae):
+    np.savez(tmp_path / "a.npz", images=np.zeros((5, 8, 8, 3), dtype=np.uint8), labels=np.arange(5))
+    shard = runner.invoke(app, ["data", "shard", str(tmp_path / "a.npz"), str(tmp_path / "i" / "i-%03d.tar")])
+    assert shard.exit_code == 0
+    src, out = str(tmp_path / "i" / "i-000.tar"), str(tmp_path / "l" / "l-%03d.tar")
+    encode = ["data", "encode", src, out, "--vae", tiny_vae]
+    assert runner.invoke(app, [*encode, "--res", "8"]).exit_code == 0
+    finished = {p.name: p.read_bytes() for p in (tmp_path / "l").iterdir()}
+    for other in (["--res", "16"], ["--res", "8", "--sample"], ["--res", "8", "--scale-factor", "1"]):
+        result = runner.invoke(app, [*encode, *other])  # exit 0 and a dataset.json of the new settings before
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert "out_pattern: " in lines[0] and "holds an encoding of other inputs or settings" in lines[0]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "l").iterdir()} == finished

@@ -1,6 +1,7 @@
 """Latent encoding with a tiny random AutoencoderKL (offline), resume, and the latent pipeline on top."""
 
 import io
+import json
 import os
 
 import numpy as np
@@ -86,13 +87,33 @@ def test_encode_resumes_by_skipping_finished_shards(tmp_path, tiny_vae, image_sh
     assert done == [8]  # only shard 1's 4 images were encoded (after 4 skipped), ending at 8 of 10
 
 
-def test_encode_resumes_only_its_own_intact_shards(tmp_path, tiny_vae, image_shards):
+def _folder(path) -> dict[str, object]:
+    """Every file of ``path``: its bytes, or for JSON files its value (key order aside)."""
+    return {p.name: json.loads(p.read_text()) if p.suffix == ".json" else p.read_bytes() for p in path.iterdir()}
+
+
+def test_encode_resumes_only_its_own_intact_shards(tmp_path, tiny_vae, image_shards, monkeypatch):
     out = str(tmp_path / "lat" / "l-%03d.tar")
     first = encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
+    finished = _folder(tmp_path / "lat")
     with open(out % 1, "r+b") as f:  # a truncated shard was kept before, and its samples lost
         f.truncate(5000)
     again = encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
-    assert again == first and again.count == 10
+    assert again == first and again.count == 10 and _folder(tmp_path / "lat") == finished
+    with open(out % 2, "r+b") as f:  # same size, other bytes: only the sha256 tells
+        f.seek(512)  # the first member's data
+        f.write(b"\xff" * 8)
+    assert _folder(tmp_path / "lat") != finished
+    record = json.loads((tmp_path / "lat" / ".encode.json").read_text())
+    del record["done"]["l-000.tar"]  # renamed into place, then killed before the record was updated
+    (tmp_path / "lat" / ".encode.json").write_text(json.dumps(record))
+    done = []
+    again = encode_latents(image_shards, out, vae=tiny_vae, resolution=8, progress=lambda d, t: done.append(d))
+    assert again == first and _folder(tmp_path / "lat") == finished
+    assert done == [4, 10]  # shards 0 and 2 were encoded again, shard 1 kept
+    monkeypatch.chdir(tmp_path)  # the same inputs named from another working directory are the same job
+    relative = os.path.relpath(image_shards, tmp_path)
+    assert encode_latents(relative, "lat/l-%03d.tar", vae=tiny_vae, resolution=8) == first
     for kwargs, changed in [({"scale_factor": 1.0}, "scale_factor"), ({"store": "sample"}, "store")]:
         with pytest.raises(
             ValueError, match=f"out_pattern: .* holds an encoding of other inputs or settings \\({changed}\\)"
@@ -102,10 +123,13 @@ def test_encode_resumes_only_its_own_intact_shards(tmp_path, tiny_vae, image_sha
             )  # exit 0, a false dataset.json before
     with pytest.raises(ValueError, match="other inputs or settings \\(inputs\\)"):
         encode_latents(image_shards.replace("{000..002}", "{000..001}"), out, vae=tiny_vae, resolution=8)
-    assert read_manifest(str(tmp_path / "lat")) == first
+    with pytest.raises(ValueError, match="other inputs or settings \\(resolution\\)"):
+        encode_latents(image_shards, out, vae=tiny_vae, resolution=16)
+    assert read_manifest(str(tmp_path / "lat")) == first and _folder(tmp_path / "lat") == finished
     os.remove(tmp_path / "lat" / ".encode.json")
-    with pytest.raises(ValueError, match="already holds shards this job did not write"):
+    with pytest.raises(ValueError, match="already holds shards this job did not write; choose an empty folder$"):
         encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
+    assert _folder(tmp_path / "lat") == {k: v for k, v in finished.items() if k != ".encode.json"}
 
 
 def test_sample_store_and_offline_error(tmp_path, tiny_vae, image_shards):

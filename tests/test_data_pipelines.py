@@ -27,6 +27,7 @@ from diffit.data import (
     load_images,
     memory_batches,
     write_image_shards,
+    write_manifest,
 )
 
 
@@ -314,6 +315,31 @@ def test_latent_pipeline_flip_choice_scaling_and_posterior_sampling(tmp_path):
 # --------------------------------------------------------------------------------------------- bad input
 
 
+def test_latent_shards_read_as_images_are_refused_with_the_latent_hint(tmp_path):
+    pair = _npy(np.zeros((2, 4, 2, 2), dtype=np.float16))
+    with ShardWriter(str(tmp_path / "l-%03d.tar")) as w:
+        for i in range(4):
+            w.write(f"k{i}", {"mean.npy": pair, "std.npy": pair, "cls": b"0"})
+    url = str(tmp_path / "l-000.tar")
+    with warnings.catch_warnings(record=True) as caught:  # without dataset.json: every sample is a bad one
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="no readable images"):
+            load_images(url)
+    assert "no image member (png/jpg/jpeg/webp/ppm/bmp); a latent sample: read latent shards with latent_pipeline" in (
+        str(caught[0].message)
+    )
+    write_manifest(str(tmp_path), kind="latent", shards=w.shards, resolution=2, channels=4, classes=1)
+    hint = "^urls: these are latent shards, not images; read them with latent_pipeline \\(`diffit train --latent`\\)$"
+    # load_images failed with 'channels: expected 1 (grayscale) or 3 (RGB), got 4'; resize=True skipped the check
+    for read in (
+        lambda: load_images(url, resolution=2, channels=4),
+        lambda: image_pipeline(url, batch_size=2, resolution=2, channels=3, resize=True),
+        lambda: eval_pipeline(url, batch_size=2),
+    ):
+        with pytest.raises(ValueError, match=hint):
+            read()
+
+
 def test_missing_or_empty_urls_fail_immediately(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         image_pipeline(str(tmp_path / "nope-{000..003}.tar"), batch_size=2, resolution=4, channels=1)
@@ -335,12 +361,14 @@ def test_bad_worker_count_or_dataset_is_named_in_one_line(tmp_path):
 
 def test_wrong_resolution_or_channels_is_rejected_unless_resized(tmp_path):
     urls = _shards(tmp_path, n=6, res=4, channels=3)
-    with pytest.raises(ValueError, match="resolution"):
+    with pytest.raises(
+        ValueError, match="^resolution: .*; pass resize=True, or re-shard with `diffit data shard --res 8`$"
+    ):
         image_pipeline(urls, batch_size=2, resolution=8, channels=3)
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(ValueError, match="^channels: .*, or re-shard with `diffit data shard --channels 1`$"):
         image_pipeline(urls, batch_size=2, resolution=4, channels=1)
     os.remove(tmp_path / "dataset.json")  # without a manifest the check happens per image
-    with pytest.raises(ValueError, match="4x4 but resolution=8"):
+    with pytest.raises(ValueError, match="4x4 but resolution=8 .*, or re-shard with `diffit data shard --res 8`$"):
         next(iter(image_pipeline(urls, batch_size=2, resolution=8, channels=3, shuffle_buffer=1)))
     x, _ = next(iter(image_pipeline(urls, batch_size=2, resolution=8, channels=1, resize=True)))
     assert x.shape == (2, 1, 8, 8)

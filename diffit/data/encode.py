@@ -1,9 +1,10 @@
 """Pre-encoding image shards into latent shards with a diffusers ``AutoencoderKL``.
 
 Input shard i becomes output shard ``out_pattern % i`` (same keys and ``cls``), which makes the job
-resumable: an output shard that exists is complete (shards are renamed into place when finished) and is
-skipped. Each sample stores, in float16, the VAE's diagonal Gaussian posterior of the image *and* of its
-horizontal mirror, so flip augmentation stays exact for a VAE that is not flip-equivariant:
+resumable: a hidden ``.encode.json`` records the job's inputs and settings and each shard it finished (count,
+bytes, sha256); a rerun of the same job skips those that still hash to their record and encodes the rest.
+Each sample stores, in float16, the VAE's diagonal Gaussian posterior of the image *and* of its horizontal
+mirror, so flip augmentation stays exact for a VAE that is not flip-equivariant:
 
     mean.npy, std.npy : (2, C, h, w), index 0 = image, 1 = mirrored image      (store="mean_std")
     latent.npy        : (2, C, h, w), one posterior sample z = mean + std * eps (store="sample")
@@ -15,6 +16,7 @@ import io
 import json
 import math
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -30,10 +32,12 @@ from diffit.data.shards import (
     Manifest,
     ShardInfo,
     ShardWriter,
+    _tar_digest,
     check_out_folder,
     existing_shards,
     expand_urls,
     find_manifest,
+    is_local,
     label_spec,
     mix_seed,
     read_shard,
@@ -89,7 +93,9 @@ def _resume_record(folder: str, job: dict) -> dict:
         try:
             with open(path) as f:
                 record = json.load(f)
-            saved, _ = record["job"], record["done"]
+            saved, done = record["job"], record["done"]
+            if not (isinstance(saved, dict) and isinstance(done, dict)):
+                raise TypeError
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(
                 f"out_pattern: {path!r} is unreadable ({type(exc).__name__}); choose an empty folder"
@@ -104,6 +110,16 @@ def _resume_record(folder: str, job: dict) -> dict:
     if existing_shards(folder):
         raise ValueError(f"out_pattern: {folder!r} already holds shards this job did not write; choose an empty folder")
     return {"job": job, "done": {}}
+
+
+def _finished(path: str, recorded: object) -> ShardInfo | None:
+    """The recorded shard at ``path`` when its tar still has the recorded bytes and sha256, else None: a shard
+    truncated, changed or renamed into place after the record was last written is encoded again."""
+    try:
+        shard = ShardInfo(**recorded)  # type: ignore[arg-type]
+        return shard if os.path.isfile(path) and _tar_digest(path) == (shard.bytes, shard.sha256) else None
+    except (TypeError, OSError, EOFError, zlib.error):  # a malformed entry, an unreadable or corrupt gzip file
+        return None
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -131,7 +147,8 @@ def encode_latents(
 
     ``vae``: a loaded AutoencoderKL or a path/Hub id for ``load_vae``. Images are converted to RGB and
     center-cropped/resized to ``resolution``. ``progress(images_done, total or None)`` after each batch.
-    Shards already present are kept (resume). Returns the manifest of all output shards.
+    A rerun resumes: shards this same job finished intact are kept; a folder holding another job's latents,
+    or shards without a record, is refused (ValueError). Returns the manifest of all output shards.
     """
     expanded = expand_urls(urls)
     ShardWriter(out_pattern)  # validates the pattern; writes nothing
@@ -154,7 +171,7 @@ def encode_latents(
     labelled, classes = label_spec(labelled, source)
     folder = os.path.dirname(os.path.abspath(out_pattern))
     job = {
-        "inputs": expanded,
+        "inputs": [os.path.abspath(u.removeprefix("file:")) if is_local(u) else u for u in expanded],
         "input_content_hash": source.content_hash if source else None,
         "vae": _vae_name(vae),
         "resolution": resolution,
@@ -172,11 +189,10 @@ def encode_latents(
     done, latent_shape, max_label = 0, None, -1
     for index, url in enumerate(expanded):
         path = out_pattern % index
-        kept = record["done"].get(os.path.basename(path))
-        if kept is not None and os.path.isfile(path) and os.path.getsize(path) == kept["file_bytes"]:
-            shards.append(ShardInfo(**{k: v for k, v in kept.items() if k != "file_bytes"}))  # finished earlier
-            done += shards[-1].count
-            continue  # anything else under this name (truncated, from a killed run) is encoded again
+        if (kept := _finished(path, record["done"].get(os.path.basename(path)))) is not None:
+            shards.append(kept)  # finished earlier by this job, intact
+            done += kept.count
+            continue
         with ShardWriter(out_pattern, max_count=1 << 40, max_size=1 << 60, start_index=index) as writer:
             for keys, images, labels in good_batches(read_shard(url, log), decoder, log, batch_size):
                 x = torch.from_numpy(np.stack(images)).to(device).float().div(127.5).sub(1.0)
@@ -204,8 +220,7 @@ def encode_latents(
                     progress(done, total)
         shards.extend(writer.shards)  # empty when no sample of the input shard was readable
         for shard in writer.shards:
-            file_bytes = os.path.getsize(os.path.join(folder, shard.name))
-            record["done"][shard.name] = {**asdict(shard), "file_bytes": file_bytes}
+            record["done"][shard.name] = asdict(shard)
         if writer.shards:
             write_json(os.path.join(folder, RECORD_NAME), record)
     if not shards or sum(s.count for s in shards) == 0:

@@ -101,8 +101,8 @@ def decode_image(
     if channels is not None and have != channels:
         if not resize:
             raise ValueError(
-                f"image {key!r} has mode {img.mode} ({have or '?'} channels) but channels={channels} "
-                "was requested; pass resize=True to convert, or re-shard with `diffit data shard --channels`"
+                f"image {key!r} has mode {img.mode} ({have or '?'} channels) but channels={channels} was "
+                f"requested; pass resize=True to convert, or re-shard with `diffit data shard --channels {channels}`"
             )
         img = img.convert("L" if channels == 1 else "RGB")
     elif have is None:
@@ -110,8 +110,8 @@ def decode_image(
     if resolution is not None and img.size != (resolution, resolution):
         if not resize:
             raise ValueError(
-                f"image {key!r} is {img.size[0]}x{img.size[1]} but resolution={resolution} was "
-                "requested; pass resize=True to center-crop and resize, or re-shard at that size"
+                f"image {key!r} is {img.size[0]}x{img.size[1]} but resolution={resolution} was requested; pass "
+                f"resize=True to center-crop and resize, or re-shard with `diffit data shard --res {resolution}`"
             )
         img = center_crop_resize(img, resolution)
     array = np.asarray(img)
@@ -156,7 +156,9 @@ class ImageDecoder:
         """``(image, label)`` of a raw sample; BadSample when it must be skipped."""
         ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
         if ext is None:
-            raise BadSample(f"no image member ({'/'.join(IMAGE_EXTENSIONS)})")
+            latent = {"mean.npy", "latent.npy"} & sample.keys()
+            hint = "; a latent sample: read latent shards with latent_pipeline (`diffit train --latent`)"
+            raise BadSample(f"no image member ({'/'.join(IMAGE_EXTENSIONS)}){hint if latent else ''}")
         label = decode_label(sample, self.labelled, self.classes)
         key, size = str(sample["__key__"]), self.resolution
         image = decode_image(sample[ext], resolution=size, channels=self.channels, resize=self.resize, key=key)

@@ -29,6 +29,7 @@ from torch import Tensor
 from diffit.data.images import ImageDecoder
 from diffit.data.shards import (
     BadSampleLog,
+    check_image_kind,
     expand_urls,
     find_manifest,
     label_spec,
@@ -58,6 +59,7 @@ def load_images(
     """
     expanded = expand_urls(urls)
     manifest = find_manifest(expanded)
+    check_image_kind(manifest)
     labelled, classes = label_spec(labelled, manifest)
     log = log or BadSampleLog()
     counts = shard_counts(expanded, manifest) or [None] * len(expanded)
@@ -73,7 +75,7 @@ def load_images(
             if h != w:
                 raise ValueError(
                     f"urls: image {raw['__key__']!r} in {raw['__url__']} is not square ({w}x{h}); "
-                    "pass resolution= and resize=True"
+                    "pass resolution= and resize=True, or re-shard with `diffit data shard --res N --center-crop`"
                 )
             decoder = ImageDecoder(h, c, resize, labelled, classes, flip=False)
         images.append(item[0])

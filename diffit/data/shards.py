@@ -65,12 +65,29 @@ def is_local(url: str) -> bool:
     return scheme in ("", "file") or len(scheme) == 1  # a one-letter scheme is a Windows drive letter
 
 
+def _envsubst(part: str) -> str:
+    """``part`` with each ``${X}`` replaced by the environment variable ``WDS_X``, as webdataset's expand_urls
+    does before it expands braces (up to ten rounds); ValueError for an unset one (webdataset asserts)."""
+
+    def value(match: re.Match) -> str:
+        if (name := f"WDS_{match[1]}") not in os.environ:
+            raise ValueError(f"urls: {part!r} uses ${{{match[1]}}}, which webdataset reads from ${name}; it is not set")
+        return os.environ[name]
+
+    for _ in range(10):
+        last, part = part, re.sub(r"\$\{(\w+)\}", value, part)
+        if part == last:
+            break
+    return part
+
+
 def brace_count(pattern: str) -> int:
     """How many names a brace pattern expands to, at most (nested alternatives count as a product), without
-    expanding it: ``{a..b}`` / ``{a..b..step}`` ranges of integers or letters, ``{x,y}`` lists, ``::`` joins."""
+    expanding it: ``{a..b}`` / ``{a..b..step}`` ranges of integers or letters, ``{x,y}`` lists, ``::`` joins,
+    after webdataset's ``${X}`` -> ``$WDS_X`` substitution (so a variable cannot hide a huge range)."""
     total = 0
     for part in pattern.split("::"):
-        count = 1
+        part, count = _envsubst(part), 1
         while group := re.search(r"\{([^{}]*)\}", part):
             bounds = group[1].split("..")
             if len(bounds) in (2, 3) and all(re.fullmatch(r"-?\d+|[A-Za-z]", b) for b in bounds[:2]):
@@ -98,7 +115,10 @@ def expand_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
     for pattern in patterns:  # counted first: expanding train-{0..99999999999}.tar exhausts memory
         if brace_count(pattern) > MAX_SHARDS:
             raise ValueError(f"urls: {pattern!r} names more than {MAX_SHARDS:,} shards; check its brace ranges")
-    expanded = [url for pattern in patterns for url in _wds_expand(pattern)]
+    try:
+        expanded = [url for pattern in patterns for url in _wds_expand(pattern)]
+    except ValueError as exc:  # braceexpand's UnbalancedBracesError
+        raise ValueError(f"urls: cannot expand {urls!r} ({exc})") from None
     missing = [u for u in expanded if is_local(u) and not os.path.isfile(u.removeprefix("file:"))]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -373,6 +393,16 @@ def label_spec(labelled: bool | None, manifest: Manifest | None) -> tuple[bool, 
     return (manifest is None or manifest.labelled) if labelled is None else labelled, classes
 
 
+def check_image_kind(manifest: Manifest | None) -> None:
+    """ValueError when dataset.json says the shards hold latents, which the image readers cannot decode (they
+    failed later on with a channel count of 4, or skipped every sample)."""
+    if manifest is not None and manifest.kind != "image":
+        raise ValueError(
+            f"urls: these are {manifest.kind} shards, not images; read them with latent_pipeline "
+            "(`diffit train --latent`)"
+        )
+
+
 def write_manifest(
     folder: str,
     *,
@@ -400,14 +430,28 @@ def read_manifest(path: str) -> Manifest:
     try:
         with open(path) as f:
             body = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"manifest: cannot read {path!r} ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ValueError(f"manifest: cannot read {path!r} ({type(exc).__name__}: {exc})") from None
     fmt = body.pop("format", None) if isinstance(body, dict) else None
     if fmt != FORMAT:
         raise ValueError(f"manifest: {path!r} is not a {FORMAT} dataset.json (format={fmt!r})")
     _check_fields(body, _FIELDS, path, "")
     for i, shard in enumerate(body["shards"]):
         _check_fields(shard, _SHARD_FIELDS, path, f"shards[{i}].")
+        name = shard["name"]
+        if name in ("", ".", "..") or name != os.path.basename(name) or min(shard["count"], shard["bytes"]) < 0:
+            raise ValueError(f"manifest: {path!r}: shards[{i}] must name a file beside it, counts >= 0, got {shard!r}")
+    listed = sum(s["count"] for s in body["shards"])
+    for name, bad, want in [
+        ("kind", body["kind"] not in ("image", "latent"), "'image' or 'latent'"),
+        ("count", body["count"] != listed, f"the sum of the shards' counts ({listed})"),
+        ("resolution", body["resolution"] is not None and body["resolution"] < 1, "a positive side length or null"),
+        ("channels", body["channels"] < 1, "a positive channel count"),
+        ("classes", body["classes"] < 0, "a class count >= 0"),
+        ("class_names", not all(isinstance(n, str) for n in body.get("class_names", [])), "a list of strings"),
+    ]:
+        if bad:
+            raise ValueError(f"manifest: {path!r}: {name} must be {want}, got {body[name]!r}")
     return Manifest(**{**body, "shards": [ShardInfo(**s) for s in body["shards"]]})
 
 

@@ -58,6 +58,7 @@ from diffit.data.shards import (
     BadSample,
     BadSampleLog,
     Manifest,
+    check_image_kind,
     expand_urls,
     find_manifest,
     label_spec,
@@ -289,19 +290,18 @@ def _shards(urls: str | list[str], batch_size: int, rank: int | None, world_size
 
 def _check_images(manifest: Manifest | None, resolution: int | None, channels: int | None, resize: bool) -> None:
     """Fail before streaming when dataset.json already says the images do not match the request."""
+    check_image_kind(manifest)  # resize cannot make images of latents
     if manifest is None or resize:
         return
-    if manifest.kind != "image":
-        raise ValueError(f"urls: these are {manifest.kind} shards; expected image shards")
     if resolution is not None and manifest.resolution is not None and manifest.resolution != resolution:
         raise ValueError(
-            f"resolution: the shards hold {manifest.resolution}x{manifest.resolution} images but "
-            f"resolution={resolution} was requested; pass resize=True to resize"
+            f"resolution: the shards hold {manifest.resolution}x{manifest.resolution} images but resolution="
+            f"{resolution} was requested; pass resize=True, or re-shard with `diffit data shard --res {resolution}`"
         )
     if channels is not None and manifest.channels != channels:
         raise ValueError(
-            f"channels: the shards hold {manifest.channels}-channel images but channels={channels} "
-            "was requested; pass resize=True to convert"
+            f"channels: the shards hold {manifest.channels}-channel images but channels={channels} was "
+            f"requested; pass resize=True, or re-shard with `diffit data shard --channels {channels}`"
         )
 
 

@@ -17,6 +17,7 @@ bytes do not depend on the zlib build) with its ``cls``, key ``digit_NNNN``, in 
 
 import os
 import re
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -65,7 +66,7 @@ def _is_image(name: str) -> bool:
 def _key(relpath: str) -> str:
     """A stable WebDataset key from a relative path: no extension, and no dots (they split keys) or separators.
     Letters and digits of any script stay (ASCII-only keys made the folders ü/ and 名前/ collide)."""
-    stem = relpath.rsplit(".", 1)[0]
+    stem = unicodedata.normalize("NFC", relpath.rsplit(".", 1)[0])  # macOS names are NFD: ü is u + U+0308
     return re.sub(r"[^\w\-]", "_", stem)
 
 
@@ -152,20 +153,30 @@ def array_source(path: str) -> ImageSource:
                 images = npz[name]
                 label_name = next((k for k in ("labels", "y", "arr_1") if k in npz), None)
                 labels = None if label_name is None else npz[label_name].reshape(-1)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
+    except (OSError, EOFError, ValueError, MemoryError, zipfile.BadZipFile, zlib.error) as exc:
         if str(exc).startswith("src:"):
             raise
-        raise ValueError(f"src: cannot read {path!r} ({type(exc).__name__}: {exc})") from None
+        reason = (str(exc).splitlines() or [""])[0]
+        if "pickled" in reason:  # NumPy's advice to unpickle a file that has neither header would mislead
+            reason = "no .npy or .npz header; pickled data is never loaded"
+        elif "Object arrays" in reason:
+            reason = "an object array; only uint8 image and integer label arrays are read"
+        raise ValueError(f"src: cannot read {path!r} as .npy/.npz ({type(exc).__name__}: {reason})") from None
     images = _array_layout(images, path)
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"src: {path!r} has {len(images)} images but {len(labels)} labels")
-    if labels is not None and not (labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and np.all(labels % 1 == 0))):
-        raise ValueError(f"src: labels in {path!r} must be integers (class indices), got {labels[:5].tolist()}...")
-    labels = None if labels is None else labels.astype(np.int64)
+    if labels is not None and len(labels) and labels.dtype.kind not in "iu":  # whole-number floats are accepted
+        i = int(np.argmax(labels % 1 != 0)) if labels.dtype.kind == "f" else 0
+        if labels.dtype.kind != "f" or labels[i] % 1 != 0:  # 0.5 used to be stored as class 0
+            raise ValueError(
+                f"src: labels in {path!r} must be integers (class indices), got {labels[i].item()!r} at index {i}"
+            )
     if labels is not None and (labels.min(initial=0) < 0 or labels.max(initial=0) >= MAX_CLASSES):
-        raise ValueError(
-            f"src: labels in {path!r} must be class indices in [0, {MAX_CLASSES:,}), got {labels.min()}..{labels.max()}"
+        raise ValueError(  # checked before the cast, which wraps 1e300 to a negative int
+            f"src: labels in {path!r} must be class indices 0..C-1 with C <= {MAX_CLASSES:,}, "
+            f"got {labels.min()}..{labels.max()}"
         )
+    labels = None if labels is None else labels.astype(np.int64)
     channels = images.shape[-1]
 
     def samples() -> Iterator[LabelledImage]:
