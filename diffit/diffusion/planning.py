@@ -73,6 +73,13 @@ class SamplingPlan:
         return asdict(self)
 
 
+def _check_count(name: str, value: object) -> None:
+    """ValueError unless ``value`` (a step count or an evaluation budget) is an integer in [1, MAX_STEPS]: not a
+    bool, not a float such as 10.5 (which planned 10.0 steps)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_STEPS:
+        raise ValueError(f"{name} must be an integer in [1, {MAX_STEPS}], got {value}")
+
+
 def check_sampler_name(sampler: str) -> None:
     """ValueError unless ``sampler`` names one of diffit's samplers (a key of ``SAMPLERS``)."""
     if sampler not in MIN_STEPS:
@@ -114,8 +121,7 @@ def plan_sampling(
     ``sampler`` / ``schedule`` pin one of the two; the other comes from ``LOW_NFE_CHOICE``. Guidance with a
     scale other than 1 runs two passes per call, so the budget buys half the steps.
     """
-    if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or not 1 <= nfe <= MAX_STEPS:
-        raise ValueError(f"nfe must be an integer in [1, {MAX_STEPS}], got {nfe}")  # 10.5 planned 10.0 steps
+    _check_count("nfe", nfe)
     if schedule is not None and schedule not in SCHEDULE_NAMES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {schedule!r}")
     per_call = 1 if guidance_scale == 1.0 else 2
@@ -141,9 +147,8 @@ def resolve_sampling(
     """A run's sampler, schedule and step count (or budget ``nfe``, its alternative), checked (ValueError naming
     the argument); with a budget, the plan that fills it (:func:`plan_sampling`). Returns (sampler, steps,
     schedule, plan); None where nothing was asked (the objective's defaults apply) and plan None without nfe."""
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)
-                              or not 1 <= steps <= MAX_STEPS):  # fmt: skip
-        raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps}")
+    if steps is not None:
+        _check_count("steps", steps)
     if nfe is not None and steps is not None:
         raise ValueError("nfe and steps are alternatives: give one")
     if sampler is not None:
