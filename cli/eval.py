@@ -11,8 +11,6 @@ from rich.table import Table
 
 import diffit
 from diffit.checkpoint import sha256_file
-from diffit.data.atomic import write_json
-from diffit.distributed import check_device
 from diffit.evaluation import (
     ImageBatches,
     InceptionV3,
@@ -25,6 +23,7 @@ from diffit.evaluation import (
     reference_statistics,
     save_statistics,
 )
+from diffit.util import check_device, write_json
 from diffit_cli.common import Device, console, fail, fail_from, progress_bar
 
 eval_app = typer.Typer(name="eval", help="Inception statistics, FID and Inception Score.", no_args_is_help=True)

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from diffit.checkpoint import load_model
 from diffit.data import load_vae
 from diffit.diffusion import SAMPLERS, SCHEDULE_NAMES, resolve_sampling
-from diffit.distributed import check_device, init_distributed, shutdown
+from diffit.distributed import init_distributed, shutdown
 from diffit.generate import (
     Guidance,
     class_labels,
@@ -25,6 +25,7 @@ from diffit.generate import (
 from diffit.objectives import ADMObjective
 from diffit.release import check_release_resolution
 from diffit.runs import import_factory
+from diffit.util import check_device
 from diffit_cli.common import (
     MAX_IDS,
     TF32,

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from diffit.data import load_vae
-from diffit.distributed import check_device, init_distributed, shutdown, world_size
+from diffit.distributed import init_distributed, shutdown, world_size
 from diffit.generate import latent_decoder, preview_writer
 from diffit.objectives import ADMObjective, EDMObjective
 from diffit.runs import (
@@ -19,6 +19,7 @@ from diffit.runs import (
     training_data,
 )
 from diffit.train import TrainingDiverged, check_run_dir, check_train_args, train
+from diffit.util import check_device
 from diffit_cli.common import TF32, Device, Precision, console, refusing, set_tf32
 
 

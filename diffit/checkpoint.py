@@ -31,12 +31,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffit.data.atomic import atomic_path, fsync_dir, fsync_file
 from diffit.ema import strip_wrapper_prefixes, unwrap
 from diffit.nn import ImageDiffiT, LatentDiffiT, check_backbone
 from diffit.nn.contract import jsonable
 from diffit.objectives import build_objective, objective_spec
 from diffit.release import check_release_resolution, load_release
+from diffit.util import atomic_path, fsync_dir, fsync_file
 
 MODEL_METADATA_KEY = "diffit.model"
 OBJECTIVE_METADATA_KEY = "diffit.objective"

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from diffit.util import check_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -30,24 +32,6 @@ class DistInfo:
         """Collectives and DDP are in use: several ranks, or one rank that torchrun started (so a one-GPU
         torchrun job runs the same DDP / NCCL code as a multi-GPU one)."""
         return self.world_size > 1 or self.group
-
-
-def check_device(device: str | torch.device | None) -> torch.device:
-    """The torch device ``device`` names (None: CUDA when available, else CPU); ValueError (one line) for an
-    unknown name or a device this machine does not have."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"device: unknown device {device!r} (expected cpu, cuda, cuda:1, ...)") from None
-    if dev.type not in ("cpu", "cuda"):  # others (meta, mps, xpu...) fail later, in autocast or in sampling
-        raise ValueError(f"device: diffit runs on cpu or cuda devices, got {device!r}")
-    if dev.type == "cuda" and (dev.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        raise ValueError(
-            f"device: {device!r} is not available on this machine (CUDA devices: {torch.cuda.device_count()})"
-        )
-    return dev
 
 
 def init_distributed(device: str | None = None) -> DistInfo:

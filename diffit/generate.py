@@ -27,8 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 import diffit
-from diffit.data import SD_SCALE_FACTOR, mix_seed
-from diffit.data.atomic import atomic_path, check_output_path, write_json
+from diffit.data import SD_SCALE_FACTOR
 from diffit.diffusion import (
     SAMPLERS,
     ClassifierFreeGuidance,
@@ -43,6 +42,7 @@ from diffit.diffusion import (
 from diffit.distributed import DistInfo, all_gather
 from diffit.nn import check_backbone
 from diffit.objectives import ADMObjective, Objective, default_objective, objective_spec, release_alphas_cumprod
+from diffit.util import atomic_path, check_output_path, mix_seed, write_json
 
 Sampler = Callable[..., Tensor]
 _LABEL_STREAM = 1  # random_labels' seeds: mix_seed(seed, _LABEL_STREAM), apart from the noise's seed

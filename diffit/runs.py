@@ -30,7 +30,6 @@ from diffit.data import (
     load_images,
     memory_batches,
 )
-from diffit.data.atomic import check_output_path
 from diffit.nn import (
     check_backbone,
     diffit_cifar10,
@@ -42,6 +41,7 @@ from diffit.nn import (
     latent_diffit_xl_2,
 )
 from diffit.train import DataFn
+from diffit.util import check_output_path
 
 __all__ = [
     "IMAGE_PRESETS",

@@ -10,7 +10,6 @@ Every random draw of a step (data order and flips, noise levels, noise, label dr
 
 import json
 import math
-import numbers
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -24,12 +23,11 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from diffit.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint, verify_checkpoint
-from diffit.data import mix_seed
-from diffit.data.atomic import check_output_path
 from diffit.distributed import DistInfo, all_gather, all_reduce_max, all_reduce_mean
 from diffit.ema import ema_decay, ema_update, make_ema, unwrap
 from diffit.nn import LabelEmbedding, check_backbone
 from diffit.objectives import Objective, check_objective
+from diffit.util import check_output_path, is_integer, mix_seed
 
 DataFn = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
 """``data(start_step)`` -> iterator over this rank's (x, y) slice of every global batch from ``start_step`` on."""
@@ -228,17 +226,14 @@ def check_train_args(
         if not ok:
             raise ValueError(f"{name} must be {expected}, got {value}")
 
-    def integer(value: object) -> bool:  # numpy integers too; not bools, not floats such as 1.5
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
     micro = batch_size // world_size if micro_batch is None else micro_batch  # None: the whole per-rank batch
     for name, value in (("steps", steps), ("batch_size", batch_size), ("micro_batch", micro),
                         ("ckpt_every", ckpt_every), ("keep_last", keep_last), ("log_every", log_every),
                         ("max_bad_steps", max_bad_steps)):  # fmt: skip
-        need(integer(value) and value >= 1, name, "an integer >= 1", value)
-    need(integer(warmup) and warmup >= 0, "warmup", "an integer >= 0", warmup)
-    need(integer(seed) and 0 <= seed < 2**63, "seed", "an integer in [0, 2**63)", seed)  # torch overflowed past it
-    need(integer(sample_every) and sample_every >= 0, "sample_every", "an integer >= 0 (0 disables)", sample_every)
+        need(is_integer(value) and value >= 1, name, "an integer >= 1", value)
+    need(is_integer(warmup) and warmup >= 0, "warmup", "an integer >= 0", warmup)
+    need(is_integer(seed) and 0 <= seed < 2**63, "seed", "an integer in [0, 2**63)", seed)  # torch overflowed past it
+    need(is_integer(sample_every) and sample_every >= 0, "sample_every", "an integer >= 0 (0 disables)", sample_every)
     need(math.isfinite(lr) and lr > 0, "lr", "a finite number > 0", lr)
     need(all(math.isfinite(b) and 0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)", betas)
     need(math.isfinite(weight_decay) and weight_decay >= 0, "weight_decay", "a finite number >= 0", weight_decay)

@@ -25,6 +25,7 @@ DOCUMENTED = [
     "diffit.generate",
     "diffit.checkpoint",
     "diffit.runs",
+    "diffit.util",
 ]
 
 

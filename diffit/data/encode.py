@@ -25,7 +25,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from diffit.data.atomic import write_json
 from diffit.data.images import SD_SCALE_FACTOR, ImageDecoder
 from diffit.data.shards import (
     BadSampleLog,
@@ -39,11 +38,11 @@ from diffit.data.shards import (
     find_manifest,
     is_local,
     label_spec,
-    mix_seed,
     read_shard,
     write_manifest,
 )
 from diffit.data.streams import good_batches
+from diffit.util import check_device, mix_seed, write_json
 
 
 def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -161,12 +160,7 @@ def encode_latents(
         raise ValueError(f"resolution: expected a positive side length, got {resolution}")
     if not (math.isfinite(scale_factor) and scale_factor > 0):
         raise ValueError(f"scale_factor: expected a finite positive number, got {scale_factor}")
-    try:  # a device this machine lacks fails here, before the VAE is loaded and any shard is written
-        if torch.device(device).type not in ("cpu", "cuda"):
-            raise RuntimeError("not a cpu or cuda device")
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError, NotImplementedError):
-        raise ValueError(f"device: {device!r} is not a device this machine has (cpu, cuda, cuda:1...)") from None
+    check_device(device)  # a device this machine lacks fails here, before the VAE is loaded and any shard is written
     source = find_manifest(expanded)
     labelled, classes = label_spec(labelled, source)
     folder = os.path.dirname(os.path.abspath(out_pattern))

@@ -33,12 +33,11 @@ from diffit.data.shards import (
     expand_urls,
     find_manifest,
     label_spec,
-    mix_seed,
     read_shard,
-    resolve_rank,
     shard_counts,
 )
 from diffit.data.streams import decode_or_skip
+from diffit.util import mix_seed, resolve_rank
 
 _FLIP_STREAM = 1  # separates the flip generator's seeds from the permutations'
 

@@ -44,13 +44,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
-import torch
 import webdataset as wds
 from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls as _wds_expand
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from diffit.data.atomic import atomic_path, check_output_path
+from diffit.util import atomic_path, check_output_path
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "diffit-shards/1"
@@ -124,27 +123,6 @@ def expand_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ValueError(f"urls: shard {missing[0]!r} does not exist{more} (pattern {urls!r})")
     return expanded
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed that is a pure, well-mixed function of integers (seed, step, epoch, rank, worker...).
-
-    Hashing rather than adding keeps nearby tuples, e.g. (seed, rank=1) and (seed + 1, rank=0), unrelated.
-    """
-    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """``(rank, world_size)``: the explicit values, else torch.distributed's when initialised, else (0, 1)."""
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if rank is None:
-        rank = torch.distributed.get_rank() if dist else 0
-    if world_size is None:
-        world_size = torch.distributed.get_world_size() if dist else 1
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    return rank, world_size
 
 
 class BadSample(Exception):

@@ -62,11 +62,10 @@ from diffit.data.shards import (
     expand_urls,
     find_manifest,
     label_spec,
-    mix_seed,
     read_shard,
-    resolve_rank,
     shard_counts,
 )
+from diffit.util import mix_seed, resolve_rank
 
 LOOKAHEAD_BATCHES = 64  # how far a batch of only bad samples looks for good ones before the stream gives up
 Decoder = Callable[[dict, np.random.Generator | None], tuple[np.ndarray, int]]

@@ -7,18 +7,19 @@ draws only from its own generator seeded with ``seeds[i]``, so an image depends 
 the batch it was generated in or how many devices shared the work.
 """
 
-import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from diffit.util import is_integer
+
 NoiseSampler = Callable[[], Tensor]
 
 
 def _is_seed(s: object) -> bool:
-    return isinstance(s, numbers.Integral) and not isinstance(s, bool) and 0 <= s < 2**64  # type: ignore[operator]
+    return is_integer(s) and 0 <= s < 2**64  # type: ignore[operator]
 
 
 def check_seeds(seeds: Sequence[int]) -> None:

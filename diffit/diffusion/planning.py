@@ -5,11 +5,11 @@ mixtures) and ``benchmarks/bench_quality.py --sweep`` (FID of the bundled digits
 ``LOW_NFE_CHOICE``. Classifier-free guidance costs two evaluations per denoiser call, so it halves the steps.
 """
 
-import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from diffit.diffusion.step_schedules import SCHEDULE_NAMES
+from diffit.util import is_integer
 
 # Evaluations one step costs, per sampler: Heun-type samplers evaluate twice per step, except on the
 # last one (to sigma = 0), so n steps cost 2n - 1; all others evaluate once per step.
@@ -76,7 +76,7 @@ class SamplingPlan:
 def _check_count(name: str, value: object) -> None:
     """ValueError unless ``value`` (a step count or an evaluation budget) is an integer in [1, MAX_STEPS]: not a
     bool, not a float such as 10.5 (which planned 10.0 steps)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_STEPS:
+    if not is_integer(value) or not 1 <= value <= MAX_STEPS:  # type: ignore[operator]
         raise ValueError(f"{name} must be an integer in [1, {MAX_STEPS}], got {value}")
 
 

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from diffit.data.atomic import atomic_path
+from diffit.util import atomic_path
 
 __all__ = [
     "FeatureStats",

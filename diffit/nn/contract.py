@@ -22,6 +22,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor, nn
 
+from diffit.util import is_integer
+
 __all__ = ["Backbone", "backbone_problems", "check_backbone", "capture_config", "checkpointed_call", "jsonable"]
 
 
@@ -41,15 +43,15 @@ class Backbone(Protocol):
 def backbone_problems(model: Any) -> list[str]:
     """What ``model`` lacks of the :class:`Backbone` contract (empty when it follows it)."""
     problems = [] if isinstance(model, nn.Module) else [f"is a {type(model).__name__}, not a torch.nn.Module"]
-    for name, kind in (("in_channels", int), ("resolution", int)):
+    for name in ("in_channels", "resolution"):
         value = getattr(model, name, None)
-        if not isinstance(value, kind) or isinstance(value, bool) or value < 1:
+        if not is_integer(value) or value < 1:
             problems.append(f"needs a positive int attribute '{name}' (got {value!r})")
     if not hasattr(model, "num_classes"):
         problems.append("needs an attribute 'num_classes' (an int, or None for an unconditional model)")
     else:
         n = model.num_classes
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        if n is not None and (not is_integer(n) or n < 1):
             problems.append(f"num_classes must be a positive int or None (got {n!r})")
     return problems
 

@@ -18,7 +18,6 @@ The lowest-resolution stage is the bottleneck: it appears once, so the decoder m
 """
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -29,14 +28,15 @@ from diffit.nn.attention import set_attention_backend
 from diffit.nn.blocks import GroupNorm32, ResBlock, TMSABlock, group_count
 from diffit.nn.contract import capture_config, check_inputs, checkpointed_call
 from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token
+from diffit.util import is_integer
 
 
 def _per_stage(value: int | Sequence[int], stages: int, name: str) -> tuple[int, ...]:
     """Broadcast an int to every stage, or check a per-stage sequence has one entry per stage."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if is_integer(value):
         return (int(value),) * stages
     values = tuple(value)
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):  # int() made 2.5 2
+    if not all(is_integer(v) for v in values):  # int() made 2.5 2
         raise ValueError(f"{name} must hold integers, got {list(values)}")
     values = tuple(int(v) for v in values)
     if len(values) != stages:

@@ -13,11 +13,13 @@ __all__ = ["atomic_path", "check_output_path", "fsync_dir", "fsync_file", "write
 
 
 def fsync_file(path: str | Path) -> None:
+    """Flush the file at ``path`` to disk."""
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
 def fsync_dir(path: str | Path) -> None:
+    """Flush the folder at ``path`` (its entries: a rename into it survives a power loss)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

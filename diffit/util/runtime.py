@@ -1,0 +1,52 @@
+"""What every layer checks about a run: integer arguments, devices, ranks, and seeds derived from them."""
+
+import hashlib
+import numbers
+
+import torch
+
+__all__ = ["check_device", "is_integer", "mix_seed", "resolve_rank"]
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer (Python's or NumPy's), not a bool and not a float such as 1.5 or 2.0."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The torch device ``device`` names (None: CUDA when available, else CPU); ValueError (one line) for an
+    unknown name or a device this machine does not have."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device: unknown device {device!r} (expected cpu, cuda, cuda:1, ...)") from None
+    if dev.type not in ("cpu", "cuda"):  # others (meta, mps, xpu...) fail later, in autocast or in sampling
+        raise ValueError(f"device: diffit runs on cpu or cuda devices, got {device!r}")
+    if dev.type == "cuda" and (dev.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        raise ValueError(
+            f"device: {device!r} is not available on this machine (CUDA devices: {torch.cuda.device_count()})"
+        )
+    return dev
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``(rank, world_size)``: the explicit values, else torch.distributed's when initialised, else (0, 1)."""
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if rank is None:
+        rank = torch.distributed.get_rank() if dist else 0
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if dist else 1
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return rank, world_size
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure, well-mixed function of integers (seed, step, epoch, rank, worker...).
+
+    Hashing rather than adding keeps nearby tuples, e.g. (seed, rank=1) and (seed + 1, rank=0), unrelated.
+    """
+    digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
