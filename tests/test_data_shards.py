@@ -100,8 +100,12 @@ def test_a_dataset_json_with_fields_of_other_types_is_refused_naming_the_field(t
         ({"channels": 0}, "channels must be a positive channel count, got 0"),
         ({"resolution": 0}, "resolution must be a positive side length or null, got 0"),
         ({"class_names": [0, 1]}, "class_names must be a list of strings, got \\[0, 1\\]"),
-        ({"shards": [good["shards"][0] | {"name": "../a-000.tar"}]}, "shards\\[0\\] must name a file beside it"),
-        ({"shards": [good["shards"][0] | {"bytes": -1}]}, "shards\\[0\\] must name a file beside it, counts >= 0"),
+        (
+            {"shards": [good["shards"][0] | {"name": "../a-000.tar"}]},
+            "shards\\[0\\].name must be a file name beside it",
+        ),
+        ({"shards": [good["shards"][0] | {"bytes": -1}]}, "shards\\[0\\].bytes must be a size >= 0, got -1"),
+        ({"classes": -2}, "classes must be a class count >= 0, got -2"),
     ]:
         (tmp_path / "o" / "dataset.json").write_text(json.dumps(good | change))
         with pytest.raises(ValueError, match=f"^manifest: .*dataset.json': {match}"):

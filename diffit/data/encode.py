@@ -1,15 +1,5 @@
-"""Pre-encoding image shards into latent shards with a diffusers ``AutoencoderKL``.
-
-Input shard i becomes output shard ``out_pattern % i`` (same keys and ``cls``), which makes the job
-resumable: a hidden ``.encode.json`` records the job's inputs and settings and each shard it finished (count,
-bytes, sha256); a rerun of the same job skips those that still hash to their record and encodes the rest.
-Each sample stores, in float16, the VAE's diagonal Gaussian posterior of the image *and* of its horizontal
-mirror, so flip augmentation stays exact for a VAE that is not flip-equivariant:
-
-    mean.npy, std.npy : (2, C, h, w), index 0 = image, 1 = mirrored image      (store="mean_std")
-    latent.npy        : (2, C, h, w), one posterior sample z = mean + std * eps (store="sample")
-
-Latents are stored unscaled; ``dataset.json`` records ``scale_factor`` and ``latent_pipeline`` applies it.
+"""Pre-encoding image shards into latent shards with a diffusers ``AutoencoderKL``, resumably (the layout and
+the job record: docs/data-format.md#latent-shards).
 """
 
 import io
@@ -31,7 +21,6 @@ from diffit.data.shards import (
     Manifest,
     ShardInfo,
     ShardWriter,
-    _tar_digest,
     check_out_folder,
     existing_shards,
     expand_urls,
@@ -39,6 +28,7 @@ from diffit.data.shards import (
     is_local,
     label_spec,
     read_shard,
+    tar_digest,
     write_manifest,
 )
 from diffit.data.streams import good_batches
@@ -116,7 +106,7 @@ def _finished(path: str, recorded: object) -> ShardInfo | None:
     truncated, changed or renamed into place after the record was last written is encoded again."""
     try:
         shard = ShardInfo(**recorded)  # type: ignore[arg-type]
-        return shard if os.path.isfile(path) and _tar_digest(path) == (shard.bytes, shard.sha256) else None
+        return shard if os.path.isfile(path) and tar_digest(path) == (shard.bytes, shard.sha256) else None
     except (TypeError, OSError, EOFError, zlib.error):  # a malformed entry, an unreadable or corrupt gzip file
         return None
 

@@ -1,16 +1,10 @@
-"""Sample bytes <-> arrays: the PNG writer, image decoding with its checks, and the per-sample decoders.
+"""Sample bytes <-> arrays: the PNG writer (deterministic bytes: docs/data-format.md), image decoding with its
+checks, and the per-sample decoders.
 
-Arrays are uint8 ``(C, H, W)`` with C = 1 (grayscale, PIL mode "L") or 3 (RGB). The PNG writer stores every
-row "Up"-filtered (PNG filter type 2: stored(x) = pixel(x) - pixel above(x) mod 256): PIL's adaptive filter
-choice is an implementation detail, while these bytes are part of a dataset's ``content_hash`` (the bundled
-digits regenerate byte-identically). With zlib level 0 the file depends on nothing but the pixels. Reading
-is PIL's.
-
-Decoders are picklable so DataLoader workers can run them. They take the raw sample and a NumPy generator
-for the random choices (horizontal flip, latent noise); ``rng=None`` means evaluation: no flip, latent mean.
-A decoder raises ``BadSample`` for a sample to skip (undecodable, label missing or outside the dataset's
-classes, non-finite latent) and ValueError for a dataset that does not match the request (wrong resolution
-or channels), which stops the run.
+Arrays are uint8 ``(C, H, W)`` with C = 1 (grayscale) or 3 (RGB). Decoders are picklable, for DataLoader
+workers; they take the raw sample and a NumPy generator for the random choices (flip, latent noise), ``None``
+for evaluation (no flip, latent mean). A decoder raises ``BadSample`` for a sample to skip, and ValueError for
+a dataset that does not match the request (wrong resolution or channels), which stops the run.
 """
 
 import io

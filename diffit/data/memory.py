@@ -8,14 +8,7 @@ The global batch at step k is a pure function of (seed, k):
 
 so epochs are sampled without replacement, a run resumed at step k sees exactly the batches of an
 uninterrupted run, and rank r's slice [r * B/W, (r + 1) * B/W) of the global batch means W ranks together
-see exactly the single-process batch (DDP equivalence).
-
-Streams (``image_pipeline``, ``latent_pipeline``) resume exactly too, so the choice between the two (the
-2 GiB switch of ``diffit train``) no longer decides exactness. It decides whether batches are independent of
-the number of ranks and workers (here they are: a run may resume on another world size; a stream must
-resume with the same ranks and workers), how well they are mixed (a global permutation per epoch vs shard
-order plus a shuffle buffer), memory (the whole set decoded up front vs a few batches in flight), and the
-cost of a resume (none here; a stream reads up to one epoch share per reader).
+see exactly the single-process batch (so, unlike a stream, a run may resume on another world size).
 """
 
 from collections.abc import Iterator

@@ -1,36 +1,5 @@
 """Shards on webdataset's own tar stages: URLs, deterministic writing, reading with bad-sample accounting, and
-``dataset.json``.
-
-URLs. A URL argument is a brace pattern (``data/train-{000000..000127}.tar``), a ``::``-joined list of them, or a
-Python list. Local paths, ``file:``, ``http(s):`` and ``pipe:`` URLs (``pipe:aws s3 cp s3://b/x.tar -``) are
-opened by WebDataset's ``gopen``; only local paths can be checked for existence up front.
-
-Bad samples. A corrupt or truncated shard, an undecodable image, a missing or out-of-range label or a non-finite
-latent does not stop a run: the sample is skipped, counted, and the first skip in each shard raises a one-line
-``BadSampleWarning`` naming the shard and the sample's key. The count lives in shared memory so that
-``log.count`` in the main process includes what workers skipped.
-
-Shards. A shard is a tar of members ``<key>.<ext>``; the members of one sample share a key and are contiguous.
-Writing goes through ``webdataset.ShardWriter``; diffit adds only what it lacks: byte-identical output (fixed tar
-metadata: mtime 0, uid/gid 0, no user names, mode 0644, members in sorted extension order; gzip with mtime 0 and
-no file name), shards written to a temporary name and renamed when complete, and each shard's ``sha256`` taken
-over its *uncompressed* tar bytes, so it does not depend on the zlib build. Reading goes through webdataset's
-``tar_file_expander`` and ``group_by_keys`` (the stages behind ``tarfile_to_samples``) with a per-shard
-exception handler that counts and names what a corrupt or truncated shard loses.
-
-``dataset.json``, written beside the shards, says what a folder of shards holds, so that training can verify
-what it reads. Fields::
-
-    format         "diffit-shards/1"
-    kind           "image" or "latent"
-    count          samples in all shards
-    resolution     image side (image kind) or latent side (latent kind); null if sizes vary
-    channels       image channels, or latent channels
-    classes        number of classes; 0 for an unlabelled (unconditional) dataset
-    class_names    label -> name (folder names), when known
-    shards         [{name, count, bytes, sha256}] in order; bytes and sha256 of the uncompressed tar
-    content_hash   sha256 over the shards' sha256 in order: the dataset's identity
-    extra          source-specific facts (image format, VAE, scale factor, citation...)
+``dataset.json``. The formats and what diffit adds to webdataset: docs/data-format.md.
 """
 
 import gzip
@@ -219,7 +188,7 @@ def read_shard(url: str, log: BadSampleLog | None, expected: int | None = None, 
         yield {"__key__": f"<lost {i}>", "__url__": url, LOST: True}
 
 
-def _tar_digest(path: str) -> tuple[int, str]:
+def tar_digest(path: str) -> tuple[int, str]:
     """``(bytes, sha256)`` of a local shard's uncompressed tar."""
     sha, size = hashlib.sha256(), 0
     with (gzip.open if path.endswith((".gz", ".tgz")) else open)(path, "rb") as f:
@@ -241,7 +210,7 @@ class ShardInfo:
     @classmethod
     def of(cls, path: str) -> "ShardInfo":
         """The record of the local shard at ``path``, counted and hashed from its contents."""
-        return cls(os.path.basename(path), sum(1 for _ in read_shard(path, None)), *_tar_digest(path))
+        return cls(os.path.basename(path), sum(1 for _ in read_shard(path, None)), *tar_digest(path))
 
 
 class ShardWriter:
@@ -285,7 +254,7 @@ class ShardWriter:
             f.close()
         self._files = []
         os.replace(path + ".tmp", path)  # atomic: a shard exists only once complete
-        self.shards.append(ShardInfo(os.path.basename(path), self._writer.count, *_tar_digest(path)))
+        self.shards.append(ShardInfo(os.path.basename(path), self._writer.count, *tar_digest(path)))
 
     def write(self, key: str, fields: dict[str, bytes]) -> None:
         """Add sample ``key`` with members ``{ext: bytes}`` (written in sorted extension order)."""
@@ -416,48 +385,51 @@ def read_manifest(path: str) -> Manifest:
     _check_fields(body, _FIELDS, path, "")
     for i, shard in enumerate(body["shards"]):
         _check_fields(shard, _SHARD_FIELDS, path, f"shards[{i}].")
-        name = shard["name"]
-        if name in ("", ".", "..") or name != os.path.basename(name) or min(shard["count"], shard["bytes"]) < 0:
-            raise ValueError(f"manifest: {path!r}: shards[{i}] must name a file beside it, counts >= 0, got {shard!r}")
-    listed = sum(s["count"] for s in body["shards"])
-    for name, bad, want in [
-        ("kind", body["kind"] not in ("image", "latent"), "'image' or 'latent'"),
-        ("count", body["count"] != listed, f"the sum of the shards' counts ({listed})"),
-        ("resolution", body["resolution"] is not None and body["resolution"] < 1, "a positive side length or null"),
-        ("channels", body["channels"] < 1, "a positive channel count"),
-        ("classes", body["classes"] < 0, "a class count >= 0"),
-        ("class_names", not all(isinstance(n, str) for n in body.get("class_names", [])), "a list of strings"),
-    ]:
-        if bad:
-            raise ValueError(f"manifest: {path!r}: {name} must be {want}, got {body[name]!r}")
+    if body["count"] != (listed := sum(s["count"] for s in body["shards"])):
+        raise ValueError(
+            f"manifest: {path!r}: count must be the sum of the shards' counts ({listed}), got {body['count']}"
+        )
     return Manifest(**{**body, "shards": [ShardInfo(**s) for s in body["shards"]]})
 
 
-# dataset.json's fields and their JSON types (None: may be null); class_names and extra may be absent.
-_FIELDS = {"kind": str, "count": int, "resolution": (int, None), "channels": int, "classes": int,
-           "content_hash": str, "class_names": list, "extra": dict, "shards": list}  # fmt: skip
-_SHARD_FIELDS = {"name": str, "count": int, "bytes": int, "sha256": str}
+# dataset.json's fields: their JSON types (None: null), a test of the value (None: any) and what it must be.
+_FIELDS = {
+    "kind": (str, lambda v: v in ("image", "latent"), "'image' or 'latent'"),
+    "count": (int, None, None),  # checked against the shards' sum
+    "resolution": ((int, None), lambda v: v is None or v >= 1, "a positive side length or null"),
+    "channels": (int, lambda v: v >= 1, "a positive channel count"),
+    "classes": (int, lambda v: v >= 0, "a class count >= 0"),
+    "content_hash": (str, None, None),
+    "class_names": (list, lambda v: all(isinstance(n, str) for n in v), "a list of strings"),
+    "extra": (dict, None, None),
+    "shards": (list, None, None),
+}
+_SHARD_FIELDS = {
+    "name": (str, lambda v: v not in ("", ".", "..") and v == os.path.basename(v), "a file name beside it"),
+    "count": (int, lambda v: v >= 0, "a count >= 0"),
+    "bytes": (int, lambda v: v >= 0, "a size >= 0"),
+    "sha256": (str, None, None),
+}
+_OPTIONAL = ("class_names", "extra")
 
 
 def _check_fields(record: object, fields: dict, path: str, where: str) -> None:
-    """ValueError naming the first field of ``record`` that is missing, unknown or of another type (a string
-    resolution used to crash far from the file)."""
+    """ValueError naming the first field of ``record`` that is missing, unknown, of another type (a string
+    resolution used to crash far from the file) or out of its range."""
     if not isinstance(record, dict):
         raise ValueError(f"manifest: {path!r}: {where.rstrip('.') or 'the file'} must be a JSON object, got {record!r}")
     for name in record.keys() - fields.keys():
         raise ValueError(f"manifest: {path!r}: unknown field {where}{name}")
-    for name, kind in fields.items():
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        value = record.get(name)
-        if name not in record and name in ("class_names", "extra"):
+    for name, (kind, test, want) in fields.items():
+        if name not in record and name in _OPTIONAL:
             continue
-        if (
-            name not in record
-            or isinstance(value, bool)
-            or not any(value is None if k is None else isinstance(value, k) for k in kinds)
-        ):
-            names = " or ".join("null" if k is None else k.__name__ for k in kinds)
-            raise ValueError(f"manifest: {path!r}: {where}{name} must be {names}, got {value!r}")
+        kinds, value = kind if isinstance(kind, tuple) else (kind,), record.get(name)
+        typed = any(value is None if k is None else isinstance(value, k) for k in kinds)
+        if name not in record or isinstance(value, bool) or not typed:
+            want = " or ".join("null" if k is None else k.__name__ for k in kinds)
+        elif test is None or test(value):
+            continue
+        raise ValueError(f"manifest: {path!r}: {where}{name} must be {want}, got {value!r}")
 
 
 def find_manifest(urls: list[str]) -> Manifest | None:

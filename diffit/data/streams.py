@@ -1,18 +1,5 @@
 """Streaming pipelines over shards: endless training streams that resume exactly, and a finite exact-once pass.
-
-Conventions shared by every pipeline:
-- ``batch_size`` is the *global* batch; rank r receives ``batch_size // world_size`` samples per batch
-  (batch_size must be divisible by world_size). ``rank``/``world_size`` default to torch.distributed's
-  when it is initialised, else (0, 1).
-- images come out as float32 (B, C, H, W) in [-1, 1]; latents as float32 (B, C, h, w) already multiplied
-  by the scale factor; labels as int64 (B,), -1 for an unlabelled (unconditional) dataset.
-- ``labelled=None`` reads ``dataset.json`` beside local shards (classes > 0); without one, labelled. A label
-  outside dataset.json's class range is a bad sample.
-- bad samples are skipped and counted (``BadSampleWarning`` once per shard); ``.skipped`` gives the count
-  so far, and a finite pass warns the total when it ends.
-- resume: ``start_step=k`` yields exactly the batches an uninterrupted run yields from step k on (same seed,
-  ranks and workers).
-- URLs: brace patterns, local paths, ``http(s):`` and ``pipe:`` URLs (anything WebDataset's gopen opens).
+Their conventions (batch shapes, labels, bad samples): docs/data-format.md#pipelines.
 
 Readers. With R ranks and W DataLoader workers (W = 1 without workers) there are N = R * W readers; reader
 ``i = r * W + q`` serves rank r. A DataLoader hands out its workers' batches round-robin, so in a run started

@@ -1,18 +1,6 @@
 """Writing image shards from an image folder, a NumPy array file, any iterable of labelled images, or the
-bundled digits.
-
-Sources yield ``(key, image, label)``; ``label`` is None for unconditional data. ``write_image_shards``
-optionally converts channels and crops/resizes, encodes PNG (or JPEG), writes numbered shards with a
-``cls`` member when labelled, and finishes with ``dataset.json``. On any error the shards written by the
-call are removed again, so the output is complete or absent.
-
-The bundled real dataset: scikit-learn's handwritten digits as 16x16 grayscale shards. Source: UCI "Optical
-Recognition of Handwritten Digits" (Alpaydin & Kaynak, 1998; CC BY 4.0, https://doi.org/10.24432/C50P49), as
-shipped by ``sklearn.datasets.load_digits``: 1,797 8x8 images with values 0..16 and labels 0..9. Each image is
-scaled to 0..255 and upsampled to 16x16 with PIL's bicubic filter, stored as a PNG (compression level 0, so the
-bytes do not depend on the zlib build) with its ``cls``, key ``digit_NNNN``, in one gzip-compressed shard under
-``diffit/data/assets/digits16/``. ``examples/make_digits_shards.py`` regenerates byte-identical tar contents
-(same ``content_hash``).
+bundled digits (their provenance: docs/data-format.md). On any error the shards written by a call are removed
+again, so the output is complete or absent.
 """
 
 import os
