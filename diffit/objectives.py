@@ -26,6 +26,7 @@ from diffit.diffusion import (
     VPEpsDenoiser,
     adm_hybrid_loss,
     betas_to_alphas_cumprod,
+    check_sigma_data,
     edm_loss,
     karras_sigmas,
     linear_betas,
@@ -103,10 +104,9 @@ class EDMObjective:
         """
         if not 0.0 <= augment_p <= 1.0:
             raise ValueError(f"augment_p must be in [0, 1], got {augment_p}")
-        if not (0 < sigma_data < math.inf and 0 < P_std < math.inf and math.isfinite(P_mean)):
-            raise ValueError(
-                f"sigma_data and P_std must be finite and > 0, P_mean finite; got {sigma_data}, {P_std}, {P_mean}"
-            )
+        check_sigma_data(sigma_data)
+        if not (0 < P_std < math.inf and math.isfinite(P_mean)):
+            raise ValueError(f"P_std must be finite and > 0, P_mean finite; got P_std={P_std}, P_mean={P_mean}")
         karras_sigmas(1, sigma_min, sigma_max, rho)  # checks 0 < sigma_min < sigma_max < inf and rho
         self.sigma_data, self.P_mean, self.P_std, self.augment_p = sigma_data, P_mean, P_std, augment_p
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho

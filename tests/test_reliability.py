@@ -373,3 +373,19 @@ def test_every_cli_option_has_a_spelling_that_torchrun_passes_through() -> None:
     stopped = [(" ".join(path), opts) for path, opts in found if not any(passes(path, o) for o in opts)]
     assert stopped == []
     assert not passes(["sample"], "--n") and passes(["sample"], "--num-images")  # the case that needed an alias
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"sigma_data": float("nan")}, "^sigma_data must be a finite number > 0, got nan$"),
+        ({"sigma_data": 0.0}, "^sigma_data must be a finite number > 0, got 0.0$"),
+        ({"P_std": 0.0}, "^P_std must be finite and > 0, P_mean finite; got P_std=0.0, P_mean=-1.2$"),
+        ({"P_mean": float("inf")}, "^P_std must be finite and > 0, P_mean finite; got P_std=1.2, P_mean=inf$"),
+        ({"augment_p": 1.5}, "^augment_p must be in \\[0, 1\\], got 1.5$"),
+        ({"rho": float("nan")}, "rho"),
+    ],
+)
+def test_edm_objective_refuses_settings_that_would_train_on_nan(settings: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        EDMObjective(**settings)

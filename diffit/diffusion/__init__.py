@@ -5,7 +5,7 @@ Independent of the backbones: a model is only a callable. Every sampler has the 
 denoiser contract).
 """
 
-from diffit.diffusion.denoisers import EDMPrecond, VPEpsDenoiser, edm_coefficients
+from diffit.diffusion.denoisers import EDMPrecond, VPEpsDenoiser, check_sigma_data, edm_coefficients
 from diffit.diffusion.guidance import ClassifierFreeGuidance, GuidanceScale, PowerCosineScale
 from diffit.diffusion.losses import (
     adm_hybrid_loss,
@@ -84,6 +84,7 @@ __all__ = [
     "betas_to_alphas_cumprod",
     "bind_labels",
     "check_seeds",
+    "check_sigma_data",
     "check_sigmas",
     "cosine_betas",
     "discretized_gaussian_log_likelihood",
