@@ -56,6 +56,8 @@ def test_shard_digits_reproduces_the_bundled_hash(tmp_path):
         (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--res", "0"], "--res"),
         (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--res", "-8"], "--res"),
         (["data", "shard", "--digits", "{tmp}/o/x-%03d.tar", "--res", "0"], "--res"),
+        (["data", "shard", "--digits", "{tmp}/o/x-%03d.tar", "--res", "100000"], "--res"),  # hours before
+        (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--center-crop"], "--center-crop"),  # ignored before
         (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--channels", "0"], "channels"),
         (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--channels", "2"], "channels"),
         (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--jpeg-quality", "0"], "--jpeg-quality"),
@@ -63,6 +65,7 @@ def test_shard_digits_reproduces_the_bundled_hash(tmp_path):
         (["data", "shard", "{src}", "{tmp}/o/x-%03d.tar", "--max-size", "-1"], "--max-size"),
         (["data", "encode", "{tmp}/none-{{000..001}}.tar", "{tmp}/l-%03d.tar", "--vae", "x"], "does not exist"),
         (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--res", "0"], "--res"),
+        (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--res", "9000"], "--res"),
         (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--batch-size", "0"], "--batch-size"),
         (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--scale-factor", "nan"], "--scale-factor"),
         (["data", "encode", "{shard}", "{tmp}/l/l-%03d.tar", "--vae", "x", "--scale-factor", "-1"], "--scale-factor"),

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -121,10 +122,14 @@ def test_encode_resumes_only_its_own_intact_shards(tmp_path, tiny_vae, image_sha
             encode_latents(
                 image_shards, out, vae=tiny_vae, resolution=8, **kwargs
             )  # exit 0, a false dataset.json before
-    with pytest.raises(ValueError, match="other inputs or settings \\(inputs\\)"):
+    with pytest.raises(ValueError, match="other inputs or settings \\(input_files, inputs\\)"):
         encode_latents(image_shards.replace("{000..002}", "{000..001}"), out, vae=tiny_vae, resolution=8)
     with pytest.raises(ValueError, match="other inputs or settings \\(resolution\\)"):
         encode_latents(image_shards, out, vae=tiny_vae, resolution=16)
+    shutil.copy(image_shards.replace("{000..002}", "000"), tmp_path / "copy.tar")  # the same name, rewritten:
+    os.replace(tmp_path / "copy.tar", image_shards.replace("{000..002}", "000"))  # its latents would be stale
+    with pytest.raises(ValueError, match="other inputs or settings \\(input_files\\)"):
+        encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
     assert read_manifest(str(tmp_path / "lat")) == first and _folder(tmp_path / "lat") == finished
     os.remove(tmp_path / "lat" / ".encode.json")
     with pytest.raises(ValueError, match="already holds shards this job did not write; choose an empty folder$"):

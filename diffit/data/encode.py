@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from diffit.data.images import SD_SCALE_FACTOR, ImageDecoder
+from diffit.data.images import SD_SCALE_FACTOR, ImageDecoder, check_resolution
 from diffit.data.shards import (
     BadSampleLog,
     Manifest,
@@ -146,16 +146,17 @@ def encode_latents(
         raise ValueError(f"store: expected 'mean_std' or 'sample', got {store!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-    if resolution < 1:
-        raise ValueError(f"resolution: expected a positive side length, got {resolution}")
+    check_resolution(resolution)
     if not (math.isfinite(scale_factor) and scale_factor > 0):
         raise ValueError(f"scale_factor: expected a finite positive number, got {scale_factor}")
     check_device(device)  # a device this machine lacks fails here, before the VAE is loaded and any shard is written
     source = find_manifest(expanded)
     labelled, classes = label_spec(labelled, source)
     folder = os.path.dirname(os.path.abspath(out_pattern))
+    inputs = [os.path.abspath(u.removeprefix("file:")) if is_local(u) else u for u in expanded]
     job = {
-        "inputs": [os.path.abspath(u.removeprefix("file:")) if is_local(u) else u for u in expanded],
+        "inputs": inputs,  # with their size and mtime: an input rewritten under its name is another job
+        "input_files": [[(st := os.stat(p)).st_size, st.st_mtime_ns] if is_local(p) else None for p in inputs],
         "input_content_hash": source.content_hash if source else None,
         "vae": _vae_name(vae),
         "resolution": resolution,

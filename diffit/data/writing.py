@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from diffit.data.images import IMAGE_EXTENSIONS, center_crop_resize, encode_image
+from diffit.data.images import IMAGE_EXTENSIONS, center_crop_resize, check_resolution, encode_image
 from diffit.data.shards import (
     BadSampleLog,
     Manifest,
@@ -201,8 +201,10 @@ def write_image_shards(
     first, so no stale shard ever sits beside the new dataset.json. ``progress(done, total)`` is called
     after each sample.
     """
-    if resolution is not None and resolution < 1:
-        raise ValueError(f"resolution: expected a positive side length, got {resolution}")
+    if resolution is not None:
+        check_resolution(resolution)
+    elif center_crop:
+        raise ValueError("center_crop: crops to a square of side resolution (--res), which is not given")
     channels = channels if channels is not None else source.channels or 3
     if channels not in (1, 3):
         raise ValueError(f"channels: expected 1 or 3, got {channels}")
@@ -279,8 +281,7 @@ def digits_urls() -> list[str]:
 
 def digits_source(resolution: int = DIGITS_RESOLUTION) -> ImageSource:
     """scikit-learn's digits upsampled (bicubic) from 8x8 to ``resolution``, labels 0..9."""
-    if resolution < 1:
-        raise ValueError(f"resolution: expected a positive side length, got {resolution}")
+    check_resolution(resolution)
     try:
         from sklearn.datasets import load_digits
     except ImportError:
