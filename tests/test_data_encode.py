@@ -152,3 +152,14 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
     with pytest.raises(ValueError, match=rf"^device: (unknown device |diffit runs .* got )?'{device}'"):
         encode_latents(image_shards, str(tmp_path / "d" / "l-%03d.tar"), vae=tiny_vae, device=device)
     assert not (tmp_path / "d").exists()
+
+
+def test_encode_refuses_to_resume_with_other_vae_weights(tmp_path, tiny_vae, image_shards):
+    vae = load_vae(tiny_vae)
+    out = str(tmp_path / "lat" / "l-%03d.tar")
+    first = encode_latents(image_shards, out, vae=vae, resolution=8)
+    assert encode_latents(image_shards, out, vae=load_vae(tiny_vae), resolution=8) == first  # same weights
+    with torch.no_grad():
+        next(vae.parameters()).add_(1.0)  # the same class, other weights: its latents would be mixed in silently
+    with pytest.raises(ValueError, match="other inputs or settings \\(vae_weights\\); choose an empty folder$"):
+        encode_latents(image_shards, out, vae=vae, resolution=8)

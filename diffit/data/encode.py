@@ -2,6 +2,7 @@
 the job record: docs/data-format.md#latent-shards).
 """
 
+import hashlib
 import io
 import json
 import math
@@ -71,6 +72,15 @@ RECORD_NAME = ".encode.json"  # beside the output shards: the job's settings and
 
 def _vae_name(vae: str | torch.nn.Module) -> str:
     return vae if isinstance(vae, str) else type(vae).__name__
+
+
+def _weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (names and bytes, in name order): two VAEs of one class differ here."""
+    sha = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        sha.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        sha.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
 
 
 def _resume_record(folder: str, job: dict) -> dict:
@@ -153,12 +163,14 @@ def encode_latents(
     source = find_manifest(expanded)
     labelled, classes = label_spec(labelled, source)
     folder = os.path.dirname(os.path.abspath(out_pattern))
+    model = load_vae(vae, device) if isinstance(vae, str) else vae
     inputs = [os.path.abspath(u.removeprefix("file:")) if is_local(u) else u for u in expanded]
     job = {
         "inputs": inputs,  # with their size and mtime: an input rewritten under its name is another job
         "input_files": [[(st := os.stat(p)).st_size, st.st_mtime_ns] if is_local(p) else None for p in inputs],
         "input_content_hash": source.content_hash if source else None,
         "vae": _vae_name(vae),
+        "vae_weights": _weights_sha256(model),  # a path or a class name says too little
         "resolution": resolution,
         "scale_factor": scale_factor,
         "store": store,
@@ -166,7 +178,6 @@ def encode_latents(
         "labelled": labelled,
     }
     record = _resume_record(folder, job)
-    model = load_vae(vae, device) if isinstance(vae, str) else vae
     log = log or BadSampleLog()
     decoder = ImageDecoder(resolution, 3, True, labelled, flip=False, classes=classes)
     total = source.count if source is not None else None
