@@ -338,6 +338,9 @@ def test_latent_shards_read_as_images_are_refused_with_the_latent_hint(tmp_path)
     ):
         with pytest.raises(ValueError, match=hint):
             read()
+    write_manifest(str(tmp_path), kind="image", shards=w.shards, resolution=2, channels=3, classes=1)
+    with pytest.raises(ValueError, match="^urls: these are image shards, not latents; encode images with `diffit data"):
+        latent_pipeline(url, batch_size=2)
 
 
 def test_missing_or_empty_urls_fail_immediately(tmp_path):

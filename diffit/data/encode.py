@@ -45,15 +45,11 @@ def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Mo
     try:
         vae = AutoencoderKL.from_pretrained(path_or_id, low_cpu_mem_usage=False)
     except Exception as exc:  # hub/network/format errors come in many types
-        where = "local folder" if os.path.isdir(path_or_id) else "Hub id (no local folder of that name)"
-        offline = (
-            " Hugging Face Hub access is off (HF_HUB_OFFLINE=1) or unreachable;"
-            if not os.path.isdir(path_or_id)
-            else ""
-        )
+        hub = "Hub id (no local folder of that name): Hugging Face Hub access is off (HF_HUB_OFFLINE=1) or unreachable;"
+        where = "local folder:" if os.path.isdir(path_or_id) else hub
+        reason = (str(exc).splitlines() or [""])[0]
         raise ValueError(
-            f"vae: cannot load an AutoencoderKL from {path_or_id!r} as a {where}:{offline} "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"vae: cannot load an AutoencoderKL from {path_or_id!r} as a {where} {type(exc).__name__}: {reason}"
         ) from None
     return vae.to(device).eval().requires_grad_(False)
 

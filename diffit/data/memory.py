@@ -22,7 +22,7 @@ from torch import Tensor
 from diffit.data.images import ImageDecoder
 from diffit.data.shards import (
     BadSampleLog,
-    check_image_kind,
+    check_kind,
     expand_urls,
     find_manifest,
     label_spec,
@@ -51,7 +51,7 @@ def load_images(
     """
     expanded = expand_urls(urls)
     manifest = find_manifest(expanded)
-    check_image_kind(manifest)
+    check_kind(manifest, "image")
     labelled, classes = label_spec(labelled, manifest)
     log = log or BadSampleLog()
     counts = shard_counts(expanded, manifest) or [None] * len(expanded)

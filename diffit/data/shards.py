@@ -340,14 +340,16 @@ def label_spec(labelled: bool | None, manifest: Manifest | None) -> tuple[bool, 
     return (manifest is None or manifest.labelled) if labelled is None else labelled, classes
 
 
-def check_image_kind(manifest: Manifest | None) -> None:
-    """ValueError when dataset.json says the shards hold latents, which the image readers cannot decode (they
-    failed later on with a channel count of 4, or skipped every sample)."""
-    if manifest is not None and manifest.kind != "image":
-        raise ValueError(
-            f"urls: these are {manifest.kind} shards, not images; read them with latent_pipeline "
-            "(`diffit train --latent`)"
+def check_kind(manifest: Manifest | None, kind: str) -> None:
+    """ValueError when dataset.json says the shards hold another ``kind`` ("image" or "latent") than the reader
+    decodes (image readers failed later on with a channel count of 4, or skipped every sample)."""
+    if manifest is not None and manifest.kind != kind:
+        hint = (
+            "read them with latent_pipeline (`diffit train --latent`)"
+            if kind == "image"
+            else "encode images with `diffit data encode`"
         )
+        raise ValueError(f"urls: these are {manifest.kind} shards, not {kind}s; {hint}")
 
 
 def write_manifest(

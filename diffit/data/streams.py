@@ -45,7 +45,7 @@ from diffit.data.shards import (
     BadSample,
     BadSampleLog,
     Manifest,
-    check_image_kind,
+    check_kind,
     expand_urls,
     find_manifest,
     label_spec,
@@ -276,7 +276,7 @@ def _shards(urls: str | list[str], batch_size: int, rank: int | None, world_size
 
 def _check_images(manifest: Manifest | None, resolution: int | None, channels: int | None, resize: bool) -> None:
     """Fail before streaming when dataset.json already says the images do not match the request."""
-    check_image_kind(manifest)  # resize cannot make images of latents
+    check_kind(manifest, "image")  # resize cannot make images of latents
     if manifest is None or resize:
         return
     if resolution is not None and manifest.resolution is not None and manifest.resolution != resolution:
@@ -345,8 +345,7 @@ def latent_pipeline(
     """
     shards = _shards(urls, batch_size, rank, world_size)
     manifest = shards.manifest
-    if manifest is not None and manifest.kind != "latent":
-        raise ValueError(f"urls: these are {manifest.kind} shards; expected latent shards (diffit data encode)")
+    check_kind(manifest, "latent")
     if scale_factor is None:
         stored = None if manifest is None else manifest.extra.get("scale_factor")
         scale_factor = float(stored) if isinstance(stored, (int, float)) else SD_SCALE_FACTOR
