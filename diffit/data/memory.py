@@ -30,7 +30,7 @@ from diffit.data.shards import (
     shard_counts,
 )
 from diffit.data.streams import decode_or_skip
-from diffit.util import mix_seed, resolve_rank
+from diffit.util import mix_seed, split_batch
 
 _FLIP_STREAM = 1  # separates the flip generator's seeds from the permutations'
 
@@ -108,12 +108,10 @@ def memory_batches(
 
     ``batch_size`` is the global batch; this rank yields its ``batch_size // world_size`` contiguous slice.
     """
-    rank, world_size = resolve_rank(rank, world_size)
-    if batch_size < 1 or batch_size % world_size:
-        raise ValueError(f"batch_size: expected a positive multiple of world_size={world_size}, got {batch_size}")
+    rank, world_size, local = split_batch(batch_size, rank, world_size)
     if start_step < 0:
         raise ValueError(f"start_step: expected >= 0, got {start_step}")
-    n, local = images.shape[0], batch_size // world_size
+    n = images.shape[0]
     lo, hi = rank * local, (rank + 1) * local
     for step in count(start_step):
         index = torch.from_numpy(batch_indices(n, batch_size, seed, step)[lo:hi])

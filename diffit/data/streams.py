@@ -52,7 +52,7 @@ from diffit.data.shards import (
     read_shard,
     shard_counts,
 )
-from diffit.util import mix_seed, resolve_rank
+from diffit.util import mix_seed, split_batch
 
 LOOKAHEAD_BATCHES = 64  # how far a batch of only bad samples looks for good ones before the stream gives up
 Decoder = Callable[[dict, np.random.Generator | None], tuple[np.ndarray, int]]
@@ -263,15 +263,10 @@ class Batches:
 
 def _shards(urls: str | list[str], batch_size: int, rank: int | None, world_size: int | None) -> Shards:
     expanded = expand_urls(urls)
-    rank, world_size = resolve_rank(rank, world_size)
-    if batch_size < 1 or batch_size % world_size:
-        raise ValueError(
-            f"batch_size: expected a positive multiple of world_size={world_size} (the global "
-            f"batch is split between ranks), got {batch_size}"
-        )
+    rank, world_size, per_rank = split_batch(batch_size, rank, world_size)
     manifest = find_manifest(expanded)
     counts = shard_counts(expanded, manifest)
-    return Shards(expanded, counts, manifest, BadSampleLog(), batch_size // world_size, rank, world_size)
+    return Shards(expanded, counts, manifest, BadSampleLog(), per_rank, rank, world_size)
 
 
 def _check_images(manifest: Manifest | None, resolution: int | None, channels: int | None, resize: bool) -> None:

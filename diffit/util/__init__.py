@@ -2,7 +2,7 @@
 checks, ranks and seeds."""
 
 from diffit.util.files import atomic_path, check_output_path, fsync_dir, fsync_file, write_json
-from diffit.util.runtime import check_device, is_integer, mix_seed, resolve_rank
+from diffit.util.runtime import check_device, is_integer, mix_seed, resolve_rank, split_batch
 
 __all__ = [
     "atomic_path",
@@ -13,5 +13,6 @@ __all__ = [
     "is_integer",
     "mix_seed",
     "resolve_rank",
+    "split_batch",
     "write_json",
 ]

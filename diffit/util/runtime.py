@@ -5,7 +5,7 @@ import numbers
 
 import torch
 
-__all__ = ["check_device", "is_integer", "mix_seed", "resolve_rank"]
+__all__ = ["check_device", "is_integer", "mix_seed", "resolve_rank", "split_batch"]
 
 
 def is_integer(value: object) -> bool:
@@ -41,6 +41,18 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank/world_size: expected 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return rank, world_size
+
+
+def split_batch(batch_size: int, rank: int | None, world_size: int | None) -> tuple[int, int, int]:
+    """``(rank, world_size, per_rank)``: :func:`resolve_rank`'s pair and this rank's share of the global
+    ``batch_size``; ValueError unless it is a positive multiple of the world size."""
+    rank, world_size = resolve_rank(rank, world_size)
+    if not is_integer(batch_size) or batch_size < 1 or batch_size % world_size:
+        raise ValueError(
+            f"batch_size: expected a positive multiple of world_size={world_size} (the global batch is split "
+            f"between ranks), got {batch_size}"
+        )
+    return rank, world_size, batch_size // world_size
 
 
 def mix_seed(*parts: int) -> int:

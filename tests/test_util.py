@@ -1,0 +1,44 @@
+"""diffit.util: the checks every layer shares."""
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from diffit.util import check_device, is_integer, split_batch
+
+
+def test_is_integer_takes_python_and_numpy_integers_only() -> None:
+    assert all(is_integer(v) for v in (0, -3, 2**70, np.int64(5), np.uint8(1)))
+    assert not any(is_integer(v) for v in (True, False, 1.0, 2.5, np.float32(1), "1", None, torch.tensor(1)))
+
+
+def test_split_batch_gives_each_rank_its_share_and_refuses_a_batch_it_cannot_split() -> None:
+    assert split_batch(8, None, None) == (0, 1, 8)
+    assert split_batch(8, 3, 4) == (3, 4, 2)
+    for batch_size in (0, -4, 6, 8.0, True):  # unwrapped: what users meet without DIFFIT_TYPECHECK
+        with pytest.raises(
+            ValueError, match=f"^batch_size: expected a positive multiple of world_size=4 .* {batch_size}$"
+        ):
+            inspect.unwrap(split_batch)(batch_size, 0, 4)
+    with pytest.raises(ValueError, match="^rank/world_size: expected 0 <= rank < world_size, got rank=4"):
+        split_batch(8, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [
+        ("nonsense", "^device: unknown device 'nonsense'"),
+        ("meta", "^device: diffit runs on cpu or cuda devices, got 'meta'$"),
+        ("cuda:99", "^device: 'cuda:99' is not available on this machine"),
+    ],
+)
+def test_check_device_refuses_what_this_machine_lacks_in_one_line(device: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        check_device(device)
+
+
+def test_check_device_defaults_to_what_the_machine_has() -> None:
+    assert check_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert check_device("cpu") == torch.device("cpu")
