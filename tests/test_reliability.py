@@ -5,6 +5,8 @@ import inspect
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -321,6 +323,16 @@ BAD = [
     ("info", ["--res", "0"], "--res must be >= 1"),
     ("info", ["--model", "xl2", "--res", "100"], "multiple of 8"),
     ("info", ["--model", "giant"], "--model must be one of"),
+    # What typer itself refuses: a one-line error too, not its boxed panel
+    ("train", ["--res", "abc"], "error: Invalid value for '--res': "),
+    ("train", ["--unknown", "3"], "error: No such option: --unknown; see 'diffit train --help'"),
+    ("sample", ["--nope"], "No such option: --nope (Possible options: --n, --nfe); see 'diffit sample --help'"),
+    ("sample", ["--cfg"], "error: Option '--cfg' requires an argument"),
+    ("sample", ["--n", "2", "extra"], "error: Got unexpected extra argument(s) (extra)"),
+    ("info", ["--res", "1.5"], "error: Invalid value for '--res': "),
+    ("eval", ["fid", "full"], "error: Missing argument 'ref'; see 'diffit eval fid --help'"),
+    ("data", ["encode"], "error: Missing argument 'shards'; see 'diffit data encode --help'"),
+    ("nope", [], "error: No such command 'nope'; see 'diffit --help'"),
 ]
 
 
@@ -339,6 +351,18 @@ def test_bad_invocations_are_clean_refusals(
     assert res.exit_code == 2, res.output
     assert message in out and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, out
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed
+
+
+def test_usage_errors_are_one_line_through_the_console_script_and_help_is_left_as_it_was(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("diffit")  # the entry point users run, not CliRunner's call of app
+    proc = subprocess.run([str(script), "train", "--res", "abc"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.startswith("error: Invalid value for '--res': ") and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.rstrip().endswith("; see 'diffit train --help'")
+    helped = runner.invoke(app, ["sample", "--help"])
+    assert helped.exit_code == 0 and "--cfg-channels" in helped.output
+    bare = runner.invoke(app, ["data"])  # a group without its command still shows its help
+    assert "shard" in bare.output and "encode" in bare.output and "error" not in bare.output
 
 
 def test_every_cli_option_has_a_spelling_that_torchrun_passes_through() -> None:
