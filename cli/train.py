@@ -16,6 +16,7 @@ from diffit.runs import (
     build_backbone,
     check_resume_data,
     import_factory,
+    preview_needs_vae,
     training_data,
 )
 from diffit.train import TrainingDiverged, check_run_dir, check_train_args, train
@@ -126,6 +127,7 @@ def train_command(
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         run_dir = check_run_dir(out, resume=resume)
         check_device(device)
+        use_vae = preview_needs_vae(vae, latent=latent, sample_every=sample_every)
         factory = import_factory(model_factory) if model_factory is not None else None
         data_ = training_data(data, latent=latent, resolution=res, flip=flip)
         model = model or ("xl2" if latent else "tiny")
@@ -136,7 +138,7 @@ def train_command(
             data_, model=model, factory=factory, augment=augment,
             grad_checkpointing=grad_checkpointing,
         )  # fmt: skip
-        decode = latent_decoder(load_vae(vae, check_device(device))) if latent and vae and sample_every else None
+        decode = latent_decoder(load_vae(vae, check_device(device))) if use_vae else None
     objective = ADMObjective() if latent else EDMObjective(augment_p=augment)
     preview = preview_writer(run_dir, objective=objective, decode=decode, upscale=max(1, 128 // data_.resolution))
     on_sample = preview if not latent or decode is not None else None  # latent grids need --vae

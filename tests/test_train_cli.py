@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from diffit.data import array_source, encode_latents, write_image_shards
+from diffit.runs import preview_needs_vae
 from diffit_cli.main import app
 
 runner = CliRunner()
@@ -24,6 +25,7 @@ runner = CliRunner()
         (["--steps", "0"], "--steps must be an integer >= 1"),
         (["--precision", "fp8"], "--precision must be 'fp32' or 'bf16'"),
         (["--latent"], "--data is required for latent training"),
+        (["--vae", "sd-vae"], "--vae 'sd-vae' is for latent training only (latent=True)"),  # it went unused
     ],
 )
 def test_bad_arguments_exit_2_before_work(tmp_path: Path, args: list[str], message: str) -> None:
@@ -31,6 +33,15 @@ def test_bad_arguments_exit_2_before_work(tmp_path: Path, args: list[str], messa
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split()) and "Traceback" not in res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_vae_is_loaded_only_where_sample_grids_need_it() -> None:
+    assert preview_needs_vae("sd-vae", latent=True, sample_every=500)
+    assert not preview_needs_vae(None, latent=True, sample_every=500)  # a latent run without one: no grids
+    with pytest.warns(UserWarning, match="^vae 'sd-vae' is unused: sample_every=0 writes no sample grids$"):
+        assert not preview_needs_vae("sd-vae", latent=True, sample_every=0)
+    with pytest.raises(ValueError, match="^vae 'sd-vae' is for latent training only"):
+        preview_needs_vae("sd-vae", latent=False, sample_every=0)  # image space: a mistake however it samples
 
 
 def test_batch_must_divide_over_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
