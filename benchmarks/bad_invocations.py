@@ -152,6 +152,10 @@ eval fid full
 data encode
 data shard full
 nope
+train --vae nothere
+sample --cfg 2 --class 0 --guidance-interval 100,200
+sample --cfg 2 --class 0 --guidance-interval 0.0001,0.001
+sample --cfg 2 --class 0 --steps 2 --guidance-interval 1,2
 """.strip().splitlines()
 root = pathlib.Path(tempfile.mkdtemp())
 os.chdir(root)

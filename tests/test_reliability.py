@@ -306,6 +306,8 @@ BAD = [
     ("sample", ["--out", "full"], "--out full exists and is not an empty directory"),
     ("sample", ["--device", "cuda:7"], "--device"),
     ("sample", ["--guidance-interval", "1,nan"], "--guidance-interval"),
+    ("sample", ["--cfg", "2", "--guidance-interval", "100,200"], "--guidance-interval (guidance) [100, 200] holds"),
+    ("sample", ["--cfg", "2", "--steps", "2", "--guidance-interval", "1,2"], "[1, 2] holds none of the 2 noise levels"),
     ("sample", ["--steps", "0"], "--steps must be an integer in [1, 100000]"),
     ("sample", ["--class", "12"], "--class must be ids in [0, 9]"),
     ("sample", ["--ckpt", "missing-run"], "--ckpt"),
