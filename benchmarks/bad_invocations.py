@@ -153,6 +153,7 @@ data encode
 data shard full
 nope
 train --vae nothere
+train --batch-size 1000000000000000
 sample --cfg 2 --class 0 --guidance-interval 100,200
 sample --cfg 2 --class 0 --guidance-interval 0.0001,0.001
 sample --cfg 2 --class 0 --steps 2 --guidance-interval 1,2
