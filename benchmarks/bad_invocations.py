@@ -143,6 +143,20 @@ data shard full out/x-%03d.tar --max-count 0
 data digits --res 0
 data encode nothing.tar out/l-%03d.tar --vae none
 data encode nothing.tar out/l-%03d.tar --vae none --batch-size 0
+train --res abc
+sample --nope
+sample --cfg
+sample --n 2 extra
+info --res 1.5
+eval fid full
+data encode
+data shard full
+nope
+train --vae nothere
+train --batch-size 1000000000000000
+sample --cfg 2 --class 0 --guidance-interval 100,200
+sample --cfg 2 --class 0 --guidance-interval 0.0001,0.001
+sample --cfg 2 --class 0 --steps 2 --guidance-interval 1,2
 """.strip().splitlines()
 root = pathlib.Path(tempfile.mkdtemp())
 os.chdir(root)
@@ -165,7 +179,7 @@ for line in cases:
     out = res.output.strip()
     lines = out.splitlines()
     tb = "Traceback" in out or res.exception is not None and not isinstance(res.exception, SystemExit)
-    ok = res.exit_code == 2 and not tb and (len(lines) == 1 or "Usage:" in out) and before == after
+    ok = res.exit_code == 2 and not tb and len(lines) == 1 and before == after  # typer's usage errors too
     if not ok:
         bad += 1
         exc = type(res.exception).__name__ if res.exception else None

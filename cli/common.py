@@ -29,10 +29,10 @@ def set_tf32(enabled: bool) -> None:
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")]
 
 
-def fail(message: str) -> NoReturn:
-    """Print a one-line error and exit with code 2 (bad usage), without a traceback."""
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print a one-line error and exit with ``code`` (2: bad usage), without a traceback."""
     console.print(Text.assemble(("error: ", "bold red"), " ".join(message.split())), highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 def fail_from(err: Exception, ctx: typer.Context | None = None, aliases: dict[str, str] | None = None) -> NoReturn:

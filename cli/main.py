@@ -1,19 +1,57 @@
-"""Root of the `diffit` command: it wires the sub-commands together and has every warning printed on one line."""
+"""Root of the `diffit` command: it wires the sub-commands together and has every warning, and every usage
+error typer finds (an unknown option, a value of the wrong type, a missing argument), printed on one line."""
 
 import warnings
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 import diffit
-from diffit_cli.common import console
+from diffit_cli.common import console, fail
 from diffit_cli.data import data_app
 from diffit_cli.eval import eval_app
 from diffit_cli.info import info
 from diffit_cli.sample import sample_command
 from diffit_cli.train import train_command
 
+try:  # typer >= 0.22 raises the exceptions of its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer: click's
+    from click.exceptions import ClickException
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """A click error (a usage error: exit 2) as one ``error:`` line and its exit code, not typer's boxed panel.
+    The help that a group called without a command prints (``diffit data``) stays as it is."""
+    try:
+        yield
+    except ClickException as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # not importable under every typer: matched by name
+            raise
+        ctx = getattr(err, "ctx", None)
+        hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+        fail(err.format_message().rstrip(".") + hint, code=err.exit_code)
+
+
+class _RootGroup(TyperGroup):
+    """The root command. Typer reports what click refuses before a command runs (its options, values and
+    arguments, at every level below) in a multi-line panel; both ways it can fail pass through here instead."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> typer.Context:
+        with _one_line_errors():  # the root's own options
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _one_line_errors():  # a sub-command's name, options and arguments
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_RootGroup,
     name="diffit",
     help="DiffiT: train, sample and evaluate Diffusion Vision Transformers.",
     no_args_is_help=True,

@@ -148,10 +148,11 @@ def sample_command(
     dist = init_distributed(device)
     model = model.to(dist.device)
     bar, callback, state = _progress(len(range(dist.rank, len(seed_list), dist.world_size)), batch_size, steps, dist)
-    with bar, refusing(ctx):
+    with refusing(ctx, _GUIDANCE_ALIASES):  # before the bar starts: a refusal here is its only line
         sigmas, fit_nfe = sampling_sigmas(
             model, steps, sampler=sampler_name, schedule=schedule, objective=objective, guidance=guidance
         )
+    with bar, refusing(ctx):
         images = generate(
             model, sampler=SAMPLERS[sampler_name], sigmas=sigmas, seeds=seed_list, labels=labels, guidance=guidance,
             objective=objective, precision=precision, batch_size=batch_size, decode=decode, dist=dist,
@@ -175,7 +176,8 @@ def sample_command(
 
 # Guidance's argument names, as the options that set them.
 _GUIDANCE_ALIASES = {"scale": "--cfg", "schedule": "--cfg-schedule", "channels": "--cfg-channels",
-                     "classes": "--class", "release_resolution": "--release-res"}  # fmt: skip
+                     "interval": "--guidance-interval", "classes": "--class",
+                     "release_resolution": "--release-res"}  # fmt: skip
 
 
 def _interval(text: str) -> tuple[float, float]:

@@ -2,6 +2,8 @@
 
 import math
 import signal
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated, Any
 
 import torch
@@ -16,11 +18,12 @@ from diffit.runs import (
     build_backbone,
     check_resume_data,
     import_factory,
+    preview_needs_vae,
     training_data,
 )
-from diffit.train import TrainingDiverged, check_run_dir, check_train_args, train
+from diffit.train import TrainingDiverged, TrainingOutOfMemory, check_run_dir, check_train_args, train
 from diffit.util import check_device
-from diffit_cli.common import TF32, Device, Precision, console, refusing, set_tf32
+from diffit_cli.common import TF32, Device, Precision, console, fail_from, refusing, set_tf32
 
 
 def train_command(
@@ -127,6 +130,7 @@ def train_command(
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         run_dir = check_run_dir(out, resume=resume)
         check_device(device)
+        use_vae = preview_needs_vae(vae, latent=latent, sample_every=sample_every)
         factory = import_factory(model_factory) if model_factory is not None else None
         data_ = training_data(data, latent=latent, resolution=res, flip=flip)
         model = model or ("xl2" if latent else "tiny")
@@ -137,7 +141,7 @@ def train_command(
             data_, model=model, factory=factory, augment=augment,
             grad_checkpointing=grad_checkpointing,
         )  # fmt: skip
-        decode = latent_decoder(load_vae(vae, check_device(device))) if latent and vae and sample_every else None
+        decode = latent_decoder(load_vae(vae, check_device(device))) if use_vae else None
     objective = ADMObjective() if latent else EDMObjective(augment_p=augment)
     preview = preview_writer(run_dir, objective=objective, decode=decode, upscale=max(1, 128 // data_.resolution))
     on_sample = preview if not latent or decode is not None else None  # latent grids need --vae
@@ -161,6 +165,8 @@ def train_command(
     except TrainingDiverged as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
+    except TrainingOutOfMemory as err:  # a batch too large for the device: an argument to change
+        fail_from(err, ctx)
     finally:
         shutdown(dist)
     if dist.is_main:
@@ -173,17 +179,23 @@ def train_command(
         raise typer.Exit(code=128 + (result.signal or signal.SIGINT))
 
 
-def _progress(steps: int, batch_size: int, *, enabled: bool) -> tuple[Progress, Any]:
-    """The training progress bar and the ``train`` callback that drives it (rank 0 only)."""
+def _progress(
+    steps: int, batch_size: int, *, enabled: bool
+) -> tuple[AbstractContextManager[None], Callable[[dict[str, Any]], None]]:
+    """The training progress bar (a context manager) and the ``train`` callback that drives it (rank 0 only).
+    Until the first logged step the bar is transient: a run that fails before it (a batch that does not fit)
+    leaves only its one-line error, not a bar at step 0."""
     progress = Progress(
         TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(), TaskProgressColumn(),
         TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s  {task.fields[its]:.2f} it/s"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled,
+        transient=True,
     )  # fmt: skip
     task = progress.add_task("train", total=steps, loss=math.nan, ips=0.0, its=0.0)
 
     def callback(event: dict[str, Any]) -> None:
         if event["event"] == "log":
+            progress.live.transient = False  # there is progress to keep on screen
             ips = event["images_per_s"]
             progress.update(task, completed=event["step"], loss=event["loss"], ips=ips, its=ips / batch_size)
         elif event["event"] == "checkpoint":
@@ -191,4 +203,15 @@ def _progress(steps: int, batch_size: int, *, enabled: bool) -> tuple[Progress, 
         elif event["event"] == "warning":
             progress.console.log(f"warning: {event['message']}")
 
-    return progress, callback
+    @contextmanager
+    def shown() -> Iterator[None]:
+        progress.start()
+        try:
+            yield
+        finally:
+            if progress.live.transient:
+                progress.live.stop()  # erased (Progress.stop would add a blank line to a non-terminal's output)
+            else:
+                progress.stop()
+
+    return shown(), callback

@@ -15,8 +15,9 @@ batch it was drawn in or on how many processes shared the seeds.
 import json
 import math
 import platform
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ _LABEL_STREAM = 1  # random_labels' seeds: mix_seed(seed, _LABEL_STREAM), apart 
 
 __all__ = [
     "Guidance",
+    "check_guidance_interval",
     "default_sigmas",
     "fitted_sigmas",
     "sigma_range",
@@ -108,12 +110,17 @@ class Guidance:
     schedule: "constant", or "power-cosine" (the release's s(t) rising from 1 at t = T to ``scale`` at t = 0).
     channels: guide only the first k channels (3 reproduces the release on 4-channel latents); None = all.
     interval: (sigma_lo, sigma_hi) outside of which no guidance (and no unconditional pass) is spent.
+
+    At scale 1 the other three do nothing: the first :func:`guided_denoiser` built from these settings says so
+    in a warning (once, however many batches a run samples).
     """
 
     scale: float = 1.0
     schedule: str = "constant"
     channels: int | None = None
     interval: tuple[float, float] | None = None
+    # Whether the unused settings were reported: state of this object, not a setting (no init, no equality).
+    _warned: list[bool] = field(default_factory=lambda: [False], init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.scale) or self.scale < 0:
@@ -131,7 +138,10 @@ class Guidance:
 def guided_denoiser(
     model: nn.Module, labels: Int[Tensor, " b"] | None, guidance: Guidance, objective: Objective | None = None
 ) -> Callable[..., Tensor]:
-    """A plain (x, sigma) denoiser: the model read by its objective, guided when asked, with the labels bound."""
+    """A plain (x, sigma) denoiser: the model read by its objective, guided when asked, with the labels bound.
+
+    Scale 1 is no guidance, whatever the schedule (the power-cosine s(t) is 1 throughout): one pass per call.
+    Guidance settings that then do nothing (channels, an interval, a schedule) are named in a warning."""
     channels = getattr(model, "in_channels", None)
     if guidance.channels is not None and channels is not None and guidance.channels > channels:
         raise ValueError(f"channels (guided) must be in [1, {channels}] for this model, got {guidance.channels}")
@@ -141,21 +151,51 @@ def guided_denoiser(
     if num_classes is None:
         if labels is not None or guidance.scale != 1.0:
             raise ValueError("the model is unconditional: class labels and guidance (scale != 1) do not apply")
+        _warn_unused(guidance)
         return base  # y defaults to None
     if labels is None:
         raise ValueError("the model is class-conditional: labels are required")
     if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
         raise ValueError(f"class ids must lie in [0, {num_classes - 1}], got {labels.tolist()}")
+    if guidance.scale == 1.0:
+        _warn_unused(guidance)
+        return bind_labels(base, labels)
     scale: float | PowerCosineScale = guidance.scale
     if guidance.schedule == "power-cosine":
         chain = objective.alphas_cumprod if isinstance(objective, ADMObjective) else release_alphas_cumprod()
         scale = PowerCosineScale(guidance.scale, alphas_cumprod=chain)
-    if scale == 1.0 and guidance.schedule == "constant":
-        return bind_labels(base, labels)
     guided = ClassifierFreeGuidance(
         base, num_classes=num_classes, scale=scale, guidance_channels=guidance.channels, interval=guidance.interval
     )
     return bind_labels(guided, labels)
+
+
+def _warn_unused(guidance: Guidance) -> None:
+    """A warning naming the settings of ``guidance`` that scale 1 (no guidance) leaves unused, once per object:
+    a run builds its denoiser again for every batch."""
+    unused = [f"{name}={value!r}" for name, value in (("channels", guidance.channels), ("interval", guidance.interval))
+              if value is not None]  # fmt: skip
+    unused += [f"schedule={guidance.schedule!r}"] if guidance.schedule != "constant" else []
+    if guidance.scale == 1.0 and unused and not guidance._warned[0]:
+        guidance._warned[0] = True
+        warnings.warn(f"guidance settings unused at scale 1 (no guidance): {', '.join(unused)}", stacklevel=3)
+
+
+def check_guidance_interval(guidance: Guidance, sigmas: Float[Tensor, " n"]) -> None:
+    """ValueError when ``guidance`` guides (scale != 1) only in an interval that holds none of the noise levels
+    of ``sigmas`` (its positive ones, where the samplers evaluate the denoiser): guidance would never apply,
+    and the run would be plain conditional sampling recorded as a guided one. (EDM's stochastic sampler with
+    ``S_churn`` > 0 also evaluates raised levels sigma (1 + gamma); an interval that only they reach is
+    refused too.)"""
+    if guidance.interval is None or guidance.scale == 1.0:
+        return
+    levels = sigmas[sigmas > 0]
+    lo, hi = guidance.interval
+    if len(levels) and not bool(((levels >= lo) & (levels <= hi)).any()):
+        raise ValueError(
+            f"interval (guidance) [{lo:g}, {hi:g}] holds none of the {len(levels)} noise levels sampled "
+            f"({float(levels.min()):.4g} .. {float(levels.max()):.4g}): guidance would never apply"
+        )
 
 
 def class_labels(
@@ -228,14 +268,18 @@ def sampling_sigmas(
 ) -> tuple[Float[Tensor, " n"], int]:
     """The sigmas a run samples on, and the network evaluations spent choosing them (per run, not per image):
     the objective's default (``schedule`` None), a named schedule ending as ``sampler`` needs
-    (:func:`~diffit.diffusion.final_for`), or ``"optimized"``: :func:`fitted_sigmas` on the model itself."""
+    (:func:`~diffit.diffusion.final_for`), or ``"optimized"``: :func:`fitted_sigmas` on the model itself.
+    ValueError for a guidance interval that holds none of them (:func:`check_guidance_interval`)."""
     if schedule == "optimized":
         sigmas = fitted_sigmas(
             model, steps, guidance=guidance, objective=objective, seeds=FIT_SEEDS, fine_steps=FIT_FINE_STEPS
         )
-        return sigmas, (2 * FIT_FINE_STEPS - 1) * len(FIT_SEEDS) * (1 if guidance.scale == 1.0 else 2)
-    final = final_for(sampler) if schedule is not None else "sigma_min"
-    return default_sigmas(model, steps, objective=objective, schedule=schedule, final=final), 0
+        fit_nfe = (2 * FIT_FINE_STEPS - 1) * len(FIT_SEEDS) * (1 if guidance.scale == 1.0 else 2)
+    else:
+        final = final_for(sampler) if schedule is not None else "sigma_min"
+        sigmas, fit_nfe = default_sigmas(model, steps, objective=objective, schedule=schedule, final=final), 0
+    check_guidance_interval(guidance, sigmas)
+    return sigmas, fit_nfe
 
 
 def sampling_protocol(
@@ -307,6 +351,7 @@ def sample(
     """
     check_backbone(model)
     check_sample_args(seeds, labels, precision)
+    check_guidance_interval(guidance, sigmas)
     device = next(model.parameters()).device
     shape = (model.in_channels, model.resolution, model.resolution)
     noise = per_sample_noise(seeds, shape, device=device)
@@ -344,6 +389,7 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_sample_args(seeds, labels, precision)  # here too: a rank without seeds must not pass silently
+    check_guidance_interval(guidance, sigmas)
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
 
     def positions(r: int) -> range:  # the seeds rank r samples, and so the order of its images

@@ -3,15 +3,16 @@
 - :func:`training_data`: the shards' resolution, channels and classes (from ``dataset.json``), checked against
   what was asked, and the batches: exact in-memory batches for image sets that fit in RAM, else streams;
 - :func:`build_backbone`: a preset by name, or a model factory of the user's own, sized for that data;
+- :func:`preview_needs_vae`: whether the run's sample grids need the VAE it was given;
 - :func:`check_resume_data`: a resumed run must train on the data its checkpoints were trained on;
 - :func:`import_factory`: ``"mypkg.nets:make_net"`` -> the callable (code named by the user, never by a file);
-- :func:`check_output_path`: an output path that can be written, checked before any work (re-exported from
-  :mod:`diffit.data.atomic`, which the shard writers use too).
+- an output path that can be written is checked by :func:`diffit.util.check_output_path`, before any work.
 """
 
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,6 @@ from diffit.nn import (
     latent_diffit_xl_2,
 )
 from diffit.train import DataFn
-from diffit.util import check_output_path
 
 __all__ = [
     "IMAGE_PRESETS",
@@ -50,10 +50,10 @@ __all__ = [
     "VAE_FACTOR",
     "TrainingData",
     "build_backbone",
-    "check_output_path",
     "check_resume_data",
     "import_factory",
     "latent_side",
+    "preview_needs_vae",
     "training_data",
 ]
 
@@ -246,6 +246,24 @@ def build_backbone(
             raise ValueError("grad_checkpointing: the model has no set_grad_checkpointing(enabled) method")
         net.set_grad_checkpointing(True)
     return net
+
+
+def preview_needs_vae(vae: str | None, *, latent: bool, sample_every: int) -> bool:
+    """Whether a training run loads ``vae`` (a path or Hub id) to decode its sample grids: only a latent run
+    that writes grids (``sample_every`` > 0) does. ValueError for a vae given to image-space training, which
+    never decodes anything (a mistake: the run is not the latent one it was meant to be); a warning for one
+    given with ``sample_every=0``, where it goes unused."""
+    if vae is None:
+        return False
+    if not latent:
+        raise ValueError(
+            f"vae {vae!r} is for latent training only (latent=True), where it decodes the sample grids; "
+            "image-space training does not use it"
+        )
+    if sample_every == 0:
+        warnings.warn(f"vae {vae!r} is unused: sample_every=0 writes no sample grids", UserWarning, stacklevel=2)
+        return False
+    return True
 
 
 def _readable_state(ckpt: Path) -> dict[str, Any] | None:

@@ -10,10 +10,11 @@ Every random draw of a step (data order and flips, noise levels, noise, label dr
 
 import json
 import math
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,41 @@ DataFn = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
 
 class TrainingDiverged(RuntimeError):
     """Raised after too many consecutive steps with a non-finite loss, gradient or update."""
+
+
+class TrainingOutOfMemory(torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError since torch 2.5
+    """Raised when a training step (its batch, forward or backward) fails to allocate memory, on any device; the
+    message names batch_size and micro_batch, which set a step's memory, and the allocator's error is the
+    ``__cause__``. Nothing was written for that step: the run's last checkpoint is its newest."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure: CUDA's ``OutOfMemoryError``, the CPU allocator's RuntimeError
+    ("can't allocate memory", on Windows "not enough memory"), another backend's "out of memory", or a
+    MemoryError (numpy, Python). Any other error is not."""
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        words in text for words in ("can't allocate memory", "not enough memory", "out of memory")
+    )
+
+
+@contextmanager
+def _step_memory(per_rank: int, micro_batch: int, device: torch.device) -> Iterator[None]:
+    """Turn an allocation failure inside the block into :class:`TrainingOutOfMemory`; other errors pass."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+        size = re.search(r"(?i)allocate (\d[\d.]* ?(?:bytes|[KMGTPE]i?B))", str(err))
+        tried = f" (it tried to allocate {size.group(1)})" if size else ""
+        raise TrainingOutOfMemory(
+            f"batch_size and micro_batch: a step of {per_rank} samples per process in micro-batches of "
+            f"{micro_batch} ran out of memory on {device}{tried}; lower the batch size, or accumulate gradients "
+            "over smaller micro-batches (the same step in less memory)"
+        ) from err
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -299,7 +335,9 @@ def train(
 
     Label dropout for classifier-free guidance (``label_dropout``, default: the backbone's own
     ``class_dropout_prob``) is drawn here for the global batch, so the backbone's internal random dropout is
-    switched off for the run (and restored afterwards). Arguments out of range raise ValueError before any work.
+    switched off for the run (and restored afterwards). Arguments out of range raise ValueError before any work;
+    a step that cannot allocate its memory raises :class:`TrainingOutOfMemory` (other errors pass unchanged),
+    and a run directory this call created is removed again if the run fails before writing anything into it.
     """
     check_backbone(unwrap(model))
     check_objective(objective)
@@ -350,6 +388,7 @@ def train(
         if run.step >= steps:
             emit({"event": "warning", "message": f"the run is at step {run.step}: steps={steps} trains nothing"})
     log_path = run_dir / "log.jsonl"
+    created = dist.is_main and not run_dir.exists()
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(log_path, run.step)
@@ -364,29 +403,31 @@ def train(
     rank_slice = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
     batches = data(run.step)
     clock, images_since = time.perf_counter(), 0
-    with _label_dropout_off(model), _StopFlag() as flag:
+    with _label_dropout_off(model), _StopFlag() as flag, _removed_if_left_empty(run_dir, created):
         while run.step < steps:
-            x, y = next(batches)
-            if x.shape[0] != per_rank or y.shape != (per_rank,):
-                raise ValueError(
-                    f"data: expected batches of this rank's {per_rank} samples (batch_size={batch_size} over "
-                    f"{dist.world_size} rank(s)), got x {tuple(x.shape)} and y {tuple(y.shape)} at step {run.step}"
-                )
-            x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
-            # Everything random in this step, drawn for the global batch; this rank keeps its slice.
-            gen = step_generator(seed, run.step)
-            draws = {k: v[rank_slice].to(dist.device) for k, v in objective.draw(gen, batch_size, x.shape[1:]).items()}
-            labels = None
-            if num_classes is not None:  # label dropout for classifier-free guidance
-                drop = (torch.rand(batch_size, generator=gen) < label_dropout)[rank_slice].to(dist.device)
-                labels = torch.where(drop, torch.full_like(y, num_classes), y)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(run.step, lr=lr, warmup=warmup)
-            stats = train_step(
-                model=wrapped, objective=objective, optimizer=optimizer, x=x, y=labels, draws=draws,
-                micro_batch=micro_batch, grad_clip=grad_clip, precision=precision, dist=dist,
-                guard_updates=guard_updates,
-            )  # fmt: skip
+            with _step_memory(per_rank, micro_batch, dist.device):  # the step's batch, draws, forward, backward
+                x, y = next(batches)
+                if x.shape[0] != per_rank or y.shape != (per_rank,):
+                    raise ValueError(
+                        f"data: expected batches of this rank's {per_rank} samples (batch_size={batch_size} over "
+                        f"{dist.world_size} rank(s)), got x {tuple(x.shape)} and y {tuple(y.shape)} at step {run.step}"
+                    )
+                x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+                # Everything random in this step, drawn for the global batch; this rank keeps its slice.
+                gen = step_generator(seed, run.step)
+                drawn = objective.draw(gen, batch_size, x.shape[1:])
+                draws = {k: v[rank_slice].to(dist.device) for k, v in drawn.items()}
+                labels = None
+                if num_classes is not None:  # label dropout for classifier-free guidance
+                    drop = (torch.rand(batch_size, generator=gen) < label_dropout)[rank_slice].to(dist.device)
+                    labels = torch.where(drop, torch.full_like(y, num_classes), y)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(run.step, lr=lr, warmup=warmup)
+                stats = train_step(
+                    model=wrapped, objective=objective, optimizer=optimizer, x=x, y=labels, draws=draws,
+                    micro_batch=micro_batch, grad_clip=grad_clip, precision=precision, dist=dist,
+                    guard_updates=guard_updates,
+                )  # fmt: skip
             run.step += 1
             images_since += batch_size
             if stats.skipped:
@@ -433,6 +474,19 @@ def train(
             if stop:
                 return TrainResult(run.step, "interrupted", run.last_checkpoint, run.skipped, signal=flag.signum)
     return TrainResult(run.step, "completed", run.last_checkpoint, run.skipped)
+
+
+@contextmanager
+def _removed_if_left_empty(run_dir: Path, created: bool) -> Iterator[None]:
+    """A run directory this run ``created`` is removed again if the run fails while it is still empty (a step
+    that fails before any log line or checkpoint leaves nothing behind); what a run wrote is never touched."""
+    try:
+        yield
+    except BaseException:
+        if created:
+            with suppress(OSError):  # not empty (or gone): leave it
+                run_dir.rmdir()
+        raise
 
 
 @contextmanager

@@ -78,6 +78,18 @@ def test_sigma_alpha_bar_timestep_round_trips() -> None:
     assert sigma_to_timestep(torch.tensor([1e-9, 1e9]), acp, continuous=True).tolist() == [0.0, 999.0]
 
 
+@pytest.mark.parametrize("continuous", [False, True])
+@pytest.mark.parametrize("bad", [math.nan, -0.5, -math.inf])
+def test_a_nan_or_negative_sigma_is_refused_not_read_as_timestep_0(continuous: bool, bad: float) -> None:
+    acp = betas_to_alphas_cumprod(linear_betas())
+    ends = sigma_to_timestep(torch.tensor([0.0, math.inf]), acp, continuous=continuous)
+    assert ends.tolist() == [0.0, 999.0]  # inf is the noisiest end (the nearest-step search said 0)
+    with pytest.raises(ValueError, match=f"^sigma must be >= 0 \\(a noise level\\), got {bad}$"):
+        sigma_to_timestep(torch.tensor([1.0, bad, 2.0]), acp, continuous=continuous)  # it said 0 for NaN
+    with pytest.raises(ValueError, match="^t \\(timestep\\) must not be NaN$"):
+        timestep_to_sigma(torch.tensor([3.0, math.nan]), acp)  # an IndexError at -2^63 before
+
+
 def test_space_timesteps_adm_semantics() -> None:
     kept = space_timesteps(1000, 250)
     assert len(kept) == 250 and kept[0] == 0 and kept[-1] == 999

@@ -5,6 +5,8 @@ import inspect
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from diffit.data import memory_batches
 from diffit.distributed import DistInfo
 from diffit.objectives import EDMObjective, check_objective
 from diffit.runs import check_resume_data
-from diffit.train import check_train_args, train, train_step
+from diffit.train import TrainingOutOfMemory, check_train_args, is_out_of_memory, train, train_step
 from diffit_cli.main import app
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -148,7 +150,8 @@ def _toy_run(tmp: Path, steps: int, **kw: object) -> object:
     g = torch.Generator().manual_seed(1)
     images, labels = torch.randint(0, 256, (16, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(16) % 3
     return train(
-        model=tiny_image_diffit(3), objective=kw.pop("objective", EDMObjective()), run_dir=tmp, dist=CPU,
+        model=kw.pop("model") if "model" in kw else tiny_image_diffit(3), objective=kw.pop("objective", EDMObjective()),
+        run_dir=tmp, dist=CPU,
         data=lambda s: memory_batches(images, labels, batch_size=4, seed=0, start_step=s, flip=False),
         steps=steps, batch_size=kw.pop("batch_size", 4), lr=1e-3, ckpt_every=kw.pop("ckpt_every", 2), **kw,
     )  # fmt: skip
@@ -179,6 +182,62 @@ def test_train_refuses_data_batches_of_another_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"data: expected batches of this rank's 8 samples .* got x \(4, 1, 8, 8\)"):
         _toy_run(tmp_path, 2, batch_size=8)
     assert checkpoint_dirs(tmp_path) == []
+
+
+ALLOCATION_FAILURES = [  # (what each allocator raises, as torch 2.13 and numpy word it; the size it tried)
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB"),
+     "20.00 GiB"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 1024000000 bytes. Error code 12 (Cannot allocate memory)"), "1024000000 bytes"),
+    (MemoryError("Unable to allocate 72.8 TiB for an array with shape (10000000000000,) and data type int64"),
+     "72.8 TiB"),
+]  # fmt: skip
+
+
+def _failing_forward(model: torch.nn.Module, error: BaseException, after: int = 0) -> None:
+    """Make ``model``'s forward raise ``error`` from its call ``after + 1`` on (one call per step here)."""
+    calls, forward = [0], model.forward
+
+    def fail_later(*args: object, **kwargs: object) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] > after:
+            raise error
+        return forward(*args, **kwargs)
+
+    model.forward = fail_later
+
+
+@pytest.mark.parametrize(("error", "tried"), ALLOCATION_FAILURES)
+def test_a_step_out_of_memory_names_the_batch_and_leaves_no_empty_run_behind(
+    tmp_path: Path, error: BaseException, tried: str
+) -> None:
+    model = tiny_image_diffit(3)
+    _failing_forward(model, error)
+    with pytest.raises(TrainingOutOfMemory) as caught:
+        _toy_run(tmp_path / "run", 2, model=model, micro_batch=2)
+    assert str(caught.value) == (
+        f"batch_size and micro_batch: a step of 4 samples per process in micro-batches of 2 ran out of memory on cpu "
+        f"(it tried to allocate {tried}); lower the batch size, or accumulate gradients over smaller micro-batches "
+        "(the same step in less memory)"
+    )
+    assert caught.value.__cause__ is error and isinstance(caught.value, torch.OutOfMemoryError)  # still caught as one
+    assert list(tmp_path.iterdir()) == []  # the run directory it created, still empty, is gone
+
+
+def test_out_of_memory_after_a_checkpoint_keeps_it_whole_and_other_errors_pass_unchanged(tmp_path: Path) -> None:
+    model = tiny_image_diffit(3)
+    _failing_forward(model, ALLOCATION_FAILURES[1][0], after=2)  # steps 1 and 2 run, step 3 fails
+    with pytest.raises(TrainingOutOfMemory, match="^batch_size and micro_batch: a step of 4 samples per process"):
+        _toy_run(tmp_path / "run", 4, model=model)
+    assert [c.name for c in checkpoint_dirs(tmp_path / "run")] == ["ckpt-00000002"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["ckpt-00000002"]  # no half-written step 3
+    load_model(tmp_path / "run")  # intact: its hashes check
+    for other in (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x8)"), ValueError("out of memory")):
+        broken = tiny_image_diffit(3)
+        _failing_forward(broken, other)
+        with pytest.raises(type(other)) as caught:
+            _toy_run(tmp_path / "other", 2, model=broken)
+        assert caught.value is other and not is_out_of_memory(other)  # not taken for a batch that is too large
 
 
 def test_orphaned_temporary_checkpoints_are_removed_at_the_next_save(tmp_path: Path) -> None:
@@ -304,6 +363,8 @@ BAD = [
     ("sample", ["--out", "full"], "--out full exists and is not an empty directory"),
     ("sample", ["--device", "cuda:7"], "--device"),
     ("sample", ["--guidance-interval", "1,nan"], "--guidance-interval"),
+    ("sample", ["--cfg", "2", "--guidance-interval", "100,200"], "--guidance-interval (guidance) [100, 200] holds"),
+    ("sample", ["--cfg", "2", "--steps", "2", "--guidance-interval", "1,2"], "[1, 2] holds none of the 2 noise levels"),
     ("sample", ["--steps", "0"], "--steps must be an integer in [1, 100000]"),
     ("sample", ["--class", "12"], "--class must be ids in [0, 9]"),
     ("sample", ["--ckpt", "missing-run"], "--ckpt"),
@@ -321,6 +382,16 @@ BAD = [
     ("info", ["--res", "0"], "--res must be >= 1"),
     ("info", ["--model", "xl2", "--res", "100"], "multiple of 8"),
     ("info", ["--model", "giant"], "--model must be one of"),
+    # What typer itself refuses: a one-line error too, not its boxed panel
+    ("train", ["--res", "abc"], "error: Invalid value for '--res': "),
+    ("train", ["--unknown", "3"], "error: No such option: --unknown; see 'diffit train --help'"),
+    ("sample", ["--nope"], "No such option: --nope (Possible options: --n, --nfe); see 'diffit sample --help'"),
+    ("sample", ["--cfg"], "error: Option '--cfg' requires an argument"),
+    ("sample", ["--n", "2", "extra"], "error: Got unexpected extra argument(s) (extra)"),
+    ("info", ["--res", "1.5"], "error: Invalid value for '--res': "),
+    ("eval", ["fid", "full"], "error: Missing argument 'ref'; see 'diffit eval fid --help'"),
+    ("data", ["encode"], "error: Missing argument 'shards'; see 'diffit data encode --help'"),
+    ("nope", [], "error: No such command 'nope'; see 'diffit --help'"),
 ]
 
 
@@ -339,6 +410,18 @@ def test_bad_invocations_are_clean_refusals(
     assert res.exit_code == 2, res.output
     assert message in out and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, out
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written, nothing removed
+
+
+def test_usage_errors_are_one_line_through_the_console_script_and_help_is_left_as_it_was(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("diffit")  # the entry point users run, not CliRunner's call of app
+    proc = subprocess.run([str(script), "train", "--res", "abc"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.startswith("error: Invalid value for '--res': ") and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.rstrip().endswith("; see 'diffit train --help'")
+    helped = runner.invoke(app, ["sample", "--help"])
+    assert helped.exit_code == 0 and "--cfg-channels" in helped.output
+    bare = runner.invoke(app, ["data"])  # a group without its command still shows its help
+    assert "shard" in bare.output and "encode" in bare.output and "error" not in bare.output
 
 
 def test_every_cli_option_has_a_spelling_that_torchrun_passes_through() -> None:

@@ -20,9 +20,11 @@ from diffit.generate import (
     Guidance,
     default_sigmas,
     generate,
+    guided_denoiser,
     make_grid,
     random_labels,
     sample,
+    sampling_sigmas,
     save_images,
     to_uint8,
 )
@@ -161,6 +163,39 @@ def test_guidance_rejects_what_does_not_apply() -> None:
         )
 
 
+def test_guidance_settings_scale_1_leaves_unused_are_named_in_a_warning_and_cost_nothing() -> None:
+    model, sigmas, labels = tiny_image_model(), default_sigmas(tiny_image_model(), 3), torch.tensor([0, 2])
+    nfe: list[int] = []
+
+    def run(guidance: Guidance) -> torch.Tensor:
+        return sample(model, sampler=sample_dpmpp_2m, sigmas=sigmas, seeds=[1, 2], labels=labels, guidance=guidance,
+                      callback=lambda s: nfe.append(s["nfe"]))  # fmt: skip
+
+    plain = run(Guidance())
+    unused = "^guidance settings unused at scale 1 \\(no guidance\\): channels=1, interval=\\(0.3, 5.0\\), "
+    with pytest.warns(UserWarning, match=unused + "schedule='power-cosine'$"):
+        ignored = run(Guidance(channels=1, interval=(0.3, 5.0), schedule="power-cosine"))
+    assert torch.equal(ignored, plain) and nfe[-1] == nfe[2] == 3  # power-cosine at 1 ran both passes before
+    with pytest.warns(UserWarning, match="channels=1$"):  # an unconditional model: the same words
+        guided_denoiser(tiny_image_model(None), None, Guidance(channels=1))
+
+
+@pytest.mark.parametrize("interval", [(100.0, 200.0), (1e-4, 1e-3), (5.0, 6.0)])  # above, below, between levels
+def test_a_guidance_interval_that_holds_no_sampled_noise_level_is_refused(interval: tuple[float, float]) -> None:
+    model = tiny_image_model()
+    sigmas = default_sigmas(model, 3)  # 80, 2.5, 0.002, 0: [5, 6] falls between two of them
+    guided = Guidance(scale=2.0, interval=interval)
+    match = f"^interval \\(guidance\\) \\[{interval[0]:g}, {interval[1]:g}\\] holds none of the 3 noise levels sampled"
+    for call in (generate, sample):  # unwrapped: as users run them, without the type checks
+        with pytest.raises(ValueError, match=match):
+            inspect.unwrap(call)(model, sampler=sample_dpmpp_2m, sigmas=sigmas, seeds=[0], labels=torch.tensor([1]),
+                                 guidance=guided)  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        sampling_sigmas(model, 3, sampler="dpmpp_2m", guidance=guided)
+    for fine in (Guidance(scale=2.0, interval=(0.002, 0.002)), Guidance(interval=interval)):  # one level; no guidance
+        assert torch.equal(sampling_sigmas(model, 3, sampler="dpmpp_2m", guidance=fine)[0], sigmas)
+
+
 def test_cli_png_npz_dir_and_protocol(tmp_path: Path, ckpt: Path) -> None:
     args = ["sample", "--ckpt", str(ckpt), "--steps", "3", "--seeds", "0-5", "--batch-size", "4", "--class", "0-2"]
     npz = tmp_path / "s.npz"
@@ -211,6 +246,16 @@ def test_cli_guided_sampling_counts_both_passes(tmp_path: Path, ckpt: Path) -> N
     sigmas = default_sigmas(tiny_image_model(), 3)[:-1]
     inside = sum(1 for s in sigmas.tolist() if 0.1 <= s <= 5)
     assert json.loads(out.with_suffix(".json").read_text())["nfe_per_image"] == 3 + inside
+
+
+def test_cli_names_guidance_settings_that_do_nothing_once_on_one_line(tmp_path: Path, ckpt: Path) -> None:
+    out = tmp_path / "s.npz"
+    args = ["sample", "--ckpt", str(ckpt), "--steps", "2", "--n", "3", "--batch-size", "1", "--out", str(out)]
+    res = runner.invoke(app, [*args, "--cfg-channels", "1", "--guidance-interval", "0.3,5"])
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.output.splitlines() if line.startswith("warning:")]
+    assert warned == ["warning: guidance settings unused at scale 1 (no guidance): channels=1, interval=(0.3, 5.0)"]
+    assert json.loads(out.with_suffix(".json").read_text())["nfe_per_image"] == 3  # 2 Heun steps, unguided
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from diffit.data import array_source, encode_latents, write_image_shards
+from diffit.nn import ImageDiffiT
+from diffit.runs import preview_needs_vae
 from diffit_cli.main import app
 
 runner = CliRunner()
@@ -24,6 +26,7 @@ runner = CliRunner()
         (["--steps", "0"], "--steps must be an integer >= 1"),
         (["--precision", "fp8"], "--precision must be 'fp32' or 'bf16'"),
         (["--latent"], "--data is required for latent training"),
+        (["--vae", "sd-vae"], "--vae 'sd-vae' is for latent training only (latent=True)"),  # it went unused
     ],
 )
 def test_bad_arguments_exit_2_before_work(tmp_path: Path, args: list[str], message: str) -> None:
@@ -31,6 +34,33 @@ def test_bad_arguments_exit_2_before_work(tmp_path: Path, args: list[str], messa
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split()) and "Traceback" not in res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_vae_is_loaded_only_where_sample_grids_need_it() -> None:
+    assert preview_needs_vae("sd-vae", latent=True, sample_every=500)
+    assert not preview_needs_vae(None, latent=True, sample_every=500)  # a latent run without one: no grids
+    with pytest.warns(UserWarning, match="^vae 'sd-vae' is unused: sample_every=0 writes no sample grids$"):
+        assert not preview_needs_vae("sd-vae", latent=True, sample_every=0)
+    with pytest.raises(ValueError, match="^vae 'sd-vae' is for latent training only"):
+        preview_needs_vae("sd-vae", latent=False, sample_every=0)  # image space: a mistake however it samples
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_one_line_naming_the_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forward(self: object, *args: object, **kwargs: object) -> None:  # what the CPU allocator raises
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes.")
+
+    monkeypatch.setattr(ImageDiffiT, "forward", forward)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--batch-size", "8", "--steps", "1", "--device", "cpu", "--out", str(run)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (  # one line: no traceback, no progress bar left at step 0
+        "error: --batch-size and --micro-batch: a step of 8 samples per process in micro-batches of 8 ran out of "
+        "memory on cpu (it tried to allocate 68719476736 bytes); lower the batch size, or accumulate gradients over "
+        "smaller micro-batches (the same step in less memory)"
+    )
+    assert not run.exists()  # nothing written, not even the run directory
 
 
 def test_batch_must_divide_over_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

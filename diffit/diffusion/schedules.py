@@ -97,7 +97,10 @@ def sigma_to_alpha_bar(sigma: Float[Tensor, "*s"]) -> Float[Tensor, "*s"]:
 
 def timestep_to_sigma(t: Float[Tensor, "*s"], alphas_cumprod: Float[Tensor, " t"]) -> Float[Tensor, "*s"]:
     """Sigma at a (possibly fractional) DDPM timestep: linear interpolation of log sigma between the
-    integer timesteps (the continuous extension k-diffusion uses for discrete models)."""
+    integer timesteps (the continuous extension k-diffusion uses for discrete models). Timesteps outside
+    [0, T-1] clamp to its ends; NaN raises ValueError (it indexed the table at -2^63)."""
+    if bool(t.isnan().any()):
+        raise ValueError("t (timestep) must not be NaN")
     log_sigmas = alpha_bar_to_sigma(alphas_cumprod.double()).log().to(t.device)
     t64 = t.double().clamp(0, len(alphas_cumprod) - 1)
     lo = t64.floor().long()
@@ -113,10 +116,15 @@ def sigma_to_timestep(
 
     ``continuous=False``: the nearest integer timestep in log sigma (exact for sigmas taken from the same
     schedule, e.g. :func:`respaced_sigmas`). ``continuous=True``: the inverse of :func:`timestep_to_sigma`.
-    Sigmas outside the schedule's range clamp to its ends.
+    Sigmas outside the schedule's range clamp to its ends; NaN or negative ones raise ValueError.
     """
+    # One reduction (NaN >= 0 is False), read once: samplers call this every step.
+    if not bool((sigma >= 0).all()):
+        bad = sigma[~(sigma >= 0)].flatten()[0].item()
+        raise ValueError(f"sigma must be >= 0 (a noise level), got {bad}")
     log_sigmas = alpha_bar_to_sigma(alphas_cumprod.double()).log().to(sigma.device)  # ascending in t
-    log_sigma = sigma.double().clamp(min=torch.finfo(torch.float64).tiny).log()
+    f64 = torch.finfo(torch.float64)
+    log_sigma = sigma.double().clamp(f64.tiny, f64.max).log()  # finite: inf's distance to every level was inf
     if not continuous:
         t = (log_sigma[..., None] - log_sigmas).abs().argmin(dim=-1).double()
     else:
