@@ -141,6 +141,8 @@ data shard full out/x.tar
 data shard full out/x-%03d.tar --res 0
 data shard full out/x-%03d.tar --max-count 0
 data digits --res 0
+data digits --res 100000
+data shard full out/x-%03d.tar --center-crop
 data encode nothing.tar out/l-%03d.tar --vae none
 data encode nothing.tar out/l-%03d.tar --vae none --batch-size 0
 train --res abc
