@@ -252,8 +252,16 @@ def preview_needs_vae(vae: str | None, *, latent: bool, sample_every: int) -> bo
     """Whether a training run loads ``vae`` (a path or Hub id) to decode its sample grids: only a latent run
     that writes grids (``sample_every`` > 0) does. ValueError for a vae given to image-space training, which
     never decodes anything (a mistake: the run is not the latent one it was meant to be); a warning for one
-    given with ``sample_every=0``, where it goes unused."""
+    given with ``sample_every=0``, where it goes unused, and for a latent run that should write grids without
+    one (it writes none)."""
     if vae is None:
+        if latent and sample_every > 0:
+            warnings.warn(
+                f"sample_every={sample_every} writes no sample grids in latent training without a vae to decode "
+                "them (--vae)",
+                UserWarning,
+                stacklevel=2,
+            )
         return False
     if not latent:
         raise ValueError(

@@ -1,6 +1,7 @@
 """`diffit train` from the command line: argument errors before any work, and a latent run on encoded shards."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,12 @@ def test_bad_arguments_exit_2_before_work(tmp_path: Path, args: list[str], messa
 
 def test_a_vae_is_loaded_only_where_sample_grids_need_it() -> None:
     assert preview_needs_vae("sd-vae", latent=True, sample_every=500)
-    assert not preview_needs_vae(None, latent=True, sample_every=500)  # a latent run without one: no grids
+    with pytest.warns(UserWarning, match="^sample_every=500 writes no sample grids in latent training without a vae"):
+        assert not preview_needs_vae(None, latent=True, sample_every=500)  # silent before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not preview_needs_vae(None, latent=True, sample_every=0)
+        assert not preview_needs_vae(None, latent=False, sample_every=500)
     with pytest.warns(UserWarning, match="^vae 'sd-vae' is unused: sample_every=0 writes no sample grids$"):
         assert not preview_needs_vae("sd-vae", latent=True, sample_every=0)
     with pytest.raises(ValueError, match="^vae 'sd-vae' is for latent training only"):
