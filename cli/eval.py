@@ -23,7 +23,7 @@ from diffit.evaluation import (
     reference_statistics,
     save_statistics,
 )
-from diffit.util import check_device, write_json
+from diffit.util import OutOfMemory, check_device, write_json
 from diffit_cli.common import Device, console, fail, fail_from, progress_bar
 
 eval_app = typer.Typer(name="eval", help="Inception statistics, FID and Inception Score.", no_args_is_help=True)
@@ -113,7 +113,7 @@ def stats(
         with progress_bar("inception features") as progress:
             result = evaluate_images(source, net, progress=progress)
         save_statistics(out, result.stats)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, OutOfMemory) as exc:  # OutOfMemory: a batch too large, --batch-size
         fail_from(exc, ctx, _ALIASES)
     console.print(f"wrote statistics of {result.stats.count} images to {out}", markup=False, highlight=False)
 
@@ -160,7 +160,7 @@ def fid(
         score = None
         if result.probabilities is not None:
             score = inception_score_from_probabilities(result.probabilities, min(splits, len(result.probabilities)))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, OutOfMemory) as exc:  # OutOfMemory: a batch too large, --batch-size
         fail_from(exc, ctx, _ALIASES)
 
     table = Table(title="diffit eval fid")

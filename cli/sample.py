@@ -2,6 +2,8 @@
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -25,7 +27,7 @@ from diffit.generate import (
 from diffit.objectives import ADMObjective
 from diffit.release import check_release_resolution
 from diffit.runs import import_factory
-from diffit.util import check_device
+from diffit.util import OutOfMemory, check_device
 from diffit_cli.common import (
     MAX_IDS,
     TF32,
@@ -34,6 +36,7 @@ from diffit_cli.common import (
     check_precision,
     console,
     fail,
+    fail_from,
     parse_int_ranges,
     refusing,
     set_tf32,
@@ -148,11 +151,11 @@ def sample_command(
     dist = init_distributed(device)
     model = model.to(dist.device)
     bar, callback, state = _progress(len(range(dist.rank, len(seed_list), dist.world_size)), batch_size, steps, dist)
-    with refusing(ctx, _GUIDANCE_ALIASES):  # before the bar starts: a refusal here is its only line
+    with refusing(ctx, _GUIDANCE_ALIASES), _out_of_memory(ctx):  # before the bar starts: its only line
         sigmas, fit_nfe = sampling_sigmas(
             model, steps, sampler=sampler_name, schedule=schedule, objective=objective, guidance=guidance
         )
-    with bar, refusing(ctx):
+    with _out_of_memory(ctx), bar, refusing(ctx):  # the bar is gone before the error is printed
         images = generate(
             model, sampler=SAMPLERS[sampler_name], sigmas=sigmas, seeds=seed_list, labels=labels, guidance=guidance,
             objective=objective, precision=precision, batch_size=batch_size, decode=decode, dist=dist,
@@ -180,6 +183,15 @@ _GUIDANCE_ALIASES = {"scale": "--cfg", "schedule": "--cfg-schedule", "channels":
                      "release_resolution": "--release-res"}  # fmt: skip
 
 
+@contextmanager
+def _out_of_memory(ctx: typer.Context) -> Iterator[None]:
+    """The library's OutOfMemory (a batch, a schedule fit or all the images too large) as its one line, exit 2."""
+    try:
+        yield
+    except OutOfMemory as err:
+        fail_from(err, ctx)
+
+
 def _interval(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
@@ -196,12 +208,13 @@ def _progress(mine: int, batch_size: int, steps: int, dist: Any) -> tuple[Progre
     bar = Progress(
         TextColumn("[bold]sampling"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
         TextColumn("NFE {task.fields[nfe]}  {task.fields[ips]:.1f} img/s"), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not dist.is_main,
+        TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not dist.is_main, transient=True,
     )  # fmt: skip
     task = bar.add_task("sample", total=-(-mine // batch_size) * steps, nfe=0, ips=0.0)
     state: dict[str, Any] = {"nfe": 0, "start": time.perf_counter(), "orders": []}
 
     def callback(s: dict[str, Any]) -> None:
+        bar.live.transient = False  # a step is done: keep the bar on screen (one that fails before, goes)
         state["nfe"] = s["nfe"]  # denoiser evaluations per image (guided steps count cond + uncond)
         if s["batch"] == 0 and "order" in s:
             state["orders"].append(s["order"])

@@ -16,7 +16,8 @@ import json
 import math
 import platform
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from diffit.diffusion import (
 from diffit.distributed import DistInfo, all_gather
 from diffit.nn import check_backbone
 from diffit.objectives import ADMObjective, Objective, default_objective, objective_spec, release_alphas_cumprod
-from diffit.util import atomic_path, check_output_path, mix_seed, write_json
+from diffit.util import OutOfMemory, atomic_path, check_output_path, mix_seed, out_of_memory_as, write_json
 
 Sampler = Callable[..., Tensor]
 _LABEL_STREAM = 1  # random_labels' seeds: mix_seed(seed, _LABEL_STREAM), apart from the noise's seed
@@ -271,9 +272,17 @@ def sampling_sigmas(
     (:func:`~diffit.diffusion.final_for`), or ``"optimized"``: :func:`fitted_sigmas` on the model itself.
     ValueError for a guidance interval that holds none of them (:func:`check_guidance_interval`)."""
     if schedule == "optimized":
-        sigmas = fitted_sigmas(
-            model, steps, guidance=guidance, objective=objective, seeds=FIT_SEEDS, fine_steps=FIT_FINE_STEPS
-        )
+        device = next(model.parameters()).device
+        with out_of_memory_as(
+            lambda tried: OutOfMemory(
+                f"schedule: fitting the optimized schedule to the model ({len(FIT_SEEDS)} starts in one batch) ran "
+                f"out of memory on {device}{tried}; sample on another schedule"
+            ),
+            restate_inner=True,
+        ):
+            sigmas = fitted_sigmas(
+                model, steps, guidance=guidance, objective=objective, seeds=FIT_SEEDS, fine_steps=FIT_FINE_STEPS
+            )
         fit_nfe = (2 * FIT_FINE_STEPS - 1) * len(FIT_SEEDS) * (1 if guidance.scale == 1.0 else 2)
     else:
         final = final_for(sampler) if schedule is not None else "sigma_min"
@@ -347,7 +356,8 @@ def sample(
 
     ``sampler`` is any function of diffit.diffusion's shared signature; ``objective`` is the one the model was
     trained with (default: :func:`~diffit.objectives.default_objective`). Initial noise and every stochastic
-    step come from per-sample generators seeded with ``seeds``.
+    step come from per-sample generators seeded with ``seeds``. All seeds are one batch: an allocation failure
+    raises :class:`~diffit.util.OutOfMemory` naming ``seeds`` (:func:`generate` samples in batches).
     """
     check_backbone(model)
     check_sample_args(seeds, labels, precision)
@@ -357,10 +367,27 @@ def sample(
     noise = per_sample_noise(seeds, shape, device=device)
     denoiser = guided_denoiser(model, None if labels is None else labels.to(device), guidance, objective)
     sigmas = sigmas.to(device)
-    x = noise() * sigmas[0]
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        out = sampler(denoiser, x, sigmas, callback=callback, noise=noise, **(sampler_kwargs or {}))
-    return out.float()
+    with _batch_memory("seeds", len(seeds), device, "sample fewer seeds per call (generate takes a batch_size)"):
+        x = noise() * sigmas[0]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = sampler(denoiser, x, sigmas, callback=callback, noise=noise, **(sampler_kwargs or {}))
+        return out.float()
+
+
+@contextmanager
+def _batch_memory(name: str, size: int, device: torch.device, advice: str) -> Iterator[None]:
+    """An allocation failure sampling (or decoding) one batch of ``size`` images on ``device`` raises
+    :class:`~diffit.util.OutOfMemory` naming the argument ``name`` that sets it, also when it came as one of
+    :func:`sample`'s (whose batch is all of its seeds)."""
+    if size == 1:  # nothing smaller to try
+        advice = "one image does not fit: sample on a device with more memory, or at precision bf16"
+    with out_of_memory_as(
+        lambda tried: OutOfMemory(
+            f"{name}: sampling a batch of {size} image(s) ran out of memory on {device}{tried}; {advice}"
+        ),
+        restate_inner=True,
+    ):
+        yield
 
 
 @torch.no_grad()
@@ -385,12 +412,15 @@ def generate(
     Rank r samples seeds r, r + W, ... in batches of ``batch_size``; the images are gathered on every rank.
     ``decode`` maps model outputs to pixels in [-1, 1] (a VAE decoder for latent models). ``callback`` gets
     the sampler's state plus ``batch`` / ``batches`` (this rank's), ``batch_size`` and ``images_done``.
+    A batch that cannot allocate its memory raises :class:`~diffit.util.OutOfMemory` naming ``batch_size`` (all
+    the images together, ``seeds``); other errors pass unchanged.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_sample_args(seeds, labels, precision)  # here too: a rank without seeds must not pass silently
     check_guidance_interval(guidance, sigmas)
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    device = next(model.parameters()).device
 
     def positions(r: int) -> range:  # the seeds rank r samples, and so the order of its images
         return range(r, len(seeds), world)
@@ -404,17 +434,19 @@ def generate(
             if callback is not None:
                 callback({**state, "batch": b, "batches": len(batches), "batch_size": size, "images_done": done})
 
-        x = sample(
-            model, sampler=sampler, sigmas=sigmas, seeds=[seeds[i] for i in idx],
-            labels=None if labels is None else labels[idx], guidance=guidance, objective=objective,
-            precision=precision, callback=report, sampler_kwargs=sampler_kwargs,
-        )  # fmt: skip
-        pixels = decode(x) if decode is not None else x
-        finite = pixels.flatten(1).isfinite().all(1).cpu()
-        broken += [i for i, ok in zip(idx, finite.tolist(), strict=True) if not ok]  # positions in seeds
-        images.append(to_uint8(pixels))
+        with _batch_memory("batch_size", len(idx), device, "lower the batch size (the images do not depend on it)"):
+            x = sample(
+                model, sampler=sampler, sigmas=sigmas, seeds=[seeds[i] for i in idx],
+                labels=None if labels is None else labels[idx], guidance=guidance, objective=objective,
+                precision=precision, callback=report, sampler_kwargs=sampler_kwargs,
+            )  # fmt: skip
+            pixels = decode(x) if decode is not None else x
+            finite = pixels.flatten(1).isfinite().all(1).cpu()
+            broken += [i for i, ok in zip(idx, finite.tolist(), strict=True) if not ok]  # positions in seeds
+            images.append(to_uint8(pixels))
         done += len(idx)
-    local = torch.cat(images) if images else torch.zeros(0, 0, 0, 0, dtype=torch.uint8)
+    with _all_images_memory(len(seeds), images):
+        local = torch.cat(images) if images else torch.zeros(0, 0, 0, 0, dtype=torch.uint8)
     if dist is not None and dist.enabled:  # every rank learns of every broken seed, so all of them raise
         broken = sorted(torch.cat(all_gather(torch.tensor(broken, dtype=torch.int64), dist)).tolist())
     if broken:  # to_uint8 would have made them black (NaN) or white (inf) without a word
@@ -425,8 +457,24 @@ def generate(
     if dist is None or not dist.enabled:
         return local
     # Every rank's images, back in seed order
-    gathered = torch.cat([g for g in all_gather(local, dist) if len(g)])
-    return gathered[torch.argsort(torch.cat([torch.tensor(positions(r), dtype=torch.int64) for r in range(world)]))]
+    with _all_images_memory(len(seeds), images):
+        gathered = torch.cat([g for g in all_gather(local, dist) if len(g)])
+        order = torch.argsort(torch.cat([torch.tensor(positions(r), dtype=torch.int64) for r in range(world)]))
+        return gathered[order]
+
+
+@contextmanager
+def _all_images_memory(count: int, images: list[Tensor]) -> Iterator[None]:
+    """The images of every batch, put together, that do not fit in memory: OutOfMemory naming ``seeds`` (a
+    smaller batch_size would not help)."""
+    each = images[0][0].numel() if images else 0
+    with out_of_memory_as(
+        lambda tried: OutOfMemory(
+            f"seeds: the {count} images of this call ({count * each / 2**30:.1f} GiB as uint8) do not fit in memory "
+            f"together{tried}; sample fewer seeds per call (split the seed range) and gather them afterwards"
+        )
+    ):
+        yield
 
 
 def latent_decoder(vae: nn.Module, *, scale: float = SD_SCALE_FACTOR) -> Callable[[Tensor], Tensor]:

@@ -10,7 +10,6 @@ Every random draw of a step (data order and flips, noise levels, noise, label dr
 
 import json
 import math
-import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from diffit.distributed import DistInfo, all_gather, all_reduce_max, all_reduce_
 from diffit.ema import ema_decay, ema_update, make_ema, unwrap
 from diffit.nn import LabelEmbedding, check_backbone
 from diffit.objectives import Objective, check_objective
-from diffit.util import check_output_path, is_integer, mix_seed
+from diffit.util import OutOfMemory, check_output_path, is_integer, mix_seed, out_of_memory_as
 
 DataFn = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
 """``data(start_step)`` -> iterator over this rank's (x, y) slice of every global batch from ``start_step`` on."""
@@ -38,39 +37,39 @@ class TrainingDiverged(RuntimeError):
     """Raised after too many consecutive steps with a non-finite loss, gradient or update."""
 
 
-class TrainingOutOfMemory(torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError since torch 2.5
+class TrainingOutOfMemory(OutOfMemory):
     """Raised when a training step (its batch, forward or backward) fails to allocate memory, on any device; the
     message names batch_size and micro_batch, which set a step's memory, and the allocator's error is the
-    ``__cause__``. Nothing was written for that step: the run's last checkpoint is its newest."""
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is an allocation failure: CUDA's ``OutOfMemoryError``, the CPU allocator's RuntimeError
-    ("can't allocate memory", on Windows "not enough memory"), another backend's "out of memory", or a
-    MemoryError (numpy, Python). Any other error is not."""
-    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and any(
-        words in text for words in ("can't allocate memory", "not enough memory", "out of memory")
-    )
+    ``__cause__``. Nothing was written for that step: the run's last checkpoint is its newest. A preview grid
+    (``on_sample``) that runs out of memory raises it too, naming sample_every."""
 
 
 @contextmanager
 def _step_memory(per_rank: int, micro_batch: int, device: torch.device) -> Iterator[None]:
     """Turn an allocation failure inside the block into :class:`TrainingOutOfMemory`; other errors pass."""
-    try:
-        yield
-    except (RuntimeError, MemoryError) as err:
-        if not is_out_of_memory(err):
-            raise
-        size = re.search(r"(?i)allocate (\d[\d.]* ?(?:bytes|[KMGTPE]i?B))", str(err))
-        tried = f" (it tried to allocate {size.group(1)})" if size else ""
-        raise TrainingOutOfMemory(
+    with out_of_memory_as(
+        lambda tried: TrainingOutOfMemory(
             f"batch_size and micro_batch: a step of {per_rank} samples per process in micro-batches of "
             f"{micro_batch} ran out of memory on {device}{tried}; lower the batch size, or accumulate gradients "
             "over smaller micro-batches (the same step in less memory)"
-        ) from err
+        )
+    ):
+        yield
+
+
+@contextmanager
+def _preview_memory(step: int, checkpoint: Path | None, device: torch.device) -> Iterator[None]:
+    """A preview grid that cannot allocate its memory raises :class:`TrainingOutOfMemory` naming sample_every:
+    the step fitted, and the batch of the grid is not batch_size's (even when ``generate`` named that)."""
+    then = f"resume from its latest checkpoint, {checkpoint}," if checkpoint is not None else "run it again"
+    with out_of_memory_as(
+        lambda tried: TrainingOutOfMemory(
+            f"sample_every: the preview grid of step {step} ran out of memory on {device}{tried}; {then} "
+            "without preview grids (sample_every 0)"
+        ),
+        restate_inner=True,
+    ):
+        yield
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -469,7 +468,8 @@ def train(
                 emit({"event": "checkpoint", "step": run.step, "path": str(run.last_checkpoint)})
             if sample_every > 0 and (run.step % sample_every == 0 or run.step == steps) and on_sample is not None:
                 if dist.is_main:
-                    on_sample(run.step, ema_model)
+                    with _preview_memory(run.step, run.last_checkpoint, dist.device):
+                        on_sample(run.step, ema_model)
                 emit({"event": "sample", "step": run.step})
             if stop:
                 return TrainResult(run.step, "interrupted", run.last_checkpoint, run.skipped, signal=flag.signum)

@@ -18,6 +18,7 @@ from diffit.data import ShardWriter, array_source, write_image_shards
 from diffit.evaluation import (
     FEATURE_DIM,
     FeatureStats,
+    InceptionV3,
     StatsAccumulator,
     default_inception_path,
     evaluate_images,
@@ -34,6 +35,7 @@ from diffit.evaluation import (
     save_statistics,
     tf_bilinear_resize,
 )
+from diffit.util import OutOfMemory
 from diffit_cli.main import app
 
 runner = CliRunner()
@@ -436,4 +438,50 @@ def test_cli_errors_exit_2_with_one_line_and_no_output(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def _allocation_failure(self: object, images: Tensor) -> Tensor:  # what the CPU allocator raises
+    raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 34359738368 bytes.")
+
+
+def test_an_inception_batch_out_of_memory_names_batch_size_and_other_errors_pass(tmp_path, stand_in, monkeypatch):
+    np.savez(tmp_path / "s.npz", arr_0=_tiny_images(5, 6))
+    net = load_inception(stand_in)
+    monkeypatch.setattr(InceptionV3, "forward", _allocation_failure)
+    for run in (evaluate_images, extract_features):
+        with pytest.raises(OutOfMemory) as caught:
+            run(str(tmp_path / "s.npz"), net, batch_size=4)
+        assert str(caught.value) == (
+            "batch_size: Inception features of a batch of 4 image(s) ran out of memory on cpu (it tried to allocate "
+            "34359738368 bytes); lower the batch size"
+        )
+        assert isinstance(caught.value.__cause__, RuntimeError) and isinstance(caught.value, torch.OutOfMemoryError)
+    other = RuntimeError("Given groups=1, weight of size [32, 3, 3, 3], expected input to have 3 channels")
+    monkeypatch.setattr(InceptionV3, "forward", lambda self, images: (_ for _ in ()).throw(other))
+    with pytest.raises(RuntimeError) as caught:
+        evaluate_images(str(tmp_path / "s.npz"), net)
+    assert caught.value is other  # not taken for a batch that is too large
+
+
+@pytest.mark.parametrize("command", ["stats", "fid", "fid-images"])
+def test_cli_a_batch_out_of_memory_is_one_line_naming_batch_size_and_writes_nothing(
+    tmp_path, stand_in, monkeypatch, command
+):
+    np.savez(tmp_path / "s.npz", arr_0=_tiny_images(6, 5))
+    save_statistics(str(tmp_path / "ref.npz"), FeatureStats(np.zeros(FEATURE_DIM), np.eye(FEATURE_DIM), 6))
+    before = sorted(os.listdir(tmp_path))
+    monkeypatch.setattr(InceptionV3, "forward", _allocation_failure)
+    samples, out = str(tmp_path / "s.npz"), str(tmp_path / "out.npz")
+    args = {
+        "stats": ["eval", "stats", samples, out],
+        "fid": ["eval", "fid", samples, str(tmp_path / "ref.npz"), "--json", str(tmp_path / "r.json")],
+        "fid-images": ["eval", "fid", samples, samples, "--json", str(tmp_path / "r.json")],
+    }[command]
+    result = runner.invoke(app, [*args, "--inception", stand_in, "--device", "cpu", "--batch-size", "4"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (  # one line: no traceback, no progress bar
+        "error: --batch-size: Inception features of a batch of 4 image(s) ran out of memory on cpu (it tried to "
+        "allocate 34359738368 bytes); lower the batch size"
+    )
     assert sorted(os.listdir(tmp_path)) == before

@@ -18,10 +18,13 @@ from typer.testing import CliRunner
 
 from diffit.checkpoint import checkpoint_dirs, load_model, load_weights, save_checkpoint, save_weights
 from diffit.data import memory_batches
+from diffit.diffusion import karras_sigmas, sample_euler
 from diffit.distributed import DistInfo
+from diffit.generate import generate, preview_writer, sample
 from diffit.objectives import EDMObjective, check_objective
 from diffit.runs import check_resume_data
-from diffit.train import TrainingOutOfMemory, check_train_args, is_out_of_memory, train, train_step
+from diffit.train import TrainingOutOfMemory, check_train_args, train, train_step
+from diffit.util import OutOfMemory, is_out_of_memory
 from diffit_cli.main import app
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -238,6 +241,76 @@ def test_out_of_memory_after_a_checkpoint_keeps_it_whole_and_other_errors_pass_u
         with pytest.raises(type(other)) as caught:
             _toy_run(tmp_path / "other", 2, model=broken)
         assert caught.value is other and not is_out_of_memory(other)  # not taken for a batch that is too large
+
+
+def _sample_on(model: torch.nn.Module, **kw: object) -> torch.Tensor:
+    """``generate`` of 5 seeds in batches of 2 (3 batches), two Euler steps."""
+    return generate(model, sampler=sample_euler, sigmas=karras_sigmas(2, 0.002, 80.0), seeds=range(5),
+                    labels=torch.arange(5) % 3, batch_size=kw.pop("batch_size", 2), **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize(("error", "tried"), ALLOCATION_FAILURES)
+def test_a_sampling_batch_out_of_memory_names_batch_size(error: BaseException, tried: str) -> None:
+    model = tiny_image_diffit(3).eval()
+    _failing_forward(model, error, after=2)  # the first batch's two steps run, the second batch's first fails
+    with pytest.raises(OutOfMemory) as caught:
+        _sample_on(model)
+    assert str(caught.value) == (
+        f"batch_size: sampling a batch of 2 image(s) ran out of memory on cpu (it tried to allocate {tried}); "
+        "lower the batch size (the images do not depend on it)"
+    )
+    assert caught.value.__cause__ is error and isinstance(caught.value, torch.OutOfMemoryError)
+    _failing_forward(model, error)  # sample() on its own: its one batch is all of its seeds
+    with pytest.raises(OutOfMemory, match=r"^seeds: sampling a batch of 3 image\(s\) ran out of memory on cpu .*; "
+                       r"sample fewer seeds per call \(generate takes a batch_size\)$"):  # fmt: skip
+        sample(model, sampler=sample_euler, sigmas=karras_sigmas(2, 0.002, 80.0), seeds=[0, 1, 2],
+               labels=torch.arange(3))  # fmt: skip
+    with pytest.raises(OutOfMemory, match=r"^batch_size: sampling a batch of 1 image\(s\) .*; one image does not fit"):
+        _sample_on(model, batch_size=1)  # nothing smaller to advise
+
+
+def test_all_images_that_do_not_fit_together_name_seeds_and_other_errors_pass_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = tiny_image_diffit(3).eval()
+    images = _sample_on(model)
+    cat = torch.cat
+
+    def cat_failing_on_all_images(tensors: list[torch.Tensor], *args: object, **kwargs: object) -> torch.Tensor:
+        if len(tensors) == 3 and tensors[0].dtype == torch.uint8:  # generate's three batches of images, put together
+            raise MemoryError("Unable to allocate 960 bytes for an array")
+        return cat(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", cat_failing_on_all_images)
+    with pytest.raises(OutOfMemory, match=r"^seeds: the 5 images of this call \(0.0 GiB as uint8\) do not fit in "
+                       r"memory together \(it tried to allocate 960 bytes\); sample fewer seeds per call"):  # fmt: skip
+        _sample_on(model)
+    monkeypatch.setattr(torch, "cat", cat)
+    assert torch.equal(_sample_on(model, batch_size=5), images)  # one batch or three: the same images
+    for other in (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x8)"), ValueError("out of memory")):
+        broken = tiny_image_diffit(3).eval()
+        _failing_forward(broken, other)
+        with pytest.raises(type(other)) as caught:
+            _sample_on(broken)
+        assert caught.value is other  # not taken for a batch that is too large
+
+
+def test_a_preview_grid_out_of_memory_names_sample_every_not_the_training_batch(tmp_path: Path) -> None:
+    writer, steps = preview_writer(tmp_path / "run"), []
+
+    def preview(step: int, ema_model: torch.nn.Module) -> None:  # the steps fit, the grid does not
+        steps.append(step)
+        _failing_forward(ema_model, ALLOCATION_FAILURES[0][0])
+        writer(step, ema_model)
+
+    with pytest.raises(TrainingOutOfMemory) as caught:
+        _toy_run(tmp_path / "run", 4, sample_every=2, on_sample=preview)
+    assert str(caught.value) == (  # generate said batch_size: not the training's, which fitted
+        "sample_every: the preview grid of step 2 ran out of memory on cpu (it tried to allocate 20.00 GiB); resume "
+        f"from its latest checkpoint, {tmp_path / 'run' / 'ckpt-00000002'}, without preview grids (sample_every 0)"
+    )
+    assert caught.value.__cause__ is ALLOCATION_FAILURES[0][0] and steps == [2]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["ckpt-00000002"]  # no grid, whole or half
 
 
 def test_orphaned_temporary_checkpoints_are_removed_at_the_next_save(tmp_path: Path) -> None:

@@ -279,6 +279,41 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, ckpt: Path, extra: 
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize("out", ["x.png", "x.npz", "images"])
+def test_cli_a_batch_out_of_memory_is_one_line_naming_batch_size_and_writes_nothing(
+    tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch, out: str
+) -> None:
+    def forward(self: object, *args: object, **kwargs: object) -> None:  # what the CPU allocator raises
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes.")
+
+    monkeypatch.setattr(ImageDiffiT, "forward", forward)
+    base = ["sample", "--ckpt", str(ckpt), "--n", "6", "--batch-size", "4", "--steps", "2", "--device", "cpu"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / out)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (  # one line: no traceback, no progress bar left at step 0
+        "error: --batch-size: sampling a batch of 4 image(s) ran out of memory on cpu (it tried to allocate "
+        "68719476736 bytes); lower the batch size (the images do not depend on it)"
+    )
+    res = runner.invoke(app, [*base, "--schedule", "optimized", "--out", str(tmp_path / out)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().startswith(
+        "error: --schedule: fitting the optimized schedule to the model (32 starts in one batch) ran out of memory"
+    )
+    assert list(tmp_path.iterdir()) == []  # no images, no protocol, no temporary file
+
+
+def test_cli_other_runtime_errors_while_sampling_are_not_taken_for_memory(
+    tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forward(self: object, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x8)")
+
+    monkeypatch.setattr(ImageDiffiT, "forward", forward)
+    res = runner.invoke(app, ["sample", "--ckpt", str(ckpt), "--n", "2", "--out", str(tmp_path / "x.png")])
+    assert res.exit_code == 1 and isinstance(res.exception, RuntimeError) and "mat1 and mat2" in str(res.exception)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_rejects_a_file_that_is_no_checkpoint(tmp_path: Path) -> None:
     bogus = tmp_path / "other.safetensors"
     save_file({"weight": torch.zeros(2)}, str(bogus))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffit.util import check_device, is_integer, split_batch
+from diffit.util import OutOfMemory, check_device, is_integer, is_out_of_memory, out_of_memory_as, split_batch
 
 
 def test_is_integer_takes_python_and_numpy_integers_only() -> None:
@@ -42,3 +42,42 @@ def test_check_device_refuses_what_this_machine_lacks_in_one_line(device: str, m
 def test_check_device_defaults_to_what_the_machine_has() -> None:
     assert check_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert check_device("cpu") == torch.device("cpu")
+
+
+CPU_ALLOCATOR = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4096 bytes.")
+
+
+def _restated(tried: str) -> OutOfMemory:
+    return OutOfMemory(f"batch_size: too large{tried}")
+
+
+def test_out_of_memory_as_restates_an_allocation_failure_with_the_size_it_tried() -> None:
+    with pytest.raises(OutOfMemory, match=r"^batch_size: too large \(it tried to allocate 4096 bytes\)$") as caught:
+        with out_of_memory_as(_restated):
+            raise CPU_ALLOCATOR
+    assert caught.value.__cause__ is CPU_ALLOCATOR and isinstance(caught.value, torch.OutOfMemoryError)
+    with pytest.raises(OutOfMemory, match=r"^batch_size: too large$"):  # no size given: none invented
+        with out_of_memory_as(_restated):
+            raise MemoryError()
+
+
+@pytest.mark.parametrize(
+    "other", [RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ValueError("out of memory"), KeyError("x")]
+)
+def test_out_of_memory_as_passes_every_other_error_unchanged(other: Exception) -> None:
+    assert not is_out_of_memory(other)
+    with pytest.raises(type(other)) as caught, out_of_memory_as(_restated):
+        raise other
+    assert caught.value is other
+
+
+def test_an_inner_restatement_wins_unless_the_outer_block_restates_it() -> None:
+    inner = OutOfMemory("seeds: one batch too large")
+    inner.__cause__ = CPU_ALLOCATOR
+    with pytest.raises(OutOfMemory) as caught, out_of_memory_as(_restated):
+        raise inner
+    assert caught.value is inner
+    with pytest.raises(OutOfMemory, match=r"^batch_size: too large \(it tried to allocate 4096 bytes\)$") as caught:
+        with out_of_memory_as(_restated, restate_inner=True):
+            raise inner
+    assert caught.value.__cause__ is CPU_ALLOCATOR  # the allocator's error, not the inner restatement

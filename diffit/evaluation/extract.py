@@ -1,7 +1,8 @@
 """From an image source to Inception statistics: one pass, batched, with an injected progress callback."""
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor
 from diffit.evaluation.inception import FEATURE_DIM, InceptionV3
 from diffit.evaluation.sources import ImageBatches, npz_keys, open_images
 from diffit.evaluation.statistics import FeatureStats, StatsAccumulator, load_statistics
+from diffit.util import OutOfMemory, out_of_memory_as
 
 __all__ = [
     "Progress",
@@ -36,6 +38,22 @@ def _source(src: str | ImageBatches, batch_size: int, max_count: int | None) -> 
     return open_images(src, batch_size=batch_size, max_count=max_count) if isinstance(src, str) else src
 
 
+@contextmanager
+def _batch_memory(inception: InceptionV3, size: Callable[[], int]) -> Iterator[None]:
+    """An allocation failure reading a batch or computing its Inception outputs raises
+    :class:`~diffit.util.OutOfMemory` naming batch_size; ``size()`` is the size of the batch it was at."""
+    device = next(inception.parameters()).device
+
+    def error(tried: str) -> OutOfMemory:
+        n = size()
+        what = f"Inception features of a batch of {n} image(s)" if n else "reading the first batch of images"
+        advice = "lower the batch size" if n != 1 else "one image does not fit: use a device with more memory"
+        return OutOfMemory(f"batch_size: {what} ran out of memory on {device}{tried}; {advice}")
+
+    with out_of_memory_as(error):
+        yield
+
+
 def evaluate_images(
     src: str | ImageBatches,
     inception: InceptionV3,
@@ -47,18 +65,22 @@ def evaluate_images(
 ) -> ImageEvaluation:
     """Inception pool-feature mean/covariance of every image of ``src`` (a path for ``open_images``, or an
     opened source), plus the softmax probabilities for the Inception Score when ``probabilities``.
-    ValueError when fewer than 2 images were read (no covariance)."""
+    ValueError when fewer than 2 images were read (no covariance); :class:`~diffit.util.OutOfMemory` naming
+    ``batch_size`` when a batch does not fit in memory (other errors pass unchanged)."""
     if probabilities and not inception.has_probabilities:
         raise ValueError(f"inception: {inception.path!r} has no classifier head, so no Inception Score")
     source = _source(src, batch_size, max_count)
     acc = StatsAccumulator()
     probs: list[Tensor] = []
-    for images in source.batches():
-        acc.update(inception(images).cpu())
-        if probabilities:
-            probs.append(inception.probabilities(images).cpu())
-        if progress is not None:
-            progress(acc.count, source.count)
+    size = 0
+    with _batch_memory(inception, lambda: size):
+        for images in source.batches():
+            size = len(images)
+            acc.update(inception(images).cpu())
+            if probabilities:
+                probs.append(inception.probabilities(images).cpu())
+            if progress is not None:
+                progress(acc.count, source.count)
     if acc.count < 2:
         raise ValueError(f"src: a covariance needs at least 2 images, got {acc.count}")
     return ImageEvaluation(acc.result(), torch.cat(probs) if probabilities else None)
@@ -72,15 +94,19 @@ def extract_features(
     max_count: int | None = None,
     progress: Progress | None = None,
 ) -> Float[Tensor, "n 2048"]:
-    """All pool features of ``src``, in the source's order (float32, on the CPU)."""
+    """All pool features of ``src``, in the source's order (float32, on the CPU); OutOfMemory as
+    :func:`evaluate_images`."""
     source = _source(src, batch_size, max_count)
     features: list[Tensor] = []
     done = 0
-    for images in source.batches():
-        features.append(inception(images).cpu())
-        done += len(images)
-        if progress is not None:
-            progress(done, source.count)
+    size = 0
+    with _batch_memory(inception, lambda: size):
+        for images in source.batches():
+            size = len(images)
+            features.append(inception(images).cpu())
+            done += len(images)
+            if progress is not None:
+                progress(done, source.count)
     if not features:
         raise ValueError("src: no images were read")
     return torch.cat(features)

@@ -1,17 +1,29 @@
 """Helpers below every layer (nn, diffusion and data may all import them): atomic files, integer and device
-checks, ranks and seeds."""
+checks, ranks and seeds, allocation failures."""
 
 from diffit.util.files import atomic_path, check_output_path, fsync_dir, fsync_file, write_json
-from diffit.util.runtime import check_device, is_integer, mix_seed, resolve_rank, split_batch
+from diffit.util.runtime import (
+    OutOfMemory,
+    check_device,
+    is_integer,
+    is_out_of_memory,
+    mix_seed,
+    out_of_memory_as,
+    resolve_rank,
+    split_batch,
+)
 
 __all__ = [
+    "OutOfMemory",
     "atomic_path",
     "check_device",
     "check_output_path",
     "fsync_dir",
     "fsync_file",
     "is_integer",
+    "is_out_of_memory",
     "mix_seed",
+    "out_of_memory_as",
     "resolve_rank",
     "split_batch",
     "write_json",

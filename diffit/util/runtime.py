@@ -1,11 +1,24 @@
-"""What every layer checks about a run: integer arguments, devices, ranks, and seeds derived from them."""
+"""What every layer checks about a run: integer arguments, devices, ranks, seeds derived from them, and
+allocation failures restated as the argument that sets the memory."""
 
 import hashlib
 import numbers
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["check_device", "is_integer", "mix_seed", "resolve_rank", "split_batch"]
+__all__ = [
+    "OutOfMemory",
+    "check_device",
+    "is_integer",
+    "is_out_of_memory",
+    "mix_seed",
+    "out_of_memory_as",
+    "resolve_rank",
+    "split_batch",
+]
 
 
 def is_integer(value: object) -> bool:
@@ -62,3 +75,37 @@ def mix_seed(*parts: int) -> int:
     """
     digest = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class OutOfMemory(torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError since torch 2.5
+    """An allocation failure restated in one line that starts with the argument setting the memory it needed
+    (``batch_size``, say) and says what to change; the allocator's error is the ``__cause__``. Still caught as
+    torch's ``OutOfMemoryError``."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure: CUDA's ``OutOfMemoryError``, the CPU allocator's RuntimeError
+    ("can't allocate memory", on Windows "not enough memory"), another backend's "out of memory", or a
+    MemoryError (numpy, Python). Any other error is not."""
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        words in text for words in ("can't allocate memory", "not enough memory", "out of memory")
+    )
+
+
+@contextmanager
+def out_of_memory_as(error: Callable[[str], OutOfMemory], *, restate_inner: bool = False) -> Iterator[None]:
+    """Inside the block, an allocation failure (:func:`is_out_of_memory`) is raised as ``error(tried)`` from it,
+    ``tried`` being " (it tried to allocate 2.00 GiB)" when the allocator said how much, else "". Every other
+    error passes unchanged, and so does an :class:`OutOfMemory` raised inside (its message is the nearer one)
+    unless ``restate_inner``: the block's own argument is then the one to change."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err) or (isinstance(err, OutOfMemory) and not restate_inner):
+            raise
+        allocator = err.__cause__ if isinstance(err, OutOfMemory) and err.__cause__ is not None else err
+        size = re.search(r"(?i)allocate (\d[\d.]* ?(?:bytes|[KMGTPE]i?B))", str(allocator))
+        raise error(f" (it tried to allocate {size.group(1)})" if size else "") from allocator
