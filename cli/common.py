@@ -1,8 +1,9 @@
 """What the commands share: one-line failures with exit code 2, shared options, the progress bar."""
 
 import re
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Annotated, NoReturn
 
 import torch
@@ -50,12 +51,19 @@ def fail_from(err: Exception, ctx: typer.Context | None = None, aliases: dict[st
 
 
 @contextmanager
-def refusing(ctx: typer.Context | None = None, aliases: dict[str, str] | None = None) -> Iterator[None]:
-    """Turn the library's ValueError / FileNotFoundError raised inside the block into a one-line exit 2."""
-    try:
-        yield
-    except (ValueError, FileNotFoundError) as err:
-        fail_from(err, ctx, aliases)
+def refusing(
+    ctx: typer.Context | None = None, aliases: dict[str, str] | None = None, *, hold_warnings: bool = False
+) -> Iterator[None]:
+    """Turn the library's ValueError / FileNotFoundError raised inside the block into a one-line exit 2. With
+    ``hold_warnings`` (a block of checks before any work), the warnings raised inside are shown only once the
+    block has refused nothing: a refused invocation prints its error line alone."""
+    with warnings.catch_warnings(record=True) if hold_warnings else nullcontext() as held:
+        try:
+            yield
+        except (ValueError, FileNotFoundError) as err:
+            fail_from(err, ctx, aliases)
+    for w in held or []:  # shown as if never held (catch_warnings has put showwarning back)
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
 
 
 def check_precision(precision: str) -> str:

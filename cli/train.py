@@ -119,7 +119,7 @@ def train_command(
 ) -> None:
     """Train DiffiT. With no --data: the class-conditional tiny model on the bundled 16x16 digits."""
     set_tf32(tf32)
-    with refusing(ctx, {"betas": "--beta1/--beta2", "factory": "--model-factory"}):
+    with refusing(ctx, {"betas": "--beta1/--beta2", "factory": "--model-factory"}, hold_warnings=True):
         check_train_args(
             steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=world_size(), lr=lr,
             warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,

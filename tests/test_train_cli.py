@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 from diffit.data import array_source, encode_latents, write_image_shards
 from diffit.nn import ImageDiffiT
 from diffit.runs import preview_needs_vae
+from diffit_cli.common import refusing
 from diffit_cli.main import app
 
 runner = CliRunner()
@@ -88,6 +90,7 @@ def test_latent_training_on_encoded_shards(tmp_path: Path, tiny_vae: str) -> Non
     data = str(tmp_path / "lat" / "l-{000..001}.tar")
     mismatch = runner.invoke(app, ["train", "--latent", "--data", data, "--res", "16", "--out", str(tmp_path / "x")])
     assert mismatch.exit_code == 2 and "does not match the data's resolution 8" in mismatch.output
+    assert len(mismatch.output.strip().splitlines()) == 1  # without the warning that no --vae means no grids
     for wrong, hint in (
         ([], "these are latent shards; train with latent=True (--latent)"),
         (["--latent", "--data", str(tmp_path / "img" / "i-000.tar")], "these are image shards"),
@@ -171,3 +174,17 @@ def test_same_seed_gives_bit_identical_runs(tmp_path: Path) -> None:
     a = load_file(str(tmp_path / "a" / "ckpt-00000002" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "ckpt-00000002" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_warnings_of_the_checks_are_shown_only_when_nothing_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    shown: list[str] = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *args, **kwargs: shown.append(str(message)))
+    with refusing(hold_warnings=True):
+        warnings.warn("vae 'x' is unused", UserWarning, stacklevel=1)
+        assert shown == []  # held until the checks are done
+    assert shown == ["vae 'x' is unused"]
+    shown.clear()
+    with pytest.raises(typer.Exit) as caught, refusing(hold_warnings=True):
+        warnings.warn("sample_every=500 writes no grids", UserWarning, stacklevel=1)
+        raise ValueError("data: does not exist")
+    assert caught.value.exit_code == 2 and shown == []  # the refusal is the invocation's one line
