@@ -159,7 +159,15 @@ train --batch-size 1000000000000000
 sample --cfg 2 --class 0 --guidance-interval 100,200
 sample --cfg 2 --class 0 --guidance-interval 0.0001,0.001
 sample --cfg 2 --class 0 --steps 2 --guidance-interval 1,2
+sample --out {near}.png
+sample --out {long}
+train --out {long}
+eval stats full {long}.npz
+eval stats full /proc/x.npz
+eval fid full full --json /proc/x.json
+data shard full o/{near}-%06d.tar
 """.strip().splitlines()
+NAMES = {"near": "n" * 251, "long": "n" * 256}  # a name that fits (255 bytes with .png), and one that does not
 root = pathlib.Path(tempfile.mkdtemp())
 os.chdir(root)
 (root / "notes.txt").write_text("x")
@@ -168,7 +176,7 @@ os.chdir(root)
 (root / "empty").mkdir()
 bad = 0
 for line in cases:
-    args = shlex.split(line)
+    args = shlex.split(line.replace("{near}", NAMES["near"]).replace("{long}", NAMES["long"]))
     if args[0] == "train" and "--steps" not in args:
         args[1:1] = ["--steps", "1"]
     if args[0] == "train" and "--batch-size" not in args:

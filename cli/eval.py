@@ -23,7 +23,7 @@ from diffit.evaluation import (
     reference_statistics,
     save_statistics,
 )
-from diffit.util import OutOfMemory, check_device, write_json
+from diffit.util import OutOfMemory, check_device, check_output_path, write_json
 from diffit_cli.common import Device, console, fail, fail_from, progress_bar
 
 eval_app = typer.Typer(name="eval", help="Inception statistics, FID and Inception Score.", no_args_is_help=True)
@@ -53,6 +53,10 @@ def _check_out(path: str, option: str, suffix: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         fail(f"{option}: folder {folder!r} does not exist")
+    try:  # a name too long, a folder nothing can be written to (/proc): refused before any work, not after it
+        check_output_path(path, name=option, file=True)
+    except ValueError as exc:
+        fail(_message(exc))
 
 
 def _check_count(count: int | None, name: str) -> None:

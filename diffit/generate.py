@@ -527,8 +527,11 @@ def images_out_kind(out: str | Path) -> str:
         raise ValueError(f"out {path}: a .png or .npz file needs a name before its suffix")
     if kind is None:
         raise ValueError(f"out must be a .png file, an .npz file or a directory (no suffix), got {path}")
-    # A file among its parents, or a folder nothing can be written to (an existing out file is replaced).
-    check_output_path(path if kind == "dir" else path.parent, name="out")
+    # A file among its parents, a folder nothing can be written to, a name too long (the protocol's too): an
+    # existing out file is replaced.
+    check_output_path(path, name="out", file=kind != "dir")
+    if kind != "dir":
+        check_output_path(path.with_suffix(".json"), name="out", file=True)
     if not path.parent.is_dir():
         raise ValueError(f"out {path}: directory {path.parent} does not exist")
     if kind == "dir" and path.exists() and (not path.is_dir() or any(path.iterdir())):

@@ -426,8 +426,8 @@ BAD = [
     ("sample", ["--cfg-schedule", "zigzag"], "--cfg-schedule (guidance) must be"),
     ("sample", ["--out", "x.jpg"], "--out must be a .png file, an .npz file or a directory"),
     ("sample", ["--out", ".png"], "--out .png: a .png or .npz file needs a name before its suffix"),  # a dir before
-    ("sample", ["--out", "notes.txt/x.png"], "--out notes.txt: notes.txt is a file, not a directory"),
-    ("sample", ["--out", "/proc/x.png"], "--out /proc: cannot create anything in /proc"),  # after sampling before
+    ("sample", ["--out", "notes.txt/x.png"], "--out notes.txt/x.png: notes.txt is a file, not a directory"),
+    ("sample", ["--out", "/proc/x.png"], "--out /proc/x.png: cannot create anything in /proc"),  # after sampling before
     ("sample", ["--class", "\u00b2"], "--class must be non-negative integers"),  # '²'.isdigit(): a traceback
     ("sample", ["--seeds", "0-\u0663"], "--seeds must be non-negative integers"),
     ("sample", ["--cfg", "1e39", "--class", "0"], "--cfg (guidance scale) must be a finite number >= 0 (float32)"),
@@ -455,6 +455,15 @@ BAD = [
     ("info", ["--res", "0"], "--res must be >= 1"),
     ("info", ["--model", "xl2", "--res", "100"], "multiple of 8"),
     ("info", ["--model", "giant"], "--model must be one of"),
+    # Names longer than the file system takes (or whose .json protocol or temporary name would be): an OSError
+    # traceback before, after the sampling or the statistics for sample and eval
+    ("sample", ["--out", "n" * 251 + ".png"], "bytes is longer than the 255 its file system takes"),
+    ("sample", ["--out", "n" * 256], "--out nnnn"),
+    ("train", ["--out", "n" * 300], "--out nnnn"),
+    ("eval", ["stats", "full", "n" * 256 + ".npz"], "OUT nnnn"),
+    ("eval", ["stats", "full", "/proc/x.npz"], "OUT /proc/x.npz: cannot create anything in /proc"),
+    ("eval", ["fid", "full", "full", "--json", "/proc/x.json"], "--json /proc/x.json: cannot create anything"),
+    ("data", ["shard", "full", "o/" + "n" * 250 + "-%06d.tar"], "out_pattern o/nnnn"),  # it left o/ behind
     # What typer itself refuses: a one-line error too, not its boxed panel
     ("train", ["--res", "abc"], "error: Invalid value for '--res': "),
     ("train", ["--unknown", "3"], "error: No such option: --unknown; see 'diffit train --help'"),

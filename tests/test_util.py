@@ -1,12 +1,22 @@
 """diffit.util: the checks every layer shares."""
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from diffit.util import OutOfMemory, check_device, is_integer, is_out_of_memory, out_of_memory_as, split_batch
+from diffit.util import (
+    OutOfMemory,
+    atomic_path,
+    check_device,
+    check_output_path,
+    is_integer,
+    is_out_of_memory,
+    out_of_memory_as,
+    split_batch,
+)
 
 
 def test_is_integer_takes_python_and_numpy_integers_only() -> None:
@@ -81,3 +91,20 @@ def test_an_inner_restatement_wins_unless_the_outer_block_restates_it() -> None:
         with out_of_memory_as(_restated, restate_inner=True):
             raise inner
     assert caught.value.__cause__ is CPU_ALLOCATOR  # the allocator's error, not the inner restatement
+
+
+def test_a_name_near_the_length_limit_is_written_atomically_and_one_past_it_refused_before_any_work(
+    tmp_path: Path,
+) -> None:
+    near = tmp_path / ("n" * 251 + ".npz")  # 255 bytes: its temporary name was 266, "File name too long"
+    with atomic_path(near) as tmp:
+        assert len(tmp.name) <= 255 and tmp.parent == tmp_path
+        tmp.write_bytes(b"whole")
+    assert [p.name for p in tmp_path.iterdir()] == [near.name] and near.read_bytes() == b"whole"
+    assert check_output_path(near, file=True) == near  # an existing file is replaced
+    for long in (tmp_path / ("n" * 256), tmp_path / ("n" * 300) / "run", tmp_path / "run" / ("n" * 256 + ".png")):
+        with pytest.raises(ValueError, match=r"^out .*: a name of (256|300|260) bytes is longer than the 255 its"):
+            check_output_path(long, file=long.suffix == ".png")  # an OSError from os.stat before
+    assert [p.name for p in tmp_path.iterdir()] == [near.name]
+    with pytest.raises(ValueError, match=r"is a file, not a directory$"):
+        check_output_path(near / "x.png", file=True)  # a file among the parents, as before

@@ -295,9 +295,11 @@ class ShardWriter:
 
 
 def check_out_folder(out_pattern: str) -> str:
-    """The folder of ``out_pattern``, after checking that it is, or can be created as, a writable folder."""
+    """The folder of ``out_pattern`` (a valid pattern), after checking that it is, or can be created as, a writable
+    folder, and that a shard's name fits its file system (as written: with ``.tmp`` added)."""
     folder = os.path.dirname(os.path.abspath(out_pattern))
     check_output_path(os.path.join(folder, ""), name="out_pattern")
+    check_output_path(out_pattern % 0 + ".tmp", name="out_pattern", file=True)
     return folder
 
 

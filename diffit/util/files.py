@@ -1,5 +1,6 @@
 """Atomic writes: a file appears complete under its final name or not at all."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
     when the block ends it is renamed onto ``path``, after an fsync when ``durable``. On any error, or a
     signal that unwinds the block, the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    tmp = path.with_name(_temporary_name(path))
     try:
         yield tmp
         if durable:
@@ -47,6 +48,29 @@ def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
         raise
 
 
+def _temporary_name(path: Path) -> str:
+    """``.{stem}.tmp-{pid}{suffix}``; for a name near the file system's length limit, its stem is shortened and a
+    hash of the whole name added, so that every name that can be written has a temporary name too."""
+    name, limit = f".{path.stem}.tmp-{os.getpid()}{path.suffix}", _name_max(path.parent)
+    if len(os.fsencode(name)) <= limit:
+        return name
+    digest = hashlib.blake2b(os.fsencode(path.name), digest_size=4).hexdigest()
+    stem = path.stem
+    while stem and len(os.fsencode(name := f".{stem}~{digest}.tmp-{os.getpid()}{path.suffix}")) > limit:
+        stem = stem[:-1]
+    return name
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder``, or of its nearest existing ancestor, takes."""
+    while not os.path.isdir(folder) and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no such limit known
+        return 255
+
+
 def write_json(path: str | Path, record: dict[str, Any]) -> None:
     """Write ``record`` to ``path`` as indented JSON, atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -54,13 +78,23 @@ def write_json(path: str | Path, record: dict[str, Any]) -> None:
         f.write("\n")
 
 
-def check_output_path(path: str | Path, *, name: str = "out") -> Path:
-    """``path`` as a Path that can be created and written: not empty, no existing file among its parents, and
-    its nearest existing ancestor writable. ValueError (one line, naming ``name``) otherwise; nothing is made."""
+def check_output_path(path: str | Path, *, name: str = "out", file: bool = False) -> Path:
+    """``path`` as a Path that can be created and written: not empty, no existing file among its parents, no
+    part of it longer than its file system allows, and its nearest existing ancestor writable. ``file``: path
+    is a file to write (an existing one is replaced), else a folder. ValueError (one line, naming ``name``)
+    otherwise; nothing is made."""
     text = str(path)
     if not text.strip():
         raise ValueError(f"{name} must be a path, got {text!r}")
     p = Path(text)
+    limit = _name_max(p.parent)
+    long = next((part for part in p.parts if len(os.fsencode(part)) > limit), None)
+    if long is not None:  # checked first: os.stat of such a path raises instead of answering
+        raise ValueError(
+            f"{name} {text}: a name of {len(os.fsencode(long))} bytes is longer than the {limit} its file system takes"
+        )
+    if file:
+        p = p.parent
     ancestor = p.parent if not p.exists() else p
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -70,4 +104,4 @@ def check_output_path(path: str | Path, *, name: str = "out") -> Path:
         os.rmdir(tempfile.mkdtemp(prefix=".diffit-probe-", dir=ancestor))
     except OSError:
         raise ValueError(f"{name} {text}: cannot create anything in {ancestor}") from None
-    return p
+    return Path(text)
