@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from diffit.util import OutOfMemory
+
 console = Console(stderr=True)
 
 Precision = Annotated[str, typer.Option(help="fp32 or bf16 (autocast; weights stay fp32).")]
@@ -64,6 +66,16 @@ def refusing(
             fail_from(err, ctx, aliases)
     for w in held or []:  # shown as if never held (catch_warnings has put showwarning back)
         warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
+@contextmanager
+def out_of_memory(ctx: typer.Context | None = None, aliases: dict[str, str] | None = None) -> Iterator[None]:
+    """The library's OutOfMemory (it names the argument that sets the memory) as a one-line exit 2. Put it
+    outside a progress bar's block, so that the bar is gone before the line is printed."""
+    try:
+        yield
+    except OutOfMemory as err:
+        fail_from(err, ctx, aliases)
 
 
 def check_precision(precision: str) -> str:

@@ -2,8 +2,6 @@
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -27,7 +25,7 @@ from diffit.generate import (
 from diffit.objectives import ADMObjective
 from diffit.release import check_release_resolution
 from diffit.runs import import_factory
-from diffit.util import OutOfMemory, check_device
+from diffit.util import check_device
 from diffit_cli.common import (
     MAX_IDS,
     TF32,
@@ -36,7 +34,7 @@ from diffit_cli.common import (
     check_precision,
     console,
     fail,
-    fail_from,
+    out_of_memory,
     parse_int_ranges,
     refusing,
     set_tf32,
@@ -151,11 +149,11 @@ def sample_command(
     dist = init_distributed(device)
     model = model.to(dist.device)
     bar, callback, state = _progress(len(range(dist.rank, len(seed_list), dist.world_size)), batch_size, steps, dist)
-    with refusing(ctx, _GUIDANCE_ALIASES), _out_of_memory(ctx):  # before the bar starts: its only line
+    with refusing(ctx, _GUIDANCE_ALIASES), out_of_memory(ctx):  # before the bar starts: its only line
         sigmas, fit_nfe = sampling_sigmas(
             model, steps, sampler=sampler_name, schedule=schedule, objective=objective, guidance=guidance
         )
-    with _out_of_memory(ctx), bar, refusing(ctx):  # the bar is gone before the error is printed
+    with out_of_memory(ctx), bar, refusing(ctx):  # the bar is gone before the error is printed
         images = generate(
             model, sampler=SAMPLERS[sampler_name], sigmas=sigmas, seeds=seed_list, labels=labels, guidance=guidance,
             objective=objective, precision=precision, batch_size=batch_size, decode=decode, dist=dist,
@@ -181,15 +179,6 @@ def sample_command(
 _GUIDANCE_ALIASES = {"scale": "--cfg", "schedule": "--cfg-schedule", "channels": "--cfg-channels",
                      "interval": "--guidance-interval", "classes": "--class",
                      "release_resolution": "--release-res"}  # fmt: skip
-
-
-@contextmanager
-def _out_of_memory(ctx: typer.Context) -> Iterator[None]:
-    """The library's OutOfMemory (a batch, a schedule fit or all the images too large) as its one line, exit 2."""
-    try:
-        yield
-    except OutOfMemory as err:
-        fail_from(err, ctx)
 
 
 def _interval(text: str) -> tuple[float, float]:

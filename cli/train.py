@@ -23,7 +23,7 @@ from diffit.runs import (
 )
 from diffit.train import TrainingDiverged, TrainingOutOfMemory, check_run_dir, check_train_args, train
 from diffit.util import check_device
-from diffit_cli.common import TF32, Device, Precision, console, fail_from, refusing, set_tf32
+from diffit_cli.common import TF32, Device, Precision, console, fail_from, out_of_memory, refusing, set_tf32
 
 
 def train_command(
@@ -119,7 +119,8 @@ def train_command(
 ) -> None:
     """Train DiffiT. With no --data: the class-conditional tiny model on the bundled 16x16 digits."""
     set_tf32(tf32)
-    with refusing(ctx, {"betas": "--beta1/--beta2", "factory": "--model-factory"}, hold_warnings=True):
+    aliases = {"betas": "--beta1/--beta2", "factory": "--model-factory"}
+    with out_of_memory(ctx, aliases), refusing(ctx, aliases, hold_warnings=True):
         check_train_args(
             steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=world_size(), lr=lr,
             warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,

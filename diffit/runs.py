@@ -42,6 +42,7 @@ from diffit.nn import (
     latent_diffit_xl_2,
 )
 from diffit.train import DataFn
+from diffit.util import OutOfMemory, out_of_memory_as
 
 __all__ = [
     "IMAGE_PRESETS",
@@ -214,11 +215,32 @@ def build_backbone(
     """A fresh backbone for ``data``: ``factory(resolution=side, in_channels=channels, num_classes=...)`` when
     given, else the preset ``model`` (image: tiny | cifar10 | ffhq64; latent: s2 | b2 | l2 | xl2). Unlabelled
     data gives an unconditional model. ``grad_checkpointing`` switches it on through the model's
-    ``set_grad_checkpointing``. Seed torch's RNG first for reproducible initial weights."""
+    ``set_grad_checkpointing``. Seed torch's RNG first for reproducible initial weights. A model too large for
+    memory (a dataset.json claiming 10^12 classes, say) raises :class:`~diffit.util.OutOfMemory` naming
+    model (or factory)."""
     if not 0 <= augment <= 1:
         raise ValueError(f"augment must be in [0, 1], got {augment}")
     if augment > 0 and data.latent:
         raise ValueError("augment is for image-space training only")
+    name = f"factory {getattr(factory, '__qualname__', factory)}" if factory is not None else f"model {model}"
+    with out_of_memory_as(
+        lambda tried: OutOfMemory(
+            f"{name}: a model for the data ({data.side}x{data.side}, {data.channels} channel(s), "
+            f"{data.num_classes or 0} classes, as its dataset.json says) does not fit in memory{tried}; choose a "
+            "smaller model, or check the data's dataset.json"
+        )
+    ):
+        net = _backbone(data, model=model, factory=factory, augment=augment)
+    check_backbone(net, what="model_factory returned a model that")
+    if grad_checkpointing:
+        if not hasattr(net, "set_grad_checkpointing"):
+            raise ValueError("grad_checkpointing: the model has no set_grad_checkpointing(enabled) method")
+        net.set_grad_checkpointing(True)
+    return net
+
+
+def _backbone(data: TrainingData, *, model: str, factory: Callable[..., nn.Module] | None, augment: float) -> nn.Module:
+    """:func:`build_backbone`'s model, before its checks."""
     if factory is not None:
         try:
             net = factory(resolution=data.side, in_channels=data.channels, num_classes=data.num_classes)
@@ -240,11 +262,6 @@ def build_backbone(
                 )  # fmt: skip
         except ValueError as err:
             raise ValueError(f"model {model} at res {data.resolution}: {err}") from None
-    check_backbone(net, what="model_factory returned a model that")
-    if grad_checkpointing:
-        if not hasattr(net, "set_grad_checkpointing"):
-            raise ValueError("grad_checkpointing: the model has no set_grad_checkpointing(enabled) method")
-        net.set_grad_checkpointing(True)
     return net
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from diffit.data import array_source, encode_latents, write_image_shards
 from diffit.nn import ImageDiffiT
-from diffit.runs import preview_needs_vae
+from diffit.runs import IMAGE_PRESETS, preview_needs_vae
 from diffit_cli.common import refusing
 from diffit_cli.main import app
 
@@ -188,3 +188,21 @@ def test_warnings_of_the_checks_are_shown_only_when_nothing_is_refused(monkeypat
         warnings.warn("sample_every=500 writes no grids", UserWarning, stacklevel=1)
         raise ValueError("data: does not exist")
     assert caught.value.exit_code == 2 and shown == []  # the refusal is the invocation's one line
+
+
+def test_a_model_too_large_for_memory_is_one_line_naming_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def tiny(**kwargs: object) -> None:  # what building a 10^12-class label embedding raised: a traceback
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 512000000000512 bytes.")
+
+    monkeypatch.setitem(IMAGE_PRESETS, "tiny", tiny)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--batch-size", "4", "--steps", "1", "--device", "cpu", "--out", str(run)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (
+        "error: --model tiny: a model for the data (16x16, 1 channel(s), 10 classes, as its dataset.json says) does "
+        "not fit in memory (it tried to allocate 512000000000512 bytes); choose a smaller model, or check the "
+        "data's dataset.json"
+    )
+    assert not run.exists()
