@@ -166,6 +166,7 @@ eval stats full {long}.npz
 eval stats full /proc/x.npz
 eval fid full full --json /proc/x.json
 data shard full o/{near}-%06d.tar
+train --data full
 """.strip().splitlines()
 NAMES = {"near": "n" * 251, "long": "n" * 256}  # a name that fits (255 bytes with .png), and one that does not
 root = pathlib.Path(tempfile.mkdtemp())

@@ -73,6 +73,13 @@ def test_url_patterns_are_counted_before_they_are_expanded():
         expand_urls("x/t-{0..99999999999}.tar")  # exhausted the memory before
 
 
+def test_a_folder_given_as_a_shard_is_not_said_not_to_exist(tmp_path):
+    with pytest.raises(ValueError, match=r"^urls: shard '.*' is a folder, not a shard: name its shards, e\.g\. with a"):
+        expand_urls(str(tmp_path))  # "does not exist" of a folder that does
+    with pytest.raises(ValueError, match=r"^urls: shard '.*missing.tar' does not exist \(pattern"):
+        expand_urls(str(tmp_path / "missing.tar"))
+
+
 def test_url_variables_and_unbalanced_braces_are_one_line_url_errors(monkeypatch):
     monkeypatch.delenv("WDS_X", raising=False)
     with pytest.raises(

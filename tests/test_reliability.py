@@ -464,6 +464,7 @@ BAD = [
     ("eval", ["stats", "full", "/proc/x.npz"], "OUT /proc/x.npz: cannot create anything in /proc"),
     ("eval", ["fid", "full", "full", "--json", "/proc/x.json"], "--json /proc/x.json: cannot create anything"),
     ("data", ["shard", "full", "o/" + "n" * 250 + "-%06d.tar"], "out_pattern o/nnnn"),  # it left o/ behind
+    ("train", ["--data", "full"], "--data 'full': urls: shard 'full' is a folder, not a shard"),  # "does not exist"
     # What typer itself refuses: a one-line error too, not its boxed panel
     ("train", ["--res", "abc"], "error: Invalid value for '--res': "),
     ("train", ["--unknown", "3"], "error: No such option: --unknown; see 'diffit train --help'"),

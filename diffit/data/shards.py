@@ -90,7 +90,9 @@ def expand_urls(urls: str | list[str] | tuple[str, ...]) -> list[str]:
     missing = [u for u in expanded if is_local(u) and not os.path.isfile(u.removeprefix("file:"))]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ValueError(f"urls: shard {missing[0]!r} does not exist{more} (pattern {urls!r})")
+        folder = os.path.isdir(missing[0].removeprefix("file:"))  # it said "does not exist" of a folder
+        what = "is a folder, not a shard: name its shards, e.g. with a brace pattern" if folder else "does not exist"
+        raise ValueError(f"urls: shard {missing[0]!r} {what}{more} (pattern {urls!r})")
     return expanded
 
 
