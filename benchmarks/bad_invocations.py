@@ -6,6 +6,7 @@ import pathlib
 import shlex
 import tempfile
 
+import numpy as np
 from typer.testing import CliRunner
 
 from diffit_cli.main import app
@@ -167,6 +168,7 @@ eval stats full /proc/x.npz
 eval fid full full --json /proc/x.json
 data shard full o/{near}-%06d.tar
 train --data full
+eval stats images.npz images.npz
 """.strip().splitlines()
 NAMES = {"near": "n" * 251, "long": "n" * 256}  # a name that fits (255 bytes with .png), and one that does not
 root = pathlib.Path(tempfile.mkdtemp())
@@ -175,6 +177,7 @@ os.chdir(root)
 (root / "full").mkdir()
 (root / "full" / "000000.png").write_bytes(b"x")
 (root / "empty").mkdir()
+np.savez(root / "images.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8))  # images that are never to be replaced
 bad = 0
 for line in cases:
     args = shlex.split(line.replace("{near}", NAMES["near"]).replace("{long}", NAMES["long"]))

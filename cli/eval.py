@@ -14,6 +14,7 @@ from diffit.checkpoint import sha256_file
 from diffit.evaluation import (
     ImageBatches,
     InceptionV3,
+    check_statistics_out,
     evaluate_images,
     frechet_distance,
     inception_score_from_probabilities,
@@ -109,6 +110,10 @@ def stats(
 ) -> None:
     """Inception pool-feature mean and covariance of SRC, written to OUT.npz (usable as REF of `eval fid`)."""
     _check_out(out, "OUT", ".npz")
+    try:  # never over images (SRC itself, a reference batch): they would be lost
+        check_statistics_out(out)
+    except ValueError as exc:
+        fail("OUT" + _message(exc).removeprefix("out"))
     device = _device(device)
     source = _open(ctx, src, "SRC", batch_size, max_count)
     _check_count(source.count, "SRC")

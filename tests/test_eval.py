@@ -485,3 +485,20 @@ def test_cli_a_batch_out_of_memory_is_one_line_naming_batch_size_and_writes_noth
         "allocate 34359738368 bytes); lower the batch size"
     )
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_statistics_never_replace_images_the_source_itself_or_a_reference_batch(tmp_path, stand_in):
+    images = _tiny_images(6, 5)
+    np.savez(tmp_path / "s.npz", arr_0=images)
+    np.savez(tmp_path / "ref.npz", arr_0=images, mu=np.zeros(2), sigma=np.eye(2))  # ADM's layout
+    stats = FeatureStats(np.zeros(FEATURE_DIM), np.eye(FEATURE_DIM), 6)
+    for name, held in (("s.npz", "holds arr_0"), ("ref.npz", "holds arr_0, mu, sigma")):
+        with pytest.raises(ValueError, match=f"^out: '.*{name}' {held}, not statistics, and is never replaced"):
+            save_statistics(str(tmp_path / name), stats)
+        result = runner.invoke(app, ["eval", "stats", str(tmp_path / "s.npz"), str(tmp_path / name), "--inception",
+                                     stand_in, "--device", "cpu"])  # fmt: skip
+        assert result.exit_code == 2 and result.output.startswith(f"error: OUT: '{tmp_path / name}' {held}")
+    assert np.array_equal(np.load(tmp_path / "s.npz")["arr_0"], images)  # the images were replaced by statistics
+    save_statistics(str(tmp_path / "stats.npz"), stats)
+    save_statistics(str(tmp_path / "stats.npz"), stats)  # statistics replace statistics
+    assert load_statistics(str(tmp_path / "stats.npz")).count == 6

@@ -465,6 +465,7 @@ BAD = [
     ("eval", ["fid", "full", "full", "--json", "/proc/x.json"], "--json /proc/x.json: cannot create anything"),
     ("data", ["shard", "full", "o/" + "n" * 250 + "-%06d.tar"], "out_pattern o/nnnn"),  # it left o/ behind
     ("train", ["--data", "full"], "--data 'full': urls: shard 'full' is a folder, not a shard"),  # "does not exist"
+    ("eval", ["stats", "images.npz", "images.npz"], "OUT: 'images.npz' holds arr_0, not statistics"),  # lost them
     # What typer itself refuses: a one-line error too, not its boxed panel
     ("train", ["--res", "abc"], "error: Invalid value for '--res': "),
     ("train", ["--unknown", "3"], "error: No such option: --unknown; see 'diffit train --help'"),
@@ -486,6 +487,7 @@ def test_bad_invocations_are_clean_refusals(
     (tmp_path / "notes.txt").write_text("not a directory")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "000000.png").write_bytes(b"an older image")
+    np.savez(tmp_path / "images.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8))
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     extra = ["--steps", "1", "--batch-size", "4"] if command == "train" and "--batch-size" not in args else []
     res = runner.invoke(app, [command, *extra, *args])

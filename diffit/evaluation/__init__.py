@@ -20,6 +20,7 @@ from diffit.evaluation.sources import ImageBatches, npz_keys, open_images
 from diffit.evaluation.statistics import (
     FeatureStats,
     StatsAccumulator,
+    check_statistics_out,
     feature_statistics,
     frechet_distance,
     inception_score,
@@ -37,6 +38,7 @@ __all__ = [
     "InceptionV3",
     "Progress",
     "StatsAccumulator",
+    "check_statistics_out",
     "default_inception_path",
     "evaluate_images",
     "extract_features",

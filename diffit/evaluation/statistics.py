@@ -24,6 +24,7 @@ __all__ = [
     "frechet_distance",
     "inception_score",
     "inception_score_from_probabilities",
+    "check_statistics_out",
     "load_statistics",
     "save_statistics",
 ]
@@ -159,11 +160,33 @@ def inception_score(logits: Float[Tensor, "n k"], splits: int = 10) -> tuple[flo
     return inception_score_from_probabilities(torch.softmax(logits.detach().double(), dim=1), splits)
 
 
-def save_statistics(path: str, stats: FeatureStats) -> None:
-    """Write ``{mu, sigma, count}`` to ``path`` (.npz) atomically: a temporary file in the same folder, renamed."""
+def check_statistics_out(path: str) -> None:
+    """ValueError unless ``path`` can take a statistics file: its folder exists, and it is new or a statistics
+    file (``mu``, ``sigma``, ``count`` only). An ``.npz`` of images, the source itself say, or an ADM reference
+    batch (images beside ``mu``/``sigma``), is never replaced."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"out: folder {folder!r} does not exist")
+    if not os.path.lexists(path):
+        return
+    members = None
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if isinstance(npz, np.lib.npyio.NpzFile):  # else a single .npy array
+            with npz:
+                members = set(npz.files)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error):
+        pass
+    if members is None or not members <= {"mu", "sigma", "count"}:
+        held = "exists and is no .npz" if members is None else f"holds {', '.join(sorted(members))}"
+        held = "is a folder" if os.path.isdir(path) else held
+        raise ValueError(f"out: {path!r} {held}, not statistics, and is never replaced; choose another file")
+
+
+def save_statistics(path: str, stats: FeatureStats) -> None:
+    """Write ``{mu, sigma, count}`` to ``path`` (.npz) atomically: a temporary file in the same folder, renamed.
+    ValueError, before anything is written, where :func:`check_statistics_out` refuses ``path``."""
+    check_statistics_out(path)
     count = np.int64(-1 if stats.count is None else stats.count)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, mu=stats.mu, sigma=stats.sigma, count=count)
