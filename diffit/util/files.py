@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "check_output_path", "fsync_dir", "fsync_file", "write_json"]
-
 
 def fsync_file(path: str | Path) -> None:
     """Flush the file at ``path`` to disk."""

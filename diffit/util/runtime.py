@@ -9,17 +9,6 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = [
-    "OutOfMemory",
-    "check_device",
-    "is_integer",
-    "is_out_of_memory",
-    "mix_seed",
-    "out_of_memory_as",
-    "resolve_rank",
-    "split_batch",
-]
-
 
 def is_integer(value: object) -> bool:
     """Whether ``value`` is an integer (Python's or NumPy's), not a bool and not a float such as 1.5 or 2.0."""
