@@ -163,3 +163,8 @@ def test_encode_refuses_to_resume_with_other_vae_weights(tmp_path, tiny_vae, ima
         next(vae.parameters()).add_(1.0)  # the same class, other weights: its latents would be mixed in silently
     with pytest.raises(ValueError, match="other inputs or settings \\(vae_weights\\); choose an empty folder$"):
         encode_latents(image_shards, out, vae=vae, resolution=8)
+    record = json.loads((tmp_path / "lat" / ".encode.json").read_text())
+    del record["job"]["vae_weights"]  # as an older diffit wrote it
+    (tmp_path / "lat" / ".encode.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="other inputs or settings \\(vae_weights; its record predates vae_weights\\)"):
+        encode_latents(image_shards, out, vae=vae, resolution=8)

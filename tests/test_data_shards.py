@@ -105,7 +105,8 @@ def test_a_dataset_json_with_fields_of_other_types_is_refused_naming_the_field(t
         ({"count": 3}, "count must be the sum of the shards' counts \\(2\\), got 3"),
         ({"kind": "video"}, "kind must be 'image' or 'latent', got 'video'"),
         ({"channels": 0}, "channels must be a positive channel count, got 0"),
-        ({"resolution": 0}, "resolution must be a positive side length or null, got 0"),
+        ({"resolution": 0}, "resolution must be in 1..8192 or null, got 0"),
+        ({"resolution": 100000}, "resolution must be in 1..8192 or null, got 100000"),  # named no file before
         ({"class_names": [0, 1]}, "class_names must be a list of strings, got \\[0, 1\\]"),
         (
             {"shards": [good["shards"][0] | {"name": "../a-000.tar"}]},

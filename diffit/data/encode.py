@@ -16,13 +16,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from diffit.data.images import SD_SCALE_FACTOR, ImageDecoder, check_resolution
+from diffit.data.images import SD_SCALE_FACTOR, ImageDecoder
 from diffit.data.shards import (
     BadSampleLog,
     Manifest,
     ShardInfo,
     ShardWriter,
     check_out_folder,
+    check_resolution,
     existing_shards,
     expand_urls,
     find_manifest,
@@ -96,10 +97,11 @@ def _resume_record(folder: str, job: dict) -> dict:
                 f"out_pattern: {path!r} is unreadable ({type(exc).__name__}); choose an empty folder"
             ) from None
         changed = sorted(k for k in job.keys() | saved.keys() if job.get(k) != saved.get(k))
+        unrecorded = [k for k in changed if k not in saved]  # a record an older diffit wrote
         if changed:
             raise ValueError(
-                f"out_pattern: {folder!r} holds an encoding of other inputs or settings ({', '.join(changed)}); "
-                "choose an empty folder"
+                f"out_pattern: {folder!r} holds an encoding of other inputs or settings ({', '.join(changed)}"
+                f"{'; its record predates ' + ', '.join(unrecorded) if unrecorded else ''}); choose an empty folder"
             )
         return record
     if existing_shards(folder):

@@ -18,19 +18,11 @@ from jaxtyping import Float, Int64
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from diffit.data.shards import BadSample
-from diffit.util import is_integer
+from diffit.data.shards import BadSample, check_resolution
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp")
 SD_SCALE_FACTOR = 0.18215  # Stable Diffusion VAE: scales latents to roughly unit variance (LDM, Rombach 2022)
 UNLABELLED = -1  # label of every sample of an unconditional dataset
-MAX_RESOLUTION = 8192  # a larger side is a typo: one such RGB image is 200 MB decoded, and minutes to resize
-
-
-def check_resolution(resolution: int) -> None:
-    """ValueError unless ``resolution`` is an integer side length in [1, ``MAX_RESOLUTION``]."""
-    if not is_integer(resolution) or not 1 <= resolution <= MAX_RESOLUTION:
-        raise ValueError(f"resolution: expected an integer side length in 1..{MAX_RESOLUTION}, got {resolution}")
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -18,13 +18,20 @@ from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls as _wds_expand
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from diffit.util import atomic_path, check_output_path
+from diffit.util import atomic_path, check_output_path, is_integer
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "diffit-shards/1"
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MAX_SHARDS = 1_000_000  # a URL pattern naming more is a typo (LAION-5B is 500k shards of 10k samples)
 LOST = "__lost__"  # marks a placeholder for a sample that dataset.json lists but the shard no longer holds
+MAX_RESOLUTION = 8192  # a larger side is a typo: one such RGB image is 200 MB decoded, and minutes to resize
+
+
+def check_resolution(resolution: int) -> None:
+    """ValueError unless ``resolution`` is an integer side length in [1, ``MAX_RESOLUTION``]."""
+    if not is_integer(resolution) or not 1 <= resolution <= MAX_RESOLUTION:
+        raise ValueError(f"resolution: expected an integer side length in 1..{MAX_RESOLUTION}, got {resolution}")
 
 
 def is_local(url: str) -> bool:
@@ -402,7 +409,7 @@ def read_manifest(path: str) -> Manifest:
 _FIELDS = {
     "kind": (str, lambda v: v in ("image", "latent"), "'image' or 'latent'"),
     "count": (int, None, None),  # checked against the shards' sum
-    "resolution": ((int, None), lambda v: v is None or v >= 1, "a positive side length or null"),
+    "resolution": ((int, None), lambda v: v is None or 1 <= v <= MAX_RESOLUTION, f"in 1..{MAX_RESOLUTION} or null"),
     "channels": (int, lambda v: v >= 1, "a positive channel count"),
     "classes": (int, lambda v: v >= 0, "a class count >= 0"),
     "content_hash": (str, None, None),

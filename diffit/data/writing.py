@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from diffit.data.images import IMAGE_EXTENSIONS, center_crop_resize, check_resolution, encode_image
+from diffit.data.images import IMAGE_EXTENSIONS, center_crop_resize, encode_image
 from diffit.data.shards import (
     BadSampleLog,
     Manifest,
     ShardWriter,
     check_out_folder,
+    check_resolution,
     existing_shards,
     read_manifest,
     write_manifest,
