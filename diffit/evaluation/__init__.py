@@ -1,11 +1,14 @@
-"""Evaluation: TF-FID Inception features, Frechet Inception Distance, Inception Score, statistics files."""
+"""Evaluation: TF-FID Inception features, Frechet Inception Distance, Inception Score, improved precision and
+recall, statistics files."""
 
 from diffit.evaluation.extract import (
     ImageEvaluation,
     Progress,
     evaluate_images,
+    evaluate_reference,
     extract_features,
     is_statistics_file,
+    open_reference,
     reference_statistics,
 )
 from diffit.evaluation.inception import (
@@ -16,6 +19,7 @@ from diffit.evaluation.inception import (
     load_inception,
     tf_bilinear_resize,
 )
+from diffit.evaluation.manifold import DEFAULT_BLOCK, manifold_radii, precision_recall
 from diffit.evaluation.sources import ImageBatches, npz_keys, open_images
 from diffit.evaluation.statistics import (
     FeatureStats,
@@ -30,6 +34,7 @@ from diffit.evaluation.statistics import (
 )
 
 __all__ = [
+    "DEFAULT_BLOCK",
     "FEATURE_DIM",
     "INCEPTION_RESOLUTION",
     "FeatureStats",
@@ -41,6 +46,7 @@ __all__ = [
     "check_statistics_out",
     "default_inception_path",
     "evaluate_images",
+    "evaluate_reference",
     "extract_features",
     "feature_statistics",
     "frechet_distance",
@@ -49,8 +55,11 @@ __all__ = [
     "is_statistics_file",
     "load_inception",
     "load_statistics",
+    "manifold_radii",
     "npz_keys",
     "open_images",
+    "open_reference",
+    "precision_recall",
     "reference_statistics",
     "save_statistics",
     "tf_bilinear_resize",

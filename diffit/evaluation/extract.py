@@ -19,7 +19,9 @@ __all__ = [
     "ImageEvaluation",
     "evaluate_images",
     "extract_features",
+    "evaluate_reference",
     "is_statistics_file",
+    "open_reference",
     "reference_statistics",
 ]
 
@@ -28,10 +30,12 @@ Progress = Callable[[int, int | None], None]  # progress(images done, total or N
 
 @dataclass(frozen=True)
 class ImageEvaluation:
-    """Feature statistics of a set of images, and the classifier's probabilities when they were asked for."""
+    """Feature statistics of a set of images, and the classifier's probabilities and the pool features (float32,
+    on the CPU, in the source's order) when they were asked for."""
 
     stats: FeatureStats
     probabilities: Float[Tensor, "n k"] | None
+    features: Float[Tensor, "n 2048"] | None = None
 
 
 def _source(src: str | ImageBatches, batch_size: int, max_count: int | None) -> ImageBatches:
@@ -61,10 +65,12 @@ def evaluate_images(
     batch_size: int = 50,
     max_count: int | None = None,
     probabilities: bool = False,
+    features: bool = False,
     progress: Progress | None = None,
 ) -> ImageEvaluation:
     """Inception pool-feature mean/covariance of every image of ``src`` (a path for ``open_images``, or an
-    opened source), plus the softmax probabilities for the Inception Score when ``probabilities``.
+    opened source), plus the softmax probabilities for the Inception Score when ``probabilities``, and every
+    pool feature (for :func:`~diffit.evaluation.precision_recall`) when ``features``: one pass over the images.
     ValueError when fewer than 2 images were read (no covariance); :class:`~diffit.util.OutOfMemory` naming
     ``batch_size`` when a batch does not fit in memory (other errors pass unchanged)."""
     if probabilities and not inception.has_probabilities:
@@ -72,18 +78,24 @@ def evaluate_images(
     source = _source(src, batch_size, max_count)
     acc = StatsAccumulator()
     probs: list[Tensor] = []
+    kept: list[Tensor] = []
     size = 0
     with _batch_memory(inception, lambda: size):
         for images in source.batches():
             size = len(images)
-            acc.update(inception(images).cpu())
+            pool = inception(images).cpu()
+            acc.update(pool)
+            if features:
+                kept.append(pool)
             if probabilities:
                 probs.append(inception.probabilities(images).cpu())
             if progress is not None:
                 progress(acc.count, source.count)
     if acc.count < 2:
         raise ValueError(f"src: a covariance needs at least 2 images, got {acc.count}")
-    return ImageEvaluation(acc.result(), torch.cat(probs) if probabilities else None)
+    return ImageEvaluation(
+        acc.result(), torch.cat(probs) if probabilities else None, torch.cat(kept) if features else None
+    )
 
 
 def extract_features(
@@ -120,6 +132,60 @@ def is_statistics_file(path: str) -> bool:
     return "mu" in keys and "sigma" in keys
 
 
+def open_reference(
+    ref: str, *, features: bool = False, batch_size: int = 50, max_count: int | None = None
+) -> ImageBatches | None:
+    """The images of the reference ``ref`` that have to be read: none for a statistics ``.npz`` (its stored
+    ``mu``/``sigma`` are used) unless ``features`` (precision and recall) are asked for, when an ADM reference
+    batch gives its images ``arr_0`` (as ADM computes precision and recall from them); any other ``ref`` is
+    opened with :func:`open_images`. ValueError starting with ``ref`` for a statistics file without images
+    when ``features`` are asked for, or for images that cannot be opened."""
+    if is_statistics_file(ref):
+        if not features:
+            return None
+        if "arr_0" not in npz_keys(ref):
+            raise ValueError(
+                f"ref: {ref!r} holds statistics only (mu, sigma), no images; precision and recall need the "
+                "reference images (an images .npz, a folder, shards, or an ADM reference batch with arr_0)"
+            )
+    try:
+        return open_images(ref, batch_size=batch_size, max_count=max_count)
+    except ValueError as exc:
+        message = str(exc)
+        if message.startswith("src"):
+            raise ValueError("ref" + message.removeprefix("src")) from None
+        raise
+
+
+def evaluate_reference(
+    ref: str,
+    inception: InceptionV3,
+    *,
+    features: bool = False,
+    source: ImageBatches | None = None,
+    batch_size: int = 50,
+    max_count: int | None = None,
+    progress: Progress | None = None,
+) -> ImageEvaluation:
+    """The reference side of FID (and of precision and recall): its statistics, read from a statistics ``.npz``
+    (precomputed ``mu``/``sigma`` win over the images an ADM reference batch also carries), else computed from
+    its images; with ``features``, also the pool features of its images, read in the same single pass (ValueError
+    for a statistics file without images, see :func:`open_reference`). ``source``: the images
+    :func:`open_reference` gave for the same arguments, when the caller opened them already."""
+    if source is None:
+        source = open_reference(ref, features=features, batch_size=batch_size, max_count=max_count)
+    if source is not None and not is_statistics_file(ref):
+        return evaluate_images(source, inception, features=features, progress=progress)
+    stats = load_statistics(ref)  # open_reference opened every ref but a statistics file
+    if stats.mu.shape != (FEATURE_DIM,):
+        raise ValueError(
+            f"ref: {ref!r} holds {stats.mu.shape[0]}-d statistics, expected {FEATURE_DIM}-d Inception pool features"
+        )
+    if not features or source is None:
+        return ImageEvaluation(stats, None, None)
+    return ImageEvaluation(stats, None, extract_features(source, inception, progress=progress))
+
+
 def reference_statistics(
     ref: str,
     inception: InceptionV3,
@@ -129,12 +195,5 @@ def reference_statistics(
     progress: Progress | None = None,
 ) -> FeatureStats:
     """The statistics of ``ref``: read from a statistics ``.npz`` (precomputed ``mu``/``sigma`` win over the
-    images an ADM reference batch also carries), else computed from its images."""
-    if is_statistics_file(ref):
-        stats = load_statistics(ref)
-        if stats.mu.shape != (FEATURE_DIM,):
-            raise ValueError(
-                f"ref: {ref!r} holds {stats.mu.shape[0]}-d statistics, expected {FEATURE_DIM}-d Inception pool features"
-            )
-        return stats
-    return evaluate_images(ref, inception, batch_size=batch_size, max_count=max_count, progress=progress).stats
+    images an ADM reference batch also carries), else computed from its images (:func:`evaluate_reference`)."""
+    return evaluate_reference(ref, inception, batch_size=batch_size, max_count=max_count, progress=progress).stats
