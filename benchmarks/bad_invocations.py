@@ -169,6 +169,8 @@ eval fid full full --json /proc/x.json
 data shard full o/{near}-%06d.tar
 train --data full
 eval stats images.npz images.npz
+eval fid images.npz stats.npz --precision-recall
+eval fid images.npz images.npz --precision-recall
 """.strip().splitlines()
 NAMES = {"near": "n" * 251, "long": "n" * 256}  # a name that fits (255 bytes with .png), and one that does not
 root = pathlib.Path(tempfile.mkdtemp())
@@ -178,6 +180,7 @@ os.chdir(root)
 (root / "full" / "000000.png").write_bytes(b"x")
 (root / "empty").mkdir()
 np.savez(root / "images.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8))  # images that are never to be replaced
+np.savez(root / "stats.npz", mu=np.zeros(2), sigma=np.eye(2))  # statistics only: no images for precision/recall
 bad = 0
 for line in cases:
     args = shlex.split(line.replace("{near}", NAMES["near"]).replace("{long}", NAMES["long"]))

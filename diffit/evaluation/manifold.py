@@ -18,8 +18,9 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-__all__ = ["DEFAULT_BLOCK", "manifold_radii", "precision_recall"]
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_K", "manifold_radii", "precision_recall"]
 
+DEFAULT_K = 3  # the neighbourhood size of ADM's evaluator (and of the paper's experiments)
 DEFAULT_BLOCK = 4096  # rows and columns per distance block: 4096^2 float32 = 64 MiB
 
 
@@ -58,7 +59,7 @@ def _squared_distances(
 
 def manifold_radii(
     features: Float[Tensor, "..."],  # 2-D (n, d), checked
-    k: int = 3,
+    k: int = DEFAULT_K,
     block: int = DEFAULT_BLOCK,
 ) -> Float[Tensor, " n"]:
     """Squared distance of every point to its k-th nearest neighbour in ``features``, itself counted as the 0-th
@@ -108,7 +109,7 @@ def _inside(
 def precision_recall(
     real_features: Float[Tensor, "..."],  # 2-D (n, d), checked
     fake_features: Float[Tensor, "..."],  # 2-D (m, d), checked
-    k: int = 3,
+    k: int = DEFAULT_K,
     block: int = DEFAULT_BLOCK,
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019, Sec. 3; the ADM evaluator's definition): the
