@@ -159,8 +159,8 @@ def fid(
         typer.Option(
             "--precision-recall",
             help=f"Also improved precision and recall (Kynkaanniemi et al. 2019; k={DEFAULT_K}, as ADM's evaluator). "
-            "Needs REF images (an ADM reference batch's arr_0 will do); O(n m) feature distances: minutes for "
-            "50k x 10k on a GPU-less machine.",
+            "Needs REF images (an ADM reference batch's arr_0 will do); O(n m) feature distances, on --device: "
+            "about 80 s for 50k x 10k on a 2-core CPU.",
         ),
     ] = False,
 ) -> None:
