@@ -199,7 +199,9 @@ def fid(
         if result.probabilities is not None:
             score = inception_score_from_probabilities(result.probabilities, min(splits, len(result.probabilities)))
         if result.features is not None and reference.features is not None:  # both there with --precision-recall
-            pr = precision_recall(reference.features.to(device), result.features.to(device))
+            n, m = len(result.features), len(reference.features)
+            with console.status(f"precision and recall: {n:,} x {m:,} feature distances"):
+                pr = precision_recall(reference.features.to(device), result.features.to(device))
     except (ValueError, OSError, OutOfMemory) as exc:  # OutOfMemory: a batch too large, --batch-size
         fail_from(exc, ctx, _ALIASES)
 
@@ -215,9 +217,11 @@ def fid(
         table.add_row("Precision", f"{pr[0]:.4f}")
         table.add_row("Recall", f"{pr[1]:.4f}")
     table.add_row("samples", str(result.stats.count))
+    pr_images = f"; {len(reference.features)} images for precision/recall" if pr and ref_is_stats else ""
     table.add_row(
         "reference",
-        f"{ref_stats.count if ref_stats.count is not None else '?'} ({'statistics' if ref_is_stats else 'images'})",
+        f"{ref_stats.count if ref_stats.count is not None else '?'} "
+        f"({'statistics' if ref_is_stats else 'images'}{pr_images})",
     )
     _out.print(table)
     if json_out is not None:
@@ -230,7 +234,12 @@ def fid(
             "recall": None if pr is None else pr[1],
             "precision_recall_k": None if pr is None else DEFAULT_K,
             "samples": {"source": samples, "count": result.stats.count, "max_count": max_count},
-            "reference": {"source": ref, "count": ref_stats.count, "kind": "statistics" if ref_is_stats else "images"},
+            "reference": {
+                "source": ref,
+                "count": ref_stats.count,
+                "kind": "statistics" if ref_is_stats else "images",
+                "precision_recall_count": None if pr is None else len(reference.features),
+            },
             "inception": {
                 "path": net.path,
                 "sha256": sha256_file(net.path),

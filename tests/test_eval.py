@@ -538,6 +538,7 @@ def test_cli_precision_recall_uses_ref_images_and_an_adm_batch_keeps_its_statist
                      str(tmp_path / "d.json"))  # fmt: skip
     assert body["fid"] == pytest.approx(0.0, abs=1e-6) and body["reference"]["kind"] == "statistics"
     assert (body["precision"], body["recall"]) == expected
+    assert body["reference"]["precision_recall_count"] == 8 and "8 images for precision/recall" in body["output"]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from diffit.util import is_integer
+
 __all__ = ["DEFAULT_BLOCK", "DEFAULT_K", "manifold_radii", "precision_recall"]
 
 DEFAULT_K = 3  # the neighbourhood size of ADM's evaluator (and of the paper's experiments)
@@ -38,10 +40,9 @@ def _check_features(name: str, features: Tensor, k: int) -> None:
 
 
 def _check_k_block(k: int, block: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"block: expected an integer >= 1, got {block!r}")
+    for name, value in (("k", k), ("block", block)):
+        if not is_integer(value) or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
 
 
 def _working(features: Tensor) -> Tensor:
