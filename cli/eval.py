@@ -80,9 +80,7 @@ def _open(ctx: typer.Context, path: str, label: str, batch_size: int, max_count:
     try:
         return open_images(path, batch_size=batch_size, max_count=max_count)
     except ValueError as exc:
-        if str(exc).startswith("src"):
-            fail(label + _message(exc).removeprefix("src"))
-        fail_from(exc, ctx, _ALIASES)
+        fail_from(exc, ctx, {**_ALIASES, "src": label})
 
 
 def _device(device: str | None) -> str:
@@ -123,7 +121,7 @@ def stats(
     try:  # never over images (SRC itself, a reference batch): they would be lost
         check_statistics_out(out)
     except ValueError as exc:
-        fail("OUT" + _message(exc).removeprefix("out"))
+        fail_from(exc, ctx, {"out": "OUT"})
     device = _device(device)
     source = _open(ctx, src, "SRC", batch_size, max_count)
     _check_count(source.count, "SRC")
@@ -176,9 +174,7 @@ def fid(
     try:  # None: a statistics file whose mu/sigma are all that is needed
         ref_source = open_reference(ref, features=with_pr, batch_size=batch_size, max_count=max_count)
     except ValueError as exc:
-        if str(exc).startswith("ref"):
-            fail("REF" + _message(exc).removeprefix("ref"))
-        fail_from(exc, ctx, _ALIASES)
+        fail_from(exc, ctx, {**_ALIASES, "ref": "REF"})
     _check_count(sample_source.count, "SAMPLES")
     _check_count(None if ref_source is None or ref_is_stats else ref_source.count, "REF")
     if with_pr:
