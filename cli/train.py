@@ -21,9 +21,9 @@ from diffit.runs import (
     preview_needs_vae,
     training_data,
 )
-from diffit.train import TrainingDiverged, TrainingOutOfMemory, check_run_dir, check_train_args, train
+from diffit.train import TrainingDiverged, check_run_dir, check_train_args, train
 from diffit.util import check_device
-from diffit_cli.common import TF32, Device, Precision, console, fail_from, out_of_memory, refusing, set_tf32
+from diffit_cli.common import TF32, Device, Precision, console, out_of_memory, refusing, set_tf32
 
 
 def train_command(
@@ -151,7 +151,7 @@ def train_command(
     torch.manual_seed(seed + 1 + dist.rank)  # any other global randomness differs per rank
     progress, callback = _progress(steps, batch_size, enabled=dist.is_main)
     try:
-        with progress, refusing(ctx):
+        with out_of_memory(ctx), progress, refusing(ctx):  # the bar is gone before an out-of-memory line
             result = train(
                 model=net, objective=objective, run_dir=run_dir, dist=dist, steps=steps, batch_size=batch_size,
                 data=data_.batches(batch_size=batch_size, seed=seed, rank=dist.rank, world_size=dist.world_size,
@@ -166,8 +166,6 @@ def train_command(
     except TrainingDiverged as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
-    except TrainingOutOfMemory as err:  # a batch too large for the device: an argument to change
-        fail_from(err, ctx)
     finally:
         shutdown(dist)
     if dist.is_main:
