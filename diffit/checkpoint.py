@@ -322,6 +322,14 @@ def read_state(ckpt_dir: Path) -> dict[str, Any]:
     return record
 
 
+def readable_state(ckpt_dir: Path) -> dict[str, Any] | None:
+    """:func:`read_state`, or None when the checkpoint's ``state.json`` is missing or damaged."""
+    try:
+        return read_state(ckpt_dir)
+    except ValueError:
+        return None
+
+
 def verify_checkpoint(ckpt_dir: Path) -> dict[str, Any]:
     """``state.json`` of a checkpoint whose files all match their recorded sha256; ValueError (one line) if not."""
     ckpt_dir = Path(ckpt_dir)
@@ -433,11 +441,7 @@ def _intact_sha256(path: Path) -> str:
     """The file's sha256, refused (ValueError) when the state.json of the training checkpoint that holds it records
     another one. An unreadable state.json leaves nothing to compare with."""
     sha = sha256_file(path)
-    try:
-        record = read_state(path.parent) if (path.parent / "state.json").is_file() else {}
-    except ValueError:
-        record = {}
-    recorded = record.get("files", {}).get(path.name)
+    recorded = (readable_state(path.parent) or {}).get("files", {}).get(path.name)
     if recorded is not None and recorded != sha:
         raise ValueError(f"{path} does not match the sha256 its checkpoint's state.json records: the file is damaged")
     return sha

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from diffit.augment import AUGMENT_DIM
-from diffit.checkpoint import checkpoint_dirs, read_state
+from diffit.checkpoint import checkpoint_dirs, readable_state
 from diffit.data import (
     digits_urls,
     expand_urls,
@@ -291,16 +291,9 @@ def preview_needs_vae(vae: str | None, *, latent: bool, sample_every: int) -> bo
     return True
 
 
-def _readable_state(ckpt: Path) -> dict[str, Any] | None:
-    try:
-        return read_state(ckpt)
-    except ValueError:
-        return None
-
-
 def check_resume_data(run_dir: str | Path, content_hash: str | None) -> None:
     """ValueError unless the run in ``run_dir`` (if any) was trained on data with this content hash."""
-    states = (_readable_state(c) for c in checkpoint_dirs(Path(run_dir))[::-1])  # a damaged newest is passed over
+    states = (readable_state(c) for c in checkpoint_dirs(Path(run_dir))[::-1])  # a damaged newest is passed over
     state = next((s for s in states if s is not None), None)
     if state is None or content_hash is None:
         return
