@@ -231,14 +231,12 @@ class ShardWriter:
     """
 
     def __init__(self, pattern: str, *, max_count: int = 10_000, max_size: int = 1 << 30, start_index: int = 0) -> None:
-        if "%" not in pattern:
+        try:
+            pattern % 0  # a name without %d raises TypeError: not all arguments converted
+        except (TypeError, ValueError):
             raise ValueError(
                 f"out_pattern: expected a printf-style shard name such as 'out/train-%06d.tar', got {pattern!r}"
-            )
-        try:
-            pattern % 0
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"out_pattern: {pattern!r} is not a valid printf-style pattern ({exc})") from None
+            ) from None
         for name, value in (("max_count", max_count), ("max_size", max_size)):
             if value < 1:
                 raise ValueError(f"{name}: expected a positive limit, got {value}")
