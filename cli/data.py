@@ -18,7 +18,7 @@ from diffit.data import (
     folder_source,
     write_image_shards,
 )
-from diffit_cli.common import console, fail, fail_from, progress_bar
+from diffit_cli.common import console, fail, fail_from, out_of_memory, progress_bar
 
 data_app = typer.Typer(
     name="data", help="Write WebDataset shards of images or pre-encoded latents.", no_args_is_help=True
@@ -126,7 +126,7 @@ def encode(
     """Encode image shards into float16 latent shards (resumable: finished shards are skipped)."""
     log = BadSampleLog()
     try:
-        with _bad_sample_summary(log), progress_bar("encoding") as progress:
+        with out_of_memory(ctx, _ALIASES), _bad_sample_summary(log), progress_bar("encoding") as progress:
             manifest = encode_latents(
                 shards,
                 out_pattern,

@@ -25,7 +25,7 @@ from diffit.generate import (
 from diffit.objectives import ADMObjective
 from diffit.release import check_release_resolution
 from diffit.runs import import_factory
-from diffit.util import check_device
+from diffit.util import check_device, to_device
 from diffit_cli.common import (
     MAX_IDS,
     TF32,
@@ -130,7 +130,7 @@ def sample_command(
     interval = _interval(guidance_interval) if guidance_interval is not None else None
     seed_list = parse_int_ranges(seeds, name="--seeds") if seeds is not None else list(range(n))
     classes = parse_int_ranges(class_ids, name="--class") if class_ids is not None else None
-    with refusing(ctx, _GUIDANCE_ALIASES):
+    with out_of_memory(ctx), refusing(ctx, _GUIDANCE_ALIASES):  # the VAE may not fit the device
         guidance = Guidance(scale=cfg, schedule=cfg_schedule, channels=cfg_channels, interval=interval)
         check_release_resolution(release_res)
         images_out_kind(out)  # checked before any work
@@ -147,7 +147,8 @@ def sample_command(
     sampler_name = sampler or objective.default_sampler
     steps = steps or objective.default_steps
     dist = init_distributed(device)
-    model = model.to(dist.device)
+    with out_of_memory(ctx):  # a model too large for the device: one line naming --device
+        model = to_device(model, dist.device)
     bar, callback, state = _progress(len(range(dist.rank, len(seed_list), dist.world_size)), batch_size, steps, dist)
     with refusing(ctx, _GUIDANCE_ALIASES), out_of_memory(ctx):  # before the bar starts: its only line
         sigmas, fit_nfe = sampling_sigmas(

@@ -27,7 +27,7 @@ from diffit.distributed import DistInfo, all_gather, all_reduce_max, all_reduce_
 from diffit.ema import ema_decay, ema_update, make_ema, unwrap
 from diffit.nn import LabelEmbedding, check_backbone
 from diffit.objectives import Objective, check_objective
-from diffit.util import OutOfMemory, check_output_path, is_integer, mix_seed, out_of_memory_as
+from diffit.util import OutOfMemory, check_output_path, is_integer, mix_seed, out_of_memory_as, to_device
 
 DataFn = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
 """``data(start_step)`` -> iterator over this rank's (x, y) slice of every global batch from ``start_step`` on."""
@@ -349,7 +349,7 @@ def train(
     per_rank = batch_size // dist.world_size
     micro_batch = per_rank if micro_batch is None else micro_batch
     run_dir = check_run_dir(run_dir, resume=resume)
-    model = unwrap(model).to(dist.device).train()
+    model = to_device(unwrap(model), dist.device).train()
     num_classes = model.num_classes
     if label_dropout is None:
         label_dropout = next((m.dropout_prob for m in model.modules() if isinstance(m, LabelEmbedding)), 0.0)

@@ -168,3 +168,33 @@ def test_encode_refuses_to_resume_with_other_vae_weights(tmp_path, tiny_vae, ima
     (tmp_path / "lat" / ".encode.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="other inputs or settings \\(vae_weights; its record predates vae_weights\\)"):
         encode_latents(image_shards, out, vae=vae, resolution=8)
+
+
+def test_an_encoding_batch_out_of_memory_names_batch_size_and_keeps_finished_shards(
+    tmp_path, tiny_vae, image_shards, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from diffit_cli.main import app
+
+    posterior, calls = vae_posterior, []
+
+    def fail_on_the_second_shard(vae, x):
+        calls.append(len(x))
+        if len(calls) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB.")
+        return posterior(vae, x)
+
+    monkeypatch.setattr("diffit.data.encode.vae_posterior", fail_on_the_second_shard)
+    out = str(tmp_path / "lat" / "l-%03d.tar")
+    result = CliRunner().invoke(app, ["data", "encode", image_shards, out, "--vae", tiny_vae, "--res", "8"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: --batch-size: encoding 4 images and their mirrors at 8x8 ran out of memory on cpu (it tried to "
+        "allocate 3.00 GiB); lower it (shards already finished are kept when you rerun)"
+    )
+    assert sorted(os.listdir(tmp_path / "lat")) == [".encode.json", "l-000.tar"]  # no partial second shard
+    monkeypatch.setattr("diffit.data.encode.vae_posterior", posterior)
+    calls.clear()
+    manifest = encode_latents(image_shards, out, vae=tiny_vae, resolution=8, batch_size=32)
+    assert manifest.count == 10 and len(manifest.shards) == 3  # the first shard kept, the other two encoded

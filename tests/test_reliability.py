@@ -24,7 +24,7 @@ from diffit.generate import generate, preview_writer, sample
 from diffit.objectives import EDMObjective, check_objective
 from diffit.runs import check_resume_data
 from diffit.train import TrainingOutOfMemory, check_train_args, train, train_step
-from diffit.util import OutOfMemory, is_out_of_memory
+from diffit.util import OutOfMemory, is_out_of_memory, to_device
 from diffit_cli.main import app
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -293,6 +293,38 @@ def test_all_images_that_do_not_fit_together_name_seeds_and_other_errors_pass_un
         with pytest.raises(type(other)) as caught:
             _sample_on(broken)
         assert caught.value is other  # not taken for a batch that is too large
+
+
+@pytest.mark.parametrize(("error", "tried"), ALLOCATION_FAILURES)
+def test_a_model_too_large_for_its_device_names_device(error: BaseException, tried: str) -> None:
+    model = tiny_image_diffit(3)
+    model.to = lambda *args, **kwargs: (_ for _ in ()).throw(error)  # the device's allocator refuses the weights
+    with pytest.raises(OutOfMemory) as caught:
+        to_device(model, "cpu")
+    assert str(caught.value) == (
+        f"device: ImageDiffiT (0.00 GiB of weights) does not fit in the free memory of cpu (it tried to allocate "
+        f"{tried}); use a device with more free memory (or cpu)"
+    )
+    assert caught.value.__cause__ is error
+    assert to_device(tiny_image_diffit(3), "cpu").time_embed is not None  # a model that fits moves as before
+
+
+def test_sample_with_a_model_too_large_for_the_device_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    move = torch.nn.Module.to
+
+    def refuse_backbones(module: torch.nn.Module, *args: object, **kwargs: object) -> torch.nn.Module:
+        if type(module).__name__ == "ImageDiffiT" and isinstance(args[0], torch.device):  # the move to --device
+            raise ALLOCATION_FAILURES[0][0]
+        return move(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", refuse_backbones)
+    out = str(tmp_path / "g.png")
+    result = runner.invoke(app, ["sample", "--n", "2", "--steps", "2", "--device", "cpu", "--out", out])
+    assert result.exit_code == 2 and not (tmp_path / "g.png").exists()
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --device: ImageDiffiT (") and "20.00 GiB" in lines[0]
 
 
 def test_a_preview_grid_out_of_memory_names_sample_every_not_the_training_batch(tmp_path: Path) -> None:

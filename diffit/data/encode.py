@@ -9,6 +9,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 
 import numpy as np
@@ -34,7 +35,7 @@ from diffit.data.shards import (
     write_manifest,
 )
 from diffit.data.streams import good_batches
-from diffit.util import check_device, mix_seed, write_json
+from diffit.util import OutOfMemory, check_device, mix_seed, out_of_memory_as, to_device, write_json
 
 
 def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -52,7 +53,7 @@ def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Mo
         raise ValueError(
             f"vae: cannot load an AutoencoderKL from {path_or_id!r} as a {where} {type(exc).__name__}: {reason}"
         ) from None
-    return vae.to(device).eval().requires_grad_(False)
+    return to_device(vae, device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -117,6 +118,16 @@ def _finished(path: str, recorded: object) -> ShardInfo | None:
         return shard if os.path.isfile(path) and tar_digest(path) == (shard.bytes, shard.sha256) else None
     except (TypeError, OSError, EOFError, zlib.error):  # a malformed entry, an unreadable or corrupt gzip file
         return None
+
+
+def _batch_memory(images: int, resolution: int, device: str) -> AbstractContextManager[None]:
+    """An encoding batch out of memory as :class:`~diffit.util.OutOfMemory` naming batch_size."""
+    return out_of_memory_as(
+        lambda tried: OutOfMemory(
+            f"batch_size: encoding {images} images and their mirrors at {resolution}x{resolution} ran out of memory "
+            f"on {device}{tried}; lower it (shards already finished are kept when you rerun)"
+        )
+    )
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -191,7 +202,8 @@ def encode_latents(
             for keys, images, labels in good_batches(read_shard(url, log), decoder, log, batch_size):
                 x = torch.from_numpy(np.stack(images)).to(device).float().div(127.5).sub(1.0)
                 # Encode the images and their mirrors in one pass: rows [0, B) and [B, 2B).
-                mean, std = vae_posterior(model, torch.cat([x, x.flip(-1)]))
+                with _batch_memory(len(x), resolution, device):
+                    mean, std = vae_posterior(model, torch.cat([x, x.flip(-1)]))
                 mean, std = mean.float().cpu().numpy(), std.float().cpu().numpy()
                 b = len(keys)
                 for i, (key, label) in enumerate(zip(keys, labels, strict=True)):

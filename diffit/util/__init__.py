@@ -11,6 +11,7 @@ from diffit.util.runtime import (
     out_of_memory_as,
     resolve_rank,
     split_batch,
+    to_device,
 )
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "out_of_memory_as",
     "resolve_rank",
     "split_batch",
+    "to_device",
     "write_json",
 ]

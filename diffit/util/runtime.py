@@ -4,6 +4,7 @@ allocation failures restated as the argument that sets the memory."""
 import hashlib
 import numbers
 import re
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -98,3 +99,19 @@ def out_of_memory_as(error: Callable[[str], OutOfMemory], *, restate_inner: bool
         allocator = err.__cause__ if isinstance(err, OutOfMemory) and err.__cause__ is not None else err
         size = re.search(r"(?i)allocate (\d[\d.]* ?(?:bytes|[KMGTPE]i?B))", str(allocator))
         raise error(f" (it tried to allocate {size.group(1)})" if size else "") from allocator
+
+
+Module = typing.TypeVar("Module", bound=torch.nn.Module)
+
+
+def to_device(module: Module, device: str | torch.device) -> Module:
+    """``module.to(device)``; a module too large for the device's free memory raises :class:`OutOfMemory` naming
+    device, with the weights' size (it was a torch traceback, after the checks and the loading had passed)."""
+    size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers())) / 2**30
+    with out_of_memory_as(
+        lambda tried: OutOfMemory(
+            f"device: {type(module).__name__} ({size:.2f} GiB of weights) does not fit in the free memory of "
+            f"{device}{tried}; use a device with more free memory (or cpu)"
+        )
+    ):
+        return module.to(device)
