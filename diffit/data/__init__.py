@@ -36,6 +36,7 @@ from diffit.data.writing import (
     digits_source,
     digits_urls,
     folder_source,
+    image_files,
     write_digits_shards,
     write_image_shards,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "expand_urls",
     "find_manifest",
     "folder_source",
+    "image_files",
     "image_pipeline",
     "ImageDecoder",
     "ImageSource",

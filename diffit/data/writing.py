@@ -59,7 +59,8 @@ def _key(relpath: str) -> str:
     return re.sub(r"[^\w\-]", "_", stem)
 
 
-def _walk_images(folder: str) -> list[str]:
+def image_files(folder: str) -> list[str]:
+    """Paths of the image files below ``folder`` (by extension, hidden files excluded), recursively, sorted."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
@@ -77,13 +78,13 @@ def folder_source(root: str, *, log: BadSampleLog | None = None) -> ImageSource:
         raise ValueError(f"src: {root!r} is not a folder")
     log = log or BadSampleLog()
     classes = sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and _walk_images(os.path.join(root, d))
+        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and image_files(os.path.join(root, d))
     )
     flat = sorted(f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f)) and _is_image(f))
     if classes and flat:
         raise ValueError(f"src: {root!r} mixes images and class subfolders; use only one layout")
     files = (
-        [(p, i) for i, c in enumerate(classes) for p in _walk_images(os.path.join(root, c))]
+        [(p, i) for i, c in enumerate(classes) for p in image_files(os.path.join(root, c))]
         if classes
         else [(os.path.join(root, f), None) for f in flat]
     )

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import UInt8
 from torch import Tensor
 
-from diffit.data import decode_image, eval_pipeline, expand_urls, find_manifest, read_manifest
+from diffit.data import decode_image, eval_pipeline, expand_urls, find_manifest, image_files, read_manifest
 from diffit.data.images import IMAGE_EXTENSIONS
 from diffit.data.shards import BadSample
 
@@ -89,20 +89,8 @@ def _npz_source(path: str, batch_size: int, limit: int | None) -> ImageBatches:
     return ImageBatches(batches, count, "npz")
 
 
-def _image_files(folder: str) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found.extend(
-            os.path.join(root, f)
-            for f in sorted(files)
-            if not f.startswith(".") and f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
-        )
-    return found
-
-
 def _folder_source(folder: str, batch_size: int, limit: int | None) -> ImageBatches:
-    files = _image_files(folder)[:limit]
+    files = image_files(folder)[:limit]
     if not files:
         raise ValueError(f"src: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder!r}")
 
