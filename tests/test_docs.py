@@ -1,4 +1,5 @@
-"""The documentation: the site builds strict (offline), and every Python snippet of the README and the guides runs.
+"""The documentation: the site builds strict (offline), every Python snippet of the README and the guides runs,
+and every `diffit` command line of their shell blocks parses against the CLI as it is.
 
 A snippet preceded by ``<!-- skip: reason -->`` (a GPU, the network, large data) is reported as skipped with
 that reason. The other snippets of one page run in order in one namespace, like a notebook, in a temporary
@@ -7,11 +8,15 @@ working directory; so a page may build on its earlier snippets, and a renamed ar
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import typer.main
+
+from diffit_cli.main import app
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -69,3 +74,38 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     )  # fmt: skip
     assert build.returncode == 0, build.stdout + build.stderr
     assert (tmp_path / "site" / "api" / "nn" / "index.html").is_file()
+
+
+_SHELL = re.compile(r"```(?:bash|sh|console)\n(.*?)```", re.S)
+# `diffit ...` (after env assignments or a path), or torchrun's `-m diffit_cli.main ...`
+_COMMAND = re.compile(r"^(?:\w+=\S+\s+)*(?:\S*/)?diffit\s+(?P<a>.*)$|-m\s+diffit_cli\.main\s+(?P<b>.*)$")
+
+
+def shell_commands() -> list:
+    """``(page, line)`` of every diffit command in the shell blocks (continuations joined, comments dropped)."""
+    found = []
+    for page in PAGES:
+        for block in _SHELL.findall(page.read_text()):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                line = line.split(" # ")[0].strip()
+                if (m := _COMMAND.search(line)) and not line.startswith("#"):
+                    words = [w for w in shlex.split(m["a"] or m["b"]) if w != "..."]  # "..." elides the rest
+                    if "--help" not in words:
+                        found.append(pytest.param(words, id=f"{page.name}: {line[:60]}"))
+    return found
+
+
+@pytest.mark.parametrize("words", shell_commands())
+def test_documented_commands_parse(words: list[str]) -> None:
+    """Each command's name, options and values as the CLI parses them (nothing runs): a renamed option, a
+    removed command or a value of the wrong type in a guide fails here."""
+    command = typer.main.get_command(app)
+    ctx = command.make_context("diffit", list(words))
+    while hasattr(command, "resolve_command"):  # a group: its sub-command parses the rest
+        name, command, rest = command.resolve_command(ctx, [*getattr(ctx, "_protected_args", []), *ctx.args])
+        ctx = command.make_context(name, rest, parent=ctx)
+    assert not ctx.args, f"arguments the command does not take: {ctx.args}"
+
+
+def test_the_guides_document_commands() -> None:
+    assert len(shell_commands()) >= 20  # the extraction above finds the guides' commands
