@@ -290,6 +290,13 @@ def test_errors_name_the_argument() -> None:
     model = LatentDiffiT(**TINY)
     with pytest.raises(ValueError, match="x must have shape \\(b, 3, 8, 8\\), got \\(1, 3, 16, 16\\)"):
         model(torch.randn(1, 3, 16, 16), torch.rand(1), torch.tensor([0]))
+    x, t = torch.randn(2, 3, 8, 8), torch.rand(2) * 999
+    with pytest.raises(ValueError, match=r"^x has dtype torch.float64 but the model's weights are torch.float32"):
+        model(x.double(), t)  # was a convolution's "Input type (double) and bias type (float) should be the same"
+    with pytest.raises(ValueError, match=r"^y must be class ids in \[0, 5\] \(5 = the null class\), got .* \[-1, 0\]$"):
+        model(x, t, torch.tensor([0, -1]))
+    with pytest.raises(ValueError, match=r"^y must be None: the model is unconditional"):
+        LatentDiffiT(**(TINY | dict(num_classes=None)))(x, t, torch.tensor([0, 1]))
 
 
 def test_count_params_and_flops_match_the_paper() -> None:

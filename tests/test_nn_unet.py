@@ -61,15 +61,14 @@ def test_tiny_forward_shape_and_init_options() -> None:
     assert live.config["time_init_std"] is None and live.config["zero_head"] is False
 
 
-def test_conditional_none_is_null_class_and_unconditional_ignores_y() -> None:
+def test_conditional_none_is_null_class_and_unconditional_refuses_y() -> None:
     model = _small(num_classes=3).eval()
     _randomise_head(model)
     x, s = torch.randn(2, 2, 8, 8), torch.randn(2)
     torch.testing.assert_close(model(x, s), model(x, s, torch.tensor([3, 3])))
     assert not torch.allclose(model(x, s, torch.tensor([0, 0])), model(x, s, torch.tensor([1, 1])))
-    uncond = _small().eval()
-    _randomise_head(uncond)
-    torch.testing.assert_close(uncond(x, s), uncond(x, s, torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match=r"^y must be None: the model is unconditional \(num_classes=None\)"):
+        _small().eval()(x, s, torch.tensor([0, 1]))  # it was ignored without a word
 
 
 def test_noise_label_changes_output_and_samples_are_independent() -> None:
@@ -188,3 +187,28 @@ def test_forward_errors_name_the_argument() -> None:
         model(torch.randn(1, 2, 16, 16), torch.randn(1))
     with pytest.raises(ValueError, match="x must have shape"):
         model(torch.randn(1, 3, 8, 8), torch.randn(1))
+
+
+def test_forward_refuses_inputs_torch_would_fail_on_deep_inside_naming_them() -> None:
+    model, cond = _small(), _small(num_classes=3)
+    forward = inspect.unwrap(ImageDiffiT.forward)  # as users run it: the suite's type checks would answer first
+    x, s, y = torch.randn(2, 2, 8, 8), torch.randn(2), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"^x must be a floating-point tensor, got torch.int64$"):
+        forward(model, x.long(), s)
+    # numpy arrays are float64: a convolution's "Input type (double) and bias type (float)" before
+    with pytest.raises(ValueError, match=r"^x has dtype torch.float64 but the model's weights are torch.float32"):
+        model(x.double(), s)
+    with pytest.raises(ValueError, match=r"^x has dtype torch.float16"):
+        model(x.half(), s)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts x for the model: no refusal
+        assert model(x.bfloat16(), s).shape == x.shape
+    with pytest.raises(ValueError, match=r"^x is on meta but the model's weights are on cpu"):
+        model(x.to("meta"), s)
+    with pytest.raises(ValueError, match=r"^y must hold class ids as int64 \(or int32\), got torch.float32$"):
+        forward(cond, x, s, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"^y must be class ids in \[0, 3\] \(3 = the null class\), got .* \[0, 7\]$"):
+        cond(x, s, torch.tensor([0, 7]))  # was the embedding's "labels must be ..." (not an argument of forward)
+    torch.testing.assert_close(cond(x, s, y.int()), cond(x, s, y))
+    with pytest.raises(ValueError, match=r"^augment_labels must have shape \(2, 9\)"):
+        forward(_small(augment_dim=9), x, s, None, torch.zeros(1, 9))  # it was broadcast over the batch
+    assert model(x[:0], s[:0]).shape == (0, 2, 8, 8)  # batch 0 divided by zero in the windowed attention

@@ -157,7 +157,7 @@ class TMSA(nn.Module):
         if (h, w) == (self.window, self.window):
             return self._attend(x.reshape(b, h * w, d), qkv_t, bias_t).reshape(b, h, w, d)
         windows = window_partition(x, self.window)  # (b * nW, w*w, d)
-        per_sample = windows.shape[0] // b
+        per_sample = (h // self.window) * (w // self.window)
         if qkv_t is not None:
             qkv_t = qkv_t.repeat_interleave(per_sample, dim=0)  # the time token of each window
         if bias_t is not None:

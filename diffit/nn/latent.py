@@ -181,7 +181,8 @@ class LatentDiffiT(nn.Module):
         self, x: Float[Tensor, "b c h w"], noise_label: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
     ) -> Float[Tensor, "b c2 h w"]:
         """eps (and the variance interpolation with ``learn_sigma``) for DDPM timestep ``noise_label``."""
-        check_inputs(x, (self.in_channels, self.input_size, self.input_size), noise_label, y)
+        shape = (self.in_channels, self.input_size, self.input_size)
+        check_inputs(x, shape, noise_label, y, weight=self.x_embedder.proj.weight, num_classes=self.num_classes)
         tokens = self.x_embedder(x).to(x.dtype) + self.pos_embed  # (b, T, D); residual stream in x's dtype
         c = self.time_token(noise_label, y)
         ckpt = self.grad_checkpointing and self.training

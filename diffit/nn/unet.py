@@ -258,13 +258,20 @@ class ImageDiffiT(nn.Module):
         y: Int[Tensor, " b"] | None = None,
         augment_labels: Float[Tensor, "b a"] | None = None,
     ) -> Float[Tensor, "b c h w"]:
-        """Denoiser backbone output F(x; c_noise, y); ``y`` is ignored by an unconditional model."""
-        check_inputs(x, (self.in_channels, self.resolution, self.resolution), noise_label, y)
-        t = self.time_token(noise_label, y)
-        ckpt = self.grad_checkpointing and self.training
+        """Denoiser backbone output F(x; c_noise, y); ``y`` must be None for an unconditional model."""
+        shape = (self.in_channels, self.resolution, self.resolution)
+        check_inputs(x, shape, noise_label, y, weight=self.tokenizer.weight, num_classes=self.num_classes)
         if augment_labels is not None:
             if self.augment_embed is None:
                 raise ValueError("augment_labels were given but the model was built with augment_dim=0")
+            if tuple(augment_labels.shape) != (x.shape[0], self.augment_dim):
+                raise ValueError(
+                    f"augment_labels must have shape ({x.shape[0]}, {self.augment_dim}) (one row of augment_dim "
+                    f"values per sample of x), got {tuple(augment_labels.shape)}"
+                )
+        t = self.time_token(noise_label, y)
+        ckpt = self.grad_checkpointing and self.training
+        if augment_labels is not None:
             t = t + self.augment_embed(augment_labels.to(t.dtype))
         # The residual stream is kept in the input's dtype (fp32) even under bf16 autocast.
         h = self.tokenizer(x).to(x.dtype)
