@@ -146,12 +146,14 @@ def test_construction_errors_name_the_argument() -> None:
     with pytest.raises(ValueError, match="gelu must be 'tanh' or 'none', got 'erf'"):
         _small(gelu="erf")
     # These raised ZeroDivisionError or failed only at the first forward before.
-    with pytest.raises(ValueError, match="groups must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="groups must be an integer >= 1, got 0"):
         _small(groups=0)
-    with pytest.raises(ValueError, match="groups must be >= 1, got -3"):
+    with pytest.raises(ValueError, match="groups must be an integer >= 1, got -3"):
         _small(groups=-3)
-    with pytest.raises(ValueError, match="hidden width .* must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="mlp_ratio must be a finite number > 0, got 0.0"):
         _small(mlp_ratio=0.0)
+    with pytest.raises(ValueError, match="hidden width .* must be >= 1, got 0"):
+        _small(mlp_ratio=0.01)
     with pytest.raises(ValueError, match="time_init_std must be a finite number > 0 or None, got inf"):
         _small(time_init_std=float("inf"))
     per_stage = inspect.unwrap(unet._per_stage)  # as users run it: the suite's type checks would answer first
@@ -159,8 +161,31 @@ def test_construction_errors_name_the_argument() -> None:
         with pytest.raises(ValueError, match=f"{name} must hold integers"):
             per_stage(bad, 2, name)
     assert per_stage(np.int64(2), 2, "window") == (2, 2)
-    with pytest.raises(ValueError, match="augment_dim must be >= 0"):
+    with pytest.raises(ValueError, match="augment_dim must be an integer >= 0"):
         _small(augment_dim=-1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [  # int() truncated the first three silently; torch failed deep inside on the others
+        (dict(channels=(16.5, 32)), r"^channels must be a sequence of integers, one per stage, got \(16.5, 32\)$"),
+        (dict(channels="1632"), r"^channels must be a sequence of integers"),  # its digits were taken for stages
+        (dict(blocks_per_stage=(1.5, 1)), r"^blocks_per_stage must be a sequence of integers"),
+        (dict(resolution=8.0), r"^resolution must be an integer >= 1, got 8.0$"),
+        (dict(time_dim=16.0), r"^time_dim must be an integer >= 1, got 16.0$"),
+        (dict(num_classes=2.5), r"^num_classes must be an integer >= 1, got 2.5$"),
+        (dict(num_classes=True), r"^num_classes must be an integer >= 1, got True$"),
+        (dict(class_dropout_prob=1.5), r"^class_dropout_prob must be in \[0, 1\), got 1.5$"),  # was 'dropout_prob'
+        (dict(mlp_ratio=float("nan")), r"^mlp_ratio must be a finite number > 0, got nan$"),
+    ],
+)
+def test_sizes_must_be_integers_named_also_without_the_type_checks(overrides: dict, match: str) -> None:
+    init, config = inspect.unwrap(ImageDiffiT.__init__), _small().config  # as users run it, without the type checks
+    with pytest.raises(ValueError, match=match):
+        init(ImageDiffiT.__new__(ImageDiffiT), **{**config, **overrides})
+    numpy_ints = ImageDiffiT.__new__(ImageDiffiT)
+    init(numpy_ints, **{**config, "resolution": np.int64(8), "channels": [np.int64(16), 32]})
+    assert numpy_ints.channels == (16, 32)
 
 
 def test_gelu_choice_is_the_mlp_activation_and_round_trips() -> None:

@@ -110,6 +110,20 @@ def capture_config(init: Init) -> Init:
     return wrapper  # type: ignore[return-value]
 
 
+def check_dtype(x: Tensor, weight: Tensor) -> None:
+    """ValueError naming ``x`` unless it is a floating-point tensor in the dtype of the ``weight`` it meets first
+    (any floating dtype under autocast, which casts it): torch's own errors ("mat1 and mat2 must have the same
+    dtype", "Input type (double) and bias type (float)") name no argument. Free: no device synchronisation."""
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+    if x.dtype != weight.dtype and not autocast:
+        raise ValueError(
+            f"x has dtype {x.dtype} but the model's weights are {weight.dtype}: convert x (x.to({weight.dtype})) "
+            "or the model, or run under torch.autocast"
+        )
+
+
 def check_inputs(
     x: Tensor,
     sample_shape: tuple[int, ...],
@@ -127,16 +141,9 @@ def check_inputs(
     giving every sample the same one without a word, and an unconditional model would ignore the classes."""
     if tuple(x.shape[1:]) != sample_shape:
         raise ValueError(f"x must have shape (b, {', '.join(map(str, sample_shape))}), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     if x.device != weight.device:
         raise ValueError(f"x is on {x.device} but the model's weights are on {weight.device}: move one to the other")
-    autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
-    if x.dtype != weight.dtype and not autocast:
-        raise ValueError(
-            f"x has dtype {x.dtype} but the model's weights are {weight.dtype}: convert x (x.to({weight.dtype})) "
-            "or the model, or run under torch.autocast"
-        )
+    check_dtype(x, weight)
     for name, value in (("noise_label", noise_label), ("y", y)):
         if value is not None and tuple(value.shape) != (x.shape[0],):
             raise ValueError(f"{name} must have shape ({x.shape[0]},), one per sample of x, got {tuple(value.shape)}")
