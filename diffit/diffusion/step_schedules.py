@@ -14,6 +14,7 @@ from torch import Tensor
 
 from diffit.diffusion.sampling import Denoiser, check_x
 from diffit.diffusion.schedules import check_steps, karras_sigmas
+from diffit.util import check_integer
 
 # Linear-beta VP process of Song et al. 2021 (beta_min = 0.1, beta_max = 20), EDM Table 1.
 VP_BETA_MIN, VP_BETA_D = 0.1, 19.9
@@ -113,6 +114,7 @@ def schedule_sigmas(
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {name!r}{hint}")
     if final not in ("sigma_min", "zero"):
         raise ValueError(f"final must be 'sigma_min' or 'zero', got {final!r}")
+    check_steps(n, sigma_min, sigma_max)  # n, not the n + 1 that final="zero" asks the schedule for
     if final == "sigma_min":
         return SCHEDULES[name](n, sigma_min, sigma_max, device=device, dtype=dtype)
     sigmas = SCHEDULES[name](n + 1, sigma_min, sigma_max, device=device, dtype=dtype)
@@ -139,6 +141,7 @@ def optimized_sigmas(
     (d = (x - D)/sigma), and of the final step i -> 0 it is mean_b ||D_i - x_end||.
     """
     check_steps(n, sigma_min, sigma_max)
+    check_integer("fine_steps", fine_steps)
     if fine_steps < n:
         raise ValueError(f"fine_steps must be >= n ({n}), got {fine_steps}")
     check_x(x)
