@@ -64,8 +64,14 @@ def check_sigmas(sigmas: Tensor) -> list[float]:
     return values
 
 
-def check_x(x: Tensor) -> None:
-    """Reject NaN / inf in the starting point (a silent NaN would otherwise propagate to every image)."""
+def check_x(x: object) -> None:
+    """The starting point: a floating-point tensor with a batch dimension, without NaN / inf (a silent NaN would
+    otherwise propagate to every image; an integer x had every sigma truncated to an integer). One reduction."""
+    if not isinstance(x, Tensor) or x.ndim < 1:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor with a batch dimension (B, ...), got {got}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite (it contains NaN or inf)")
 
@@ -81,7 +87,10 @@ class Stepper:
     """Per-run bookkeeping shared by the samplers: the denoiser call at a scalar sigma, the cumulative
     number of function evaluations (NFE) and the callback."""
 
-    def __init__(self, denoiser: Denoiser, x: Tensor, callback: Callback | None, noise: NoiseSampler | None):
+    def __init__(self, denoiser: object, x: object, callback: Callback | None, noise: NoiseSampler | None):
+        # denoiser and x are what the sampler was called with: checked here, once per call (hence ``object``)
+        if not callable(denoiser):
+            raise TypeError(f"denoiser must be a callable denoiser(x, sigma), got a {type(denoiser).__name__}")
         check_x(x)
         self.denoiser = denoiser
         self.with_variance = find_method(denoiser, "denoise_with_variance")
