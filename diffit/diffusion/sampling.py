@@ -45,7 +45,7 @@ def find_method(denoiser: Denoiser, name: str, *, bind: bool = True) -> Callable
     return functools.partial(method, *args, **kwargs) if bind else method
 
 
-def check_sigmas(sigmas: Tensor) -> list[float]:
+def check_sigmas(sigmas: object) -> list[float]:
     """Validate a schedule (1-D, finite, strictly descending, >= 2 values, last exactly 0) -> Python floats.
 
     Step arithmetic then runs in float64 on the host, with no device synchronisation inside the loop.
