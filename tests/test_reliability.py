@@ -106,10 +106,28 @@ def test_damaged_weight_files_give_one_line_errors_naming_them(tmp_path: Path) -
 @pytest.mark.parametrize("step", [-1, 10**8])
 def test_a_step_outside_the_checkpoint_names_is_refused(tmp_path: Path, step: int) -> None:
     model = tiny_image_diffit(3)
-    with pytest.raises(ValueError, match=r"step must be in \[0, 10\*\*8\)"):
+    with pytest.raises(ValueError, match=r"step must be an integer in \[0, 10\*\*8\)"):
         save_checkpoint(tmp_path, step=step, model=model, ema=model, optimizer=torch.optim.SGD(model.parameters()),
                         rng_states={}, state={})  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [  # each failed half-way: the first after creating the run directory, the others inside the write
+        ({"step": 1.5}, r"^step must be an integer in \[0, 10\*\*8\), got 1.5$"),  # "Unknown format code 'd'"
+        ({"rng_states": {"cpu": 1}}, r"^rng_states must map names to tensors, got a int for 'cpu'$"),
+        ({"state": {"x": object()}}, r"^state must be plain JSON data \(it is written to state.json\): Object of"),
+    ],
+)
+def test_save_checkpoint_checks_everything_before_writing_anything(tmp_path: Path, kwargs: dict, match: str) -> None:
+    model = tiny_image_diffit(3)
+    args = dict(step=1, model=model, ema=model, optimizer=torch.optim.SGD(model.parameters()), rng_states={}, state={})
+    with pytest.raises(ValueError, match=match):
+        inspect.unwrap(save_checkpoint)(tmp_path / "run", **{**args, **kwargs})  # as users run it, no type checks
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"^source must be a path, a hub id such as nvidia/DiffiT, or None, got 42$"):
+        inspect.unwrap(load_model)(42)  # Path()'s "expected str, bytes or os.PathLike object, not int" before
 
 
 def test_checkpoint_files_follow_the_umask_like_any_new_file(tmp_path: Path) -> None:
