@@ -24,8 +24,10 @@ import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402, F401 (the calls below are evaluated from text)
 import torch  # noqa: E402
 
-from diffit import checkpoint, data, evaluation, generate, nn, objectives  # noqa: E402, F401
+from diffit import checkpoint, data, evaluation, generate, nn, objectives, runs  # noqa: E402, F401
 from diffit import diffusion as dif  # noqa: E402
+from diffit.distributed import DistInfo  # noqa: E402
+from diffit.train import train  # noqa: E402
 
 cases = """
 window           nn.window_partition(Z(1, 6, 6, 2), 4)
@@ -284,6 +286,19 @@ batch_size       mb(Z(4, 1, 2, 2, dtype=torch.uint8), Z(4, dtype=torch.long), ba
 images           mb(Z(4, 1, 2, 2), Z(4, dtype=torch.long))
 labels           mb(Z(4, 1, 2, 2, dtype=torch.uint8), Z(3, dtype=torch.long))
 images           mb(Z(0, 1, 2, 2, dtype=torch.uint8), Z(0, dtype=torch.long))
+model            trn(model=object())
+objective        trn(objective=object())
+data             trn(data=None)
+data             trn(data=lambda step: iter([(Z(4, 1, 16, 16), Z(4, dtype=torch.long))]))
+data             trn(data=lambda step: iter([(Z(4, 1, 8, 8), Z(4))]))
+steps            trn(steps=1.5)
+batch_size       trn(batch_size=0)
+lr               trn(lr=nan)
+precision        trn(precision="fp16")
+out              trn(run_dir=__file__)
+ok               trn() -> out.step == 1
+resolution       runs.latent_side(12)
+model_factory    runs.import_factory("no_such_module:f")
 pattern          data.ShardWriter(str(TMP / "x.tar"))
 img              data.encode_image(np.zeros((4, 4, 3)), "png")
 image_format     data.encode_image(PIL.Image.new("RGB", (4, 4)), "gif")
@@ -382,6 +397,15 @@ def ckpt(**kw: object) -> Path:
     opt = torch.optim.AdamW(U.parameters())
     args = dict(step=1, model=U, ema=U, optimizer=opt, rng_states={}, state={})
     return checkpoint.save_checkpoint(TMP / "run", **(args | kw))
+
+
+def trn(**kw: object) -> object:
+    images, labels = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8), torch.arange(8) % 3
+    cpu, count = DistInfo(0, 1, 0, torch.device("cpu")), len(list(TMP.glob("run-*")))
+    args = dict(model=tiny(), objective=objectives.EDMObjective(), steps=1, batch_size=4, lr=1e-3, dist=cpu,
+                data=lambda step: data.memory_batches(images, labels, batch_size=4, seed=0, start_step=step),
+                run_dir=TMP / f"run-{count}")  # fmt: skip
+    return train(**(args | kw))
 
 
 def mb(images: torch.Tensor, labels: torch.Tensor, **kw: object) -> tuple:

@@ -205,6 +205,25 @@ def test_train_refuses_data_batches_of_another_size(tmp_path: Path) -> None:
     assert checkpoint_dirs(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [  # the model named its own x or y (or Python: 'NoneType' is not callable, leaving the run directory behind)
+        (None, r"^data must be a function step -> iterator of \(x, y\) batches, .* got NoneType$"),
+        (lambda step: iter([(torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))]),
+         r"^data: expected batches .* of shape \(1, 8, 8\), got x \(4, 1, 16, 16\) and y \(4,\) at step 0$"),
+        (lambda step: iter([(torch.zeros(4, 1, 8, 8), torch.zeros(4))]),
+         r"^data: expected integer class labels y, got torch.float32 at step 0$"),
+    ],
+)  # fmt: skip
+def test_train_names_data_that_is_no_function_or_yields_batches_the_model_cannot_take(
+    tmp_path: Path, data: object, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        inspect.unwrap(train)(model=tiny_image_diffit(3), objective=EDMObjective(), data=data, run_dir=tmp_path / "run",
+                              dist=CPU, steps=1, batch_size=4, lr=1e-3)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # the run directory it made is gone again
+
+
 ALLOCATION_FAILURES = [  # (what each allocator raises, as torch 2.13 and numpy word it; the size it tried)
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB"),
      "20.00 GiB"),
