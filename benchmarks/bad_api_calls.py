@@ -3,10 +3,11 @@ root: python benchmarks/bad_api_calls.py [-v]  (-v lists the clean calls too; a 
 
 Calls run as users run them: without ``DIFFIT_TYPECHECK`` (beartype's checks are the test suite's). Each line of
 ``cases`` is ``EXPECT CALL``: EXPECT names the argument a clean refusal names, or is ``ok`` for a call that must
-work, followed by ``-> CHECK`` on its result ``out``. A refusal is clean when it is a ValueError or TypeError of
-one line naming EXPECT among its first words and nothing was written. Everything else is reported as
-(b) another error, or one naming no argument of ours (a torch, einops or numpy traceback), (c) a silent wrong
-result (returned garbage or NaN, ignored the argument, wrote files) or (d) a hang or a huge allocation.
+work, followed by ``-> CHECK`` on its result ``out``. A refusal is clean when it is a ValueError or TypeError (or
+diffit's OutOfMemory, for allocations) of one line naming EXPECT among its first words and nothing was written.
+Everything else is reported as (b) another error, or one naming no argument of ours (a torch, einops or numpy
+traceback), (c) a silent wrong result (returned garbage or NaN, ignored the argument, wrote files) or (d) a hang
+or a huge allocation.
 """
 
 import os
@@ -28,6 +29,7 @@ from diffit import checkpoint, data, evaluation, generate, nn, objectives, runs 
 from diffit import diffusion as dif  # noqa: E402
 from diffit.distributed import DistInfo  # noqa: E402
 from diffit.train import train  # noqa: E402
+from diffit.util import OutOfMemory  # noqa: E402
 
 cases = """
 window           nn.window_partition(Z(1, 6, 6, 2), 4)
@@ -312,6 +314,12 @@ probs            evaluation.inception_score_from_probabilities(torch.full((4, 3)
 splits           evaluation.inception_score_from_probabilities(torch.full((4, 3), 1 / 3), splits=0)
 k                evaluation.precision_recall(torch.rand(8, 3), torch.rand(8, 3), k=0)
 fake_features    evaluation.precision_recall(torch.rand(8, 3), torch.rand(8, 4))
+k                evaluation.manifold_radii(torch.rand(5, 3), k=10)
+block            evaluation.manifold_radii(torch.rand(5, 3), block=0)
+splits           evaluation.inception_score(torch.rand(4, 3), splits=10)
+noise            dif.sample_ddim(gm, Z2, SIG, eta=1, noise=lambda: "x")
+sigma_max        dif.karras_sigmas(3, 0.002, 1e300)
+window           lat(input_size=256, patch_size=1)
 """.strip().splitlines()
 
 TIMEOUT_S = 5  # a call still running then is a hang (or a huge allocation)
@@ -444,7 +452,7 @@ def classify(line: str) -> tuple[str, str]:
         out = eval(call, globals())
     except Hang:
         return "d", f"still running after {TIMEOUT_S} s"
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OutOfMemory) as err:  # OutOfMemory: diffit's one line naming the argument
         text = str(err).strip()
         words = [w.split(".")[-1] for w in re.findall(r"[A-Za-z_][\w.]*", " ".join(text.split()[:NAMED_WITHIN]))]
         wrote = sorted(TMP.rglob("*")) != before

@@ -254,6 +254,8 @@ def test_bad_input_raises_clear_errors() -> None:
         sample_edm_stochastic(gm, x, good, S_churn=-1.0)
     with pytest.raises(ValueError, match="noise must return"):
         sample_euler_maruyama(gm, x, good, noise=lambda: torch.randn(3, 2, dtype=F64))
+    with pytest.raises(ValueError, match=r"^noise must return tensors shaped \(2, 2\), got a str$"):  # AttributeError
+        sample_euler_maruyama(gm, x, good, noise=lambda: "noise")
     nan = float("nan")
     for bad_option, call in [
         ("eta must be a finite number", lambda: sample_ddim(gm, x, good, eta=nan)),

@@ -124,6 +124,8 @@ _ACP = betas_to_alphas_cumprod(linear_betas(50))
         (karras_sigmas, (2.5, 0.002, 80), r"^n \(number of steps\) must be an integer in \[1, 100000\], got 2.5$"),
         (karras_sigmas, (True, 0.002, 80), r"^n \(number of steps\) must be an integer .*, got True$"),
         (karras_sigmas, (10**10, 0.002, 80), r"^n \(number of steps\) must be an integer .*, got 10000000000$"),
+        (karras_sigmas, (3, 0.002, 1e300), r"^sigma_max=1e\+300 overflows the schedule's torch.float32"),  # an inf
+        (partial(karras_sigmas, dtype=torch.float16), (3, 1e-10, 80), r"^sigma_min=1e-10 underflows .*float16"),
         (linear_betas, (10.5,), r"^num_timesteps must be an integer >= 1, got 10.5$"),  # named the betas before
         (partial(cosine_betas, s=-1), (10,), r"^s must be a finite number >= 0, got -1$"),  # NaN betas before
         (partial(cosine_betas, s=math.nan), (10,), r"^s must be a finite number >= 0, got nan$"),

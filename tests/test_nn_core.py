@@ -17,6 +17,7 @@ from diffit.nn import (
     ResBlock,
     TimestepEmbedding,
     TMSABlock,
+    attention,
     checkpointed_call,
     relative_position_index,
     sincos_pos_embed_2d,
@@ -24,6 +25,7 @@ from diffit.nn import (
     window_merge,
     window_partition,
 )
+from diffit.util import OutOfMemory
 
 
 @settings(max_examples=25, deadline=None)
@@ -408,3 +410,15 @@ def test_embeddings_name_their_arguments() -> None:
         sincos_pos_embed_2d(8, 0)
     with pytest.raises(ValueError, match=r"^labels must hold class ids as int64 \(or int32\), got torch.float32$"):
         inspect.unwrap(LabelEmbedding.forward)(LabelEmbedding(num_classes=3, dim=4), torch.tensor([1.0]))
+
+
+def test_a_window_whose_position_index_cannot_be_allocated_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index has window**4 entries: LatentDiffiT(input_size=256, patch_size=1) asked the CPU allocator for
+    64 GiB and got torch's 'DefaultCPUAllocator: can't allocate memory'."""
+
+    def fails(window: int) -> torch.Tensor:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes.")
+
+    monkeypatch.setattr(attention, "relative_position_index", fails)
+    with pytest.raises(OutOfMemory, match=r"^window: a 256x256 window's relative position index \(65536, 65536\) "):
+        TMSA(dim=8, time_dim=4, num_heads=2, window=256)

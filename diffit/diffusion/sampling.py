@@ -123,8 +123,9 @@ class Stepper:
     def draw(self, like: Tensor) -> Tensor:
         """One standard normal draw from the injected noise sampler, checked against the batch shape."""
         n = self.noise()
-        if n.shape != like.shape:
-            raise ValueError(f"noise must return tensors shaped {tuple(like.shape)}, got {tuple(n.shape)}")
+        if not isinstance(n, Tensor) or n.shape != like.shape:
+            got = tuple(n.shape) if isinstance(n, Tensor) else f"a {type(n).__name__}"
+            raise ValueError(f"noise must return tensors shaped {tuple(like.shape)}, got {got}")
         return n.to(like)
 
     def report(self, i: int, x: Tensor, sigma: float, sigma_next: float, denoised: Tensor, **extra: Any) -> None:

@@ -24,13 +24,19 @@ from diffit.util import check_integer, is_integer
 MAX_STEPS = 100_000
 
 
-def check_steps(n: object, sigma_min: float, sigma_max: float) -> None:
+def check_steps(n: object, sigma_min: float, sigma_max: float, dtype: torch.dtype | None = None) -> None:
     """The arguments every closed-form step schedule takes: an integer ``1 <= n <= MAX_STEPS`` and
-    ``0 < sigma_min < sigma_max < inf``."""
+    ``0 < sigma_min < sigma_max < inf``, both representable in the schedule's ``dtype`` when given."""
     if not is_integer(n) or not 1 <= n <= MAX_STEPS:  # type: ignore[operator]
         raise ValueError(f"n (number of steps) must be an integer in [1, {MAX_STEPS}], got {n!r}")
     if not 0.0 < sigma_min < sigma_max < math.inf:
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if dtype is not None and dtype.is_floating_point:  # 1e300 became inf in float32, 1e-50 became 0
+        info = torch.finfo(dtype)
+        if sigma_max > info.max:
+            raise ValueError(f"sigma_max={sigma_max} overflows the schedule's {dtype} (max {info.max:.4g})")
+        if sigma_min < info.tiny:
+            raise ValueError(f"sigma_min={sigma_min} underflows the schedule's {dtype} (smallest {info.tiny:.4g})")
 
 
 def check_alphas_cumprod(alphas_cumprod: object, *, values: bool = True) -> None:
@@ -62,7 +68,7 @@ def karras_sigmas(
 
     ``n = 1`` gives [sigma_max, 0]. rho = 7 concentrates steps at low noise, where the ODE curves most.
     """
-    check_steps(n, sigma_min, sigma_max)
+    check_steps(n, sigma_min, sigma_max, dtype)
     if not 0.0 < rho < math.inf:
         raise ValueError(f"rho must be a finite number > 0, got {rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from diffit.nn.contract import check_dtype
 from diffit.nn.flex import flex_attend, flex_available
 from diffit.nn.windows import relative_position_index, window_merge, window_partition
-from diffit.util import check_integer
+from diffit.util import OutOfMemory, check_integer, out_of_memory_as
 
 ATTENTION_BACKENDS = ("sdpa", "flex", "auto")
 # "auto" decisions, one per (device, dtype, shape, window, grid, grad) key: measured once per process.
@@ -92,7 +92,14 @@ class TMSA(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(window))
+        tokens = window * window  # the index pairs every token of a window with every other: window**4 entries
+        with out_of_memory_as(
+            lambda tried: OutOfMemory(
+                f"window: a {window}x{window} window's relative position index ({tokens}, {tokens}) does not fit in "
+                f"memory{tried}; use a smaller window (LatentDiffiT's is its input_size / patch_size token grid)"
+            )
+        ):
+            self.register_buffer("relative_position_index", relative_position_index(window))
         self.q_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.attention_backend = "sdpa"  # run-time choice (see the module docstring); not in the state dict
