@@ -119,15 +119,15 @@ def _models(quick: bool) -> dict[str, Callable[[], torch.nn.Module]]:
     return {"diffit_tiny": diffit_tiny, "diffit_cifar10": diffit_cifar10, "latent_diffit_s_2": latent_diffit_s_2}
 
 
-def _inputs(model: torch.nn.Module, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+def _inputs(model: torch.nn.Module, batch: int, gen: torch.Generator) -> tuple[torch.Tensor | None, ...]:
     shape = (batch, model.in_channels, model.resolution, model.resolution)
     x = torch.randn(shape, generator=gen)
     if isinstance(model, LatentDiffiT):  # the DDPM timestep
         label = torch.rand(batch, generator=gen) * 999
     else:  # EDM's c_noise = ln(sigma) / 4
         label = torch.randn(batch, generator=gen) * 0.5
-    y = torch.randint(0, model.num_classes or 1, (batch,), generator=gen)
-    return x, label, y
+    y = torch.randint(0, model.num_classes or 1, (batch,), generator=gen)  # drawn either way: the same stream
+    return x, label, (None if model.num_classes is None else y)  # an unconditional model refuses classes
 
 
 def _errors(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -138,7 +138,7 @@ def _errors(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> dict[
 def _forward_and_grads(model: torch.nn.Module, inputs: tuple, cot: torch.Tensor, bf16: bool) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     device = next(model.parameters()).device
-    x, label, y = (t.to(device) for t in inputs)
+    x, label, y = (None if t is None else t.to(device) for t in inputs)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x, label, y)
     (out.float() * cot.to(device)).sum().backward()

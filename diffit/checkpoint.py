@@ -36,7 +36,7 @@ from diffit.nn import ImageDiffiT, LatentDiffiT, check_backbone
 from diffit.nn.contract import jsonable
 from diffit.objectives import build_objective, objective_spec
 from diffit.release import check_release_resolution, load_release
-from diffit.util import atomic_path, fsync_dir, fsync_file
+from diffit.util import atomic_path, fsync_dir, fsync_file, is_integer
 
 MODEL_METADATA_KEY = "diffit.model"
 OBJECTIVE_METADATA_KEY = "diffit.objective"
@@ -263,10 +263,18 @@ def save_checkpoint(
 ) -> Path:
     """Write ``run_dir/ckpt-<step>`` atomically, then delete all but the newest ``keep_last`` (and ``keep`` steps)
     and any temporary directory an interrupted write left behind. Refuses weights that are not finite."""
-    if keep_last < 1:
-        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
-    if not 0 <= step < 10**8:  # the eight digits of ckpt-<step>, which checkpoint_dirs recognises
-        raise ValueError(f"step must be in [0, 10**8), got {step}")
+    # Everything checked before anything is written (step 1.5 created run_dir, then failed formatting its name).
+    if not is_integer(keep_last) or keep_last < 1:
+        raise ValueError(f"keep_last must be an integer >= 1, got {keep_last!r}")
+    if not is_integer(step) or not 0 <= step < 10**8:  # the eight digits of ckpt-<step>, which checkpoint_dirs reads
+        raise ValueError(f"step must be an integer in [0, 10**8), got {step!r}")
+    bad = next((k for k, v in rng_states.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise ValueError(f"rng_states must map names to tensors, got a {type(rng_states[bad]).__name__} for {bad!r}")
+    try:
+        json.dumps(state, sort_keys=True)  # as state.json is written below
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"state must be plain JSON data (it is written to state.json): {err}") from None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_orphans(run_dir)
@@ -416,6 +424,8 @@ def load_model(
     :func:`build_model`); ``objective`` overrides the recorded one (needed for an objective of your own).
     Raises FileNotFoundError / ValueError with one line.
     """
+    if source is not None and not isinstance(source, (str, os.PathLike)):  # Path(42) raised a TypeError
+        raise ValueError(f"source must be a path, a hub id such as nvidia/DiffiT, or None, got {source!r}")
     check_release_resolution(release_resolution)
     try:
         path = resolve_weights(source, use_ema=use_ema)

@@ -36,6 +36,7 @@ from diffit.diffusion import (
     PowerCosineScale,
     bind_labels,
     check_seeds,
+    check_sigmas,
     final_for,
     optimized_sigmas,
     per_sample_noise,
@@ -44,7 +45,16 @@ from diffit.diffusion import (
 from diffit.distributed import DistInfo, all_gather
 from diffit.nn import check_backbone
 from diffit.objectives import ADMObjective, Objective, default_objective, objective_spec, release_alphas_cumprod
-from diffit.util import OutOfMemory, atomic_path, check_output_path, mix_seed, out_of_memory_as, write_json
+from diffit.util import (
+    OutOfMemory,
+    atomic_path,
+    check_integer,
+    check_output_path,
+    is_integer,
+    mix_seed,
+    out_of_memory_as,
+    write_json,
+)
 
 Sampler = Callable[..., Tensor]
 _LABEL_STREAM = 1  # random_labels' seeds: mix_seed(seed, _LABEL_STREAM), apart from the noise's seed
@@ -94,8 +104,7 @@ def default_sigmas(
     (Karras et al. Eq. 5 for EDM; the release's chain respaced to ``steps`` for ADM); ``schedule`` names one of
     ``diffit.diffusion.SCHEDULES`` instead, over :func:`sigma_range`, with ``final`` passed on to
     :func:`~diffit.diffusion.schedule_sigmas`."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_integer("steps", steps)
     objective = objective if objective is not None else default_objective(model)
     if schedule is None:
         return objective.sampling_sigmas(steps)
@@ -124,13 +133,17 @@ class Guidance:
     _warned: list[bool] = field(default_factory=lambda: [False], init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.scale) or self.scale < 0:
-            raise ValueError(f"scale (guidance) must be a finite number >= 0, got {self.scale}")
+        number = isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)  # "2": math's TypeError
+        if not number or not math.isfinite(self.scale) or self.scale < 0:
+            raise ValueError(f"scale (guidance) must be a finite number >= 0, got {self.scale!r}")
         if self.schedule not in ("constant", "power-cosine"):
             raise ValueError(f"schedule (guidance) must be 'constant' or 'power-cosine', got {self.schedule!r}")
-        if self.channels is not None and self.channels < 1:
-            raise ValueError(f"channels (guided) must be >= 1, got {self.channels}")
+        if self.channels is not None and (not is_integer(self.channels) or self.channels < 1):  # 1.5 passed
+            raise ValueError(f"channels (guided) must be an integer >= 1, got {self.channels!r}")
         if self.interval is not None:
+            pair = isinstance(self.interval, (tuple, list)) and len(self.interval) == 2
+            if not pair or not all(isinstance(v, (int, float)) for v in self.interval):
+                raise ValueError(f"interval (guidance) must be a pair of sigmas (lo, hi), got {self.interval!r}")
             lo, hi = self.interval
             if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
                 raise ValueError(f"interval (guidance) must be finite sigmas 0 <= lo <= hi, got {self.interval}")
@@ -157,7 +170,7 @@ def guided_denoiser(
     if labels is None:
         raise ValueError("the model is class-conditional: labels are required")
     if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
-        raise ValueError(f"class ids must lie in [0, {num_classes - 1}], got {labels.tolist()}")
+        raise ValueError(f"labels must be class ids in [0, {num_classes - 1}], got {labels.tolist()[:10]}")
     if guidance.scale == 1.0:
         _warn_unused(guidance)
         return bind_labels(base, labels)
@@ -211,6 +224,8 @@ def class_labels(
         return None
     if classes is None:
         return random_labels(seeds, num_classes)
+    if not all(is_integer(c) for c in classes):  # torch.tensor(..., dtype=long) truncated 1.5 to 1
+        raise ValueError(f"classes must be integer ids, got {list(classes)[:10]}")
     if not classes or min(classes) < 0 or max(classes) >= num_classes:
         raise ValueError(f"classes must be ids in [0, {num_classes - 1}] for this model, got {list(classes)[:10]}")
     return torch.tensor([classes[i % len(classes)] for i in range(len(seeds))], dtype=torch.long)
@@ -218,6 +233,7 @@ def class_labels(
 
 def random_labels(seeds: Sequence[int], num_classes: int) -> Int[Tensor, " b"]:
     """A random class per seed that depends on that seed alone (not on the batch or the process count)."""
+    check_integer("num_classes", num_classes)
     return torch.tensor(
         [
             int(torch.randint(num_classes, (), generator=torch.Generator().manual_seed(mix_seed(s, _LABEL_STREAM))))
@@ -243,8 +259,7 @@ def fitted_sigmas(
     """:func:`~diffit.diffusion.optimized_sigmas` on the model's own (guided) denoiser, from the noise of
     ``seeds`` with a random class each; the range of :func:`default_sigmas` with a schedule. Costs
     (2 fine_steps - 1) evaluations (times 2 when guided) for each of the len(seeds) starts, once per run."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_integer("steps", steps)
     device = next(model.parameters()).device
     num_classes = getattr(model, "num_classes", None)
     labels = None if num_classes is None else random_labels(seeds, num_classes).to(device)
@@ -329,12 +344,27 @@ def sampling_protocol(
     }  # fmt: skip
 
 
-def check_sample_args(seeds: Sequence[int], labels: Tensor | None, precision: str) -> None:
-    """ValueError for arguments :func:`sample` and :func:`generate` refuse, before any work."""
+def check_sample_args(
+    seeds: Sequence[int], labels: object, precision: str, *, sampler: object = None, sigmas: object = None
+) -> None:
+    """ValueError for arguments :func:`sample` and :func:`generate` refuse, before any work (``sampler`` and
+    ``sigmas`` when given: a sampler function, a schedule :func:`~diffit.diffusion.check_sigmas` accepts)."""
     check_seeds(seeds)
+    if sampler is not None and not callable(sampler):  # a name failed as "'str' object is not callable"
+        raise ValueError(
+            f"sampler must be a sampler function such as diffit.diffusion.sample_heun (diffit.diffusion.SAMPLERS "
+            f"maps names to them), got {sampler!r}"
+        )
+    if sigmas is not None:
+        check_sigmas(sigmas)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if labels is not None and len(labels) != len(seeds):
+    if labels is None:
+        return
+    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.dtype not in (torch.int64, torch.int32):
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be a 1-D int64 tensor of class ids, one per seed, got {got}")
+    if len(labels) != len(seeds):
         raise ValueError(f"labels must hold one class id per seed ({len(seeds)}), got {len(labels)}")
 
 
@@ -360,7 +390,7 @@ def sample(
     raises :class:`~diffit.util.OutOfMemory` naming ``seeds`` (:func:`generate` samples in batches).
     """
     check_backbone(model)
-    check_sample_args(seeds, labels, precision)
+    check_sample_args(seeds, labels, precision, sampler=sampler, sigmas=sigmas)
     check_guidance_interval(guidance, sigmas)
     device = next(model.parameters()).device
     shape = (model.in_channels, model.resolution, model.resolution)
@@ -415,9 +445,10 @@ def generate(
     A batch that cannot allocate its memory raises :class:`~diffit.util.OutOfMemory` naming ``batch_size`` (all
     the images together, ``seeds``); other errors pass unchanged.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    check_sample_args(seeds, labels, precision)  # here too: a rank without seeds must not pass silently
+    check_backbone(model)
+    check_integer("batch_size", batch_size)
+    # here too: a rank without seeds must not pass silently
+    check_sample_args(seeds, labels, precision, sampler=sampler, sigmas=sigmas)
     check_guidance_interval(guidance, sigmas)
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     device = next(model.parameters()).device
@@ -489,11 +520,18 @@ def latent_decoder(vae: nn.Module, *, scale: float = SD_SCALE_FACTOR) -> Callabl
 
 def to_uint8(images: Float[Tensor, "b c h w"]) -> UInt8[Tensor, "b h w c"]:
     """[-1, 1] floats -> uint8 NHWC (the ADM reference-batch layout), rounding to the nearest level."""
+    if images.ndim != 4:  # torch's permute() error named no argument
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
 def make_grid(images: UInt8[Tensor, "b h w c"], *, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     """Tile images into one (rows*H, cols*W, C) uint8 array with ``pad`` pixels of black between them."""
+    if images.dtype != torch.uint8 or images.ndim != 4:  # floats were cast to uint8: a black grid
+        raise ValueError(f"images must be uint8 (b, h, w, c), got {images.dtype} {list(images.shape)}")
+    if nrow is not None:
+        check_integer("nrow", nrow)  # 0 fell back to the square grid without a word
+    check_integer("pad", pad, minimum=0)
     b, h, w, c = images.shape
     cols = nrow or int(np.ceil(np.sqrt(b)))
     rows = int(np.ceil(b / cols))

@@ -340,6 +340,11 @@ def train(
     """
     check_backbone(unwrap(model))
     check_objective(objective)
+    if not callable(data):  # it failed as "'NoneType' object is not callable" after the run directory was made
+        raise ValueError(
+            f"data must be a function step -> iterator of (x, y) batches, such as lambda step: "
+            f"memory_batches(..., start_step=step), got {type(data).__name__}"
+        )
     check_train_args(
         steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=dist.world_size, lr=lr,
         warmup=warmup, betas=betas, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip, precision=precision,
@@ -400,17 +405,22 @@ def train(
         wrapped = torch.compile(wrapped)
 
     rank_slice = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
-    batches = data(run.step)
+    sample_shape = (model.in_channels, model.resolution, model.resolution)
     clock, images_since = time.perf_counter(), 0
     with _label_dropout_off(model), _StopFlag() as flag, _removed_if_left_empty(run_dir, created):
+        batches = data(run.step)
         while run.step < steps:
             with _step_memory(per_rank, micro_batch, dist.device):  # the step's batch, draws, forward, backward
                 x, y = next(batches)
-                if x.shape[0] != per_rank or y.shape != (per_rank,):
+                # Checked here, for free, rather than by the model as its own x and y (names data never had).
+                if tuple(x.shape) != (per_rank, *sample_shape) or tuple(y.shape) != (per_rank,):
                     raise ValueError(
                         f"data: expected batches of this rank's {per_rank} samples (batch_size={batch_size} over "
-                        f"{dist.world_size} rank(s)), got x {tuple(x.shape)} and y {tuple(y.shape)} at step {run.step}"
+                        f"{dist.world_size} rank(s)) of shape {sample_shape}, got x {tuple(x.shape)} and y "
+                        f"{tuple(y.shape)} at step {run.step}"
                     )
+                if num_classes is not None and y.dtype not in (torch.int64, torch.int32):
+                    raise ValueError(f"data: expected integer class labels y, got {y.dtype} at step {run.step}")
                 x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
                 # Everything random in this step, drawn for the global batch; this rank keeps its slice.
                 gen = step_generator(seed, run.step)

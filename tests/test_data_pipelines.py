@@ -2,6 +2,7 @@
 
 import dataclasses
 import gc
+import inspect
 import io
 import os
 import tarfile
@@ -496,3 +497,20 @@ def test_bad_gzip_shard_is_skipped_without_resource_warning(tmp_path):
     assert len(keys) == 2
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert any(str(gz) in str(w.message) for w in caught if issubclass(w.category, BadSampleWarning))
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "match"),
+    [  # float images were scaled as if 0..255; the other two raised IndexError at some later batch
+        (
+            torch.rand(4, 1, 2, 2),
+            torch.zeros(4, dtype=torch.long),
+            r"^images: expected uint8 \(N, C, H, W\) with N >= 1",
+        ),
+        (torch.zeros(0, 1, 2, 2, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), r"^images: expected uint8"),
+        (torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.long), r"^labels: expected one label"),
+    ],
+)
+def test_memory_batches_refuse_images_and_labels_that_do_not_fit(images, labels, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        next(inspect.unwrap(memory_batches)(images, labels, batch_size=2, seed=0))  # as users run it

@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -20,6 +21,7 @@ from diffit.data import (
     digits_folder,
     digits_manifest,
     digits_urls,
+    encode_image,
     expand_urls,
     folder_source,
     load_images,
@@ -275,3 +277,10 @@ def test_png_writer_is_a_standard_png():
     for shape in ((5, 7), (6, 4, 3)):
         pixels = rng.integers(0, 256, shape, dtype=np.uint8)
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(pixels, level=6)))), pixels)
+
+
+def test_image_helpers_name_a_bad_resolution_or_a_non_image() -> None:
+    with pytest.raises(ValueError, match=r"^resolution: expected an integer side length in 1\.\.\d+, got 0$"):
+        center_crop_resize(Image.new("RGB", (4, 4)), 0)  # PIL's "height and width must be > 0" before
+    with pytest.raises(ValueError, match=r"^img: expected a PIL image \(Image.fromarray converts a uint8 array\)"):
+        inspect.unwrap(encode_image)(np.zeros((4, 4, 3), np.uint8))  # "'numpy.ndarray' has no attribute 'mode'"

@@ -1,4 +1,6 @@
+import inspect
 import math
+import re
 
 import pytest
 import torch
@@ -105,3 +107,25 @@ def test_edm_precond_refuses_bad_sigma_data_and_outputs_of_another_shape() -> No
     for wrong in (lambda a: a[:, :1], lambda a: a[:1]):
         with pytest.raises(ValueError, match=r"model must return a tensor shaped like x \(2, 3, 4, 4\)"):
             EDMPrecond(lambda a, c, y, wrong=wrong: wrong(a))(x, sigma)
+
+
+def test_one_sigma_for_a_batch_is_refused_not_broadcast() -> None:
+    """Without the type checks one sigma, or a (B, 1), was broadcast over the batch (or named the backbone's
+    noise_label); the wrappers check sigma's shape once per call, for free."""
+
+    def backbone(x: torch.Tensor, noise_label: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.zeros_like(x)  # a backbone of one's own that checks nothing
+
+    x, forward = torch.randn(2, 3), inspect.unwrap(EDMPrecond.forward)
+    for sigma in (torch.ones(1), torch.tensor(1.0), torch.ones(2, 1)):
+        got = re.escape(str(tuple(sigma.shape)))
+        with pytest.raises(
+            ValueError, match=rf"^sigma must have shape \(2,\), one noise level per sample of x, got {got}$"
+        ):
+            forward(EDMPrecond(backbone), x, sigma)
+    acp = betas_to_alphas_cumprod(linear_betas())
+    vp = VPEpsDenoiser(lambda x, t, y=None: torch.zeros(x.shape[0], 6), alphas_cumprod=acp)
+    with pytest.raises(
+        ValueError, match=r"^sigma must have shape \(2,\), one noise level per sample of x, got \(1,\)$"
+    ):
+        inspect.unwrap(VPEpsDenoiser.denoise_with_variance)(vp, x, torch.ones(1))

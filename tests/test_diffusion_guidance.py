@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import pytest
@@ -134,8 +135,18 @@ def test_bad_guidance_arguments() -> None:
             PowerCosineScale(value, alphas_cumprod=acp)
         with pytest.raises(ValueError, match="power must be a finite number > 0"):
             PowerCosineScale(2.0, alphas_cumprod=acp, power=value)
-    with pytest.raises(ValueError, match="alphas_cumprod must be a 1-D tensor with values in"):
+    with pytest.raises(ValueError, match="alphas_cumprod must hold values in \\(0, 1\\)"):
         PowerCosineScale(2.0, alphas_cumprod=torch.tensor([1.5, 2.0]))
+    init = inspect.unwrap(ClassifierFreeGuidance.__init__)  # as users run it: the type checks would answer first
+    with pytest.raises(ValueError, match=r"^guidance_channels must be an integer >= 1, got 1.5$"):  # a slice later
+        init(
+            ClassifierFreeGuidance.__new__(ClassifierFreeGuidance), gm, num_classes=3, scale=2.0, guidance_channels=1.5
+        )
+    x, sigma, _ = batch()
+    guided = ClassifierFreeGuidance(gm, num_classes=3, scale=2.0)
+    for method in (ClassifierFreeGuidance.forward, ClassifierFreeGuidance.denoise_with_variance):
+        with pytest.raises(ValueError, match=r"^y must be the class labels \(B,\) to guide towards, got NoneType$"):
+            inspect.unwrap(method)(guided, x, sigma, None)  # torch.full_like's TypeError before
 
 
 def test_release_pipeline_on_latent_shaped_tensors() -> None:

@@ -1,5 +1,7 @@
+import inspect
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -137,3 +139,30 @@ def test_adm_hybrid_loss_decreases_on_a_toy_fit() -> None:
         loss.mean().backward()
         opt.step()
     assert held_out() < 0.7 * before
+
+
+def test_loss_arguments_are_named_not_broadcast_or_turned_into_nan() -> None:
+    net, x0, y = EDMPrecond(TinyNet()), torch.randn(4, 2), None
+    loss = inspect.unwrap(edm_loss)  # as users run it: the suite's type checks would answer first
+    with pytest.raises(ValueError, match=r"^noise must have x0's shape \(4, 2\), got \(1, 2\)$"):
+        loss(net, x0, noise=torch.randn(1, 2))  # one noise sample for the whole batch, before
+    with pytest.raises(ValueError, match=r"^sigma must have shape \(4,\), one noise level per sample of x, got \(\)$"):
+        loss(net, x0, sigma=torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"^P_std must be finite and > 0"):
+        edm_loss(net, x0, P_std=math.nan)  # a NaN loss before
+    with pytest.raises(ValueError, match=r"^sigma_data must be a finite number > 0, got 0"):
+        edm_loss(net, x0, sigma_data=0)
+    with pytest.raises(ValueError, match=r"^x0 must be a floating-point tensor, got torch.int64$"):
+        loss(net, x0.long())  # torch's "normal_kernel_cpu not implemented for 'Long'" before
+    acp = betas_to_alphas_cumprod(linear_betas(50))
+    adm = inspect.unwrap(adm_hybrid_loss)
+    with pytest.raises(
+        ValueError, match=r"^t must hold one integer timestep per sample of x0 \(4,\), got torch.float32"
+    ):
+        adm(TinyNet(4), x0, torch.zeros(4), y=y, alphas_cumprod=acp)  # an IndexError before
+    with pytest.raises(ValueError, match=r"^t must hold one integer timestep .*, got torch.int64 \(1,\)$"):
+        adm(TinyNet(4), x0, torch.zeros(1, dtype=torch.long), y=y, alphas_cumprod=acp)
+    with pytest.raises(ValueError, match=r"^alphas_cumprod must be a 1-D tensor of T >= 2 values, got \(1,\)$"):
+        adm(TinyNet(4), x0, torch.zeros(4, dtype=torch.long), y=y, alphas_cumprod=acp[:1])
+    with pytest.raises(ValueError, match=r"^batch_size must be an integer >= 1, got 2.5$"):
+        inspect.unwrap(sample_timesteps)(2.5, 10)  # torch's randint() TypeError before

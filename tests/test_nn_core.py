@@ -17,6 +17,7 @@ from diffit.nn import (
     ResBlock,
     TimestepEmbedding,
     TMSABlock,
+    attention,
     checkpointed_call,
     relative_position_index,
     sincos_pos_embed_2d,
@@ -24,6 +25,7 @@ from diffit.nn import (
     window_merge,
     window_partition,
 )
+from diffit.util import OutOfMemory
 
 
 @settings(max_examples=25, deadline=None)
@@ -49,8 +51,17 @@ def test_window_partition_matches_brute_force_loop() -> None:
 def test_window_errors_name_the_argument() -> None:
     with pytest.raises(ValueError, match="window=4 must divide"):
         window_partition(torch.randn(1, 6, 8, 2), 4)
-    with pytest.raises(ValueError, match="window must be >= 1"):
+    with pytest.raises(ValueError, match="window must be an integer >= 1, got 0"):
         relative_position_index(0)
+    unwrap = inspect.unwrap  # as users run them: the suite's type checks would answer first
+    with pytest.raises(ValueError, match=r"^window must be an integer >= 1, got 2.5$"):  # a (9, 9) index before
+        unwrap(relative_position_index)(2.5)
+    with pytest.raises(ValueError, match=r"^window must be an integer >= 1, got 2.0$"):  # torch's reshape() before
+        unwrap(window_partition)(torch.randn(1, 4, 4, 2), 2.0)
+    with pytest.raises(ValueError, match=r"^x must be a \(B, H, W, C\) grid, got shape \(4, 4, 2\)$"):  # einops
+        unwrap(window_partition)(torch.randn(4, 4, 2), 2)
+    with pytest.raises(ValueError, match=r"^windows must be \(B \* H/w \* W/w, w\*w, C\), got shape \(4, 4\)$"):
+        unwrap(window_merge)(torch.randn(4, 4), 2, 4, 4)
 
 
 @pytest.mark.parametrize("w", [1, 2, 3, 5])
@@ -251,7 +262,7 @@ def test_bad_shapes_raise_errors_naming_the_argument() -> None:
         attn(torch.randint(0, 3, (1, 4, 16)), torch.randn(1, 8))
     with pytest.raises(ValueError, match="dim=10 must be divisible by num_heads=4"):
         TMSA(dim=10, time_dim=8, num_heads=4, window=2)
-    with pytest.raises(ValueError, match="dim=8 must be divisible by num_heads=0"):  # ZeroDivisionError before
+    with pytest.raises(ValueError, match="num_heads must be an integer >= 1, got 0"):  # ZeroDivisionError before
         TMSA(dim=8, time_dim=8, num_heads=0, window=2)
     with pytest.raises(ValueError, match="the grid must be at least 1x1, got 0x0"):
         window_merge(torch.randn(1, 4, 8), 2, 0, 0)
@@ -264,9 +275,10 @@ def test_one_time_token_noise_label_or_class_for_a_whole_batch_is_refused_also_w
     """Torch would broadcast it, giving every sample the same time or class; ``inspect.unwrap`` removes the
     jaxtyping hook the suite runs with, as users run by default."""
     attn = TMSA(dim=16, time_dim=8, num_heads=4, window=2)
-    with pytest.raises(ValueError, match=r"t must have one time token per sample of x \(batch 2\), got \(1, 8\)"):
+    one_token = r"t must have one time token of time_dim=8 per sample of x \(batch 2\), got shape \(1, 8\)"
+    with pytest.raises(ValueError, match=one_token):
         inspect.unwrap(TMSA.forward)(attn, torch.randn(2, 4, 16), torch.randn(1, 8))
-    with pytest.raises(ValueError, match=r"t must have one time token per sample of x \(batch 2\), got \(1, 8\)"):
+    with pytest.raises(ValueError, match=one_token):
         inspect.unwrap(TMSA.forward_grid)(attn, torch.randn(2, 2, 2, 16), torch.randn(1, 8))
     model, x = tiny_image_diffit(3), torch.randn(2, 1, 8, 8)
     forward = inspect.unwrap(type(model).forward)
@@ -359,3 +371,54 @@ def test_time_conditioning_choices_and_state_dicts() -> None:
         _randomise(model)
         out = model(x, s, y)
         assert out.shape == x.shape and not torch.allclose(out, model(x, s + 1.0, y))  # depends on the noise level
+
+
+def test_blocks_name_x_or_t_where_torch_failed_in_a_matmul() -> None:
+    """TMSA, TMSABlock and ResBlock, used in a model of your own, check their inputs' widths and dtype (free: shapes
+    and dtypes only); torch's "mat1 and mat2 shapes cannot be multiplied (32x6 and 8x24)" named neither."""
+    block, x, t = TMSABlock(dim=8, time_dim=4, num_heads=2, window=2), torch.randn(2, 4, 4, 8), torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"^x must be \(B, H, W, dim\) with dim=8, got shape \(2, 4, 4, 6\)$"):
+        block.forward_grid(x[..., :6], t)
+    with pytest.raises(ValueError, match=r"^x must be \(B, H, W, dim\) with dim=8, got shape \(2, 8, 4, 4\)$"):
+        block.forward_grid(x.permute(0, 3, 1, 2), t)  # channels first
+    with pytest.raises(ValueError, match=r"^t must have one time token of time_dim=4 per sample of x \(batch 2\)"):
+        block.forward_grid(x, torch.randn(2, 5))
+    adaln = TMSABlock(dim=8, time_dim=4, num_heads=2, window=2, time_conditioning="adaln")
+    with pytest.raises(ValueError, match=r"^t must have one time token of time_dim=4"):  # read by adaLN first
+        adaln.forward_grid(x, torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"^x has dtype torch.float64 but the model's weights are torch.float32"):
+        block(x.reshape(2, 16, 8)[:, :4].double(), t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block.forward_grid(x.bfloat16(), t).shape == x.shape
+    res = ResBlock(dim=8, time_dim=4, num_heads=2, window=2, groups=2)
+    with pytest.raises(ValueError, match=r"^x must have shape \(b, 8, h, w\), got \(2, 6, 4, 4\)$"):  # GroupNorm's
+        res(torch.randn(2, 6, 4, 4), t)
+    with pytest.raises(ValueError, match=r"^time_dim must be an integer >= 1, got 0$"):  # t was then ignored
+        TMSA(dim=8, time_dim=0, num_heads=2, window=2)
+    with pytest.raises(ValueError, match=r"^mlp_ratio must be a finite number > 0, got nan$"):
+        TMSABlock(dim=8, time_dim=4, num_heads=2, window=2, mlp_ratio=float("nan"))
+
+
+def test_embeddings_name_their_arguments() -> None:
+    with pytest.raises(ValueError, match=r"^t must be 1-D, one noise level per sample, got shape \(2, 3\)$"):
+        inspect.unwrap(sinusoidal_embedding)(torch.zeros(2, 3), 8)  # a broadcasting error before
+    with pytest.raises(ValueError, match=r"^dim must be an integer >= 2, got 7.5$"):  # a (2, 7) embedding before
+        inspect.unwrap(sinusoidal_embedding)(torch.zeros(2), 7.5)
+    with pytest.raises(ValueError, match=r"^dim must be an integer >= 1, got 0$"):
+        TimestepEmbedding(dim=0)
+    with pytest.raises(ValueError, match=r"^grid_size must be an integer >= 1, got 0$"):
+        sincos_pos_embed_2d(8, 0)
+    with pytest.raises(ValueError, match=r"^labels must hold class ids as int64 \(or int32\), got torch.float32$"):
+        inspect.unwrap(LabelEmbedding.forward)(LabelEmbedding(num_classes=3, dim=4), torch.tensor([1.0]))
+
+
+def test_a_window_whose_position_index_cannot_be_allocated_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index has window**4 entries: LatentDiffiT(input_size=256, patch_size=1) asked the CPU allocator for
+    64 GiB and got torch's 'DefaultCPUAllocator: can't allocate memory'."""
+
+    def fails(window: int) -> torch.Tensor:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes.")
+
+    monkeypatch.setattr(attention, "relative_position_index", fails)
+    with pytest.raises(OutOfMemory, match=r"^window: a 256x256 window's relative position index \(65536, 65536\) "):
+        TMSA(dim=8, time_dim=4, num_heads=2, window=256)

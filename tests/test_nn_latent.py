@@ -1,6 +1,7 @@
 """Latent DiffiT: equivalence with a slow reference written from the paper's equations, the release's key
 layout, parameter counts, conditioning, checkpointing, bf16 and errors."""
 
+import inspect
 import json
 import math
 
@@ -285,11 +286,24 @@ def test_errors_name_the_argument() -> None:
         LatentDiffiT(**(TINY | dict(patch_size=3)))
     with pytest.raises(ValueError, match="hidden_size=32 must be divisible by num_heads=5"):
         LatentDiffiT(**(TINY | dict(num_heads=5)))
-    with pytest.raises(ValueError, match="hidden_size=32 must be divisible by num_heads=0"):
+    with pytest.raises(ValueError, match="num_heads must be an integer >= 1, got 0"):
         LatentDiffiT(**(TINY | dict(num_heads=0)))
+    init = inspect.unwrap(LatentDiffiT.__init__)  # as users run it: the suite's type checks would answer first
+    for name, bad in (("depth", 1.5), ("patch_size", 2.0), ("num_classes", True)):  # torch's TypeErrors before
+        with pytest.raises(ValueError, match=rf"^{name} must be an integer >= 1, got {bad}$"):
+            init(LatentDiffiT.__new__(LatentDiffiT), **(TINY | {name: bad}))
+    with pytest.raises(ValueError, match=r"^class_dropout_prob must be in \[0, 1\), got -0.1$"):
+        LatentDiffiT(**(TINY | dict(class_dropout_prob=-0.1)))
     model = LatentDiffiT(**TINY)
     with pytest.raises(ValueError, match="x must have shape \\(b, 3, 8, 8\\), got \\(1, 3, 16, 16\\)"):
         model(torch.randn(1, 3, 16, 16), torch.rand(1), torch.tensor([0]))
+    x, t = torch.randn(2, 3, 8, 8), torch.rand(2) * 999
+    with pytest.raises(ValueError, match=r"^x has dtype torch.float64 but the model's weights are torch.float32"):
+        model(x.double(), t)  # was a convolution's "Input type (double) and bias type (float) should be the same"
+    with pytest.raises(ValueError, match=r"^y must be class ids in \[0, 5\] \(5 = the null class\), got .* \[-1, 0\]$"):
+        model(x, t, torch.tensor([0, -1]))
+    with pytest.raises(ValueError, match=r"^y must be None: the model is unconditional"):
+        LatentDiffiT(**(TINY | dict(num_classes=None)))(x, t, torch.tensor([0, 1]))
 
 
 def test_count_params_and_flops_match_the_paper() -> None:

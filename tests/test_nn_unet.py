@@ -61,15 +61,14 @@ def test_tiny_forward_shape_and_init_options() -> None:
     assert live.config["time_init_std"] is None and live.config["zero_head"] is False
 
 
-def test_conditional_none_is_null_class_and_unconditional_ignores_y() -> None:
+def test_conditional_none_is_null_class_and_unconditional_refuses_y() -> None:
     model = _small(num_classes=3).eval()
     _randomise_head(model)
     x, s = torch.randn(2, 2, 8, 8), torch.randn(2)
     torch.testing.assert_close(model(x, s), model(x, s, torch.tensor([3, 3])))
     assert not torch.allclose(model(x, s, torch.tensor([0, 0])), model(x, s, torch.tensor([1, 1])))
-    uncond = _small().eval()
-    _randomise_head(uncond)
-    torch.testing.assert_close(uncond(x, s), uncond(x, s, torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match=r"^y must be None: the model is unconditional \(num_classes=None\)"):
+        _small().eval()(x, s, torch.tensor([0, 1]))  # it was ignored without a word
 
 
 def test_noise_label_changes_output_and_samples_are_independent() -> None:
@@ -147,12 +146,14 @@ def test_construction_errors_name_the_argument() -> None:
     with pytest.raises(ValueError, match="gelu must be 'tanh' or 'none', got 'erf'"):
         _small(gelu="erf")
     # These raised ZeroDivisionError or failed only at the first forward before.
-    with pytest.raises(ValueError, match="groups must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="groups must be an integer >= 1, got 0"):
         _small(groups=0)
-    with pytest.raises(ValueError, match="groups must be >= 1, got -3"):
+    with pytest.raises(ValueError, match="groups must be an integer >= 1, got -3"):
         _small(groups=-3)
-    with pytest.raises(ValueError, match="hidden width .* must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="mlp_ratio must be a finite number > 0, got 0.0"):
         _small(mlp_ratio=0.0)
+    with pytest.raises(ValueError, match="hidden width .* must be >= 1, got 0"):
+        _small(mlp_ratio=0.01)
     with pytest.raises(ValueError, match="time_init_std must be a finite number > 0 or None, got inf"):
         _small(time_init_std=float("inf"))
     per_stage = inspect.unwrap(unet._per_stage)  # as users run it: the suite's type checks would answer first
@@ -160,8 +161,31 @@ def test_construction_errors_name_the_argument() -> None:
         with pytest.raises(ValueError, match=f"{name} must hold integers"):
             per_stage(bad, 2, name)
     assert per_stage(np.int64(2), 2, "window") == (2, 2)
-    with pytest.raises(ValueError, match="augment_dim must be >= 0"):
+    with pytest.raises(ValueError, match="augment_dim must be an integer >= 0"):
         _small(augment_dim=-1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [  # int() truncated the first three silently; torch failed deep inside on the others
+        (dict(channels=(16.5, 32)), r"^channels must be a sequence of integers, one per stage, got \(16.5, 32\)$"),
+        (dict(channels="1632"), r"^channels must be a sequence of integers"),  # its digits were taken for stages
+        (dict(blocks_per_stage=(1.5, 1)), r"^blocks_per_stage must be a sequence of integers"),
+        (dict(resolution=8.0), r"^resolution must be an integer >= 1, got 8.0$"),
+        (dict(time_dim=16.0), r"^time_dim must be an integer >= 1, got 16.0$"),
+        (dict(num_classes=2.5), r"^num_classes must be an integer >= 1, got 2.5$"),
+        (dict(num_classes=True), r"^num_classes must be an integer >= 1, got True$"),
+        (dict(class_dropout_prob=1.5), r"^class_dropout_prob must be in \[0, 1\), got 1.5$"),  # was 'dropout_prob'
+        (dict(mlp_ratio=float("nan")), r"^mlp_ratio must be a finite number > 0, got nan$"),
+    ],
+)
+def test_sizes_must_be_integers_named_also_without_the_type_checks(overrides: dict, match: str) -> None:
+    init, config = inspect.unwrap(ImageDiffiT.__init__), _small().config  # as users run it, without the type checks
+    with pytest.raises(ValueError, match=match):
+        init(ImageDiffiT.__new__(ImageDiffiT), **{**config, **overrides})
+    numpy_ints = ImageDiffiT.__new__(ImageDiffiT)
+    init(numpy_ints, **{**config, "resolution": np.int64(8), "channels": [np.int64(16), 32]})
+    assert numpy_ints.channels == (16, 32)
 
 
 def test_gelu_choice_is_the_mlp_activation_and_round_trips() -> None:
@@ -188,3 +212,28 @@ def test_forward_errors_name_the_argument() -> None:
         model(torch.randn(1, 2, 16, 16), torch.randn(1))
     with pytest.raises(ValueError, match="x must have shape"):
         model(torch.randn(1, 3, 8, 8), torch.randn(1))
+
+
+def test_forward_refuses_inputs_torch_would_fail_on_deep_inside_naming_them() -> None:
+    model, cond = _small(), _small(num_classes=3)
+    forward = inspect.unwrap(ImageDiffiT.forward)  # as users run it: the suite's type checks would answer first
+    x, s, y = torch.randn(2, 2, 8, 8), torch.randn(2), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"^x must be a floating-point tensor, got torch.int64$"):
+        forward(model, x.long(), s)
+    # numpy arrays are float64: a convolution's "Input type (double) and bias type (float)" before
+    with pytest.raises(ValueError, match=r"^x has dtype torch.float64 but the model's weights are torch.float32"):
+        model(x.double(), s)
+    with pytest.raises(ValueError, match=r"^x has dtype torch.float16"):
+        model(x.half(), s)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts x for the model: no refusal
+        assert model(x.bfloat16(), s).shape == x.shape
+    with pytest.raises(ValueError, match=r"^x is on meta but the model's weights are on cpu"):
+        model(x.to("meta"), s)
+    with pytest.raises(ValueError, match=r"^y must hold class ids as int64 \(or int32\), got torch.float32$"):
+        forward(cond, x, s, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"^y must be class ids in \[0, 3\] \(3 = the null class\), got .* \[0, 7\]$"):
+        cond(x, s, torch.tensor([0, 7]))  # was the embedding's "labels must be ..." (not an argument of forward)
+    torch.testing.assert_close(cond(x, s, y.int()), cond(x, s, y))
+    with pytest.raises(ValueError, match=r"^augment_labels must have shape \(2, 9\)"):
+        forward(_small(augment_dim=9), x, s, None, torch.zeros(1, 9))  # it was broadcast over the batch
+    assert model(x[:0], s[:0]).shape == (0, 2, 8, 8)  # batch 0 divided by zero in the windowed attention

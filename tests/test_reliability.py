@@ -106,10 +106,28 @@ def test_damaged_weight_files_give_one_line_errors_naming_them(tmp_path: Path) -
 @pytest.mark.parametrize("step", [-1, 10**8])
 def test_a_step_outside_the_checkpoint_names_is_refused(tmp_path: Path, step: int) -> None:
     model = tiny_image_diffit(3)
-    with pytest.raises(ValueError, match=r"step must be in \[0, 10\*\*8\)"):
+    with pytest.raises(ValueError, match=r"step must be an integer in \[0, 10\*\*8\)"):
         save_checkpoint(tmp_path, step=step, model=model, ema=model, optimizer=torch.optim.SGD(model.parameters()),
                         rng_states={}, state={})  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [  # each failed half-way: the first after creating the run directory, the others inside the write
+        ({"step": 1.5}, r"^step must be an integer in \[0, 10\*\*8\), got 1.5$"),  # "Unknown format code 'd'"
+        ({"rng_states": {"cpu": 1}}, r"^rng_states must map names to tensors, got a int for 'cpu'$"),
+        ({"state": {"x": object()}}, r"^state must be plain JSON data \(it is written to state.json\): Object of"),
+    ],
+)
+def test_save_checkpoint_checks_everything_before_writing_anything(tmp_path: Path, kwargs: dict, match: str) -> None:
+    model = tiny_image_diffit(3)
+    args = dict(step=1, model=model, ema=model, optimizer=torch.optim.SGD(model.parameters()), rng_states={}, state={})
+    with pytest.raises(ValueError, match=match):
+        inspect.unwrap(save_checkpoint)(tmp_path / "run", **{**args, **kwargs})  # as users run it, no type checks
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"^source must be a path, a hub id such as nvidia/DiffiT, or None, got 42$"):
+        inspect.unwrap(load_model)(42)  # Path()'s "expected str, bytes or os.PathLike object, not int" before
 
 
 def test_checkpoint_files_follow_the_umask_like_any_new_file(tmp_path: Path) -> None:
@@ -185,6 +203,25 @@ def test_train_refuses_data_batches_of_another_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"data: expected batches of this rank's 8 samples .* got x \(4, 1, 8, 8\)"):
         _toy_run(tmp_path, 2, batch_size=8)
     assert checkpoint_dirs(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [  # the model named its own x or y (or Python: 'NoneType' is not callable, leaving the run directory behind)
+        (None, r"^data must be a function step -> iterator of \(x, y\) batches, .* got NoneType$"),
+        (lambda step: iter([(torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))]),
+         r"^data: expected batches .* of shape \(1, 8, 8\), got x \(4, 1, 16, 16\) and y \(4,\) at step 0$"),
+        (lambda step: iter([(torch.zeros(4, 1, 8, 8), torch.zeros(4))]),
+         r"^data: expected integer class labels y, got torch.float32 at step 0$"),
+    ],
+)  # fmt: skip
+def test_train_names_data_that_is_no_function_or_yields_batches_the_model_cannot_take(
+    tmp_path: Path, data: object, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        inspect.unwrap(train)(model=tiny_image_diffit(3), objective=EDMObjective(), data=data, run_dir=tmp_path / "run",
+                              dist=CPU, steps=1, batch_size=4, lr=1e-3)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # the run directory it made is gone again
 
 
 ALLOCATION_FAILURES = [  # (what each allocator raises, as torch 2.13 and numpy word it; the size it tried)

@@ -18,6 +18,7 @@ from diffit.checkpoint import save_weights
 from diffit.diffusion import sample_dpmpp_2m, sample_edm_stochastic
 from diffit.generate import (
     Guidance,
+    class_labels,
     default_sigmas,
     generate,
     guided_denoiser,
@@ -93,6 +94,57 @@ def test_generate_refuses_seeds_that_collide_and_labels_that_do_not_fit(
         generate(model, sampler=sample_dpmpp_2m, sigmas=default_sigmas(model, 2), seeds=seeds, labels=labels)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [  # each was a torch or Python traceback (or, for float labels, an embedding's 'indices' error)
+        ({"sampler": "heun"}, r"^sampler must be a sampler function such as diffit.diffusion.sample_heun"),
+        ({"sigmas": [10.0, 0.0]}, r"^sigmas must be a 1-D tensor, got list$"),  # "'list' has no attribute 'to'"
+        ({"sigmas": torch.tensor([0.0, 10.0])}, r"^sigmas must end with 0"),
+        ({"labels": torch.tensor([0.0, 1.0])}, r"^labels must be a 1-D int64 tensor .*, got torch.float32 \(2,\)$"),
+        ({"labels": torch.tensor([[0], [1]])}, r"^labels must be a 1-D int64 tensor .*, got torch.int64 \(2, 1\)$"),
+        ({"labels": [0, 1]}, r"^labels must be a 1-D int64 tensor of class ids, one per seed, got list$"),
+        ({"labels": torch.tensor([0, 5])}, r"^labels must be class ids in \[0, 2\], got \[0, 5\]$"),
+        ({"batch_size": 1.5}, r"^batch_size must be an integer >= 1, got 1.5$"),
+        ({"model": object()}, r"^model object is a object, not a torch.nn.Module"),  # AttributeError: parameters
+    ],
+)
+def test_generate_names_a_bad_argument_before_any_work_also_without_the_type_checks(kwargs: dict, match: str) -> None:
+    model = tiny_image_model()
+    args = dict(sampler=sample_dpmpp_2m, sigmas=default_sigmas(model, 2), seeds=[0, 1], labels=torch.tensor([0, 1]))
+    call = {**args, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        inspect.unwrap(generate)(call.pop("model", model), **call)
+    if "batch_size" not in kwargs and "model" not in kwargs:  # sample() is checked the same way
+        with pytest.raises(ValueError, match=match):
+            inspect.unwrap(sample)(model, **call)
+    assert torch.equal(generate(model, **{**args, "labels": args["labels"].int()}), generate(model, **args))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scale": "2"}, r"^scale \(guidance\) must be a finite number >= 0, got '2'$"),  # math's TypeError before
+        ({"scale": 2, "channels": 1.5}, r"^channels \(guided\) must be an integer >= 1, got 1.5$"),  # accepted
+        ({"scale": 2, "interval": (1,)}, r"^interval \(guidance\) must be a pair of sigmas \(lo, hi\), got \(1,\)$"),
+    ],
+)
+def test_guidance_settings_of_the_wrong_type_are_named(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        inspect.unwrap(Guidance.__init__)(Guidance.__new__(Guidance), **kwargs)
+
+
+def test_grids_and_class_lists_refuse_what_they_would_silently_change() -> None:
+    images = torch.zeros(4, 2, 2, 1, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"^nrow must be an integer >= 1, got 0$"):  # a square grid before
+        make_grid(images, nrow=0)
+    with pytest.raises(ValueError, match=r"^images must be uint8 \(b, h, w, c\), got torch.float32"):  # all black
+        inspect.unwrap(make_grid)(images.float(), nrow=2)
+    with pytest.raises(ValueError, match=r"^classes must be integer ids, got \[1.5\]$"):  # truncated to 1 before
+        inspect.unwrap(class_labels)([0, 1], 3, [1.5])
+    with pytest.raises(ValueError, match=r"^images must be \(B, C, H, W\), got shape \(1, 8, 8\)$"):  # permute()
+        inspect.unwrap(to_uint8)(torch.zeros(1, 8, 8))
+
+
 def test_seeds_of_other_types_are_refused_also_without_the_type_checks() -> None:
     code = (
         "import numpy as np\nfrom diffit.diffusion import per_sample_noise\n"
@@ -144,7 +196,7 @@ def test_uint8_and_grid_layout() -> None:
 
 
 def test_guidance_rejects_what_does_not_apply() -> None:
-    with pytest.raises(ValueError, match="class ids must lie in \\[0, 2\\]"):
+    with pytest.raises(ValueError, match="labels must be class ids in \\[0, 2\\]"):
         sample(
             tiny_image_model(),
             sampler=sample_dpmpp_2m,

@@ -53,6 +53,7 @@ def center_crop_resize(img: Image.Image, resolution: int) -> Image.Image:
     Halving with a box filter while the image is at least twice the target avoids aliasing before the
     final bicubic step.
     """
+    check_resolution(resolution)  # 0 reached PIL's "height and width must be > 0"
     while min(img.size) >= 2 * resolution:
         img = img.resize(tuple(s // 2 for s in img.size), resample=Image.Resampling.BOX)
     scale = resolution / min(img.size)
@@ -65,6 +66,9 @@ def encode_image(
     img: Image.Image, image_format: str = "png", *, quality: int = 95, png_compress_level: int = 6
 ) -> bytes:
     """PNG (lossless; Up-filtered, see the module docstring) or JPEG (``quality`` 1..95) bytes of an image."""
+    if not isinstance(img, Image.Image):  # an array raised "'numpy.ndarray' object has no attribute 'mode'"
+        hint = "Image.fromarray converts a uint8 array"
+        raise ValueError(f"img: expected a PIL image ({hint}), got {type(img).__name__}")
     if image_format not in ("png", "jpg", "jpeg"):
         raise ValueError(f"image_format: expected 'png' or 'jpg', got {image_format!r}")
     if image_format == "png" and img.mode in ("L", "RGB"):

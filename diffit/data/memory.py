@@ -111,6 +111,11 @@ def memory_batches(
     rank, world_size, local = split_batch(batch_size, rank, world_size)
     if start_step < 0:
         raise ValueError(f"start_step: expected >= 0, got {start_step}")
+    # Float images were scaled as if 0..255 (garbage), and no images or labels of another length raised IndexError.
+    if images.dtype != torch.uint8 or images.ndim != 4 or len(images) < 1:
+        raise ValueError(f"images: expected uint8 (N, C, H, W) with N >= 1, got {images.dtype} {tuple(images.shape)}")
+    if tuple(labels.shape) != (len(images),):
+        raise ValueError(f"labels: expected one label per image ({len(images)},), got {tuple(labels.shape)}")
     n = images.shape[0]
     lo, hi = rank * local, (rank + 1) * local
     for step in count(start_step):

@@ -23,6 +23,15 @@ def per_sample_view(sigma: Tensor, x: Tensor) -> Tensor:
     return sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def check_sigma_shape(sigma: Tensor, x: Tensor) -> None:
+    """ValueError unless ``sigma`` holds one noise level per sample of ``x`` (B,): one sigma, or a (B, 1), would be
+    broadcast against x without a word. Free: a shape comparison."""
+    if tuple(sigma.shape) != (x.shape[0],):
+        raise ValueError(
+            f"sigma must have shape ({x.shape[0]},), one noise level per sample of x, got {tuple(sigma.shape)}"
+        )
+
+
 def check_sigma_data(sigma_data: float) -> None:
     """The data's standard deviation, as preconditioning and its objective take it: finite and > 0."""
     if not 0 < sigma_data < math.inf:
@@ -69,6 +78,7 @@ class EDMPrecond(nn.Module):
         augment_labels: Float[Tensor, "b a"] | None = None,
     ) -> Float[Tensor, " b *dims"]:
         """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise, y) (EDM Eq. 7): the clean-image estimate."""
+        check_sigma_shape(sigma, x)
         # Coefficients in float32 at least: c_noise = ln(sigma)/4 must not round in bf16.
         sigma = sigma if sigma.dtype == torch.float64 else sigma.float()
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
@@ -126,6 +136,7 @@ class VPEpsDenoiser(nn.Module):
         self, x: Float[Tensor, "b c *dims"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
     ) -> tuple[Float[Tensor, "b c *dims"], Float[Tensor, "b c *dims"] | None]:
         """(x0_hat, v) with v the learned variance interpolation (None without ``learned_sigma``)."""
+        check_sigma_shape(sigma, x)
         s = per_sample_view(sigma, x)
         x_t = x / (1 + s**2).sqrt()
         out = self.model(x_t, self.timestep(sigma), y)

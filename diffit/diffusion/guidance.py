@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from diffit.diffusion.schedules import check_alphas_cumprod, sigma_to_timestep
+from diffit.util import check_integer
 
 GuidanceScale = Callable[[Tensor], Tensor]
 
@@ -48,6 +49,11 @@ class PowerCosineScale:
         return (1 + (self.w - 1) * ramp).to(sigma.dtype)
 
 
+def _check_labels(y: object) -> None:
+    if not isinstance(y, Tensor):  # None failed in torch.full_like
+        raise ValueError(f"y must be the class labels (B,) to guide towards, got {type(y).__name__}")
+
+
 class ClassifierFreeGuidance(nn.Module):
     """Guided denoiser ``forward(x, sigma, y) -> x0_hat`` from a class-conditional one whose label table has a
     null class ``num_classes`` (label dropout in training); cond and uncond run as one batch of 2B."""
@@ -71,12 +77,11 @@ class ClassifierFreeGuidance(nn.Module):
             interval: (sigma_lo, sigma_hi): guide only for sigma in this closed interval; None: everywhere.
         """
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_integer("num_classes", num_classes)
         if not callable(scale) and not 0 <= scale <= torch.finfo(torch.float32).max:  # 1e39 overflowed in torch
             raise ValueError(f"scale (guidance scale) must be a finite number >= 0 (float32), got {scale}")
-        if guidance_channels is not None and guidance_channels < 1:
-            raise ValueError(f"guidance_channels must be >= 1 or None, got {guidance_channels}")
+        if guidance_channels is not None:  # 1.5 passed, then failed as a slice index
+            check_integer("guidance_channels", guidance_channels)
         if interval is not None and not 0 <= interval[0] <= interval[1]:
             raise ValueError(f"interval must be (sigma_lo, sigma_hi) with 0 <= lo <= hi, got {interval}")
         self.denoiser = denoiser
@@ -119,6 +124,7 @@ class ClassifierFreeGuidance(nn.Module):
         self, x: Float[Tensor, "b c *dims"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"]
     ) -> Float[Tensor, "b c *dims"]:
         """uncond + s (cond - uncond) inside the guidance interval (one batched pass), the conditional model outside."""
+        _check_labels(y)
         active = self.active(sigma)
         if not bool(active.any()):
             return self.denoiser(x, sigma, y)
@@ -129,6 +135,7 @@ class ClassifierFreeGuidance(nn.Module):
         self, x: Float[Tensor, "b c *dims"], sigma: Float[Tensor, " b"], y: Int[Tensor, " b"]
     ) -> tuple[Float[Tensor, "b c *dims"], Float[Tensor, "b c *dims"] | None]:
         """Guided x0_hat and the conditional half's learned variance (None if the inner denoiser has none)."""
+        _check_labels(y)
         inner = getattr(self.denoiser, "denoise_with_variance", None)
         if inner is None:
             return self.forward(x, sigma, y), None

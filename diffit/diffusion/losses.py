@@ -15,7 +15,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from diffit.diffusion.denoisers import per_sample_view
+from diffit.diffusion.denoisers import check_sigma_data, check_sigma_shape, per_sample_view
+from diffit.diffusion.schedules import check_alphas_cumprod
+from diffit.util import check_integer
 
 
 def _mean_flat(x: Tensor) -> Tensor:
@@ -44,6 +46,17 @@ def edm_loss(
     ``augment_labels`` (EDM's non-leaking augmentation) are passed on to the denoiser when given; ``x0`` is
     then the augmented batch.
     """
+    # Free checks (scalars and shapes): a NaN P_std or a zero sigma_data gave a NaN loss, one sigma or one noise
+    # sample was broadcast over the batch, and an integer x0 failed in torch's normal kernel.
+    if not x0.is_floating_point():
+        raise ValueError(f"x0 must be a floating-point tensor, got {x0.dtype}")
+    check_sigma_data(sigma_data)
+    if not (0 < P_std < math.inf and math.isfinite(P_mean)):
+        raise ValueError(f"P_std must be finite and > 0, P_mean finite; got P_std={P_std}, P_mean={P_mean}")
+    if sigma is not None:
+        check_sigma_shape(sigma, x0)
+    if noise is not None and noise.shape != x0.shape:
+        raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
     b = x0.shape[0]
     if sigma is None:
         rnd = torch.randn(b, generator=generator, device=x0.device, dtype=torch.float32)
@@ -66,8 +79,8 @@ def sample_timesteps(
     device: torch.device | str = "cpu",
 ) -> Int[Tensor, " b"]:
     """t ~ Uniform{0, ..., T-1} per sample (ADM's UniformSampler)."""
-    if batch_size < 1 or num_timesteps < 1:
-        raise ValueError(f"batch_size and num_timesteps must be >= 1, got {batch_size}, {num_timesteps}")
+    check_integer("batch_size", batch_size)
+    check_integer("num_timesteps", num_timesteps)
     return torch.randint(0, num_timesteps, (batch_size,), generator=generator, device=device)
 
 
@@ -115,6 +128,13 @@ def adm_hybrid_loss(
     Eq. 15-16). Adding one per-timestep term with uniform t gives lambda = 1/T on the full VLB sum
     (lambda = 0.001 at T = 1000, as in the paper).
     """
+    check_alphas_cumprod(alphas_cumprod, values=False)  # its shape: free (its values: where the chain is built)
+    if t.dtype.is_floating_point or t.dtype == torch.bool or tuple(t.shape) != (x0.shape[0],):
+        raise ValueError(
+            f"t must hold one integer timestep per sample of x0 ({x0.shape[0]},), got {t.dtype} {tuple(t.shape)}"
+        )
+    if noise is not None and noise.shape != x0.shape:
+        raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
     T = len(alphas_cumprod)
     if bool((t < 0).any()) or bool((t >= T).any()):
         raise ValueError(f"t must lie in [0, {T - 1}]")

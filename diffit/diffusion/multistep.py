@@ -16,6 +16,7 @@ from torch import Tensor
 
 from diffit.diffusion.noise import NoiseSampler
 from diffit.diffusion.sampling import Callback, Denoiser, Stepper, check_sigmas
+from diffit.util import is_integer
 
 # Adams-Bashforth coefficients for equal steps (order 1..4), newest derivative first.
 AB_COEFFICIENTS = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
@@ -110,8 +111,8 @@ def sample_unipc(
     sigma = 0 is an Euler step in sigma from the corrected point, reusing the slope (x - D)/sigma of the
     last evaluation (no extra NFE).
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    if not is_integer(order) or order not in (1, 2, 3):  # 2.0 passed, then failed as a slice index
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     sig = check_sigmas(sigmas)
     run = Stepper(denoiser, x, callback, noise)
     history: list[tuple[float, Tensor]] = []  # (lambda, D at the predicted point), newest last
@@ -169,8 +170,8 @@ def sample_ipndm(
     The fixed coefficients are exact only on equal steps; on a varying schedule the method is formally
     2nd order, which is what makes it robust at few steps (measured in benchmarks/bench_samplers.py).
     """
-    if order not in (1, 2, 3, 4):
-        raise ValueError(f"order must be 1..4, got {order}")
+    if not is_integer(order) or order not in (1, 2, 3, 4):
+        raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
     sig = check_sigmas(sigmas)
     run = Stepper(denoiser, x, callback, noise)
     slopes: list[Tensor] = []  # d = (x - D)/sigma at the previous points, newest first

@@ -55,8 +55,8 @@ class PerSampleNoise:
             dtype: dtype of the returned noise (drawn in float32 or float64, then cast).
         """
         check_seeds(seeds)
-        if any(d < 1 for d in shape):
-            raise ValueError(f"shape must be positive per-sample dimensions, got {tuple(shape)}")
+        if not isinstance(shape, Sequence) or not all(is_integer(d) and d >= 1 for d in shape):  # type: ignore[operator]
+            raise ValueError(f"shape must be a sequence of positive integers (one sample's dimensions), got {shape!r}")
         self.shape = tuple(shape)
         self.device = torch.device(device)
         self.dtype = dtype

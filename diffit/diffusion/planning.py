@@ -8,6 +8,7 @@ mixtures) and ``benchmarks/bench_quality.py --sweep`` (FID of the bundled digits
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from diffit.diffusion.schedules import MAX_STEPS
 from diffit.diffusion.step_schedules import SCHEDULE_NAMES
 from diffit.util import is_integer
 
@@ -15,9 +16,6 @@ from diffit.util import is_integer
 # last one (to sigma = 0), so n steps cost 2n - 1; all others evaluate once per step.
 TWO_STAGE = ("heun", "edm-stochastic")
 
-# Far more steps or evaluations than any sampler needs (ADM's longest chain is 4000): beyond it a schedule
-# alone takes gigabytes, so a budget or step count this large is a typo.
-MAX_STEPS = 100_000
 
 # The fewest steps at which a sampler takes at least one step at its nominal order (warm-up and final
 # steps are lower order): below this it would silently be a lower-order method.

@@ -45,7 +45,7 @@ def find_method(denoiser: Denoiser, name: str, *, bind: bool = True) -> Callable
     return functools.partial(method, *args, **kwargs) if bind else method
 
 
-def check_sigmas(sigmas: Tensor) -> list[float]:
+def check_sigmas(sigmas: object) -> list[float]:
     """Validate a schedule (1-D, finite, strictly descending, >= 2 values, last exactly 0) -> Python floats.
 
     Step arithmetic then runs in float64 on the host, with no device synchronisation inside the loop.
@@ -64,8 +64,14 @@ def check_sigmas(sigmas: Tensor) -> list[float]:
     return values
 
 
-def check_x(x: Tensor) -> None:
-    """Reject NaN / inf in the starting point (a silent NaN would otherwise propagate to every image)."""
+def check_x(x: object) -> None:
+    """The starting point: a floating-point tensor with a batch dimension, without NaN / inf (a silent NaN would
+    otherwise propagate to every image; an integer x had every sigma truncated to an integer). One reduction."""
+    if not isinstance(x, Tensor) or x.ndim < 1:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor with a batch dimension (B, ...), got {got}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite (it contains NaN or inf)")
 
@@ -81,7 +87,10 @@ class Stepper:
     """Per-run bookkeeping shared by the samplers: the denoiser call at a scalar sigma, the cumulative
     number of function evaluations (NFE) and the callback."""
 
-    def __init__(self, denoiser: Denoiser, x: Tensor, callback: Callback | None, noise: NoiseSampler | None):
+    def __init__(self, denoiser: object, x: object, callback: Callback | None, noise: NoiseSampler | None):
+        # denoiser and x are what the sampler was called with: checked here, once per call (hence ``object``)
+        if not callable(denoiser):
+            raise TypeError(f"denoiser must be a callable denoiser(x, sigma), got a {type(denoiser).__name__}")
         check_x(x)
         self.denoiser = denoiser
         self.with_variance = find_method(denoiser, "denoise_with_variance")
@@ -114,8 +123,9 @@ class Stepper:
     def draw(self, like: Tensor) -> Tensor:
         """One standard normal draw from the injected noise sampler, checked against the batch shape."""
         n = self.noise()
-        if n.shape != like.shape:
-            raise ValueError(f"noise must return tensors shaped {tuple(like.shape)}, got {tuple(n.shape)}")
+        if not isinstance(n, Tensor) or n.shape != like.shape:
+            got = tuple(n.shape) if isinstance(n, Tensor) else f"a {type(n).__name__}"
+            raise ValueError(f"noise must return tensors shaped {tuple(like.shape)}, got {got}")
         return n.to(like)
 
     def report(self, i: int, x: Tensor, sigma: float, sigma_next: float, denoised: Tensor, **extra: Any) -> None:

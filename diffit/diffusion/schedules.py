@@ -17,19 +17,42 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from diffit.util import check_integer, is_integer
 
-def check_steps(n: int, sigma_min: float, sigma_max: float) -> None:
-    """The arguments every closed-form step schedule takes: ``n >= 1`` and ``0 < sigma_min < sigma_max < inf``."""
-    if n < 1:
-        raise ValueError(f"n (number of steps) must be >= 1, got {n}")
+# Far more steps than any sampler needs (ADM's longest chain is 4000): beyond it a schedule alone takes gigabytes
+# (karras_sigmas(10**10) asked the allocator for 80 GB), so a step count this large is a typo.
+MAX_STEPS = 100_000
+
+
+def check_steps(n: object, sigma_min: float, sigma_max: float, dtype: torch.dtype | None = None) -> None:
+    """The arguments every closed-form step schedule takes: an integer ``1 <= n <= MAX_STEPS`` and
+    ``0 < sigma_min < sigma_max < inf``, both representable in the schedule's ``dtype`` when given."""
+    if not is_integer(n) or not 1 <= n <= MAX_STEPS:  # type: ignore[operator]
+        raise ValueError(f"n (number of steps) must be an integer in [1, {MAX_STEPS}], got {n!r}")
     if not 0.0 < sigma_min < sigma_max < math.inf:
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if dtype is not None and dtype.is_floating_point:  # 1e300 became inf in float32, 1e-50 became 0
+        info = torch.finfo(dtype)
+        if sigma_max > info.max:
+            raise ValueError(f"sigma_max={sigma_max} overflows the schedule's {dtype} (max {info.max:.4g})")
+        if sigma_min < info.tiny:
+            raise ValueError(f"sigma_min={sigma_min} underflows the schedule's {dtype} (smallest {info.tiny:.4g})")
 
 
-def check_alphas_cumprod(alphas_cumprod: Tensor) -> None:
-    """A discrete VP chain's alpha_bar: 1-D, every value in (0, 1) (NaN and inf refused)."""
-    if alphas_cumprod.ndim != 1 or not bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all()):
-        raise ValueError("alphas_cumprod must be a 1-D tensor with values in (0, 1)")
+def check_alphas_cumprod(alphas_cumprod: object, *, values: bool = True) -> None:
+    """A discrete VP chain's alpha_bar: a 1-D tensor of T >= 2 values (free to check), and with ``values`` every
+    value in (0, 1) (NaN and inf refused) and strictly decreasing, as the cumulative product of 1 - beta with
+    every beta in (0, 1) is (one reduction: checked where a chain enters, not at every sampling step)."""
+    if not isinstance(alphas_cumprod, Tensor) or alphas_cumprod.ndim != 1 or len(alphas_cumprod) < 2:
+        got = tuple(alphas_cumprod.shape) if isinstance(alphas_cumprod, Tensor) else type(alphas_cumprod).__name__
+        raise ValueError(f"alphas_cumprod must be a 1-D tensor of T >= 2 values, got {got}")
+    if not values:
+        return
+    a = alphas_cumprod.detach()
+    if not bool(((a > 0) & (a < 1)).all()):
+        raise ValueError("alphas_cumprod must hold values in (0, 1) (NaN and inf refused)")
+    if not bool((a[1:] < a[:-1]).all()):
+        raise ValueError("alphas_cumprod must be strictly decreasing (alpha_bar_t is a product of 1 - beta_s)")
 
 
 def karras_sigmas(
@@ -45,7 +68,7 @@ def karras_sigmas(
 
     ``n = 1`` gives [sigma_max, 0]. rho = 7 concentrates steps at low noise, where the ODE curves most.
     """
-    check_steps(n, sigma_min, sigma_max)
+    check_steps(n, sigma_min, sigma_max, dtype)
     if not 0.0 < rho < math.inf:
         raise ValueError(f"rho must be a finite number > 0, got {rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
@@ -57,8 +80,7 @@ def karras_sigmas(
 def linear_betas(num_timesteps: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02) -> Float[Tensor, " t"]:
     """DDPM / ADM linear betas (float64). ``beta_start``/``beta_end`` are the values for T = 1000 and are
     scaled by 1000 / T as ADM does, so any T describes the same continuous process."""
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    check_integer("num_timesteps", num_timesteps)
     scale = 1000.0 / num_timesteps
     if not 0 < scale * beta_start <= scale * beta_end < 1:
         raise ValueError(
@@ -71,8 +93,11 @@ def linear_betas(num_timesteps: int = 1000, *, beta_start: float = 1e-4, beta_en
 def cosine_betas(num_timesteps: int = 1000, *, s: float = 0.008, max_beta: float = 0.999) -> Float[Tensor, " t"]:
     """Nichol & Dhariwal 2021 Eq. 17: alpha_bar(t) = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) * pi/2);
     beta_t = 1 - alpha_bar(t+1)/alpha_bar(t), clipped at ``max_beta`` to avoid the singularity at t = T."""
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    check_integer("num_timesteps", num_timesteps)
+    if not 0 <= s < math.inf:  # s = -1 divided by zero: NaN betas
+        raise ValueError(f"s must be a finite number >= 0, got {s}")
+    if not 0 < max_beta < 1:  # betas of 1 or more are no diffusion chain
+        raise ValueError(f"max_beta must be in (0, 1), got {max_beta}")
     t = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
     f = torch.cos((t + s) / (1 + s) * torch.pi / 2) ** 2
     return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
@@ -80,6 +105,9 @@ def cosine_betas(num_timesteps: int = 1000, *, s: float = 0.008, max_beta: float
 
 def betas_to_alphas_cumprod(betas: Float[Tensor, " t"]) -> Float[Tensor, " t"]:
     """alpha_bar_t = prod_{s <= t} (1 - beta_s) (DDPM Eq. 4), in float64."""
+    if not isinstance(betas, Tensor) or betas.ndim != 1 or len(betas) < 1:
+        got = tuple(betas.shape) if isinstance(betas, Tensor) else type(betas).__name__
+        raise ValueError(f"betas must be a non-empty 1-D tensor, got {got}")
     if not bool(((betas > 0) & (betas < 1)).all()):
         raise ValueError("betas must lie in (0, 1)")
     return torch.cumprod(1 - betas.double(), dim=0)
@@ -99,6 +127,7 @@ def timestep_to_sigma(t: Float[Tensor, "*s"], alphas_cumprod: Float[Tensor, " t"
     """Sigma at a (possibly fractional) DDPM timestep: linear interpolation of log sigma between the
     integer timesteps (the continuous extension k-diffusion uses for discrete models). Timesteps outside
     [0, T-1] clamp to its ends; NaN raises ValueError (it indexed the table at -2^63)."""
+    check_alphas_cumprod(alphas_cumprod, values=False)  # its values: where the chain enters, not every step
     if bool(t.isnan().any()):
         raise ValueError("t (timestep) must not be NaN")
     log_sigmas = alpha_bar_to_sigma(alphas_cumprod.double()).log().to(t.device)
@@ -118,6 +147,7 @@ def sigma_to_timestep(
     schedule, e.g. :func:`respaced_sigmas`). ``continuous=True``: the inverse of :func:`timestep_to_sigma`.
     Sigmas outside the schedule's range clamp to its ends; NaN or negative ones raise ValueError.
     """
+    check_alphas_cumprod(alphas_cumprod, values=False)  # its values: where the chain enters, not every step
     # One reduction (NaN >= 0 is False), read once: samplers call this every step.
     if not bool((sigma >= 0).all()):
         bad = sigma[~(sigma >= 0)].flatten()[0].item()
@@ -143,16 +173,25 @@ def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int
     into equal sections, each strided evenly with Python rounding), a comma string "10,15,20", or
     "ddimN" for DDIM's fixed integer stride.
     """
+    check_integer("num_timesteps", num_timesteps)
     if isinstance(section_counts, str):
-        if section_counts.startswith("ddim"):
-            wanted = int(section_counts[len("ddim") :])
+        text = section_counts.removeprefix("ddim")
+        if not all(c.strip().isdigit() for c in text.split(",")) or (text != section_counts and "," in text):
+            raise ValueError(
+                f"section_counts must be an int, a list of ints, a comma string such as '10,15,20' or 'ddimN', "
+                f"got {section_counts!r}"
+            )
+        if text != section_counts:
+            wanted = int(text)
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == wanted:
                     return list(range(0, num_timesteps, stride))
             raise ValueError(f"section_counts: no integer stride gives {wanted} of {num_timesteps} steps")
-        section_counts = [int(c) for c in section_counts.split(",")]
-    if isinstance(section_counts, int):
-        section_counts = [section_counts]
+        section_counts = [int(c) for c in text.split(",")]
+    if is_integer(section_counts):
+        section_counts = [section_counts]  # type: ignore[list-item]
+    if not isinstance(section_counts, Sequence) or not all(is_integer(c) for c in section_counts):
+        raise ValueError(f"section_counts must be an int, a list of ints or a string, got {section_counts!r}")
     if not section_counts or min(section_counts) < 1:
         raise ValueError(f"section_counts must be >= 1 steps per section, got {list(section_counts)}")
     size_per, extra = divmod(num_timesteps, len(section_counts))
@@ -183,6 +222,7 @@ def respaced_sigmas(
     for consecutive kept steps), so it is fully described by those sigmas; the final step goes to sigma 0
     (alpha_bar = 1), where ADM returns the predicted x0.
     """
+    check_alphas_cumprod(alphas_cumprod)
     kept = torch.tensor(space_timesteps(len(alphas_cumprod), section_counts))
     sigmas = alpha_bar_to_sigma(alphas_cumprod.double()[kept]).flip(0)
     return torch.cat([sigmas, sigmas.new_zeros(1)]).to(device=device, dtype=dtype)

@@ -30,11 +30,11 @@ def sample_edm_stochastic(
     """EDM Algorithm 2: raise the noise level by gamma = min(S_churn/n, sqrt(2) - 1) for sigma in
     [S_tmin, S_tmax] with fresh noise scaled by S_noise, then take a Heun step back down.
     S_churn = 0 is exactly :func:`sample_heun`."""
-    if not (0 <= S_churn < math.inf and 0 <= S_noise < math.inf and 0 <= S_tmin <= S_tmax):  # NaN fails too
-        raise ValueError(
-            f"need finite S_churn >= 0, S_noise >= 0 and 0 <= S_tmin <= S_tmax, got S_churn={S_churn}, "
-            f"S_noise={S_noise}, S_tmin={S_tmin}, S_tmax={S_tmax}"
-        )
+    for name, value in (("S_churn", S_churn), ("S_noise", S_noise)):
+        if not 0 <= value < math.inf:  # NaN fails too
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if not 0 <= S_tmin <= S_tmax:
+        raise ValueError(f"S_tmin and S_tmax must satisfy 0 <= S_tmin <= S_tmax, got S_tmin={S_tmin}, S_tmax={S_tmax}")
     sig = check_sigmas(sigmas)
     run = Stepper(denoiser, x, callback, noise)
     n = len(sig) - 1

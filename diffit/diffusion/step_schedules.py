@@ -14,6 +14,7 @@ from torch import Tensor
 
 from diffit.diffusion.sampling import Denoiser, check_x
 from diffit.diffusion.schedules import check_steps, karras_sigmas
+from diffit.util import check_integer
 
 # Linear-beta VP process of Song et al. 2021 (beta_min = 0.1, beta_max = 20), EDM Table 1.
 VP_BETA_MIN, VP_BETA_D = 0.1, 19.9
@@ -38,7 +39,7 @@ def loglinear_sigmas(
 ) -> Float[Tensor, " n_plus_1"]:
     """Uniform in log-SNR (DPM-Solver's "logSNR" spacing, Lu et al. 2022): equal steps h in lambda = -log sigma,
     the variable of the exponential integrators. Then a zero."""
-    check_steps(n, sigma_min, sigma_max)
+    check_steps(n, sigma_min, sigma_max, dtype)
     log_sigmas = math.log(sigma_max) + _ramp(n) * (math.log(sigma_min) - math.log(sigma_max))
     return _finish(log_sigmas.exp(), device, dtype)
 
@@ -55,7 +56,7 @@ def vp_time_sigmas(
     """Polynomial in the time of the linear-beta VP SDE (Lu et al. 2022 "time-uniform" for power 1,
     "time-quadratic" for 2): t_i = (t_max^(1/p) + u_i (t_min^(1/p) - t_max^(1/p)))^p, mapped through
     sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) (EDM Table 1). Then a zero."""
-    check_steps(n, sigma_min, sigma_max)
+    check_steps(n, sigma_min, sigma_max, dtype)
     if not 0.0 < power < math.inf:
         raise ValueError(f"power must be a finite number > 0, got {power}")
 
@@ -113,6 +114,7 @@ def schedule_sigmas(
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {name!r}{hint}")
     if final not in ("sigma_min", "zero"):
         raise ValueError(f"final must be 'sigma_min' or 'zero', got {final!r}")
+    check_steps(n, sigma_min, sigma_max, dtype)  # n, not the n + 1 that final="zero" asks the schedule for
     if final == "sigma_min":
         return SCHEDULES[name](n, sigma_min, sigma_max, device=device, dtype=dtype)
     sigmas = SCHEDULES[name](n + 1, sigma_min, sigma_max, device=device, dtype=dtype)
@@ -139,6 +141,7 @@ def optimized_sigmas(
     (d = (x - D)/sigma), and of the final step i -> 0 it is mean_b ||D_i - x_end||.
     """
     check_steps(n, sigma_min, sigma_max)
+    check_integer("fine_steps", fine_steps)
     if fine_steps < n:
         raise ValueError(f"fine_steps must be >= n ({n}), got {fine_steps}")
     check_x(x)

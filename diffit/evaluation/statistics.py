@@ -52,6 +52,8 @@ class StatsAccumulator:
 
     def update(self, features: Float[Tensor, "b d"]) -> None:
         """Add a batch of features to the running mean and scatter (float64)."""
+        if features.ndim != 2:  # a 1-D vector was taken for n one-dimensional features
+            raise ValueError(f"features: expected (n, d), got shape {tuple(features.shape)}")
         x = features.detach().to("cpu", torch.float64).numpy()
         if len(x) == 0:
             return
@@ -120,6 +122,9 @@ def frechet_distance(
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape:
         raise ValueError(f"statistics: feature dimensions differ ({mu1.shape[0]} vs {mu2.shape[0]})")
+    for mu, sigma, name in ((mu1, sigma1, "sigma1"), (mu2, sigma2, "sigma2")):  # numpy's broadcast error before
+        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+            raise ValueError(f"{name}: expected a ({len(mu)}, {len(mu)}) covariance for its mean, got {sigma.shape}")
     for name, value in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{name}: contains NaN or infinite values")

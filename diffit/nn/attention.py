@@ -36,8 +36,10 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from diffit.nn.contract import check_dtype
 from diffit.nn.flex import flex_attend, flex_available
 from diffit.nn.windows import relative_position_index, window_merge, window_partition
+from diffit.util import OutOfMemory, check_integer, out_of_memory_as
 
 ATTENTION_BACKENDS = ("sdpa", "flex", "auto")
 # "auto" decisions, one per (device, dtype, shape, window, grid, grad) key: measured once per process.
@@ -78,11 +80,11 @@ class TMSA(nn.Module):
                 "bias-only" ablation when ``time_qkv=False``). Runs on the SDPA core only.
         """
         super().__init__()
-        if num_heads < 1 or dim < 1 or dim % num_heads:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (both >= 1)")
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        self.dim, self.num_heads, self.window = dim, num_heads, window
+        for name, value in (("dim", dim), ("time_dim", time_dim), ("num_heads", num_heads), ("window", window)):
+            check_integer(name, value)
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.dim, self.time_dim, self.num_heads, self.window = dim, time_dim, num_heads, window
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim)  # x_s [W_qs W_ks W_vs]
         self.qkv_temb = nn.Linear(time_dim, 3 * dim) if time_qkv else None  # x_t [W_qt W_kt W_vt]
@@ -90,7 +92,14 @@ class TMSA(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(window))
+        tokens = window * window  # the index pairs every token of a window with every other: window**4 entries
+        with out_of_memory_as(
+            lambda tried: OutOfMemory(
+                f"window: a {window}x{window} window's relative position index ({tokens}, {tokens}) does not fit in "
+                f"memory{tried}; use a smaller window (LatentDiffiT's is its input_size / patch_size token grid)"
+            )
+        ):
+            self.register_buffer("relative_position_index", relative_position_index(window))
         self.q_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.attention_backend = "sdpa"  # run-time choice (see the module docstring); not in the state dict
@@ -104,10 +113,22 @@ class TMSA(nn.Module):
         bias = table[..., self.relative_position_index.reshape(-1), :]  # (*b, n*n, heads)
         return rearrange(bias, "... (i j) h -> ... h i j", i=n, j=n).contiguous()
 
+    def check_inputs(self, x: Tensor, t: Tensor, *, grid: bool) -> None:
+        """ValueError naming ``x`` or ``t`` unless x is a (B, N, dim) sequence (``grid``: a (B, H, W, dim) grid) in
+        the weights' dtype (any floating dtype under autocast) and t holds one ``time_dim`` token per sample.
+        Shapes and dtypes only: free, no device synchronisation."""
+        ndim, layout = (4, "(B, H, W, dim)") if grid else (3, "(B, window**2, dim)")
+        if x.ndim != ndim or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be {layout} with dim={self.dim}, got shape {tuple(x.shape)}")
+        check_dtype(x, self.qkv.weight)
+        if t.ndim != 2 or t.shape != (x.shape[0], self.time_dim):  # one token would be broadcast over the batch
+            raise ValueError(
+                f"t must have one time token of time_dim={self.time_dim} per sample of x (batch {x.shape[0]}), "
+                f"got shape {tuple(t.shape)}"
+            )
+
     def _time_terms(self, x: Tensor, t: Float[Tensor, "b dt"]) -> tuple[Tensor | None, Tensor | None]:
         """x_t W_t broadcast over tokens (b, 1, 3d) and the per-sample bias shift (b, heads, n, n), or None."""
-        if t.ndim != 2 or t.shape[0] != x.shape[0]:  # a single time token would be broadcast over the batch
-            raise ValueError(f"t must have one time token per sample of x (batch {x.shape[0]}), got {tuple(t.shape)}")
         qkv_t = None if self.qkv_temb is None else self.qkv_temb(t)[:, None, :]
         if self.bias_temb is None:
             return qkv_t, None
@@ -157,7 +178,7 @@ class TMSA(nn.Module):
         if (h, w) == (self.window, self.window):
             return self._attend(x.reshape(b, h * w, d), qkv_t, bias_t).reshape(b, h, w, d)
         windows = window_partition(x, self.window)  # (b * nW, w*w, d)
-        per_sample = windows.shape[0] // b
+        per_sample = (h // self.window) * (w // self.window)
         if qkv_t is not None:
             qkv_t = qkv_t.repeat_interleave(per_sample, dim=0)  # the time token of each window
         if bias_t is not None:
@@ -188,6 +209,7 @@ class TMSA(nn.Module):
 
     def forward(self, x: Float[Tensor, "b n d"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b n d"]:
         """Attention over each sequence of ``window**2`` tokens, conditioned on its time token ``t``."""
+        self.check_inputs(x, t, grid=False)
         if x.shape[1] != self.window * self.window:
             raise ValueError(f"x must hold window**2={self.window**2} tokens (window={self.window}), got {x.shape[1]}")
         grid = x.reshape(x.shape[0], self.window, self.window, x.shape[2])  # row-major tokens: a w x w grid
@@ -196,6 +218,7 @@ class TMSA(nn.Module):
 
     def forward_grid(self, x: Float[Tensor, "b h w d"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b h w d"]:
         """Local attention inside non-overlapping w x w windows of a (B, H, W, C) grid (no shift)."""
+        self.check_inputs(x, t, grid=True)
         if x.shape[1] % self.window or x.shape[2] % self.window:
             window_partition(x, self.window)  # raises the shared ValueError naming the window and the grid
         qkv_t, bias_t = self._time_terms(x, t)

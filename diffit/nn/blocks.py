@@ -1,5 +1,6 @@
 """DiffiT blocks: the Transformer block (paper Eq. 7-8) and the image-space ResBlock (Eq. 9-10)."""
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -9,12 +10,12 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from diffit.nn.attention import TMSA
+from diffit.util import check_integer
 
 
 def group_count(groups: int, dim: int) -> int:
     """The largest GroupNorm group count <= ``groups`` that divides ``dim``."""
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
+    check_integer("groups", groups)
     groups = min(groups, dim)
     while dim % groups:
         groups -= 1
@@ -121,6 +122,8 @@ class TMSABlock(nn.Module):
         if time_conditioning not in TIME_CONDITIONINGS:
             choices = ", ".join(TIME_CONDITIONINGS)
             raise ValueError(f"time_conditioning must be one of {choices}, got {time_conditioning!r}")
+        if not 0 < mlp_ratio < math.inf:  # NaN too: int(dim * nan) raised "cannot convert float NaN to integer"
+            raise ValueError(f"mlp_ratio must be a finite number > 0, got {mlp_ratio}")
         self.time_conditioning = time_conditioning
         self.attn = TMSA(dim=dim, time_dim=time_dim, num_heads=num_heads, window=window, qk_norm=qk_norm,
                          time_qkv=time_conditioning == "tmsa", time_bias=time_conditioning == "bias")  # fmt: skip
@@ -135,7 +138,9 @@ class TMSABlock(nn.Module):
             nn.init.zeros_(self.adaln[1].weight)
             nn.init.zeros_(self.adaln[1].bias)
 
-    def _forward(self, x: Tensor, t: Tensor, attend: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    def _forward(self, x: Tensor, t: Tensor, attend: Callable[[Tensor, Tensor], Tensor], *, grid: bool) -> Tensor:
+        if self.adaln is not None or self.time_in is not None:  # they read t before the attention checks it
+            self.attn.check_inputs(x, t, grid=grid)
         if self.adaln is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(t).chunk(6, dim=-1)
             x = x + _per_token(gate1, x) * attend(_modulate(layer_norm_fp32(x), shift1, scale1), t)
@@ -148,11 +153,11 @@ class TMSABlock(nn.Module):
 
     def forward(self, x: Float[Tensor, "b n d"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b n d"]:
         """Tokens (B, window**2, D): attention over the whole sequence."""
-        return self._forward(x, t, self.attn)
+        return self._forward(x, t, self.attn, grid=False)
 
     def forward_grid(self, x: Float[Tensor, "b h w d"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b h w d"]:
         """A (B, H, W, D) grid: attention inside local windows; LN and MLP are token-wise anyway."""
-        return self._forward(x, t, self.attn.forward_grid)
+        return self._forward(x, t, self.attn.forward_grid, grid=True)
 
 
 class ResBlock(nn.Module):
@@ -198,6 +203,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Float[Tensor, "b c h w"], t: Float[Tensor, "b dt"]) -> Float[Tensor, "b c h w"]:
         """x + TMSABlock(Conv3x3(SiLU(GN(x)))) inside local windows (paper Eq. 9-10)."""
+        if x.ndim != 4 or x.shape[1] != self.conv.in_channels:
+            raise ValueError(f"x must have shape (b, {self.conv.in_channels}, h, w), got {tuple(x.shape)}")
         h = self.conv(self.act(self.norm(x)))  # Eq. 9
         h = rearrange(h, "b c h w -> b h w c")
         h = self.block.forward_grid(h, t)

@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from diffit.util import is_integer
@@ -109,14 +110,57 @@ def capture_config(init: Init) -> Init:
     return wrapper  # type: ignore[return-value]
 
 
-def check_inputs(x: Tensor, sample_shape: tuple[int, ...], noise_label: Tensor, y: Tensor | None) -> None:
-    """A backbone's inputs: ``x`` of ``(B, *sample_shape)``, and one noise label (and class) per sample. Torch would
-    broadcast a single noise label or class over the batch, giving every sample the same one without a word."""
+def check_dtype(x: Tensor, weight: Tensor) -> None:
+    """ValueError naming ``x`` unless it is a floating-point tensor in the dtype of the ``weight`` it meets first
+    (any floating dtype under autocast, which casts it): torch's own errors ("mat1 and mat2 must have the same
+    dtype", "Input type (double) and bias type (float)") name no argument. Free: no device synchronisation."""
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+    if x.dtype != weight.dtype and not autocast:
+        raise ValueError(
+            f"x has dtype {x.dtype} but the model's weights are {weight.dtype}: convert x (x.to({weight.dtype})) "
+            "or the model, or run under torch.autocast"
+        )
+
+
+def check_inputs(
+    x: Tensor,
+    sample_shape: tuple[int, ...],
+    noise_label: Tensor,
+    y: Tensor | None,
+    *,
+    weight: Tensor,
+    num_classes: int | None,
+) -> None:
+    """A backbone's inputs, checked once where they enter its ``forward`` (shapes, dtypes and devices only: no
+    device synchronisation, except the class-id range on a CPU): ``x`` a floating-point ``(B, *sample_shape)`` on
+    the device and (outside autocast) in the dtype of the model's ``weight``; one noise label and, for a
+    class-conditional model, one integer class id in [0, num_classes] per sample (``num_classes`` is the null
+    class); no ``y`` for an unconditional one. Torch would broadcast a single noise label or class over the batch,
+    giving every sample the same one without a word, and an unconditional model would ignore the classes."""
     if tuple(x.shape[1:]) != sample_shape:
         raise ValueError(f"x must have shape (b, {', '.join(map(str, sample_shape))}), got {tuple(x.shape)}")
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but the model's weights are on {weight.device}: move one to the other")
+    check_dtype(x, weight)
     for name, value in (("noise_label", noise_label), ("y", y)):
         if value is not None and tuple(value.shape) != (x.shape[0],):
             raise ValueError(f"{name} must have shape ({x.shape[0]},), one per sample of x, got {tuple(value.shape)}")
+        if value is not None and value.device != x.device:
+            raise ValueError(f"{name} is on {value.device} but x is on {x.device}")
+    if y is None:
+        return
+    if num_classes is None:
+        raise ValueError("y must be None: the model is unconditional (num_classes=None) and would ignore the classes")
+    if y.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"y must hold class ids as int64 (or int32), got {y.dtype}")
+    # The ids' range costs a device synchronisation on a GPU (where the embedding raises a device-side assert).
+    if y.device.type == "cpu" and not torch.compiler.is_compiling() and len(y):
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi > num_classes:
+            null = f"{num_classes} = the null class"
+            raise ValueError(f"y must be class ids in [0, {num_classes}] ({null}), got values in [{lo}, {hi}]")
 
 
 def checkpointed_call(enabled: bool, fn: Callable[..., Tensor], *args: Any) -> Tensor:

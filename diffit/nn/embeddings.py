@@ -10,14 +10,17 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from diffit.util import check_integer
+
 
 def sinusoidal_embedding(t: Float[Tensor, " b"], dim: int, *, max_period: float = 10_000.0) -> Float[Tensor, "b {dim}"]:
     """Transformer sinusoids of a scalar per sample: [cos(t f_i), sin(t f_i)], f_i = max_period^(-i/half).
 
     Cosines come first (the release's layout); an odd ``dim`` gets a trailing zero column.
     """
-    if dim < 2:
-        raise ValueError(f"dim must be >= 2, got {dim}")
+    check_integer("dim", dim, minimum=2)
+    if t.ndim != 1:
+        raise ValueError(f"t must be 1-D, one noise level per sample, got shape {tuple(t.shape)}")
     half = dim // 2
     dtype = torch.promote_types(t.dtype, torch.float32)  # fp32 at least (fp64 stays fp64)
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=t.device) / half)
@@ -39,6 +42,8 @@ class TimestepEmbedding(nn.Module):
             max_period: the longest sinusoid's period (1e4).
         """
         super().__init__()
+        check_integer("dim", dim)
+        check_integer("frequency_dim", frequency_dim, minimum=2)
         self.frequency_dim = frequency_dim
         if not 1 < max_period < math.inf:
             raise ValueError(f"max_period must be a finite number > 1, got {max_period}")
@@ -67,8 +72,8 @@ class LabelEmbedding(nn.Module):
             dropout_prob: probability of dropping a label to the null class in training mode.
         """
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_integer("num_classes", num_classes)
+        check_integer("dim", dim)
         if not 0.0 <= dropout_prob < 1.0:
             raise ValueError(f"dropout_prob must be in [0, 1), got {dropout_prob}")
         self.num_classes = num_classes
@@ -87,6 +92,8 @@ class LabelEmbedding(nn.Module):
         generator: torch.Generator | None = None,
     ) -> Float[Tensor, "b d"]:
         """Class embeddings; labels dropped to the null class by ``force_drop`` or, in training, at random."""
+        if labels.dtype not in (torch.int64, torch.int32):  # the embedding's own error named its 'indices'
+            raise ValueError(f"labels must hold class ids as int64 (or int32), got {labels.dtype}")
         # A readable error for bad ids, checked where it costs no device sync or graph break (CUDA would
         # raise a device-side assert anyway).
         checkable = labels.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -125,6 +132,8 @@ def sincos_pos_embed_2d(dim: int, grid_size: int) -> Float[Tensor, "n {dim}"]:
     Half the channels encode the grid's first meshgrid axis, built as meshgrid(w, h) so it is the column
     index, and half the row index; each half is [sin, cos] of pos / 10000^(2i/half) (the release's layout).
     """
+    check_integer("grid_size", grid_size)
+    check_integer("dim", dim)
     if dim % 4:
         raise ValueError(f"dim must be divisible by 4 for a 2D sin-cos embedding, got {dim}")
     half = dim // 2

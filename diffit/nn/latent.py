@@ -21,6 +21,7 @@ from diffit.nn.attention import set_attention_backend
 from diffit.nn.blocks import TMSABlock, layer_norm_fp32
 from diffit.nn.contract import capture_config, check_inputs, checkpointed_call
 from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token, sincos_pos_embed_2d
+from diffit.util import check_integer
 
 
 class PatchEmbed(nn.Module):
@@ -87,16 +88,20 @@ class LatentDiffiT(nn.Module):
                 :class:`~diffit.nn.TMSABlock`; changes the state dict).
         """
         super().__init__()
-        if patch_size < 1 or input_size < 1 or input_size % patch_size:
+        sizes = dict(input_size=input_size, patch_size=patch_size, in_channels=in_channels, hidden_size=hidden_size,
+                     depth=depth, num_heads=num_heads)  # fmt: skip
+        for name, value in sizes.items():
+            check_integer(name, value)
+        if num_classes is not None:
+            check_integer("num_classes", num_classes)
+        if not 0 <= class_dropout_prob < 1:  # checked again by LabelEmbedding, under its own name
+            raise ValueError(f"class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
+        if input_size % patch_size:
             raise ValueError(f"patch_size={patch_size} must divide input_size={input_size}")
-        if num_heads < 1 or hidden_size < 1 or hidden_size % num_heads:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} (both >= 1)")
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
         if hidden_size % 4:
             raise ValueError(f"hidden_size must be divisible by 4 (2D sin-cos position codes), got {hidden_size}")
-        if depth < 1 or in_channels < 1:
-            raise ValueError(f"depth and in_channels must be >= 1, got {depth}, {in_channels}")
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
         self.resolution = self.input_size = input_size
         self.patch_size, self.in_channels, self.num_classes = patch_size, in_channels, num_classes
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
@@ -181,7 +186,8 @@ class LatentDiffiT(nn.Module):
         self, x: Float[Tensor, "b c h w"], noise_label: Float[Tensor, " b"], y: Int[Tensor, " b"] | None = None
     ) -> Float[Tensor, "b c2 h w"]:
         """eps (and the variance interpolation with ``learn_sigma``) for DDPM timestep ``noise_label``."""
-        check_inputs(x, (self.in_channels, self.input_size, self.input_size), noise_label, y)
+        shape = (self.in_channels, self.input_size, self.input_size)
+        check_inputs(x, shape, noise_label, y, weight=self.x_embedder.proj.weight, num_classes=self.num_classes)
         tokens = self.x_embedder(x).to(x.dtype) + self.pos_embed  # (b, T, D); residual stream in x's dtype
         c = self.time_token(noise_label, y)
         ckpt = self.grad_checkpointing and self.training

@@ -28,7 +28,15 @@ from diffit.nn.attention import set_attention_backend
 from diffit.nn.blocks import GroupNorm32, ResBlock, TMSABlock, group_count
 from diffit.nn.contract import capture_config, check_inputs, checkpointed_call
 from diffit.nn.embeddings import LabelEmbedding, TimestepEmbedding, condition_token
-from diffit.util import is_integer
+from diffit.util import check_integer, is_integer
+
+
+def _integers(value: object, name: str) -> tuple[int, ...]:
+    """A per-stage sequence of integers as a tuple; ValueError naming ``name`` for a string or a non-integer entry
+    (int() truncated 8.5 to 8, and a string's digits were taken for stages)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(is_integer(v) for v in value):
+        raise ValueError(f"{name} must be a sequence of integers, one per stage, got {value!r}")
+    return tuple(int(v) for v in value)
 
 
 def _per_stage(value: int | Sequence[int], stages: int, name: str) -> tuple[int, ...]:
@@ -129,7 +137,14 @@ class ImageDiffiT(nn.Module):
                 GELU, which torch's CPU kernels run ~3x faster; see :class:`~diffit.nn.Mlp`).
         """
         super().__init__()
-        channels, blocks_per_stage = tuple(int(c) for c in channels), tuple(int(n) for n in blocks_per_stage)
+        channels, blocks_per_stage = _integers(channels, "channels"), _integers(blocks_per_stage, "blocks_per_stage")
+        for name, value in (("resolution", resolution), ("in_channels", in_channels), ("time_dim", time_dim)):
+            check_integer(name, value)
+        check_integer("augment_dim", augment_dim, minimum=0)
+        if num_classes is not None:
+            check_integer("num_classes", num_classes)
+        if not 0 <= class_dropout_prob < 1:  # checked again by LabelEmbedding, under its own name
+            raise ValueError(f"class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
         stages = len(channels)
         if stages < 1:
             raise ValueError("channels must name at least one stage width, got an empty sequence")
@@ -140,7 +155,7 @@ class ImageDiffiT(nn.Module):
         windows = _per_stage(window, stages, "window")
         heads = _per_stage(num_heads, stages, "num_heads")
         factor = 2 ** (stages - 1)
-        if resolution < 1 or resolution % factor:
+        if resolution % factor:
             raise ValueError(f"resolution must be a positive multiple of 2^(stages-1)={factor}, got {resolution}")
         for s, (c, w, h) in enumerate(zip(channels, windows, heads, strict=True)):
             side = resolution // 2**s
@@ -150,16 +165,10 @@ class ImageDiffiT(nn.Module):
                 )
             if h < 1 or c % h:
                 raise ValueError(f"num_heads={h} must divide the width channels[{s}]={c}")
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
         if not 0 <= label_init_std < math.inf:
             raise ValueError(f"label_init_std must be a finite number >= 0, got {label_init_std}")
         if time_init_std is not None and not 0 < time_init_std < math.inf:
             raise ValueError(f"time_init_std must be a finite number > 0 or None, got {time_init_std}")
-        if augment_dim < 0:
-            raise ValueError(f"augment_dim must be >= 0 (0: no augmentation labels), got {augment_dim}")
-        if in_channels < 1 or time_dim < 1:
-            raise ValueError(f"in_channels and time_dim must be >= 1, got {in_channels}, {time_dim}")
 
         self.resolution, self.in_channels, self.num_classes = resolution, in_channels, num_classes
         self.channels, self.windows, self.augment_dim = channels, windows, augment_dim
@@ -258,13 +267,20 @@ class ImageDiffiT(nn.Module):
         y: Int[Tensor, " b"] | None = None,
         augment_labels: Float[Tensor, "b a"] | None = None,
     ) -> Float[Tensor, "b c h w"]:
-        """Denoiser backbone output F(x; c_noise, y); ``y`` is ignored by an unconditional model."""
-        check_inputs(x, (self.in_channels, self.resolution, self.resolution), noise_label, y)
-        t = self.time_token(noise_label, y)
-        ckpt = self.grad_checkpointing and self.training
+        """Denoiser backbone output F(x; c_noise, y); ``y`` must be None for an unconditional model."""
+        shape = (self.in_channels, self.resolution, self.resolution)
+        check_inputs(x, shape, noise_label, y, weight=self.tokenizer.weight, num_classes=self.num_classes)
         if augment_labels is not None:
             if self.augment_embed is None:
                 raise ValueError("augment_labels were given but the model was built with augment_dim=0")
+            if tuple(augment_labels.shape) != (x.shape[0], self.augment_dim):
+                raise ValueError(
+                    f"augment_labels must have shape ({x.shape[0]}, {self.augment_dim}) (one row of augment_dim "
+                    f"values per sample of x), got {tuple(augment_labels.shape)}"
+                )
+        t = self.time_token(noise_label, y)
+        ckpt = self.grad_checkpointing and self.training
+        if augment_labels is not None:
             t = t + self.augment_embed(augment_labels.to(t.dtype))
         # The residual stream is kept in the input's dtype (fp32) even under bf16 autocast.
         h = self.tokenizer(x).to(x.dtype)

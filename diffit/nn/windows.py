@@ -9,10 +9,11 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from diffit.util import check_integer
 
-def _check_window(h: int, w: int, window: int) -> None:
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+
+def _check_window(h: int, w: int, window: object) -> None:
+    check_integer("window", window)
     if h < 1 or w < 1:
         raise ValueError(f"the grid must be at least 1x1, got {h}x{w}")
     if h % window or w % window:
@@ -24,6 +25,8 @@ def window_partition(x: Float[Tensor, "b h w c"], window: int) -> Float[Tensor, 
 
     Windows are ordered batch-major, then row-major over the window grid; tokens inside a window row-major.
     """
+    if x.ndim != 4:
+        raise ValueError(f"x must be a (B, H, W, C) grid, got shape {tuple(x.shape)}")
     _check_window(x.shape[1], x.shape[2], window)
     # (b, nh*wh, nw*ww, c) -> (b*nh*nw, wh*ww, c)
     return rearrange(x, "b (nh wh) (nw ww) c -> (b nh nw) (wh ww) c", wh=window, ww=window)
@@ -32,6 +35,8 @@ def window_partition(x: Float[Tensor, "b h w c"], window: int) -> Float[Tensor, 
 def window_merge(windows: Float[Tensor, "bw n c"], window: int, h: int, w: int) -> Float[Tensor, "b h w c"]:
     """Inverse of :func:`window_partition`: (B * H/w * W/w, w*w, C) windows -> (B, H, W, C) grid."""
     _check_window(h, w, window)
+    if windows.ndim != 3:
+        raise ValueError(f"windows must be (B * H/w * W/w, w*w, C), got shape {tuple(windows.shape)}")
     if windows.shape[1] != window * window:
         raise ValueError(f"windows must hold window**2={window * window} tokens each, got {windows.shape[1]}")
     per_image = (h // window) * (w // window)
@@ -45,8 +50,7 @@ def relative_position_index(window: int) -> Int[Tensor, "n n"]:
 
     For tokens i = (yi, xi) and j = (yj, xj): (yi - yj + w - 1) * (2w - 1) + (xi - xj + w - 1).
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+    check_integer("window", window)
     coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, n, n), each offset in [0, 2w-2]
     return rel[0] * (2 * window - 1) + rel[1]

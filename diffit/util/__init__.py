@@ -5,6 +5,7 @@ from diffit.util.files import atomic_path, check_output_path, fsync_dir, fsync_f
 from diffit.util.runtime import (
     OutOfMemory,
     check_device,
+    check_integer,
     is_integer,
     is_out_of_memory,
     mix_seed,
@@ -18,6 +19,7 @@ __all__ = [
     "OutOfMemory",
     "atomic_path",
     "check_device",
+    "check_integer",
     "check_output_path",
     "fsync_dir",
     "fsync_file",

@@ -16,6 +16,14 @@ def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def check_integer(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> None:
+    """ValueError (one line) naming ``name`` unless ``value`` is an integer (:func:`is_integer`: not a bool, not a
+    float such as 2.0, which torch refuses deep inside or int() would truncate) in [minimum, maximum]."""
+    if not is_integer(value) or value < minimum or (maximum is not None and value > maximum):  # type: ignore[operator]
+        expected = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
 def check_device(device: str | torch.device | None) -> torch.device:
     """The torch device ``device`` names (None: CUDA when available, else CPU); ValueError (one line) for an
     unknown name or a device this machine does not have."""
