@@ -119,7 +119,7 @@ def train_command(
 ) -> None:
     """Train DiffiT. With no --data: the class-conditional tiny model on the bundled 16x16 digits."""
     set_tf32(tf32)
-    aliases = {"betas": "--beta1/--beta2", "factory": "--model-factory"}
+    aliases = {"betas": "--beta1/--beta2", "factory": "--model-factory", "run_dir": "--out"}
     with out_of_memory(ctx, aliases), refusing(ctx, aliases, hold_warnings=True):
         check_train_args(
             steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=world_size(), lr=lr,
@@ -151,7 +151,7 @@ def train_command(
     torch.manual_seed(seed + 1 + dist.rank)  # any other global randomness differs per rank
     progress, callback = _progress(steps, batch_size, enabled=dist.is_main)
     try:
-        with out_of_memory(ctx), progress, refusing(ctx):  # the bar is gone before an out-of-memory line
+        with out_of_memory(ctx), progress, refusing(ctx, aliases):  # the bar is gone before an out-of-memory line
             result = train(
                 model=net, objective=objective, run_dir=run_dir, dist=dist, steps=steps, batch_size=batch_size,
                 data=data_.batches(batch_size=batch_size, seed=seed, rank=dist.rank, world_size=dist.world_size,

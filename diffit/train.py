@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,15 @@ from diffit.distributed import DistInfo, all_gather, all_reduce_max, all_reduce_
 from diffit.ema import ema_decay, ema_update, make_ema, unwrap
 from diffit.nn import LabelEmbedding, check_backbone
 from diffit.objectives import Objective, check_objective
-from diffit.util import OutOfMemory, check_output_path, is_integer, mix_seed, out_of_memory_as, to_device
+from diffit.util import (
+    OutOfMemory,
+    check_output_path,
+    is_integer,
+    locked_folder,
+    mix_seed,
+    out_of_memory_as,
+    to_device,
+)
 
 DataFn = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
 """``data(start_step)`` -> iterator over this rank's (x, y) slice of every global batch from ``start_step`` on."""
@@ -337,6 +345,8 @@ def train(
     switched off for the run (and restored afterwards). Arguments out of range raise ValueError before any work;
     a step that cannot allocate its memory raises :class:`TrainingOutOfMemory` (other errors pass unchanged),
     and a run directory this call created is removed again if the run fails before writing anything into it.
+    The main process locks ``run_dir`` for the run (:func:`~diffit.util.locked_folder`): a second process writing
+    the same run is refused with ValueError naming run_dir before it touches anything.
     """
     check_backbone(unwrap(model))
     check_objective(objective)
@@ -392,11 +402,6 @@ def train(
         if run.step >= steps:
             emit({"event": "warning", "message": f"the run is at step {run.step}: steps={steps} trains nothing"})
     log_path = run_dir / "log.jsonl"
-    created = dist.is_main and not run_dir.exists()
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_log(log_path, run.step)
-
     wrapped: nn.Module = model
     if dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -407,7 +412,11 @@ def train(
     rank_slice = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
     sample_shape = (model.in_channels, model.resolution, model.resolution)
     clock, images_since = time.perf_counter(), 0
-    with _label_dropout_off(model), _StopFlag() as flag, _removed_if_left_empty(run_dir, created):
+    # The main process creates run_dir (removed again if the run fails before writing to it) and locks it.
+    holding = locked_folder(run_dir, name="run_dir") if dist.is_main else nullcontext()
+    with holding, _label_dropout_off(model), _StopFlag() as flag:
+        if dist.is_main:
+            _truncate_log(log_path, run.step)  # under the lock: another process may be writing this run
         batches = data(run.step)
         while run.step < steps:
             with _step_memory(per_rank, micro_batch, dist.device):  # the step's batch, draws, forward, backward
@@ -484,19 +493,6 @@ def train(
             if stop:
                 return TrainResult(run.step, "interrupted", run.last_checkpoint, run.skipped, signal=flag.signum)
     return TrainResult(run.step, "completed", run.last_checkpoint, run.skipped)
-
-
-@contextmanager
-def _removed_if_left_empty(run_dir: Path, created: bool) -> Iterator[None]:
-    """A run directory this run ``created`` is removed again if the run fails while it is still empty (a step
-    that fails before any log line or checkpoint leaves nothing behind); what a run wrote is never touched."""
-    try:
-        yield
-    except BaseException:
-        if created:
-            with suppress(OSError):  # not empty (or gone): leave it
-                run_dir.rmdir()
-        raise
 
 
 @contextmanager

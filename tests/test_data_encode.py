@@ -193,8 +193,19 @@ def test_an_encoding_batch_out_of_memory_names_batch_size_and_keeps_finished_sha
         "error: --batch-size: encoding 4 images and their mirrors at 8x8 ran out of memory on cpu (it tried to "
         "allocate 3.00 GiB); lower it (shards already finished are kept when you rerun)"
     )
-    assert sorted(os.listdir(tmp_path / "lat")) == [".encode.json", "l-000.tar"]  # no partial second shard
+    assert sorted(os.listdir(tmp_path / "lat")) == [".encode.json", ".lock", "l-000.tar"]  # no partial 2nd shard
     monkeypatch.setattr("diffit.data.encode.vae_posterior", posterior)
     calls.clear()
     manifest = encode_latents(image_shards, out, vae=tiny_vae, resolution=8, batch_size=32)
     assert manifest.count == 10 and len(manifest.shards) == 3  # the first shard kept, the other two encoded
+
+
+def test_a_second_encoding_job_in_the_same_folder_is_refused(tmp_path, tiny_vae, image_shards):
+    from diffit.util import locked_folder
+
+    out = str(tmp_path / "lat" / "l-%03d.tar")
+    with locked_folder(tmp_path / "lat"):  # the first job (any process: flock conflicts across open files)
+        with pytest.raises(ValueError, match=rf"^out_pattern: {tmp_path / 'lat'} is in use by another process \(pid "):
+            encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
+        assert os.listdir(tmp_path / "lat") == [".lock"]  # nothing of the second job
+    assert encode_latents(image_shards, out, vae=tiny_vae, resolution=8).count == 10  # free once the first ends

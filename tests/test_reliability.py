@@ -1,6 +1,7 @@
 """Reliability: bad input is a clean one-line refusal (exit 2, nothing written); state never goes bad
 (overflowing updates rolled back, no non-finite checkpoint, orphans removed, damaged checkpoints passed over)."""
 
+import errno
 import inspect
 import json
 import math
@@ -270,7 +271,7 @@ def test_out_of_memory_after_a_checkpoint_keeps_it_whole_and_other_errors_pass_u
     with pytest.raises(TrainingOutOfMemory, match="^batch_size and micro_batch: a step of 4 samples per process"):
         _toy_run(tmp_path / "run", 4, model=model)
     assert [c.name for c in checkpoint_dirs(tmp_path / "run")] == ["ckpt-00000002"]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["ckpt-00000002"]  # no half-written step 3
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "ckpt-00000002"]  # no half-written step 3
     load_model(tmp_path / "run")  # intact: its hashes check
     for other in (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x8)"), ValueError("out of memory")):
         broken = tiny_image_diffit(3)
@@ -379,7 +380,7 @@ def test_a_preview_grid_out_of_memory_names_sample_every_not_the_training_batch(
         f"from its latest checkpoint, {tmp_path / 'run' / 'ckpt-00000002'}, without preview grids (sample_every 0)"
     )
     assert caught.value.__cause__ is ALLOCATION_FAILURES[0][0] and steps == [2]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["ckpt-00000002"]  # no grid, whole or half
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "ckpt-00000002"]  # no grid, whole or half
 
 
 def test_orphaned_temporary_checkpoints_are_removed_at_the_next_save(tmp_path: Path) -> None:
@@ -460,6 +461,52 @@ class NaNAtEnd(EDMObjective):
         self.calls += 1
         out = super().loss(model, x0, y, draws)
         return out * float("nan") if self.calls >= self.bad_from else out
+
+
+def test_a_run_another_process_is_writing_is_refused_before_anything_is_touched(tmp_path: Path) -> None:
+    run, cli_run = tmp_path / "run", tmp_path / "cli"
+    _toy_run(run, 2, log_every=1)
+    cli_run.mkdir()
+    log = (run / "log.jsonl").read_bytes()
+    holder = subprocess.Popen(  # another job writing these runs: a requeued job beside a live one, say
+        [sys.executable, "-c", "import contextlib, sys, time; from diffit.util import locked_folder\n"
+         "with contextlib.ExitStack() as held:\n    for f in sys.argv[1:]: held.enter_context(locked_folder(f))\n"
+         "    print('held', flush=True); time.sleep(60)", str(run), str(cli_run)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ValueError, match=rf"^run_dir: {run} is in use by another process \(pid {holder.pid} on "):
+            _toy_run(run, 4, resume=True, log_every=1)
+        assert (run / "log.jsonl").read_bytes() == log  # not truncated, nothing added
+        assert [c.name for c in checkpoint_dirs(run)] == ["ckpt-00000002"]
+        result = runner.invoke(app, ["train", "--out", str(cli_run), "--steps", "1", "--batch-size", "8"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"error: --out: {cli_run} is in use by another process (pid {holder.pid} on ")
+    finally:
+        holder.kill()  # kill -9: the kernel drops its locks, no stale lock is left behind
+        holder.wait()
+    assert _toy_run(run, 4, resume=True).step == 4
+
+
+def test_a_folder_that_cannot_be_locked_warns_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr("diffit.util.files.fcntl.flock", no_locks)  # as on some network file systems
+    with pytest.warns(UserWarning, match=r"^run_dir: cannot lock .*No locks available.*nothing keeps a second"):
+        assert _toy_run(tmp_path / "run", 2).step == 2
+
+
+def test_a_run_that_fails_at_once_leaves_no_folder_and_no_lock_behind(tmp_path: Path) -> None:
+    model = tiny_image_diffit(3)
+    _failing_forward(model, RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x8)"))
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        _toy_run(tmp_path / "run", 2, model=model)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_ending_on_skipped_steps_still_writes_its_final_checkpoint(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from diffit.data.shards import (
     write_manifest,
 )
 from diffit.data.streams import good_batches
-from diffit.util import OutOfMemory, check_device, mix_seed, out_of_memory_as, to_device, write_json
+from diffit.util import OutOfMemory, check_device, locked_folder, mix_seed, out_of_memory_as, to_device, write_json
 
 
 def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -186,70 +186,72 @@ def encode_latents(
         "seed": seed,
         "labelled": labelled,
     }
-    record = _resume_record(folder, job)
-    log = log or BadSampleLog()
-    decoder = ImageDecoder(resolution, 3, True, labelled, flip=False, classes=classes)
-    total = source.count if source is not None else None
-    shards: list[ShardInfo] = []
-    done, latent_shape, max_label = 0, None, -1
-    for index, url in enumerate(expanded):
-        path = out_pattern % index
-        if (kept := _finished(path, record["done"].get(os.path.basename(path)))) is not None:
-            shards.append(kept)  # finished earlier by this job, intact
-            done += kept.count
-            continue
-        with ShardWriter(out_pattern, max_count=1 << 40, max_size=1 << 60, start_index=index) as writer:
-            for keys, images, labels in good_batches(read_shard(url, log), decoder, log, batch_size):
-                x = torch.from_numpy(np.stack(images)).to(device).float().div(127.5).sub(1.0)
-                # Encode the images and their mirrors in one pass: rows [0, B) and [B, 2B).
-                with _batch_memory(len(x), resolution, device):
-                    mean, std = vae_posterior(model, torch.cat([x, x.flip(-1)]))
-                mean, std = mean.float().cpu().numpy(), std.float().cpu().numpy()
-                b = len(keys)
-                for i, (key, label) in enumerate(zip(keys, labels, strict=True)):
-                    pair, pair_std = mean[i::b], std[i::b]  # (2, C, h, w): image, mirror
-                    if store == "mean_std":
-                        fields = {
-                            "mean.npy": _npy(pair.astype(np.float16)),
-                            "std.npy": _npy(pair_std.astype(np.float16)),
-                        }
-                    else:
-                        eps = np.random.default_rng(mix_seed(seed, index, i, done)).standard_normal(pair.shape)
-                        fields = {"latent.npy": _npy((pair + pair_std * eps).astype(np.float16))}
-                    if label >= 0:
-                        fields["cls"] = str(label).encode()
-                        max_label = max(max_label, label)
-                    writer.write(key, fields)
-                latent_shape = mean.shape[1:]
-                done += b
-                if progress is not None:
-                    progress(done, total)
-        shards.extend(writer.shards)  # empty when no sample of the input shard was readable
-        for shard in writer.shards:
-            record["done"][shard.name] = asdict(shard)
-        if writer.shards:
-            write_json(os.path.join(folder, RECORD_NAME), record)
-    if not shards or sum(s.count for s in shards) == 0:
-        raise ValueError(f"urls: no readable images in {urls!r}")
-    extra: dict[str, object] = {
-        "scale_factor": scale_factor,
-        "store": store,
-        "vae": _vae_name(vae),
-        "image_resolution": resolution,
-        "flip_variant": True,
-    }
-    if latent_shape is None:  # everything was resumed: read the shape from a stored sample
-        first = next(read_shard(os.path.join(folder, shards[0].name), log))
-        latent_shape = np.load(io.BytesIO(first.get("mean.npy") or first["latent.npy"])).shape[1:]
-    # Without a source dataset.json the class count is inferred from the labels encoded in this call.
-    classes = source.classes if source is not None else (max_label + 1 if labelled else 0)
-    return write_manifest(
-        folder,
-        kind="latent",
-        shards=shards,
-        resolution=int(latent_shape[-1]),
-        channels=int(latent_shape[0]),
-        classes=classes,
-        class_names=source.class_names if source is not None else [],
-        extra=extra,
-    )
+    # One job at a time in a folder: a second one would mix its shards and record into this one's.
+    with locked_folder(folder, name="out_pattern"):
+        record = _resume_record(folder, job)
+        log = log or BadSampleLog()
+        decoder = ImageDecoder(resolution, 3, True, labelled, flip=False, classes=classes)
+        total = source.count if source is not None else None
+        shards: list[ShardInfo] = []
+        done, latent_shape, max_label = 0, None, -1
+        for index, url in enumerate(expanded):
+            path = out_pattern % index
+            if (kept := _finished(path, record["done"].get(os.path.basename(path)))) is not None:
+                shards.append(kept)  # finished earlier by this job, intact
+                done += kept.count
+                continue
+            with ShardWriter(out_pattern, max_count=1 << 40, max_size=1 << 60, start_index=index) as writer:
+                for keys, images, labels in good_batches(read_shard(url, log), decoder, log, batch_size):
+                    x = torch.from_numpy(np.stack(images)).to(device).float().div(127.5).sub(1.0)
+                    # Encode the images and their mirrors in one pass: rows [0, B) and [B, 2B).
+                    with _batch_memory(len(x), resolution, device):
+                        mean, std = vae_posterior(model, torch.cat([x, x.flip(-1)]))
+                    mean, std = mean.float().cpu().numpy(), std.float().cpu().numpy()
+                    b = len(keys)
+                    for i, (key, label) in enumerate(zip(keys, labels, strict=True)):
+                        pair, pair_std = mean[i::b], std[i::b]  # (2, C, h, w): image, mirror
+                        if store == "mean_std":
+                            fields = {
+                                "mean.npy": _npy(pair.astype(np.float16)),
+                                "std.npy": _npy(pair_std.astype(np.float16)),
+                            }
+                        else:
+                            eps = np.random.default_rng(mix_seed(seed, index, i, done)).standard_normal(pair.shape)
+                            fields = {"latent.npy": _npy((pair + pair_std * eps).astype(np.float16))}
+                        if label >= 0:
+                            fields["cls"] = str(label).encode()
+                            max_label = max(max_label, label)
+                        writer.write(key, fields)
+                    latent_shape = mean.shape[1:]
+                    done += b
+                    if progress is not None:
+                        progress(done, total)
+            shards.extend(writer.shards)  # empty when no sample of the input shard was readable
+            for shard in writer.shards:
+                record["done"][shard.name] = asdict(shard)
+            if writer.shards:
+                write_json(os.path.join(folder, RECORD_NAME), record)
+        if not shards or sum(s.count for s in shards) == 0:
+            raise ValueError(f"urls: no readable images in {urls!r}")
+        extra: dict[str, object] = {
+            "scale_factor": scale_factor,
+            "store": store,
+            "vae": _vae_name(vae),
+            "image_resolution": resolution,
+            "flip_variant": True,
+        }
+        if latent_shape is None:  # everything was resumed: read the shape from a stored sample
+            first = next(read_shard(os.path.join(folder, shards[0].name), log))
+            latent_shape = np.load(io.BytesIO(first.get("mean.npy") or first["latent.npy"])).shape[1:]
+        # Without a source dataset.json the class count is inferred from the labels encoded in this call.
+        classes = source.classes if source is not None else (max_label + 1 if labelled else 0)
+        return write_manifest(
+            folder,
+            kind="latent",
+            shards=shards,
+            resolution=int(latent_shape[-1]),
+            channels=int(latent_shape[0]),
+            classes=classes,
+            class_names=source.class_names if source is not None else [],
+            extra=extra,
+        )

@@ -1,7 +1,14 @@
 """Helpers below every layer (nn, diffusion and data may all import them): atomic files, integer and device
 checks, ranks and seeds, allocation failures."""
 
-from diffit.util.files import atomic_path, check_output_path, fsync_dir, fsync_file, write_json
+from diffit.util.files import (
+    atomic_path,
+    check_output_path,
+    fsync_dir,
+    fsync_file,
+    locked_folder,
+    write_json,
+)
 from diffit.util.runtime import (
     OutOfMemory,
     check_device,
@@ -25,6 +32,7 @@ __all__ = [
     "fsync_file",
     "is_integer",
     "is_out_of_memory",
+    "locked_folder",
     "mix_seed",
     "out_of_memory_as",
     "resolve_rank",

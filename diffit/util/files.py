@@ -1,14 +1,24 @@
-"""Atomic writes: a file appears complete under its final name or not at all."""
+"""Atomic writes (a file appears complete under its final name or not at all), output-path checks, and a
+folder lock that keeps a second process out of a folder one is writing."""
 
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; locked_folder warns and runs unlocked
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
 
 
 def fsync_file(path: str | Path) -> None:
@@ -103,3 +113,43 @@ def check_output_path(path: str | Path, *, name: str = "out", file: bool = False
     except OSError:
         raise ValueError(f"{name} {text}: cannot create anything in {ancestor}") from None
     return Path(text)
+
+
+@contextmanager
+def locked_folder(folder: str | Path, *, name: str = "out") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the block: ``flock`` on ``folder/.lock``, which
+    records the holder's pid and host. ValueError naming ``name`` when another process holds it: two jobs writing
+    one folder (a requeued job beside a live one, one command started twice) would truncate each other's log and
+    interleave their files. The kernel drops the lock when its process ends, kill -9 included, so no stale lock
+    outlives a crash. Where the file system cannot lock (some network mounts, Windows), it warns and runs unlocked.
+    A folder this call created is removed again if the block fails while it holds nothing but the lock; otherwise
+    the lock file stays (removing it would let two processes lock two different files)."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            if fcntl is None:
+                raise OSError("no flock on this platform")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that did not say which"
+            raise ValueError(
+                f"{name}: {folder} is in use by another process ({holder}); wait for it to end, or choose another "
+                "folder"
+            ) from None
+        except OSError as err:  # ENOLCK or EOPNOTSUPP on some network file systems
+            warnings.warn(f"{name}: cannot lock {folder} ({err}); nothing keeps a second process out", stacklevel=3)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    except BaseException:
+        if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            with suppress(OSError):  # another process came in: leave it
+                (folder / LOCK_NAME).unlink()
+                folder.rmdir()
+        raise
+    finally:
+        os.close(fd)  # releases the lock
