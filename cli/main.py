@@ -2,7 +2,7 @@
 error typer finds (an unknown option, a value of the wrong type, a missing argument), printed on one line."""
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -24,17 +24,28 @@ except ImportError:  # older typer: click's
 
 
 @contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """A click error (a usage error: exit 2) as one ``error:`` line and its exit code, not typer's boxed panel.
-    The help that a group called without a command prints (``diffit data``) stays as it is."""
+def _one_line_errors(command_path: Callable[[], str] | None = None) -> Iterator[None]:
+    """A click error (a usage error: exit 2) as one ``error:`` line and its exit code, not typer's boxed panel,
+    ending with the help to read: the failing command's, else ``command_path()``'s (click raises an option missing
+    its value without a context). The help that a group called without a command prints (``diffit data``) stays."""
     try:
         yield
     except ClickException as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # not importable under every typer: matched by name
             raise
         ctx = getattr(err, "ctx", None)
-        hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
-        fail(err.format_message().rstrip(".") + hint, code=err.exit_code)
+        path = ctx.command_path if ctx is not None else command_path() if command_path is not None else None
+        fail(err.format_message().rstrip(".") + (f"; see '{path} --help'" if path else ""), code=err.exit_code)
+
+
+def _command_path(group: TyperGroup, ctx: typer.Context, words: list[str]) -> str:
+    """``diffit data encode`` for the words ``data encode x y --vae``: the (sub-)commands they name."""
+    path, command = [ctx.command_path], group
+    for word in words:
+        if not hasattr(command, "get_command") or (command := command.get_command(ctx, word)) is None:
+            break
+        path.append(word)
+    return " ".join(path)
 
 
 class _RootGroup(TyperGroup):
@@ -46,7 +57,8 @@ class _RootGroup(TyperGroup):
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: typer.Context) -> Any:
-        with _one_line_errors():  # a sub-command's name, options and arguments
+        words = [*getattr(ctx, "_protected_args", []), *ctx.args]  # read now: click's invoke consumes them
+        with _one_line_errors(lambda: _command_path(self, ctx, words)):  # a sub-command's name, options, arguments
             return super().invoke(ctx)
 
 

@@ -619,6 +619,10 @@ def test_usage_errors_are_one_line_through_the_console_script_and_help_is_left_a
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
     assert proc.stderr.startswith("error: Invalid value for '--res': ") and len(proc.stderr.splitlines()) == 1
     assert proc.stderr.rstrip().endswith("; see 'diffit train --help'")
+    for words, command in ((["sample", "--n"], "sample"), (["data", "encode", "x", "y", "--vae"], "data encode")):
+        missing = runner.invoke(app, words)  # an option missing its value: click gives no context to name it by
+        assert missing.exit_code == 2 and len(missing.output.strip().splitlines()) == 1, missing.output
+        assert missing.output.strip().endswith(f" {command} --help'"), missing.output
     helped = runner.invoke(app, ["sample", "--help"])
     assert helped.exit_code == 0 and "--cfg-channels" in helped.output
     bare = runner.invoke(app, ["data"])  # a group without its command still shows its help
