@@ -35,7 +35,16 @@ from diffit.data.shards import (
     write_manifest,
 )
 from diffit.data.streams import good_batches
-from diffit.util import OutOfMemory, check_device, locked_folder, mix_seed, out_of_memory_as, to_device, write_json
+from diffit.util import (
+    OutOfMemory,
+    check_device,
+    check_integer,
+    locked_folder,
+    mix_seed,
+    out_of_memory_as,
+    to_device,
+    write_json,
+)
 
 
 def load_vae(path_or_id: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -163,8 +172,7 @@ def encode_latents(
     check_out_folder(out_pattern)
     if store not in ("mean_std", "sample"):
         raise ValueError(f"store: expected 'mean_std' or 'sample', got {store!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    check_integer("batch_size", batch_size)
     check_resolution(resolution)
     if not (math.isfinite(scale_factor) and scale_factor > 0):
         raise ValueError(f"scale_factor: expected a finite positive number, got {scale_factor}")

@@ -30,7 +30,7 @@ from diffit.data.shards import (
     shard_counts,
 )
 from diffit.data.streams import decode_or_skip
-from diffit.util import mix_seed, split_batch
+from diffit.util import check_integer, mix_seed, split_batch
 
 _FLIP_STREAM = 1  # separates the flip generator's seeds from the permutations'
 
@@ -109,8 +109,7 @@ def memory_batches(
     ``batch_size`` is the global batch; this rank yields its ``batch_size // world_size`` contiguous slice.
     """
     rank, world_size, local = split_batch(batch_size, rank, world_size)
-    if start_step < 0:
-        raise ValueError(f"start_step: expected >= 0, got {start_step}")
+    check_integer("start_step", start_step, minimum=0)
     # Float images were scaled as if 0..255 (garbage), and no images or labels of another length raised IndexError.
     if images.dtype != torch.uint8 or images.ndim != 4 or len(images) < 1:
         raise ValueError(f"images: expected uint8 (N, C, H, W) with N >= 1, got {images.dtype} {tuple(images.shape)}")

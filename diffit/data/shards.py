@@ -18,7 +18,7 @@ from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls as _wds_expand
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from diffit.util import atomic_path, check_output_path, is_integer
+from diffit.util import atomic_path, check_integer, check_output_path
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "diffit-shards/1"
@@ -30,8 +30,7 @@ MAX_RESOLUTION = 8192  # a larger side is a typo: one such RGB image is 200 MB d
 
 def check_resolution(resolution: int) -> None:
     """ValueError unless ``resolution`` is an integer side length in [1, ``MAX_RESOLUTION``]."""
-    if not is_integer(resolution) or not 1 <= resolution <= MAX_RESOLUTION:
-        raise ValueError(f"resolution: expected an integer side length in 1..{MAX_RESOLUTION}, got {resolution}")
+    check_integer("resolution", resolution, maximum=MAX_RESOLUTION)
 
 
 def is_local(url: str) -> bool:
@@ -237,11 +236,9 @@ class ShardWriter:
             raise ValueError(
                 f"out_pattern: expected a printf-style shard name such as 'out/train-%06d.tar', got {pattern!r}"
             ) from None
-        for name, value in (("max_count", max_count), ("max_size", max_size)):
-            if value < 1:
-                raise ValueError(f"{name}: expected a positive limit, got {value}")
-        if start_index < 0:
-            raise ValueError(f"start_index: expected >= 0, got {start_index}")
+        check_integer("max_count", max_count)
+        check_integer("max_size", max_size)
+        check_integer("start_index", start_index, minimum=0)
         self.pattern, self.max_count, self.max_size, self.start_index = pattern, max_count, max_size, start_index
         self.shards: list[ShardInfo] = []
         self._writer: wds.ShardWriter | None = None

@@ -52,7 +52,7 @@ from diffit.data.shards import (
     read_shard,
     shard_counts,
 )
-from diffit.util import mix_seed, split_batch
+from diffit.util import check_integer, mix_seed, split_batch
 
 LOOKAHEAD_BATCHES = 64  # how far a batch of only bad samples looks for good ones before the stream gives up
 Decoder = Callable[[dict, np.random.Generator | None], tuple[np.ndarray, int]]
@@ -161,10 +161,8 @@ class TrainStream(IterableDataset):
         self, shards: Shards, decoder: Decoder, collate: Collate, *, seed: int, start_step: int, shuffle_buffer: int
     ) -> None:
         super().__init__()
-        if start_step < 0:
-            raise ValueError(f"start_step: expected >= 0, got {start_step}")
-        if shuffle_buffer < 1:
-            raise ValueError(f"shuffle_buffer: expected >= 1, got {shuffle_buffer}")
+        check_integer("start_step", start_step, minimum=0)
+        check_integer("shuffle_buffer", shuffle_buffer)
         self.shards, self.decoder, self.collate = shards, decoder, collate
         self.seed, self.start_step, self.shuffle_buffer = seed, start_step, shuffle_buffer
 
@@ -241,10 +239,7 @@ class Batches:
     def __init__(self, dataset: "TrainStream | EvalStream", *, num_workers: int, name: str) -> None:
         if not isinstance(dataset, (TrainStream, EvalStream)):
             raise TypeError(f"dataset: expected a TrainStream or EvalStream, got {type(dataset).__name__}")
-        if not isinstance(num_workers, int):
-            raise TypeError(f"num_workers: expected an int, got {type(num_workers).__name__}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
+        check_integer("num_workers", num_workers, minimum=0)
         self.dataset, self.num_workers, self.log, self.name = dataset, num_workers, dataset.shards.log, name
 
     @property
