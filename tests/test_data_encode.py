@@ -76,6 +76,15 @@ def test_encode_stores_posterior_of_image_and_mirror(tmp_path, tiny_vae, image_s
     assert all(any(torch.allclose(zi, s, atol=1e-3) for s in scaled) for zi in z)
 
 
+def test_encode_progress_counts_the_shards_given_not_the_whole_set(tmp_path, tiny_vae, image_shards):
+    calls = []
+    part = image_shards.replace("{000..002}", "{000..001}")  # 8 of the set's 10 images
+    encode_latents(
+        part, str(tmp_path / "lat" / "l-%03d.tar"), vae=tiny_vae, resolution=8, progress=lambda *a: calls.append(a)
+    )
+    assert calls[-1] == (8, 8)
+
+
 def test_encode_resumes_by_skipping_finished_shards(tmp_path, tiny_vae, image_shards):
     out = str(tmp_path / "lat" / "l-%03d.tar")
     first = encode_latents(image_shards, out, vae=tiny_vae, resolution=8)

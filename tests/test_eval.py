@@ -216,6 +216,7 @@ def test_npz_folder_and_shards_yield_the_same_images(tmp_path):
     assert torch.equal(_all(str(tmp_path / "s.npz"), batch_size=2, max_count=5), expected[:5])
     assert torch.equal(_all(str(tmp_path / "shards"), batch_size=2, max_count=5), expected[:5])
     assert open_images(str(tmp_path / "folder"), max_count=5).count == 5
+    assert open_images(str(tmp_path / "shards/t-{000..001}.tar")).count == 6  # 2 of the set's 3 shards
 
 
 def test_grayscale_npz_is_one_channel(tmp_path):

@@ -6,6 +6,7 @@ inside functions count too.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,11 @@ def test_the_library_never_imports_the_cli() -> None:
         if module.split(".")[0] in ("diffit_cli", "cli")
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_package_is_installed() -> None:
+    """A package missing from pyproject's list works in the editable install and is absent from the wheel."""
+    line = re.search(r"^packages = (\[.*\])$", (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    listed = set(ast.literal_eval(line.group(1)))  # no tomllib on Python 3.10
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "diffit").rglob("__init__.py")}
+    assert found - listed == set(), "not in [tool.setuptools] packages"

@@ -31,6 +31,7 @@ from diffit.data.shards import (
     is_local,
     label_spec,
     read_shard,
+    shard_counts,
     tar_digest,
     write_manifest,
 )
@@ -199,7 +200,8 @@ def encode_latents(
         record = _resume_record(folder, job)
         log = log or BadSampleLog()
         decoder = ImageDecoder(resolution, 3, True, labelled, flip=False, classes=classes)
-        total = source.count if source is not None else None
+        counts = shard_counts(expanded, source)  # the shards given, which may be a part of the set
+        total = sum(counts) if counts is not None else None
         shards: list[ShardInfo] = []
         done, latent_shape, max_label = 0, None, -1
         for index, url in enumerate(expanded):

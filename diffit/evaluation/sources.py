@@ -24,7 +24,7 @@ from torch import Tensor
 
 from diffit.data import decode_image, eval_pipeline, expand_urls, find_manifest, image_files, read_manifest
 from diffit.data.images import IMAGE_EXTENSIONS
-from diffit.data.shards import BadSample
+from diffit.data.shards import BadSample, shard_counts
 
 __all__ = ["ImageBatches", "npz_keys", "open_images"]
 
@@ -117,7 +117,8 @@ def _shard_source(urls: list[str], batch_size: int, limit: int | None) -> ImageB
     manifest = find_manifest(urls)
     if manifest is not None and manifest.kind != "image":
         raise ValueError(f"src: {urls[0]!r} holds {manifest.kind}, not images")
-    count = None if manifest is None else (manifest.count if limit is None else min(manifest.count, limit))
+    counts = shard_counts(urls, manifest)  # the shards given, which may be a part of the set
+    count = None if counts is None else (sum(counts) if limit is None else min(sum(counts), limit))
 
     def batches() -> Iterator[Batch]:
         done = 0
