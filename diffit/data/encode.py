@@ -181,22 +181,23 @@ def encode_latents(
     source = find_manifest(expanded)
     labelled, classes = label_spec(labelled, source)
     folder = os.path.dirname(os.path.abspath(out_pattern))
-    model = load_vae(vae, device) if isinstance(vae, str) else vae
-    inputs = [os.path.abspath(u.removeprefix("file:")) if is_local(u) else u for u in expanded]
-    job = {
-        "inputs": inputs,  # with their size and mtime: an input rewritten under its name is another job
-        "input_files": [[(st := os.stat(p)).st_size, st.st_mtime_ns] if is_local(p) else None for p in inputs],
-        "input_content_hash": source.content_hash if source else None,
-        "vae": _vae_name(vae),
-        "vae_weights": _weights_sha256(model),  # a path or a class name says too little
-        "resolution": resolution,
-        "scale_factor": scale_factor,
-        "store": store,
-        "seed": seed,
-        "labelled": labelled,
-    }
-    # One job at a time in a folder: a second one would mix its shards and record into this one's.
+    # One job at a time in a folder (checked before the VAE loads): a second one would mix its shards and record
+    # into this one's.
     with locked_folder(folder, name="out_pattern"):
+        model = load_vae(vae, device) if isinstance(vae, str) else vae
+        inputs = [os.path.abspath(u.removeprefix("file:")) if is_local(u) else u for u in expanded]
+        job = {
+            "inputs": inputs,  # with their size and mtime: an input rewritten under its name is another job
+            "input_files": [[(st := os.stat(p)).st_size, st.st_mtime_ns] if is_local(p) else None for p in inputs],
+            "input_content_hash": source.content_hash if source else None,
+            "vae": _vae_name(vae),
+            "vae_weights": _weights_sha256(model),  # a path or a class name says too little
+            "resolution": resolution,
+            "scale_factor": scale_factor,
+            "store": store,
+            "seed": seed,
+            "labelled": labelled,
+        }
         record = _resume_record(folder, job)
         log = log or BadSampleLog()
         decoder = ImageDecoder(resolution, 3, True, labelled, flip=False, classes=classes)
