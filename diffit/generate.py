@@ -393,22 +393,39 @@ def sample(
     check_sample_args(seeds, labels, precision, sampler=sampler, sigmas=sigmas)
     check_guidance_interval(guidance, sigmas)
     device = next(model.parameters()).device
+    with _batch_memory("seeds", len(seeds), device, "sample fewer seeds per call (generate takes a batch_size)"):
+        return _sample(model, sampler, sigmas, seeds, labels, guidance, objective, precision, callback, sampler_kwargs)
+
+
+def _sample(
+    model: nn.Module,
+    sampler: Sampler,
+    sigmas: Tensor,
+    seeds: Sequence[int],
+    labels: Tensor | None,
+    guidance: Guidance,
+    objective: Objective | None,
+    precision: str,
+    callback: Callable[[dict[str, Any]], None] | None,
+    sampler_kwargs: dict[str, Any] | None,
+) -> Tensor:
+    """:func:`sample` on arguments already checked (by it, or once for all batches by :func:`generate`)."""
+    device = next(model.parameters()).device
     shape = (model.in_channels, model.resolution, model.resolution)
     noise = per_sample_noise(seeds, shape, device=device)
     denoiser = guided_denoiser(model, None if labels is None else labels.to(device), guidance, objective)
     sigmas = sigmas.to(device)
-    with _batch_memory("seeds", len(seeds), device, "sample fewer seeds per call (generate takes a batch_size)"):
-        x = noise() * sigmas[0]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = sampler(denoiser, x, sigmas, callback=callback, noise=noise, **(sampler_kwargs or {}))
-        return out.float()
+    x = noise() * sigmas[0]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = sampler(denoiser, x, sigmas, callback=callback, noise=noise, **(sampler_kwargs or {}))
+    return out.float()
 
 
 @contextmanager
 def _batch_memory(name: str, size: int, device: torch.device, advice: str) -> Iterator[None]:
     """An allocation failure sampling (or decoding) one batch of ``size`` images on ``device`` raises
-    :class:`~diffit.util.OutOfMemory` naming the argument ``name`` that sets it, also when it came as one of
-    :func:`sample`'s (whose batch is all of its seeds)."""
+    :class:`~diffit.util.OutOfMemory` naming the argument ``name`` that sets it, also when a deeper call (a
+    ``decode`` of the caller's, say) restated it first."""
     if size == 1:  # nothing smaller to try
         advice = "one image does not fit: sample on a device with more memory, or at precision bf16"
     with out_of_memory_as(
@@ -466,10 +483,9 @@ def generate(
                 callback({**state, "batch": b, "batches": len(batches), "batch_size": size, "images_done": done})
 
         with _batch_memory("batch_size", len(idx), device, "lower the batch size (the images do not depend on it)"):
-            x = sample(
-                model, sampler=sampler, sigmas=sigmas, seeds=[seeds[i] for i in idx],
-                labels=None if labels is None else labels[idx], guidance=guidance, objective=objective,
-                precision=precision, callback=report, sampler_kwargs=sampler_kwargs,
+            x = _sample(
+                model, sampler, sigmas, [seeds[i] for i in idx], None if labels is None else labels[idx], guidance,
+                objective, precision, report, sampler_kwargs,
             )  # fmt: skip
             pixels = decode(x) if decode is not None else x
             finite = pixels.flatten(1).isfinite().all(1).cpu()
