@@ -29,6 +29,7 @@ from diffit.nn import LabelEmbedding, check_backbone
 from diffit.objectives import Objective, check_objective
 from diffit.util import (
     OutOfMemory,
+    check_integer,
     check_output_path,
     is_integer,
     locked_folder,
@@ -273,8 +274,8 @@ def check_train_args(
     for name, value in (("steps", steps), ("batch_size", batch_size), ("micro_batch", micro),
                         ("ckpt_every", ckpt_every), ("keep_last", keep_last), ("log_every", log_every),
                         ("max_bad_steps", max_bad_steps)):  # fmt: skip
-        need(is_integer(value) and value >= 1, name, "an integer >= 1", value)
-    need(is_integer(warmup) and warmup >= 0, "warmup", "an integer >= 0", warmup)
+        check_integer(name, value)
+    check_integer("warmup", warmup, minimum=0)
     need(is_integer(seed) and 0 <= seed < 2**63, "seed", "an integer in [0, 2**63)", seed)  # torch overflowed past it
     need(is_integer(sample_every) and sample_every >= 0, "sample_every", "an integer >= 0 (0 disables)", sample_every)
     need(math.isfinite(lr) and lr > 0, "lr", "a finite number > 0", lr)
