@@ -161,7 +161,8 @@ def train_command(
                 label_dropout=label_dropout, ckpt_every=ckpt_every, keep_last=keep_last, log_every=log_every,
                 sample_every=sample_every, on_sample=on_sample, max_bad_steps=max_bad_steps,
                 guard_updates=guard_updates, resume=resume, callback=callback,
-                run_info={"data": data_.describe(), "model": model_factory or model},
+                run_info={"data": data_.describe(world_size=dist.world_size, num_workers=num_workers),
+                          "model": model_factory or model},
             )  # fmt: skip
     except TrainingDiverged as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)

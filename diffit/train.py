@@ -232,7 +232,8 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 # Arguments that shape a run's trajectory: resuming with another value is no longer an exact resume. (steps,
-# micro_batch, world_size and compile are not among them: they extend the run or only reorder its arithmetic.)
+# micro_batch, world_size and compile are not among them: they extend the run or only reorder its arithmetic; a
+# stream's readers, which set its batches, are compared in the run_info's data.)
 TRAJECTORY_ARGS = ("batch_size", "lr", "warmup", "betas", "weight_decay", "ema", "ema_warmup", "grad_clip",
                    "precision", "seed", "label_dropout", "guard_updates")  # fmt: skip
 
@@ -393,9 +394,9 @@ def train(
             if k in TRAJECTORY_ARGS and k in run.recorded_args and run.recorded_args[k] != v
         ]
         data_now, data_then = (_data_info(info) for info in (run_info, run.recorded_run))
-        changed += [  # what the caller records of the data: flips, and held in RAM vs streamed (another order)
+        changed += [  # what the caller records of the data: flips, RAM vs stream, a stream's readers (other orders)
             f"data {k} {data_then[k]} -> {data_now[k]}"
-            for k in ("flip", "kind")
+            for k in ("flip", "kind", "readers")
             if k in data_now and k in data_then and data_now[k] != data_then[k]
         ]
         if changed:  # allowed (a lower lr, say), but the run is no longer the one an uninterrupted run gives

@@ -23,7 +23,7 @@ from diffit.diffusion import karras_sigmas, sample_euler
 from diffit.distributed import DistInfo
 from diffit.generate import generate, preview_writer, sample
 from diffit.objectives import EDMObjective, check_objective
-from diffit.runs import check_resume_data
+from diffit.runs import check_resume_data, training_data
 from diffit.train import TrainingOutOfMemory, check_train_args, train, train_step
 from diffit.util import OutOfMemory, is_out_of_memory, to_device
 from diffit_cli.main import app
@@ -450,6 +450,23 @@ def test_a_resume_with_changed_arguments_says_which(tmp_path: Path) -> None:
     events.clear()
     _toy_run(tmp_path, 3, run_info={"data": {"flip": True}}, **more)
     assert [e["message"] for e in events if e["event"] == "warning"] == ["the run is at step 8: steps=3 trains nothing"]
+
+
+def test_a_streamed_run_resumed_with_other_ranks_or_workers_says_so(tmp_path: Path) -> None:
+    # A stream's batches depend on its readers (ranks x workers): another count resumes on other batches.
+    stream, held = training_data(None, memory_limit=0), training_data(None)
+    assert (stream.kind, held.kind) == ("stream", "memory")
+    assert "readers" not in held.describe(world_size=2, num_workers=2)  # RAM-held data resumes on any layout
+    assert stream.describe(num_workers=0)["readers"] == stream.describe(num_workers=1)["readers"]  # one reader each
+    events: list[dict] = []
+    _toy_run(tmp_path, 2, run_info={"data": stream.describe(num_workers=0)})
+    _toy_run(tmp_path, 4, resume=True, run_info={"data": stream.describe(num_workers=1)}, callback=events.append)
+    assert [e for e in events if e["event"] == "warning"] == []
+    _toy_run(tmp_path, 6, resume=True, run_info={"data": stream.describe(world_size=2, num_workers=2)},
+             callback=events.append)  # fmt: skip
+    assert [e["message"] for e in events if e["event"] == "warning"] == [
+        "resumed with changed arguments: data readers 1 rank(s) x 1 reader(s) -> 2 rank(s) x 2 reader(s)"
+    ]
 
 
 class NaNAtEnd(EDMObjective):

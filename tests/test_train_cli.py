@@ -134,6 +134,12 @@ def test_latent_training_on_encoded_shards(tmp_path: Path, tiny_vae: str) -> Non
         ["train", "--latent", "--data", data, "--model", "s2", "--steps", "2", "--batch-size", "4", "--out", str(out)],
     )
     assert again.exit_code == 2 and "already holds checkpoints" in again.output
+    more = ["--resume", "--steps", "3", "--num-workers", "2", "--sample-every", "0"]  # a stream of 2 readers, not 1
+    resumed = runner.invoke(app, ["train", "--latent", "--data", data, "--model", "s2", "--batch-size", "4", "--out",
+                                  str(out), *more])  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    said = " ".join(w for w in resumed.output.split() if not w.startswith("train.py:"))  # rich's log column
+    assert "changed arguments: data readers 1 rank(s) x 1 reader(s) -> 1 rank(s) x 2 reader(s)" in said, said
 
 
 def test_unconditional_image_shards_train_an_unconditional_model(tmp_path: Path) -> None:
