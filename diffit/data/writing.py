@@ -77,17 +77,13 @@ def folder_source(root: str, *, log: BadSampleLog | None = None) -> ImageSource:
     if not os.path.isdir(root):
         raise ValueError(f"src: {root!r} is not a folder")
     log = log or BadSampleLog()
-    classes = sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and image_files(os.path.join(root, d))
-    )
-    flat = sorted(f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f)) and _is_image(f))
+    entries = sorted(os.listdir(root))
+    subfolders = {d: image_files(os.path.join(root, d)) for d in entries if os.path.isdir(os.path.join(root, d))}
+    classes = [d for d, found in subfolders.items() if found]  # a folder without images is no class
+    flat = [(os.path.join(root, f), None) for f in entries if _is_image(f) and os.path.isfile(os.path.join(root, f))]
     if classes and flat:
         raise ValueError(f"src: {root!r} mixes images and class subfolders; use only one layout")
-    files = (
-        [(p, i) for i, c in enumerate(classes) for p in image_files(os.path.join(root, c))]
-        if classes
-        else [(os.path.join(root, f), None) for f in flat]
-    )
+    files = [(p, i) for i, c in enumerate(classes) for p in subfolders[c]] or flat
     if not files:
         raise ValueError(f"src: no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root!r}")
     keys = [_key(os.path.relpath(p, root)) for p, _ in files]
