@@ -125,20 +125,18 @@ def array_source(path: str) -> ImageSource:
     optional ``labels`` or ``y`` or ``arr_1``). Keys are ``%08d`` indices."""
     if not os.path.isfile(path):
         raise ValueError(f"src: {path!r} does not exist")
-    labels = None
     if not path.endswith((".npy", ".npz")):
         raise ValueError(f"src: expected a folder, .npy or .npz, got {path!r}")
+    labels = None
     try:  # a damaged file fails on open or on reading an array; object arrays are refused (no unpickling)
         if path.endswith(".npy"):
             images = np.load(path, allow_pickle=False)
         else:
             with np.load(path, allow_pickle=False) as npz:
-                name = next((k for k in ("images", "x", "arr_0") if k in npz), None)
-                if name is None:
+                images = next((npz[k] for k in ("images", "x", "arr_0") if k in npz), None)
+                if images is None:
                     raise ValueError(f"src: {path!r} has no 'images', 'x' or 'arr_0' array (has {list(npz)})")
-                images = npz[name]
-                label_name = next((k for k in ("labels", "y", "arr_1") if k in npz), None)
-                labels = None if label_name is None else npz[label_name].reshape(-1)
+                labels = next((npz[k].reshape(-1) for k in ("labels", "y", "arr_1") if k in npz), None)
     except (OSError, EOFError, ValueError, MemoryError, zipfile.BadZipFile, zlib.error) as exc:
         if str(exc).startswith("src:"):
             raise
@@ -170,7 +168,7 @@ def array_source(path: str) -> ImageSource:
             img = Image.fromarray(np.ascontiguousarray(image[..., 0] if channels == 1 else image))
             yield f"{i:08d}", img, None if labels is None else int(labels[i])
 
-    names = [str(i) for i in range(int(labels.max()) + 1)] if labels is not None and len(labels) else []
+    names = [] if labels is None else [str(i) for i in range(labels.max(initial=-1) + 1)]
     return ImageSource(
         samples, len(images), names, labels is not None, channels=channels, extra={"source": os.path.basename(path)}
     )
