@@ -222,7 +222,7 @@ def write_image_shards(
         )
     for name in old:
         os.remove(os.path.join(folder, name))
-    sizes: set[tuple[int, int]] = set()
+    sides: set[int] = set()  # every width and height written: a single value when all are the same square
     try:
         for done, (key, img, label) in enumerate(source.samples(), 1):
             img = img.convert("L" if channels == 1 else "RGB")
@@ -230,7 +230,7 @@ def write_image_shards(
                 img = center_crop_resize(img, resolution)
             elif resolution is not None:  # a plain bicubic resize (PIL returns a copy when the size matches)
                 img = img.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
-            sizes.add(img.size)
+            sides.update(img.size)
             fields = {ext: encode_image(img, ext, quality=jpeg_quality, png_compress_level=png_compress_level)}
             if label is not None:
                 fields["cls"] = str(label).encode()
@@ -245,13 +245,11 @@ def write_image_shards(
         for shard in writer.shards:
             os.remove(os.path.join(folder, shard.name))
         raise
-    side = next(iter(sizes)) if len(sizes) == 1 else None
-    square = side[0] if side is not None and side[0] == side[1] else None
     return write_manifest(
         folder,
         kind="image",
         shards=shards,
-        resolution=square,
+        resolution=sides.pop() if len(sides) == 1 else None,
         channels=channels,
         classes=len(source.class_names) if source.labelled else 0,
         class_names=source.class_names,
@@ -288,10 +286,9 @@ def digits_source(resolution: int = DIGITS_RESOLUTION) -> ImageSource:
     digits = load_digits()
     # Values 0..16 -> 0..255 (exact integer rounding, so the result is platform independent).
     images = ((digits.images.astype(np.int64) * 255 + 8) // 16).astype(np.uint8)
-    labels = digits.target.astype(np.int64)
 
     def samples() -> Iterator[LabelledImage]:
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        for i, (image, label) in enumerate(zip(images, digits.target, strict=True)):
             img = Image.fromarray(image).resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
             yield f"digit_{i:04d}", img, int(label)
 
