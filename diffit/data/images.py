@@ -165,10 +165,10 @@ class ImageDecoder:
         return image, label
 
 
-def _load_npy(data: object, name: str) -> np.ndarray:
-    """``np.load`` of .npy bytes (no pickles); BadSample when they are not a .npy array."""
+def _load_npy(sample: dict[str, object], name: str) -> np.ndarray:
+    """``np.load`` of the sample's member ``name`` (no pickles); BadSample when it is not a .npy array."""
     try:
-        return np.load(io.BytesIO(bytes(data)), allow_pickle=False)  # type: ignore[call-overload]
+        return np.load(io.BytesIO(bytes(sample[name])), allow_pickle=False)  # type: ignore[call-overload]
     except (ValueError, OSError, EOFError) as exc:
         raise BadSample(f"undecodable {name} ({exc})") from None
 
@@ -193,13 +193,11 @@ class LatentDecoder:
     def __call__(self, sample: dict[str, object], rng: np.random.Generator | None) -> tuple[np.ndarray, int]:
         """``(latent, label)`` of a raw sample; BadSample when it must be skipped."""
         label = decode_label(sample, self.labelled, self.classes)
-        if "mean.npy" in sample:
-            mean = _load_npy(sample["mean.npy"], "mean.npy")
-            std = _load_npy(sample["std.npy"], "std.npy") if "std.npy" in sample else None
-        elif "latent.npy" in sample:
-            mean, std = _load_npy(sample["latent.npy"], "latent.npy"), None
-        else:
+        name = next((n for n in ("mean.npy", "latent.npy") if n in sample), None)
+        if name is None:
             raise BadSample("no latent member (mean.npy or latent.npy)")
+        mean = _load_npy(sample, name)
+        std = _load_npy(sample, "std.npy") if name == "mean.npy" and "std.npy" in sample else None
         if mean.ndim == 3:  # no mirrored variant stored
             mean, std = mean[None], None if std is None else std[None]
         if mean.ndim != 4 or (std is not None and std.shape != mean.shape):

@@ -77,17 +77,13 @@ def folder_source(root: str, *, log: BadSampleLog | None = None) -> ImageSource:
     if not os.path.isdir(root):
         raise ValueError(f"src: {root!r} is not a folder")
     log = log or BadSampleLog()
-    classes = sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and image_files(os.path.join(root, d))
-    )
-    flat = sorted(f for f in os.listdir(root) if os.path.isfile(os.path.join(root, f)) and _is_image(f))
+    entries = sorted(os.listdir(root))
+    subfolders = {d: image_files(os.path.join(root, d)) for d in entries if os.path.isdir(os.path.join(root, d))}
+    classes = [d for d, found in subfolders.items() if found]  # a folder without images is no class
+    flat = [(os.path.join(root, f), None) for f in entries if _is_image(f) and os.path.isfile(os.path.join(root, f))]
     if classes and flat:
         raise ValueError(f"src: {root!r} mixes images and class subfolders; use only one layout")
-    files = (
-        [(p, i) for i, c in enumerate(classes) for p in image_files(os.path.join(root, c))]
-        if classes
-        else [(os.path.join(root, f), None) for f in flat]
-    )
+    files = [(p, i) for i, c in enumerate(classes) for p in subfolders[c]] or flat
     if not files:
         raise ValueError(f"src: no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root!r}")
     keys = [_key(os.path.relpath(p, root)) for p, _ in files]
@@ -129,20 +125,18 @@ def array_source(path: str) -> ImageSource:
     optional ``labels`` or ``y`` or ``arr_1``). Keys are ``%08d`` indices."""
     if not os.path.isfile(path):
         raise ValueError(f"src: {path!r} does not exist")
-    labels = None
     if not path.endswith((".npy", ".npz")):
         raise ValueError(f"src: expected a folder, .npy or .npz, got {path!r}")
+    labels = None
     try:  # a damaged file fails on open or on reading an array; object arrays are refused (no unpickling)
         if path.endswith(".npy"):
             images = np.load(path, allow_pickle=False)
         else:
             with np.load(path, allow_pickle=False) as npz:
-                name = next((k for k in ("images", "x", "arr_0") if k in npz), None)
-                if name is None:
+                images = next((npz[k] for k in ("images", "x", "arr_0") if k in npz), None)
+                if images is None:
                     raise ValueError(f"src: {path!r} has no 'images', 'x' or 'arr_0' array (has {list(npz)})")
-                images = npz[name]
-                label_name = next((k for k in ("labels", "y", "arr_1") if k in npz), None)
-                labels = None if label_name is None else npz[label_name].reshape(-1)
+                labels = next((npz[k].reshape(-1) for k in ("labels", "y", "arr_1") if k in npz), None)
     except (OSError, EOFError, ValueError, MemoryError, zipfile.BadZipFile, zlib.error) as exc:
         if str(exc).startswith("src:"):
             raise
@@ -174,7 +168,7 @@ def array_source(path: str) -> ImageSource:
             img = Image.fromarray(np.ascontiguousarray(image[..., 0] if channels == 1 else image))
             yield f"{i:08d}", img, None if labels is None else int(labels[i])
 
-    names = [str(i) for i in range(int(labels.max()) + 1)] if labels is not None and len(labels) else []
+    names = [] if labels is None else [str(i) for i in range(labels.max(initial=-1) + 1)]
     return ImageSource(
         samples, len(images), names, labels is not None, channels=channels, extra={"source": os.path.basename(path)}
     )
@@ -228,7 +222,7 @@ def write_image_shards(
         )
     for name in old:
         os.remove(os.path.join(folder, name))
-    sizes: set[tuple[int, int]] = set()
+    sides: set[int] = set()  # every width and height written: a single value when all are the same square
     try:
         for done, (key, img, label) in enumerate(source.samples(), 1):
             img = img.convert("L" if channels == 1 else "RGB")
@@ -236,7 +230,7 @@ def write_image_shards(
                 img = center_crop_resize(img, resolution)
             elif resolution is not None:  # a plain bicubic resize (PIL returns a copy when the size matches)
                 img = img.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
-            sizes.add(img.size)
+            sides.update(img.size)
             fields = {ext: encode_image(img, ext, quality=jpeg_quality, png_compress_level=png_compress_level)}
             if label is not None:
                 fields["cls"] = str(label).encode()
@@ -251,13 +245,11 @@ def write_image_shards(
         for shard in writer.shards:
             os.remove(os.path.join(folder, shard.name))
         raise
-    side = next(iter(sizes)) if len(sizes) == 1 else None
-    square = side[0] if side is not None and side[0] == side[1] else None
     return write_manifest(
         folder,
         kind="image",
         shards=shards,
-        resolution=square,
+        resolution=sides.pop() if len(sides) == 1 else None,
         channels=channels,
         classes=len(source.class_names) if source.labelled else 0,
         class_names=source.class_names,
@@ -294,10 +286,9 @@ def digits_source(resolution: int = DIGITS_RESOLUTION) -> ImageSource:
     digits = load_digits()
     # Values 0..16 -> 0..255 (exact integer rounding, so the result is platform independent).
     images = ((digits.images.astype(np.int64) * 255 + 8) // 16).astype(np.uint8)
-    labels = digits.target.astype(np.int64)
 
     def samples() -> Iterator[LabelledImage]:
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        for i, (image, label) in enumerate(zip(images, digits.target, strict=True)):
             img = Image.fromarray(image).resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
             yield f"digit_{i:04d}", img, int(label)
 
