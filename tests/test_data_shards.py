@@ -284,3 +284,14 @@ def test_image_helpers_name_a_bad_resolution_or_a_non_image() -> None:
         center_crop_resize(Image.new("RGB", (4, 4)), 0)  # PIL's "height and width must be > 0" before
     with pytest.raises(ValueError, match=r"^img: expected a PIL image \(Image.fromarray converts a uint8 array\)"):
         inspect.unwrap(encode_image)(np.zeros((4, 4, 3), np.uint8))  # "'numpy.ndarray' has no attribute 'mode'"
+
+
+def test_encoder_settings_out_of_range_are_refused_naming_them(tmp_path) -> None:
+    img, encode = Image.new("RGB", (4, 4)), inspect.unwrap(encode_image)
+    with pytest.raises(ValueError, match=r"^png_compress_level must be an integer in \[0, 9\], got 10$"):
+        encode(img, png_compress_level=10)  # zlib.error: Bad compression level
+    with pytest.raises(ValueError, match=r"^quality must be an integer in \[1, 100\], got 500$"):
+        encode(img, "jpg", quality=500)  # PIL wrote a JPEG without a word
+    with pytest.raises(ValueError, match=r"^jpeg_quality must be an integer in \[1, 100\], got 0$"):
+        write_image_shards(array_source_of(tmp_path), str(tmp_path / "o" / "a-%03d.tar"), jpeg_quality=0)
+    assert not (tmp_path / "o").exists()

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from diffit.data.shards import BadSample, check_resolution
+from diffit.util import check_integer
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp")
 SD_SCALE_FACTOR = 0.18215  # Stable Diffusion VAE: scales latents to roughly unit variance (LDM, Rombach 2022)
@@ -62,15 +63,24 @@ def center_crop_resize(img: Image.Image, resolution: int) -> Image.Image:
     return img.crop((left, top, left + resolution, top + resolution))
 
 
+def image_extension(image_format: str, quality: int, png_compress_level: int, *, quality_name: str = "quality") -> str:
+    """The member extension ("png" or "jpg") of ``image_format``, after checking the encoder's settings: JPEG
+    ``quality`` 1..100 (named ``quality_name`` in the error) and zlib level 0..9."""
+    if image_format not in ("png", "jpg", "jpeg"):
+        raise ValueError(f"image_format: expected 'png' or 'jpg', got {image_format!r}")
+    check_integer(quality_name, quality, maximum=100)  # PIL took 0 and 500 without a word
+    check_integer("png_compress_level", png_compress_level, minimum=0, maximum=9)  # zlib.error: Bad compression level
+    return "png" if image_format == "png" else "jpg"
+
+
 def encode_image(
     img: Image.Image, image_format: str = "png", *, quality: int = 95, png_compress_level: int = 6
 ) -> bytes:
-    """PNG (lossless; Up-filtered, see the module docstring) or JPEG (``quality`` 1..95) bytes of an image."""
+    """PNG (lossless; Up-filtered, see the module docstring) or JPEG (``quality`` 1..100) bytes of an image."""
     if not isinstance(img, Image.Image):  # an array raised "'numpy.ndarray' object has no attribute 'mode'"
         hint = "Image.fromarray converts a uint8 array"
         raise ValueError(f"img: expected a PIL image ({hint}), got {type(img).__name__}")
-    if image_format not in ("png", "jpg", "jpeg"):
-        raise ValueError(f"image_format: expected 'png' or 'jpg', got {image_format!r}")
+    image_format = image_extension(image_format, quality, png_compress_level)
     if image_format == "png" and img.mode in ("L", "RGB"):
         return encode_png(np.asarray(img), level=png_compress_level)
     buf = io.BytesIO()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from diffit.data.images import IMAGE_EXTENSIONS, center_crop_resize, encode_image
+from diffit.data.images import IMAGE_EXTENSIONS, center_crop_resize, encode_image, image_extension
 from diffit.data.shards import (
     BadSampleLog,
     Manifest,
@@ -204,13 +204,7 @@ def write_image_shards(
     channels = channels if channels is not None else source.channels or 3
     if channels not in (1, 3):
         raise ValueError(f"channels: expected 1 or 3, got {channels}")
-    if image_format not in ("png", "jpg", "jpeg"):
-        raise ValueError(f"image_format: expected 'png' or 'jpg', got {image_format!r}")
-    if not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"jpeg_quality: expected 1..100, got {jpeg_quality}")
-    if not 0 <= png_compress_level <= 9:
-        raise ValueError(f"png_compress_level: expected 0..9, got {png_compress_level}")
-    ext = "jpg" if image_format in ("jpg", "jpeg") else "png"
+    ext = image_extension(image_format, jpeg_quality, png_compress_level, quality_name="jpeg_quality")
     writer = ShardWriter(out_pattern, max_count=max_count, max_size=max_size)
     folder = check_out_folder(out_pattern)
     old = existing_shards(folder)
