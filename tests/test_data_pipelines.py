@@ -5,6 +5,7 @@ import gc
 import inspect
 import io
 import os
+import shutil
 import tarfile
 import warnings
 
@@ -514,3 +515,18 @@ def test_bad_gzip_shard_is_skipped_without_resource_warning(tmp_path):
 def test_memory_batches_refuse_images_and_labels_that_do_not_fit(images, labels, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         next(inspect.unwrap(memory_batches)(images, labels, batch_size=2, seed=0))  # as users run it
+
+
+def test_a_shard_longer_than_dataset_json_says_keeps_the_declared_stream(tmp_path):
+    urls = _shards(tmp_path, n=20, per_shard=5)
+    declared = (tmp_path / "dataset.json").read_text()
+    _shards(tmp_path / "more", n=7, per_shard=7)  # a shard of 7 samples put in the place of one listed with 5
+    shutil.copy(tmp_path / "more" / "s-000.tar", tmp_path / "s-001.tar")
+    assert (tmp_path / "dataset.json").read_text() == declared
+    with pytest.warns(BadSampleWarning, match=r"s-001.tar holds more than the 5 samples dataset.json lists; the rest"):
+        full = _take(latent_free_images(urls, 0), 15)  # 3 epochs of the 20 declared samples
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadSampleWarning)
+        assert _same(_take(latent_free_images(urls, 11), 4), full[11:])  # epochs skipped by the declared counts
+        one_pass = eval_pipeline(urls, batch_size=5)
+        assert sum(len(keys) for _, _, keys in one_pass) == 20 and one_pass.skipped == 0

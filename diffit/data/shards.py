@@ -153,10 +153,11 @@ def read_shard(url: str, log: BadSampleLog | None, expected: int | None = None, 
     A shard that cannot be opened, or that is corrupt or truncated, ends early: the sample being read is
     dropped, and the loss is counted in ``log`` (one warning naming the shard). With ``expected`` (the
     shard's count in dataset.json) every sample missing from the shard counts as lost, a shard that holds
-    no samples is reported, and ``pad`` yields a ``__lost__`` placeholder for each missing sample, so the
-    stream keeps its declared length (exact resume counts positions without reading).
+    no samples is reported, ``pad`` yields a ``__lost__`` placeholder for each missing sample, and samples past
+    the count are ignored (with a warning), so the stream keeps its declared length (exact resume counts
+    positions without reading).
     """
-    member, error, broken, yielded = [""], [], None, 0  # member being read; why the shard broke; its key
+    member, error, broken, yielded, extra = [""], [], None, 0, False  # member being read; why it broke; its key
 
     def select(name: str) -> bool:  # webdataset calls it with each member's name before reading its data
         member[0] = name
@@ -175,9 +176,13 @@ def read_shard(url: str, log: BadSampleLog | None, expected: int | None = None, 
             files = tar_file_expander([{"url": url, "stream": stream}], handler=stop, select_files=select)
             for sample in group_by_keys(files, handler=stop):
                 broken = base_plus_ext(member[0])[0] if error and member[0] else None
-                if sample["__key__"] != broken:
-                    yielded += 1
-                    yield sample
+                if sample["__key__"] == broken:
+                    continue
+                if yielded == expected:  # dataset.json is the dataset: a stream's positions come from its counts
+                    extra = True
+                    break
+                yielded += 1
+                yield sample
         finally:
             stream.close()
     broken = base_plus_ext(member[0])[0] if error and member[0] else None
@@ -192,6 +197,8 @@ def read_shard(url: str, log: BadSampleLog | None, expected: int | None = None, 
         log.skip(url, "<shard>", f"the shard holds {yielded} of the {expected} samples in dataset.json", count=lost)
     elif log is not None and yielded == 0:
         log.warn(url, f"shard {url} holds no samples")
+    elif log is not None and extra:
+        log.warn(url, f"shard {url} holds more than the {expected} samples dataset.json lists; the rest is ignored")
     for i in range(max(lost, 0) if pad else 0):
         yield {"__key__": f"<lost {i}>", "__url__": url, LOST: True}
 
