@@ -171,11 +171,13 @@ train --data full
 eval stats images.npz images.npz
 eval fid images.npz stats.npz --precision-recall
 eval fid images.npz images.npz --precision-recall
+eval fid images.npz garbage.npz
 """.strip().splitlines()
 NAMES = {"near": "n" * 251, "long": "n" * 256}  # a name that fits (255 bytes with .png), and one that does not
 root = pathlib.Path(tempfile.mkdtemp())
 os.chdir(root)
 (root / "notes.txt").write_text("x")
+(root / "garbage.npz").write_text("x")  # an .npz that is no zip
 (root / "full").mkdir()
 (root / "full" / "000000.png").write_bytes(b"x")
 (root / "empty").mkdir()

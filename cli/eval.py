@@ -45,8 +45,10 @@ Inception = Annotated[
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per Inception call.")]
 MaxCount = Annotated[int | None, typer.Option("--max-count", help="Use at most this many images.")]
 
-# library argument names that differ from the options and arguments
-_ALIASES = {"resolution": "--res", "real_features": "REF", "fake_features": "SAMPLES"}
+# library argument names that differ from the options and arguments; the images the library reads are named src,
+# samples or ref (open_images' name) after the arguments SRC, SAMPLES and REF
+_ALIASES = {"resolution": "--res", "real_features": "REF", "fake_features": "SAMPLES",
+            "src": "SRC", "samples": "SAMPLES", "ref": "REF"}  # fmt: skip
 
 
 def _message(exc: BaseException) -> str:
@@ -76,11 +78,11 @@ def _check_neighbours(count: int | None, name: str) -> None:
 
 
 def _open(ctx: typer.Context, path: str, label: str, batch_size: int, max_count: int | None) -> ImageBatches:
-    """``open_images``; an error about the images names them as the command does (SRC, SAMPLES, REF)."""
+    """``open_images``; an error about the images, now or while they are read, names them as the command does."""
     try:
-        return open_images(path, batch_size=batch_size, max_count=max_count)
+        return open_images(path, batch_size=batch_size, max_count=max_count, name=label.lower())
     except ValueError as exc:
-        fail_from(exc, ctx, {**_ALIASES, "src": label})
+        fail_from(exc, ctx, _ALIASES)
 
 
 def _device(device: str | None) -> str:
@@ -174,7 +176,7 @@ def fid(
     try:  # None: a statistics file whose mu/sigma are all that is needed
         ref_source = open_reference(ref, features=with_pr, batch_size=batch_size, max_count=max_count)
     except ValueError as exc:
-        fail_from(exc, ctx, {**_ALIASES, "ref": "REF"})
+        fail_from(exc, ctx, _ALIASES)
     _check_count(sample_source.count, "SAMPLES")
     _check_count(None if ref_source is None or ref_is_stats else ref_source.count, "REF")
     if with_pr:

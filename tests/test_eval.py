@@ -6,6 +6,7 @@ import inspect
 import io
 import json
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -32,6 +33,7 @@ from diffit.evaluation import (
     load_inception,
     load_statistics,
     open_images,
+    open_reference,
     precision_recall,
     reference_statistics,
     save_statistics,
@@ -585,3 +587,27 @@ def test_statistics_of_the_wrong_rank_are_named() -> None:
         inspect.unwrap(frechet_distance)(np.zeros(3), np.ones((3, 2)), np.zeros(3), np.eye(3))  # numpy's broadcast
     with pytest.raises(ValueError, match=r"^features: expected \(n, d\), got shape \(5,\)$"):
         inspect.unwrap(StatsAccumulator.update)(StatsAccumulator(), torch.zeros(5))  # 5 one-dimensional features
+
+
+def test_images_found_bad_while_reading_are_named_as_the_command_names_them(tmp_path, stand_in):
+    np.savez(tmp_path / "s.npz", arr_0=_tiny_images(3, 4))
+    (tmp_path / "bad.npz").write_text("garbage")  # a traceback from is_statistics_file before
+    whole = io.BytesIO()
+    np.save(whole, _tiny_images(3, 4))
+    with zipfile.ZipFile(tmp_path / "cut.npz", "w") as zf:  # found only while the batches are read
+        zf.writestr("arr_0.npy", whole.getvalue()[:-20])
+    (tmp_path / "folder").mkdir()
+    Image.fromarray(_tiny_images(1, 4)[0]).save(tmp_path / "folder" / "a.png")
+    (tmp_path / "folder" / "b.png").write_bytes(b"not a png")
+    cases = [
+        (["fid", "{tmp}/s.npz", "{tmp}/bad.npz"], "REF: '{tmp}/bad.npz' is not a readable .npz"),
+        (["fid", "{tmp}/s.npz", "{tmp}/cut.npz"], "REF: '{tmp}/cut.npz' is truncated"),  # "src:" before
+        (["fid", "{tmp}/folder", "{tmp}/s.npz"], "SAMPLES: '{tmp}/folder/b.png': undecodable image"),
+        (["stats", "{tmp}/folder", "{tmp}/o.npz"], "SRC: '{tmp}/folder/b.png': undecodable image"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["eval", *(a.format(tmp=tmp_path) for a in args), "--inception", stand_in])
+        lines = [line for line in result.output.splitlines() if line.strip() and "━" not in line]
+        assert result.exit_code == 2 and lines[-1].startswith("error: " + message.format(tmp=tmp_path)), result.output
+    with pytest.raises(ValueError, match=r"^ref: '.*cut.npz' is truncated"):
+        list(open_reference(str(tmp_path / "cut.npz")).batches())

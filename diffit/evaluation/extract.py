@@ -125,10 +125,11 @@ def extract_features(
 
 
 def is_statistics_file(path: str) -> bool:
-    """Whether ``path`` is an ``.npz`` holding ``mu`` and ``sigma`` (ours or an ADM reference batch)."""
-    if not path.endswith(".npz") or not os.path.isfile(path):
+    """Whether ``path`` is a readable ``.npz`` holding ``mu`` and ``sigma`` (ours or an ADM reference batch)."""
+    try:  # an unreadable one is no statistics file: opening it as images names the argument it was given as
+        keys = npz_keys(path) if path.endswith(".npz") and os.path.isfile(path) else []
+    except ValueError:
         return False
-    keys = npz_keys(path)
     return "mu" in keys and "sigma" in keys
 
 
@@ -143,18 +144,12 @@ def open_reference(
     if is_statistics_file(ref):
         if not features:
             return None
-        if "arr_0" not in npz_keys(ref):
+        if "arr_0" not in npz_keys(ref, "ref"):
             raise ValueError(
                 f"ref: {ref!r} holds statistics only (mu, sigma), no images; precision and recall need the "
                 "reference images (an images .npz, a folder, shards, or an ADM reference batch with arr_0)"
             )
-    try:
-        return open_images(ref, batch_size=batch_size, max_count=max_count)
-    except ValueError as exc:
-        message = str(exc)
-        if message.startswith("src"):
-            raise ValueError("ref" + message.removeprefix("src")) from None
-        raise
+    return open_images(ref, batch_size=batch_size, max_count=max_count, name="ref")
 
 
 def evaluate_reference(

@@ -41,46 +41,47 @@ class ImageBatches:
     kind: str  # "npz", "folder" or "shards"
 
 
-def npz_keys(path: str) -> list[str]:
-    """The array names of an ``.npz`` (without loading them); ValueError when it is not a readable npz."""
+def npz_keys(path: str, name: str = "src") -> list[str]:
+    """The array names of an ``.npz`` (without loading them); ValueError (starting with ``name``) when it is not a
+    readable npz."""
     try:
         with zipfile.ZipFile(path) as zf:
             return [n.removesuffix(".npy") for n in zf.namelist() if n.endswith(".npy")]
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"src: {path!r} is not a readable .npz ({exc})") from None
+        raise ValueError(f"{name}: {path!r} is not a readable .npz ({exc})") from None
 
 
-def _npz_header(f: object, path: str) -> tuple[tuple[int, ...], np.dtype]:
+def _npz_header(f: object, path: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
     version = np.lib.format.read_magic(f)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read(f)
     if fortran:
-        raise ValueError(f"src: arr_0 in {path!r} is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
+        raise ValueError(f"{name}: arr_0 in {path!r} is Fortran-ordered; save it C-ordered (np.ascontiguousarray)")
     if dtype != np.uint8:
-        raise ValueError(f"src: arr_0 in {path!r} must be uint8 (0..255), got {dtype}")
+        raise ValueError(f"{name}: arr_0 in {path!r} must be uint8 (0..255), got {dtype}")
     if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))):
         raise ValueError(
-            f"src: arr_0 in {path!r} must be (N, H, W) or (N, H, W, C) with C in {{1, 3}}, got shape {shape}"
+            f"{name}: arr_0 in {path!r} must be (N, H, W) or (N, H, W, C) with C in {{1, 3}}, got shape {shape}"
         )
     return shape, dtype
 
 
-def _npz_source(path: str, batch_size: int, limit: int | None) -> ImageBatches:
-    if "arr_0" not in npz_keys(path):
-        raise ValueError(f"src: {path!r} has no image array 'arr_0' (ADM layout: uint8 N x H x W x C)")
+def _npz_source(path: str, batch_size: int, limit: int | None, name: str) -> ImageBatches:
+    if "arr_0" not in npz_keys(path, name):
+        raise ValueError(f"{name}: {path!r} has no image array 'arr_0' (ADM layout: uint8 N x H x W x C)")
     with zipfile.ZipFile(path) as zf, zf.open("arr_0.npy") as f:
-        shape, _ = _npz_header(f, path)
+        shape, _ = _npz_header(f, path, name)
     count = shape[0] if limit is None else min(shape[0], limit)
 
     def batches() -> Iterator[Batch]:
         per_image = int(np.prod(shape[1:]))
         with zipfile.ZipFile(path) as zf, zf.open("arr_0.npy") as f:
-            _npz_header(f, path)
+            _npz_header(f, path, name)
             for start in range(0, count, batch_size):
                 n = min(batch_size, count - start)
                 data = f.read(n * per_image)
                 if len(data) != n * per_image:
-                    raise ValueError(f"src: {path!r} is truncated (arr_0 ends before image {start + n})")
+                    raise ValueError(f"{name}: {path!r} is truncated (arr_0 ends before image {start + n})")
                 images = np.frombuffer(data, np.uint8).reshape(n, *shape[1:])
                 # (N, H, W[, C]) -> (N, C, H, W)
                 images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
@@ -89,10 +90,10 @@ def _npz_source(path: str, batch_size: int, limit: int | None) -> ImageBatches:
     return ImageBatches(batches, count, "npz")
 
 
-def _folder_source(folder: str, batch_size: int, limit: int | None) -> ImageBatches:
+def _folder_source(folder: str, batch_size: int, limit: int | None, name: str) -> ImageBatches:
     files = image_files(folder)[:limit]
     if not files:
-        raise ValueError(f"src: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder!r}")
+        raise ValueError(f"{name}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder!r}")
 
     def batches() -> Iterator[Batch]:
         pending: list[np.ndarray] = []
@@ -102,7 +103,7 @@ def _folder_source(folder: str, batch_size: int, limit: int | None) -> ImageBatc
             try:
                 image = decode_image(data, key=path)
             except BadSample as exc:
-                raise ValueError(f"src: {path!r}: {exc}") from None
+                raise ValueError(f"{name}: {path!r}: {exc}") from None
             if pending and (len(pending) == batch_size or image.shape != pending[0].shape):
                 yield torch.from_numpy(np.stack(pending))
                 pending = []
@@ -113,10 +114,10 @@ def _folder_source(folder: str, batch_size: int, limit: int | None) -> ImageBatc
     return ImageBatches(batches, len(files), "folder")
 
 
-def _shard_source(urls: list[str], batch_size: int, limit: int | None) -> ImageBatches:
+def _shard_source(urls: list[str], batch_size: int, limit: int | None, name: str) -> ImageBatches:
     manifest = find_manifest(urls)
     if manifest is not None and manifest.kind != "image":
-        raise ValueError(f"src: {urls[0]!r} holds {manifest.kind}, not images")
+        raise ValueError(f"{name}: {urls[0]!r} holds {manifest.kind}, not images")
     counts = shard_counts(urls, manifest)  # the shards given, which may be a part of the set
     count = None if counts is None else (sum(counts) if limit is None else min(sum(counts), limit))
 
@@ -134,25 +135,26 @@ def _shard_source(urls: list[str], batch_size: int, limit: int | None) -> ImageB
     return ImageBatches(batches, count, "shards")
 
 
-def open_images(src: str, *, batch_size: int = 50, max_count: int | None = None) -> ImageBatches:
+def open_images(src: str, *, batch_size: int = 50, max_count: int | None = None, name: str = "src") -> ImageBatches:
     """The images of ``src`` (see the module docstring), at most ``max_count`` of them, in batches of at most
-    ``batch_size``. Checks existence and format up front; ValueError names the problem in one line."""
+    ``batch_size``. Checks existence and format up front; ValueError names the problem in one line, starting
+    with ``name`` (the argument ``src`` is to the caller, e.g. "ref"), also for problems found while reading."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     if max_count is not None and max_count < 1:
         raise ValueError(f"max_count: expected >= 1, got {max_count}")
     if src.endswith(".npz"):
         if not os.path.isfile(src):
-            raise ValueError(f"src: {src!r} does not exist")
-        return _npz_source(src, batch_size, max_count)
+            raise ValueError(f"{name}: {src!r} does not exist")
+        return _npz_source(src, batch_size, max_count, name)
     if os.path.isdir(src):
         manifest_path = os.path.join(src, "dataset.json")
         if os.path.isfile(manifest_path):
             urls = [os.path.join(src, s.name) for s in read_manifest(manifest_path).shards]
-            return _shard_source(expand_urls(urls), batch_size, max_count)
-        return _folder_source(src, batch_size, max_count)
+            return _shard_source(expand_urls(urls), batch_size, max_count, name)
+        return _folder_source(src, batch_size, max_count, name)
     if ".tar" in src or "{" in src or "::" in src or "://" in src or src.startswith("pipe:"):
-        return _shard_source(expand_urls(src.split("::")), batch_size, max_count)
+        return _shard_source(expand_urls(src.split("::")), batch_size, max_count, name)
     if not os.path.exists(src):
-        raise ValueError(f"src: {src!r} does not exist")
-    raise ValueError(f"src: {src!r} is not an images .npz, an image folder or WebDataset shards (.tar)")
+        raise ValueError(f"{name}: {src!r} does not exist")
+    raise ValueError(f"{name}: {src!r} is not an images .npz, an image folder or WebDataset shards (.tar)")
