@@ -599,11 +599,15 @@ def test_images_found_bad_while_reading_are_named_as_the_command_names_them(tmp_
     (tmp_path / "folder").mkdir()
     Image.fromarray(_tiny_images(1, 4)[0]).save(tmp_path / "folder" / "a.png")
     (tmp_path / "folder" / "b.png").write_bytes(b"not a png")
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "dataset.json").write_text("{}")  # "manifest: ..." before
     cases = [
         (["fid", "{tmp}/s.npz", "{tmp}/bad.npz"], "REF: '{tmp}/bad.npz' is not a readable .npz"),
         (["fid", "{tmp}/s.npz", "{tmp}/cut.npz"], "REF: '{tmp}/cut.npz' is truncated"),  # "src:" before
         (["fid", "{tmp}/folder", "{tmp}/s.npz"], "SAMPLES: '{tmp}/folder/b.png': undecodable image"),
         (["stats", "{tmp}/folder", "{tmp}/o.npz"], "SRC: '{tmp}/folder/b.png': undecodable image"),
+        (["fid", "{tmp}/s.npz", "{tmp}/t-{{000..001}}.tar"], "REF: shard '{tmp}/t-000.tar' does not exist"),  # urls:
+        (["fid", "{tmp}/sets", "{tmp}/s.npz"], "SAMPLES: '{tmp}/sets/dataset.json' is not a diffit-shards/1"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["eval", *(a.format(tmp=tmp_path) for a in args), "--inception", stand_in])

@@ -147,14 +147,16 @@ def open_images(src: str, *, batch_size: int = 50, max_count: int | None = None,
         if not os.path.isfile(src):
             raise ValueError(f"{name}: {src!r} does not exist")
         return _npz_source(src, batch_size, max_count, name)
-    if os.path.isdir(src):
-        manifest_path = os.path.join(src, "dataset.json")
-        if os.path.isfile(manifest_path):
-            urls = [os.path.join(src, s.name) for s in read_manifest(manifest_path).shards]
-            return _shard_source(expand_urls(urls), batch_size, max_count, name)
+    manifest_path = os.path.join(src, "dataset.json")
+    if os.path.isdir(src) and not os.path.isfile(manifest_path):
         return _folder_source(src, batch_size, max_count, name)
-    if ".tar" in src or "{" in src or "::" in src or "://" in src or src.startswith("pipe:"):
-        return _shard_source(expand_urls(src.split("::")), batch_size, max_count, name)
+    if os.path.isdir(src) or any(s in src for s in (".tar", "{", "::", "://")) or src.startswith("pipe:"):
+        try:
+            shards = read_manifest(manifest_path).shards if os.path.isdir(src) else None
+            urls = expand_urls(src.split("::") if shards is None else [os.path.join(src, s.name) for s in shards])
+        except ValueError as exc:  # "manifest: ..." and "urls: ..." name the data package's arguments
+            raise ValueError(f"{name}:{str(exc).partition(':')[2]}") from None
+        return _shard_source(urls, batch_size, max_count, name)
     if not os.path.exists(src):
         raise ValueError(f"{name}: {src!r} does not exist")
     raise ValueError(f"{name}: {src!r} is not an images .npz, an image folder or WebDataset shards (.tar)")
