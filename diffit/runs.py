@@ -119,14 +119,16 @@ class TrainingData:
         )  # fmt: skip
 
     def describe(self, *, world_size: int = 1, num_workers: int = 0) -> dict[str, Any]:
-        """What a checkpoint records of the data (``run_info``), for a run read as :meth:`batches` reads it. A
-        stream records its readers too: its batches depend on the ranks and workers (RAM-held data's do not)."""
+        """What a checkpoint records of the data (``run_info``), for a run read as :meth:`batches` reads it. The shard
+        count tells a subset of a set (the same dataset.json, so the same content hash) from the whole; a stream
+        records its readers too: its batches depend on the ranks and workers (RAM-held data's do not)."""
         readers = f"{world_size} rank(s) x {max(num_workers, 1)} reader(s)"
         return {
             "urls": self.urls[0] if len(self.urls) == 1 else f"{self.urls[0]} .. {self.urls[-1]} ({len(self.urls)})",
             "latent": self.latent, "resolution": self.resolution, "channels": self.channels,
             "num_classes": self.num_classes, "count": self.count, "content_hash": self.content_hash,
-            "kind": self.kind, "flip": self.flip, **({"readers": readers} if self.kind == "stream" else {}),
+            "kind": self.kind, "flip": self.flip, "shards": len(self.urls),
+            **({"readers": readers} if self.kind == "stream" else {}),
         }  # fmt: skip
 
 

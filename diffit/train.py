@@ -394,9 +394,9 @@ def train(
             if k in TRAJECTORY_ARGS and k in run.recorded_args and run.recorded_args[k] != v
         ]
         data_now, data_then = (_data_info(info) for info in (run_info, run.recorded_run))
-        changed += [  # what the caller records of the data: flips, RAM vs stream, a stream's readers (other orders)
+        changed += [  # what the caller records of the data: flips, RAM vs stream, shards, a stream's readers
             f"data {k} {data_then[k]} -> {data_now[k]}"
-            for k in ("flip", "kind", "readers")
+            for k in ("flip", "kind", "shards", "readers")
             if k in data_now and k in data_then and data_now[k] != data_then[k]
         ]
         if changed:  # allowed (a lower lr, say), but the run is no longer the one an uninterrupted run gives

@@ -140,6 +140,11 @@ def test_latent_training_on_encoded_shards(tmp_path: Path, tiny_vae: str) -> Non
     assert resumed.exit_code == 0, resumed.output
     said = " ".join(w for w in resumed.output.split() if not w.startswith("train.py:"))  # rich's log column
     assert "changed arguments: data readers 1 rank(s) x 1 reader(s) -> 1 rank(s) x 2 reader(s)" in said, said
+    part = str(tmp_path / "lat" / "l-000.tar")  # a part of the set: its dataset.json and content hash, other batches
+    resumed = runner.invoke(app, ["train", "--latent", "--data", part, "--model", "s2", "--batch-size", "4", "--out",
+                                  str(out), *more[:1], "--steps", "4", *more[3:]])  # fmt: skip
+    said = " ".join(w for w in resumed.output.split() if not w.startswith("train.py:"))
+    assert resumed.exit_code == 0 and "changed arguments: data shards 2 -> 1" in said, said
 
 
 def test_unconditional_image_shards_train_an_unconditional_model(tmp_path: Path) -> None:
