@@ -30,6 +30,7 @@ from diffit.data import (
     latent_pipeline,
     load_images,
     memory_batches,
+    shard_counts,
 )
 from diffit.nn import (
     check_backbone,
@@ -173,7 +174,8 @@ def training_data(
     side = (manifest.resolution or latent_side(resolution)) if latent and manifest is not None else resolution
     channels = manifest.channels if manifest is not None else 1
     num_classes = manifest.classes if manifest is not None and manifest.classes > 0 else None
-    count = manifest.count if manifest is not None else None
+    counts = shard_counts(urls, manifest)  # the shards given, which may be a part of the set
+    count = sum(counts) if counts is not None else manifest.count if manifest is not None else None
     flip = data is not None if flip is None else flip
     fits = not latent and (count or 0) * channels * resolution * resolution <= memory_limit
     td = TrainingData(

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from diffit.checkpoint import checkpoint_dirs, load_model, load_weights, save_checkpoint, save_weights
-from diffit.data import memory_batches
+from diffit.data import array_source, memory_batches, write_image_shards
 from diffit.diffusion import karras_sigmas, sample_euler
 from diffit.distributed import DistInfo
 from diffit.generate import generate, preview_writer, sample
@@ -467,6 +467,16 @@ def test_a_streamed_run_resumed_with_other_ranks_or_workers_says_so(tmp_path: Pa
     assert [e["message"] for e in events if e["event"] == "warning"] == [
         "resumed with changed arguments: data readers 1 rank(s) x 1 reader(s) -> 2 rank(s) x 2 reader(s)"
     ]
+
+
+def test_a_part_of_a_shard_set_is_counted_as_the_part(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((10, 4, 4), np.uint8))
+    write_image_shards(array_source(str(tmp_path / "a.npy")), str(tmp_path / "s" / "s-%03d.tar"), max_count=4)
+    open_ = lambda pattern: training_data(str(tmp_path / "s" / pattern), memory_limit=4 * 16)  # 4 images of 16 bytes
+    whole, part = open_("s-{000..002}.tar"), open_("s-000.tar")
+    assert (whole.count, whole.kind) == (10, "stream")  # 10 images of 16 bytes: more than the limit
+    assert (part.count, part.kind) == (4, "memory")  # the set's 10 before, so the 4 that fit streamed
+    assert (part.describe()["shards"], part.content_hash) == (1, whole.content_hash)
 
 
 class NaNAtEnd(EDMObjective):

@@ -22,6 +22,7 @@ from diffit.data.shards import (
     find_manifest,
     read_manifest,
     read_shard,
+    shard_counts,
     verify_shards,
     write_manifest,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "read_manifest",
     "read_shard",
     "ShardInfo",
+    "shard_counts",
     "ShardWriter",
     "vae_posterior",
     "verify_shards",

@@ -22,9 +22,17 @@ import torch
 from jaxtyping import UInt8
 from torch import Tensor
 
-from diffit.data import decode_image, eval_pipeline, expand_urls, find_manifest, image_files, read_manifest
+from diffit.data import (
+    BadSample,
+    decode_image,
+    eval_pipeline,
+    expand_urls,
+    find_manifest,
+    image_files,
+    read_manifest,
+    shard_counts,
+)
 from diffit.data.images import IMAGE_EXTENSIONS
-from diffit.data.shards import BadSample, shard_counts
 
 __all__ = ["ImageBatches", "npz_keys", "open_images"]
 
