@@ -33,6 +33,7 @@ from diffit.data import (
     shard_counts,
 )
 from diffit.data.images import IMAGE_EXTENSIONS
+from diffit.util import check_integer
 
 __all__ = ["ImageBatches", "npz_keys", "open_images"]
 
@@ -147,10 +148,9 @@ def open_images(src: str, *, batch_size: int = 50, max_count: int | None = None,
     """The images of ``src`` (see the module docstring), at most ``max_count`` of them, in batches of at most
     ``batch_size``. Checks existence and format up front; ValueError names the problem in one line, starting
     with ``name`` (the argument ``src`` is to the caller, e.g. "ref"), also for problems found while reading."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-    if max_count is not None and max_count < 1:
-        raise ValueError(f"max_count: expected >= 1, got {max_count}")
+    check_integer("batch_size", batch_size)
+    if max_count is not None:
+        check_integer("max_count", max_count)
     if src.endswith(".npz"):
         if not os.path.isfile(src):
             raise ValueError(f"{name}: {src!r} does not exist")
