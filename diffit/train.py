@@ -232,8 +232,8 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 # Arguments that shape a run's trajectory: resuming with another value is no longer an exact resume. (steps,
-# micro_batch, world_size and compile are not among them: they extend the run or only reorder its arithmetic; a
-# stream's readers, which set its batches, are compared in the run_info's data.)
+# micro_batch, world_size and compile are not among them: they extend the run or only reorder its arithmetic; the
+# shard count and a stream's readers, which set its batches, are compared in the run_info's data.)
 TRAJECTORY_ARGS = ("batch_size", "lr", "warmup", "betas", "weight_decay", "ema", "ema_warmup", "grad_clip",
                    "precision", "seed", "label_dropout", "guard_updates")  # fmt: skip
 
