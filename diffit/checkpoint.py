@@ -36,7 +36,7 @@ from diffit.nn import ImageDiffiT, LatentDiffiT, check_backbone
 from diffit.nn.contract import jsonable
 from diffit.objectives import build_objective, objective_spec
 from diffit.release import check_release_resolution, load_release
-from diffit.util import atomic_path, fsync_dir, fsync_file, is_integer
+from diffit.util import atomic_path, check_integer, fsync_dir, fsync_file, is_integer
 
 MODEL_METADATA_KEY = "diffit.model"
 OBJECTIVE_METADATA_KEY = "diffit.objective"
@@ -264,8 +264,7 @@ def save_checkpoint(
     """Write ``run_dir/ckpt-<step>`` atomically, then delete all but the newest ``keep_last`` (and ``keep`` steps)
     and any temporary directory an interrupted write left behind. Refuses weights that are not finite."""
     # Everything checked before anything is written (step 1.5 created run_dir, then failed formatting its name).
-    if not is_integer(keep_last) or keep_last < 1:
-        raise ValueError(f"keep_last must be an integer >= 1, got {keep_last!r}")
+    check_integer("keep_last", keep_last)
     if not is_integer(step) or not 0 <= step < 10**8:  # the eight digits of ckpt-<step>, which checkpoint_dirs reads
         raise ValueError(f"step must be an integer in [0, 10**8), got {step!r}")
     bad = next((k for k, v in rng_states.items() if not isinstance(v, torch.Tensor)), None)

@@ -138,8 +138,8 @@ class Guidance:
             raise ValueError(f"scale (guidance) must be a finite number >= 0, got {self.scale!r}")
         if self.schedule not in ("constant", "power-cosine"):
             raise ValueError(f"schedule (guidance) must be 'constant' or 'power-cosine', got {self.schedule!r}")
-        if self.channels is not None and (not is_integer(self.channels) or self.channels < 1):  # 1.5 passed
-            raise ValueError(f"channels (guided) must be an integer >= 1, got {self.channels!r}")
+        if self.channels is not None:
+            check_integer("channels (guided)", self.channels)  # 1.5 passed
         if self.interval is not None:
             pair = isinstance(self.interval, (tuple, list)) and len(self.interval) == 2
             if not pair or not all(isinstance(v, (int, float)) for v in self.interval):
