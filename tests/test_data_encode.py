@@ -131,19 +131,43 @@ def test_encode_resumes_only_its_own_intact_shards(tmp_path, tiny_vae, image_sha
             encode_latents(
                 image_shards, out, vae=tiny_vae, resolution=8, **kwargs
             )  # exit 0, a false dataset.json before
-    with pytest.raises(ValueError, match="other inputs or settings \\(input_files, inputs\\)"):
+    with pytest.raises(ValueError, match="other inputs or settings \\(inputs\\)"):
         encode_latents(image_shards.replace("{000..002}", "{000..001}"), out, vae=tiny_vae, resolution=8)
     with pytest.raises(ValueError, match="other inputs or settings \\(resolution\\)"):
         encode_latents(image_shards, out, vae=tiny_vae, resolution=16)
-    shutil.copy(image_shards.replace("{000..002}", "000"), tmp_path / "copy.tar")  # the same name, rewritten:
-    os.replace(tmp_path / "copy.tar", image_shards.replace("{000..002}", "000"))  # its latents would be stale
-    with pytest.raises(ValueError, match="other inputs or settings \\(input_files\\)"):
-        encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
     assert read_manifest(str(tmp_path / "lat")) == first and _folder(tmp_path / "lat") == finished
-    os.remove(tmp_path / "lat" / ".encode.json")
+
+    def shards_only(folder: dict[str, object] | None = None) -> dict[str, object]:
+        return {k: v for k, v in (folder or _folder(tmp_path / "lat")).items() if k != ".encode.json"}
+
+    record_path, input0 = tmp_path / "lat" / ".encode.json", image_shards.replace("{000..002}", "000")
+    shutil.copy(input0, tmp_path / "copy.tar")  # the same bytes under the same name, with a new mtime (a copy, or
+    os.replace(tmp_path / "copy.tar", input0)  # `data shard --replace` run again): kept by its sha256 (was refused)
+    done.clear()
+    assert encode_latents(image_shards, out, vae=tiny_vae, resolution=8, progress=lambda d, t: done.append(d)) == first
+    assert done == [] and shards_only() == shards_only(finished)
+    stamp = json.loads(record_path.read_text())["done"]["l-000.tar"]["input"]
+    assert stamp[1] == os.stat(input0).st_mtime_ns  # the next rerun compares the new mtime, without reading
+    record = json.loads(record_path.read_text())
+    record["job"]["input_files"] = [[1, 2]] * 3  # a record from before inputs were stamped: not refused,
+    for entry in record["done"].values():  # its shards are encoded again
+        del entry["input"]
+    record_path.write_text(json.dumps(record))
+    done.clear()
+    assert encode_latents(image_shards, out, vae=tiny_vae, resolution=8, progress=lambda d, t: done.append(d)) == first
+    assert done == [4, 8, 10] and shards_only() == shards_only(finished)
+    other = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "b.npz", images=other, labels=np.arange(4))
+    write_image_shards(array_source(str(tmp_path / "b.npz")), str(tmp_path / "other" / "i-%03d.tar"))
+    os.replace(tmp_path / "other" / "i-000.tar", input0)  # other images under the same name: its latents would
+    done.clear()  # be stale; that shard alone is encoded again
+    again = encode_latents(image_shards, out, vae=tiny_vae, resolution=8, progress=lambda d, t: done.append(d))
+    assert done == [4] and again.shards[0] != first.shards[0] and again.shards[1:] == first.shards[1:]
+    latest = shards_only()
+    os.remove(record_path)
     with pytest.raises(ValueError, match="already holds shards this job did not write; choose an empty folder$"):
         encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
-    assert _folder(tmp_path / "lat") == {k: v for k, v in finished.items() if k != ".encode.json"}
+    assert shards_only() == latest
 
 
 def test_sample_store_and_offline_error(tmp_path, tiny_vae, image_shards):

@@ -107,6 +107,7 @@ def _resume_record(folder: str, job: dict) -> dict:
             raise ValueError(
                 f"out_pattern: {path!r} is unreadable ({type(exc).__name__}); choose an empty folder"
             ) from None
+        saved.pop("input_files", None)  # an older record's input sizes and mtimes: its shards are encoded again
         changed = sorted(k for k in job.keys() | saved.keys() if job.get(k) != saved.get(k))
         unrecorded = [k for k in changed if k not in saved]  # a record an older diffit wrote
         if changed:
@@ -120,13 +121,39 @@ def _resume_record(folder: str, job: dict) -> dict:
     return {"job": job, "done": {}}
 
 
-def _finished(path: str, recorded: object) -> ShardInfo | None:
-    """The recorded shard at ``path`` when its tar still has the recorded bytes and sha256, else None: a shard
-    truncated, changed or renamed into place after the record was last written is encoded again."""
+def _input_stamp(source: str) -> list | None:
+    """``[bytes, mtime_ns, tar sha256]`` of a local input shard; None for a stream (nothing to compare) or an
+    unreadable shard (``read_shard`` reports it, and a rerun encodes its output again)."""
     try:
-        shard = ShardInfo(**recorded)  # type: ignore[arg-type]
-        return shard if os.path.isfile(path) and tar_digest(path) == (shard.bytes, shard.sha256) else None
-    except (TypeError, OSError, EOFError, zlib.error):  # a malformed entry, an unreadable or corrupt gzip file
+        return [(st := os.stat(source)).st_size, st.st_mtime_ns, tar_digest(source)[1]] if is_local(source) else None
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
+def _same_input(source: str, stamp: object) -> bool:
+    """Whether input shard ``source`` is the one ``stamp`` recorded: the same size and mtime, or, when the mtime
+    changed (a copy, the same bytes written again), the same bytes; then ``stamp`` takes the new mtime."""
+    if not is_local(source):
+        return True
+    if not (isinstance(stamp, list) and len(stamp) == 3):  # recorded before inputs were stamped: encoded again
+        return False
+    if [(st := os.stat(source)).st_size, st.st_mtime_ns] != stamp[:2]:
+        if (now := _input_stamp(source)) is None or (now[0], now[2]) != (stamp[0], stamp[2]):
+            return False
+        stamp[1] = now[1]  # the next rerun need not read the input again
+    return True
+
+
+def _finished(path: str, recorded: object, source: str) -> ShardInfo | None:
+    """The recorded shard at ``path`` when its tar still has the recorded bytes and sha256 and its input ``source``
+    is unchanged, else None: a shard truncated, changed or renamed into place after the record was last written,
+    or one of an input rewritten with other bytes, is encoded again."""
+    try:
+        fields = dict(recorded)  # type: ignore[call-overload]
+        shard, stamp = ShardInfo(**{k: v for k, v in fields.items() if k != "input"}), fields.get("input")
+        intact = os.path.isfile(path) and tar_digest(path) == (shard.bytes, shard.sha256)
+        return shard if intact and _same_input(source, stamp) else None
+    except (TypeError, ValueError, OSError, EOFError, zlib.error):  # a malformed entry, an unreadable or corrupt gzip
         return None
 
 
@@ -187,8 +214,7 @@ def encode_latents(
         model = load_vae(vae, device) if isinstance(vae, str) else vae
         inputs = [os.path.abspath(u.removeprefix("file:")) if is_local(u) else u for u in expanded]
         job = {
-            "inputs": inputs,  # with their size and mtime: an input rewritten under its name is another job
-            "input_files": [[(st := os.stat(p)).st_size, st.st_mtime_ns] if is_local(p) else None for p in inputs],
+            "inputs": inputs,  # each finished shard records its input's size, mtime and sha256 (``_same_input``)
             "input_content_hash": source.content_hash if source else None,
             "vae": _vae_name(vae),
             "vae_weights": _weights_sha256(model),  # a path or a class name says too little
@@ -207,10 +233,11 @@ def encode_latents(
         done, latent_shape, max_label = 0, None, -1
         for index, url in enumerate(expanded):
             path = out_pattern % index
-            if (kept := _finished(path, record["done"].get(os.path.basename(path)))) is not None:
+            if (kept := _finished(path, record["done"].get(os.path.basename(path)), inputs[index])) is not None:
                 shards.append(kept)  # finished earlier by this job, intact
                 done += kept.count
                 continue
+            stamp = _input_stamp(inputs[index])  # before reading: an input rewritten meanwhile is encoded again
             with ShardWriter(out_pattern, max_count=1 << 40, max_size=1 << 60, start_index=index) as writer:
                 for keys, images, labels in good_batches(read_shard(url, log), decoder, log, batch_size):
                     x = torch.from_numpy(np.stack(images)).to(device).float().div(127.5).sub(1.0)
@@ -239,11 +266,12 @@ def encode_latents(
                         progress(done, total)
             shards.extend(writer.shards)  # empty when no sample of the input shard was readable
             for shard in writer.shards:
-                record["done"][shard.name] = asdict(shard)
+                record["done"][shard.name] = {**asdict(shard), "input": stamp}
             if writer.shards:
                 write_json(os.path.join(folder, RECORD_NAME), record)
         if not shards or sum(s.count for s in shards) == 0:
             raise ValueError(f"urls: no readable images in {urls!r}")
+        write_json(os.path.join(folder, RECORD_NAME), record)  # with the new mtimes of inputs kept by their content
         extra: dict[str, object] = {
             "scale_factor": scale_factor,
             "store": store,
