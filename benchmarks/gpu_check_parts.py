@@ -693,7 +693,7 @@ def part_teardown(*, device: str, quick: bool, out: Path) -> dict[str, Any]:
     failure when any exits non-zero) and, for comparison, for torch's ``all_gather_object``."""
     import socket
 
-    repeats = 2 if quick else 5
+    repeats = 1 if quick else 5  # quick: one run of each, to see that the part works (tests/test_train.py races it)
     rows: list[dict[str, Any]] = []
     for variant in ("diffit", "torch"):
         codes, tail = [], ""
