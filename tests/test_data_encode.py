@@ -11,6 +11,8 @@ import torch
 
 from diffit.data import (
     BadSampleLog,
+    BadSampleWarning,
+    ShardWriter,
     array_source,
     encode_latents,
     latent_pipeline,
@@ -163,6 +165,12 @@ def test_encode_resumes_only_its_own_intact_shards(tmp_path, tiny_vae, image_sha
     done.clear()  # be stale; that shard alone is encoded again
     again = encode_latents(image_shards, out, vae=tiny_vae, resolution=8, progress=lambda d, t: done.append(d))
     assert done == [4] and again.shards[0] != first.shards[0] and again.shards[1:] == first.shards[1:]
+    with ShardWriter(str(tmp_path / "bad" / "i-%03d.tar")) as writer:  # no readable image left in input 0:
+        writer.write("00000000", {"png": b"not a png", "cls": b"0"})  # its old latents must not stay behind
+    os.replace(tmp_path / "bad" / "i-000.tar", input0)
+    with pytest.warns(BadSampleWarning):
+        fewer = encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
+    assert fewer.shards == first.shards[1:] and not os.path.exists(out % 0)
     latest = shards_only()
     os.remove(record_path)
     with pytest.raises(ValueError, match="already holds shards this job did not write; choose an empty folder$"):

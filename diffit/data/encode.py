@@ -237,6 +237,8 @@ def encode_latents(
                 shards.append(kept)  # finished earlier by this job, intact
                 done += kept.count
                 continue
+            if os.path.isfile(path):  # replaced below, or gone if its input no longer holds a readable image
+                os.remove(path)
             stamp = _input_stamp(inputs[index])  # before reading: an input rewritten meanwhile is encoded again
             with ShardWriter(out_pattern, max_count=1 << 40, max_size=1 << 60, start_index=index) as writer:
                 for keys, images, labels in good_batches(read_shard(url, log), decoder, log, batch_size):
