@@ -145,11 +145,12 @@ def test_encode_resumes_only_its_own_intact_shards(tmp_path, tiny_vae, image_sha
     record_path, input0 = tmp_path / "lat" / ".encode.json", image_shards.replace("{000..002}", "000")
     shutil.copy(input0, tmp_path / "copy.tar")  # the same bytes under the same name, with a new mtime (a copy, or
     os.replace(tmp_path / "copy.tar", input0)  # `data shard --replace` run again): kept by its sha256 (was refused)
+    os.utime(input0, ns=(10**9, 10**9))  # a time surely not recorded, whatever the file system's clock resolution
     done.clear()
     assert encode_latents(image_shards, out, vae=tiny_vae, resolution=8, progress=lambda d, t: done.append(d)) == first
     assert done == [] and shards_only() == shards_only(finished)
     stamp = json.loads(record_path.read_text())["done"]["l-000.tar"]["input"]
-    assert stamp[1] == os.stat(input0).st_mtime_ns  # the next rerun compares the new mtime, without reading
+    assert stamp[1] == 10**9  # the next rerun compares the new mtime, without reading the input
     record = json.loads(record_path.read_text())
     record["job"]["input_files"] = [[1, 2]] * 3  # a record from before inputs were stamped: not refused,
     for entry in record["done"].values():  # its shards are encoded again
@@ -162,6 +163,7 @@ def test_encode_resumes_only_its_own_intact_shards(tmp_path, tiny_vae, image_sha
     np.savez(tmp_path / "b.npz", images=other, labels=np.arange(4))
     write_image_shards(array_source(str(tmp_path / "b.npz")), str(tmp_path / "other" / "i-%03d.tar"))
     os.replace(tmp_path / "other" / "i-000.tar", input0)  # other images under the same name: its latents would
+    os.utime(input0, ns=(2 * 10**9, 2 * 10**9))
     done.clear()  # be stale; that shard alone is encoded again
     again = encode_latents(image_shards, out, vae=tiny_vae, resolution=8, progress=lambda d, t: done.append(d))
     assert done == [4] and again.shards[0] != first.shards[0] and again.shards[1:] == first.shards[1:]
