@@ -30,6 +30,7 @@ from diffit.data import (
     latent_pipeline,
     load_images,
     memory_batches,
+    read_shard,
     write_image_shards,
     write_manifest,
 )
@@ -206,9 +207,12 @@ def _steps(urls: list[str], start: int, count: int, *, workers: int, monkeypatch
 
 
 @pytest.mark.filterwarnings("ignore::diffit.data.BadSampleWarning")
-def test_resume_is_exact_over_random_shard_layouts(tmp_path, monkeypatch):
+def test_resume_and_evaluation_are_exact_over_random_shard_layouts(tmp_path, monkeypatch):
     """24 random sets (uneven, empty, bad, truncated shards; with and without dataset.json) x ranks x workers x
-    shuffle buffers: a stream resumed at a random step k yields the uninterrupted stream's batches from k on."""
+    shuffle buffers: a stream resumed at a random step k yields the uninterrupted stream's batches from k on, and
+    an evaluation pass over the same readers yields every readable sample exactly once."""
+    import diffit.data.streams as streams
+
     for trial in range(24):  # every (ranks, workers) pair 4 times; often fewer shards than readers
         rng = np.random.default_rng(trial)
         urls = _random_shard_set(str(tmp_path / str(trial)), rng)
@@ -225,6 +229,15 @@ def test_resume_is_exact_over_random_shard_layouts(tmp_path, monkeypatch):
                 continue
             resumed = _steps(urls, k, steps - k, rank=rank, monkeypatch=monkeypatch, **kwargs)
             assert _same(resumed, full[k:]), (trial, rank, k, kwargs)
+        raws = [raw for url in urls for raw in read_shard(url, None)]  # a cut shard may end after a sample's cls
+        readable = [raw["__key__"] for raw in raws if raw.get("png", b"garbage") != b"garbage" and "cls" in raw]
+        seen = []  # and one evaluation pass over the same readers yields each readable sample exactly once
+        for rank in range(world):
+            one_pass = eval_pipeline(urls, batch_size=batch, rank=rank, world_size=world, resolution=4, channels=1)
+            for w in range(workers):
+                monkeypatch.setattr(streams, "_slot", lambda w=w, n=workers: (w, n))
+                seen += [key for _, _, keys in one_pass.dataset for key in keys]
+        assert sorted(seen) == sorted(readable), (trial, kwargs)
 
 
 def test_training_epoch_yields_every_sample_once_over_ranks_and_workers(tmp_path):
