@@ -166,6 +166,20 @@ def test_a_batch_of_lost_samples_borrows_from_the_next_batches_and_resumes_exact
             assert _same(_take(make(k), 2), full[k : k + 2])
 
 
+def test_lost_samples_are_counted_once_whoever_scans_their_shard(tmp_path):
+    urls = _shards(tmp_path, n=5, per_shard=5)  # one shard; a sample is 4 tar blocks (cls and png, with headers)
+    data = (tmp_path / "s-000.tar").read_bytes()
+    (tmp_path / "s-000.tar").write_bytes(data[: 512 * 8 + 100])  # cut inside sample 2: 2 survive, 3 are lost
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadSampleWarning)
+        passes = [eval_pipeline(urls, batch_size=2, rank=rank, world_size=2) for rank in range(2)]
+        assert [sum(len(keys) for _, _, keys in p) for p in passes] == [1, 1]  # one shard, two readers scan it
+        assert sum(p.skipped for p in passes) == 3  # reported by reader 0 alone
+        stream = image_pipeline(urls, batch_size=1, resolution=4, channels=1, shuffle_buffer=1)
+        _take(stream, 5)  # one epoch: 2 samples, then 3 lost places that borrow from the next epoch
+        assert stream.skipped == 3  # counted when the shard was read, not again as placeholders
+
+
 def _random_shard_set(folder, rng: np.random.Generator) -> list[str]:
     """1-5 shards of 0-6 samples, about 15% undecodable; one shard cut inside its samples in half the sets, no
     dataset.json in 3 of 10."""
@@ -348,6 +362,7 @@ def test_memory_batches_sample_epochs_without_replacement_and_flip_exactly():
     seen = np.concatenate([batch_indices(n, b, seed=0, step=k) for k in range(3 * n // b)])
     for epoch in range(3):
         assert sorted(seen[epoch * n : (epoch + 1) * n]) == list(range(n))
+    assert not np.array_equal(seen[:n], seen[n : 2 * n])  # each epoch is shuffled anew
     images, labels = torch.from_numpy(_images(n)), torch.arange(n)
     flips = 0
     for k, (x, y) in enumerate(_take(memory_batches(images, labels, batch_size=b, seed=0), 6)):
