@@ -59,6 +59,18 @@ def test_edm_loss_is_per_sample_reproducible_and_decreases() -> None:
     assert 0 <= held_out() - optimum < 0.6 * (before - optimum), (before, held_out(), optimum)
 
 
+def test_edm_loss_draws_sigma_from_the_log_normal_training_distribution() -> None:
+    seen = []
+
+    def spy(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        seen.append(sigma)
+        return torch.zeros_like(x)
+
+    edm_loss(spy, torch.zeros(20_000, 2), generator=torch.Generator().manual_seed(0))
+    log_sigma = seen[0].log()  # ln sigma ~ N(P_mean, P_std^2) = N(-1.2, 1.2^2) (EDM Table 1); 0.05 is 6 std errors
+    assert abs(log_sigma.mean().item() + 1.2) < 0.05 and abs(log_sigma.std().item() - 1.2) < 0.05
+
+
 def test_edm_loss_with_given_sigma_and_noise_matches_the_formula() -> None:
     den = EDMPrecond(TinyNet())
     x0, n = torch.randn(4, 2), torch.randn(4, 2)
