@@ -186,6 +186,15 @@ def test_ema_update_and_warmup() -> None:
     assert lr_at(0, lr=1.0, warmup=4) == 0.25 and lr_at(10, lr=1.0, warmup=4) == 1.0
 
 
+def test_training_steps_update_the_ema_with_the_warmup_decay_of_their_index(tmp_path: Path) -> None:
+    """Update k (0-based) uses ema_decay(k): after one step the EMA is 0.1 init + 0.9 model (decay min(0.9, 1/10))."""
+    init = {k: v.float() for k, v in tiny_model().state_dict().items()}
+    w = weights(run(tmp_path, 1, ema=0.9, ckpt_every=1).checkpoint)
+    for key, value in w["ema.safetensors"].items():
+        if key in init and value.is_floating_point():
+            torch.testing.assert_close(value, 0.1 * init[key] + 0.9 * w["model.safetensors"][key].float(), msg=key)
+
+
 def test_collectives_wait_until_another_thread_lets_go_and_give_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """``_collective`` returns once no other holder keeps its tensors (here a thread that lets go after 50 ms);
     a holder that never lets go ends the waiting for good, with one warning."""
