@@ -63,6 +63,15 @@ def test_a_hand_checked_example_on_a_line():
     assert precision_recall(real, fake, k=1) == (0.75, 0.8)
 
 
+def test_a_point_on_a_ball_s_surface_is_inside():
+    """d(y, x_i) <= r_i, as in the paper: duplicate features (duplicate images) give k-NN radius 0, and a sample
+    equal to them lies in that ball; the surface itself counts (1.0 sits on radius 1 around 0)."""
+    real = torch.tensor([[0.0], [0.0], [0.0], [0.0], [50.0], [60.0], [70.0], [80.0]])
+    assert precision_recall(real, torch.zeros(4, 1), k=3)[0] == 1.0
+    line = torch.tensor([[0.0], [1.0], [-1.0], [30.0]])  # k = 1: radius 1 around 0 (to 1 and to -1)
+    assert precision_recall(line, torch.tensor([[1.0], [-1.0], [30.0]]), k=1)[0] == 1.0
+
+
 def test_identical_sets_are_one_and_separated_sets_are_zero():
     x = torch.randn(50, 16)
     assert precision_recall(x, x.clone(), block=7) == (1.0, 1.0)
