@@ -19,7 +19,7 @@ from diffit.data import memory_batches
 from diffit.distributed import DistInfo
 from diffit.ema import ema_decay, ema_update, make_ema, strip_wrapper_prefixes, unwrap
 from diffit.nn import ImageDiffiT
-from diffit.objectives import EDMObjective
+from diffit.objectives import ADMObjective, EDMObjective
 from diffit.train import TrainingDiverged, lr_at, train
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -184,6 +184,16 @@ def test_ema_update_and_warmup() -> None:
         torch.testing.assert_close(p, 0.75 * before[k] + 0.25 * q)
     assert ema_decay(0, decay=0.9999) == pytest.approx(0.1) and ema_decay(10**7, decay=0.9999) == 0.9999
     assert lr_at(0, lr=1.0, warmup=4) == 0.25 and lr_at(10, lr=1.0, warmup=4) == 1.0
+
+
+def test_objectives_draw_the_training_distributions() -> None:
+    """EDM: ln sigma ~ N(-1.2, 1.2^2) (Table 1; 0.05 is 6 std errors at n = 20k); ADM: t uniform on 0..T-1."""
+    edm = EDMObjective().draw(torch.Generator().manual_seed(0), 20_000, (2,))
+    log_sigma = edm["sigma"].log()
+    assert abs(log_sigma.mean().item() + 1.2) < 0.05 and abs(log_sigma.std().item() - 1.2) < 0.05
+    assert edm["noise"].shape == (20_000, 2) and abs(edm["noise"].std().item() - 1) < 0.02
+    t = ADMObjective().draw(torch.Generator().manual_seed(0), 20_000, (2,))["t"]
+    assert (t.min().item(), t.max().item()) == (0, 999) and torch.bincount(t, minlength=1000).min() > 0
 
 
 def test_training_steps_update_the_ema_with_the_warmup_decay_of_their_index(tmp_path: Path) -> None:
