@@ -14,7 +14,7 @@ from helpers import run_two_ranks, tiny_image_diffit
 from safetensors.torch import load_file
 
 import diffit.checkpoint as ckpt_mod
-from diffit.checkpoint import checkpoint_dirs, latest_checkpoint, load_weights
+from diffit.checkpoint import checkpoint_dirs, latest_checkpoint, load_weights, save_checkpoint
 from diffit.data import memory_batches
 from diffit.distributed import DistInfo
 from diffit.ema import ema_decay, ema_update, make_ema, strip_wrapper_prefixes, unwrap
@@ -93,6 +93,17 @@ def test_checkpoint_is_self_describing_and_rotated(tmp_path: Path) -> None:
     assert not any(
         k.startswith(("_orig_mod.", "module.")) for k in load_file(str(result.checkpoint / "model.safetensors"))
     )
+
+
+def test_rotation_keeps_the_newest_keep_last_and_the_kept_steps(tmp_path: Path) -> None:
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters())
+    for step in range(1, 7):  # step 2 stands for the best one, which train keeps however old
+        save_checkpoint(tmp_path, step=step, model=model, ema=model, optimizer=opt, rng_states={}, state={},
+                        keep_last=2, keep={2})  # fmt: skip
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["ckpt-00000002", "ckpt-00000005", "ckpt-00000006"]
+    (tmp_path / "ckpt-00000009").mkdir()  # no state.json (a write or a removal cut short): not a checkpoint
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt-00000006"
 
 
 def test_crash_mid_write_keeps_the_latest_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
