@@ -1,0 +1,320 @@
+"""Mutation check: inject small bugs (a flipped sign, an off-by-one, a dropped case) into diffit's core formulas
+and confirm that the tests meant to guard each one fail.
+
+    python benchmarks/mutants.py [--only SUBSTRING]
+
+Each mutant is one source edit, applied to a copy of the working tree in a temporary folder (the checkout is never
+touched), then the named tests run there with ``-x``. A mutant is caught when they fail. The list holds the
+mutants that a hand-made pass (2026-11-27) found surviving the suite, with the tests added for them, beside the
+caught ones that guard the same promises: resume and exact-once data, the EDM/ADM formulas, samplers, guidance,
+EMA, checkpoint rotation and evaluation. Prints one row per mutant and exits 1 if any survived.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIPELINES, SHARDS = "tests/test_data_pipelines.py", "tests/test_data_shards.py"
+TRAIN = "tests/test_train.py"
+EMA_TEST = TRAIN + "::test_ema_update_and_warmup"
+
+# (file, original text, mutated text, tests that must fail)
+MUTANTS: list[tuple[str, str, str, list[str]]] = [
+    # data: shards and bad-sample accounting
+    ("diffit/data/shards.py", "else int(broken is not None)", "else 0", [PIPELINES, SHARDS]),
+    ("diffit/data/shards.py", "if yielded == expected:", "if yielded == expected and False:", [PIPELINES, SHARDS]),
+    (
+        "diffit/data/shards.py",
+        "range(max(lost, 0) if pad else 0)",
+        "range(max(lost - 1, 0) if pad else 0)",
+        [PIPELINES],
+    ),
+    ("diffit/data/shards.py", "self._count.value += count", "self._count.value += 1", [PIPELINES, SHARDS]),
+    ("diffit/data/shards.py", "elif log is not None and yielded == 0:", "elif False:", [PIPELINES, SHARDS]),
+    (
+        "diffit/data/shards.py",
+        "all(n in listed for n in names) else None",
+        "any(n in listed for n in names) else None",
+        [PIPELINES, SHARDS],
+    ),
+    # data: streams (resume, exact-once evaluation)
+    (
+        "diffit/data/streams.py",
+        "return max(0, (sum(counts) - index + total - 1) // total)",
+        "return max(0, (sum(counts) - index + total - 1) // total) + (total > 1)",
+        [PIPELINES],
+    ),
+    (
+        "diffit/data/streams.py",
+        "epoch=epoch, index=index, total=total, shuffle=True)",
+        "epoch=epoch, index=index, total=total, shuffle=False)",
+        [PIPELINES],
+    ),
+    ("diffit/data/streams.py", "(self.start_step + worker) // workers", "self.start_step // workers", [PIPELINES]),
+    (
+        "diffit/data/streams.py",
+        "shuffle_buffer=self.shuffle_buffer, pad=True)",
+        "shuffle_buffer=self.shuffle_buffer, pad=False)",
+        [PIPELINES],
+    ),
+    ("diffit/data/streams.py", "index=sh.rank * workers + worker", "index=sh.rank + worker", [PIPELINES]),
+    (
+        "diffit/data/streams.py",
+        "islice(samples, index, None, total)",
+        "islice(samples, index, None, max(total - 1, 1))",
+        [PIPELINES],
+    ),
+    ("diffit/data/streams.py", "shard_log = None if shared and index else log", "shard_log = log", [PIPELINES]),
+    ("diffit/data/streams.py", "if raw.get(LOST):", "if False:", [PIPELINES]),
+    (
+        "diffit/data/streams.py",
+        "order[index::total] if n_shards >= total",
+        "order[index::total] if n_shards > total",
+        [PIPELINES],
+    ),
+    # data: in-memory batches
+    ("diffit/data/memory.py", "_permutation(n, seed, int(epoch))", "_permutation(n, seed, 0)", [PIPELINES]),
+    ("diffit/data/memory.py", ".random(batch_size)[lo:hi] < 0.5", ".random(batch_size)[: hi - lo] < 0.5", [PIPELINES]),
+    # diffusion
+    (
+        "diffit/diffusion/denoisers.py",
+        "c_skip = sigma_data**2 / total",
+        "c_skip = sigma_data / total",
+        ["tests/test_diffusion_denoisers.py"],
+    ),
+    (
+        "diffit/diffusion/denoisers.py",
+        "c_noise = sigma.log() / 4",
+        "c_noise = sigma.log() / 2",
+        ["tests/test_diffusion_denoisers.py"],
+    ),
+    (
+        "diffit/diffusion/denoisers.py",
+        "x_t = x / (1 + s**2).sqrt()",
+        "x_t = x / (1 + s).sqrt()",
+        ["tests/test_diffusion_denoisers.py"],
+    ),
+    (
+        "diffit/diffusion/denoisers.py",
+        "x0 = x - s * eps.to(x.dtype)",
+        "x0 = x - s * s * eps.to(x.dtype)",
+        ["tests/test_diffusion_denoisers.py"],
+    ),
+    (
+        "diffit/diffusion/schedules.py",
+        "sigmas = (hi + ramp * (lo - hi)) ** rho",
+        "sigmas = (hi + ramp * (lo - hi)) ** (rho - 1)",
+        ["tests/test_diffusion_schedules.py", "tests/test_diffusion_multistep.py"],
+    ),
+    (
+        "diffit/diffusion/schedules.py",
+        "stride = 1.0 if count <= 1 else (size - 1) / (count - 1)",
+        "stride = 1.0 if count <= 1 else size / count",
+        ["tests/test_diffusion_schedules.py"],
+    ),
+    (
+        "diffit/diffusion/ode_samplers.py",
+        "(sigma_next - sigma) * (d + d_next) / 2",
+        "(sigma_next - sigma) * (d + d_next) / 2.1",
+        ["tests/test_diffusion_samplers.py"],
+    ),
+    (
+        "diffit/diffusion/ode_samplers.py",
+        "d_eff = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised",
+        "d_eff = (1 + 1 / (3 * r)) * denoised - (1 / (3 * r)) * old_denoised",
+        ["tests/test_diffusion_samplers.py"],
+    ),
+    (
+        "diffit/diffusion/ode_samplers.py",
+        "math.sqrt(1 - (sigma_next / sigma) ** 2))",
+        "math.sqrt(1 - (sigma_next / sigma) ** 1))",
+        ["tests/test_diffusion_samplers.py"],
+    ),
+    (
+        "diffit/diffusion/sde_samplers.py",
+        "if S_tmin <= sigma <= S_tmax else 0.0",
+        "if S_tmin <= sigma < S_tmax else 0.0",
+        ["tests/test_diffusion_samplers.py"],
+    ),
+    (
+        "diffit/diffusion/sde_samplers.py",
+        "math.sqrt(2 * sigma * (sigma - sigma_next))",
+        "math.sqrt(1.9 * sigma * (sigma - sigma_next))",
+        ["tests/test_diffusion_samplers.py"],
+    ),
+    (
+        "diffit/diffusion/losses.py",
+        "weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2",
+        "weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data)",
+        ["tests/test_diffusion_losses.py"],
+    ),
+    (
+        "diffit/diffusion/losses.py",
+        "sigma = (rnd * P_std + P_mean).exp()",
+        "sigma = (rnd * P_std - P_mean).exp()",
+        ["tests/test_diffusion_losses.py"],
+    ),
+    (
+        "diffit/diffusion/guidance.py",
+        "guided[:, :k] = uncond[:, :k] + s *",
+        "guided[:, :k] = cond[:, :k] + s *",
+        ["tests/test_diffusion_guidance.py"],
+    ),
+    (
+        "diffit/diffusion/guidance.py",
+        "torch.full_like(y, self.num_classes)])",
+        "torch.full_like(y, self.num_classes - 1)])",
+        ["tests/test_diffusion_guidance.py"],
+    ),
+    (
+        "diffit/diffusion/guidance.py",
+        "(1 - t / T) ** self.power))",
+        "(1 - t / T) ** (self.power + 1)))",
+        ["tests/test_diffusion_guidance.py"],
+    ),
+    (
+        "diffit/diffusion/guidance.py",
+        "return (sigma >= self.interval[0]) &",
+        "return (sigma > self.interval[0]) &",
+        ["tests/test_diffusion_guidance.py"],
+    ),
+    # training: objectives, EMA, learning rate, checkpoints
+    (
+        "diffit/objectives.py",
+        "sigma = (torch.randn(n, generator=generator) * self.P_std + self.P_mean).exp()",
+        "sigma = (torch.randn(n, generator=generator) * self.P_std - self.P_mean).exp()",
+        [TRAIN + "::test_objectives_draw_the_training_distributions"],
+    ),
+    (
+        "diffit/objectives.py",
+        "t = torch.randint(0, len(self.alphas_cumprod), (n,)",
+        "t = torch.randint(0, len(self.alphas_cumprod) - 1, (n,)",
+        [TRAIN + "::test_objectives_draw_the_training_distributions"],
+    ),
+    ("diffit/ema.py", "(1.0 + step) / (10.0 + step)", "(1.0 + step) / (9.0 + step)", [EMA_TEST]),
+    ("diffit/ema.py", "dtype), 1.0 - decay)", "dtype), decay)", [EMA_TEST]),
+    ("diffit/train.py", "min(1.0, (step + 1) / warmup)", "min(1.0, step / warmup)", [EMA_TEST]),
+    (
+        "diffit/train.py",
+        "ema_decay(run.step - 1, decay=ema",
+        "ema_decay(run.step, decay=ema",
+        [TRAIN + "::test_training_steps_update_the_ema_with_the_warmup_decay_of_their_index"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "checkpoint_dirs(run_dir)[:-keep_last]",
+        "checkpoint_dirs(run_dir)[: -keep_last - 1]",
+        [TRAIN + "::test_rotation_keeps_the_newest_keep_last_and_the_kept_steps"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "        if old not in protected:\n",
+        "        if True:\n",
+        [TRAIN + "::test_rotation_keeps_the_newest_keep_last_and_the_kept_steps"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        'and _CKPT_RE.match(p.name) and (p / "state.json").is_file()]',
+        "and _CKPT_RE.match(p.name)]",
+        [TRAIN + "::test_rotation_keeps_the_newest_keep_last_and_the_kept_steps"],
+    ),
+    # nn
+    (
+        "diffit/nn/windows.py",
+        "rel = coords[:, :, None] - coords[:, None, :]",
+        "rel = coords[:, None, :] - coords[:, :, None]",
+        ["tests/test_nn_core.py"],
+    ),
+    (
+        "diffit/nn/embeddings.py",
+        "dtype=dtype, device=t.device) / half)",
+        "dtype=dtype, device=t.device) / (half - 1))",
+        ["tests/test_nn_core.py"],
+    ),
+    (
+        "diffit/nn/embeddings.py",
+        "torch.cat([one_axis(cols), one_axis(rows)], dim=1)",
+        "torch.cat([one_axis(rows), one_axis(cols)], dim=1)",
+        ["tests/test_nn_core.py"],
+    ),
+    ("diffit/nn/attention.py", "else self.qkv(x) + qkv_t", "else self.qkv(x) - qkv_t", ["tests/test_nn_core.py"]),
+    (
+        "diffit/nn/latent.py",
+        '"b (h w) (p q c) -> b c (h p) (w q)"',
+        '"b (h w) (q p c) -> b c (h p) (w q)"',
+        ["tests/test_nn_latent.py"],
+    ),
+    # evaluation
+    (
+        "diffit/evaluation/statistics.py",
+        "np.trace(sigma2) - 2.0 * trace_sqrt",
+        "np.trace(sigma2) - 1.9 * trace_sqrt",
+        ["tests/test_eval.py::test_frechet_1d_closed_form"],
+    ),
+    (
+        "diffit/evaluation/manifold.py",
+        "(d <= radii[None, c0:c1])",
+        "(d < radii[None, c0:c1])",
+        ["tests/test_eval_manifold.py"],
+    ),
+    (
+        "diffit/evaluation/manifold.py",
+        "radii[r0:r1] = best[:, k]",
+        "radii[r0:r1] = best[:, k - 1]",
+        ["tests/test_eval_manifold.py"],
+    ),
+]
+
+
+def tree_copy(dest: str) -> None:
+    """The working tree's files (not .git, the venv or build outputs) under ``dest``."""
+    files = subprocess.run(["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           capture_output=True, check=True).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, files):
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(os.path.dirname(os.path.join(dest, name)) or dest, exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(dest, name))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run the mutants whose file or text contains this")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if args.only in m[0] or args.only in m[2]]
+    survived = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tree_copy(tmp)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        # The copy's diffit must be the one imported: run from the copy, whose folder comes first on sys.path.
+        where = subprocess.run([sys.executable, "-c", "import diffit; print(diffit.__file__)"], cwd=tmp, env=env,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        if not where.startswith(os.path.realpath(tmp)) and not where.startswith(tmp):
+            sys.exit(f"diffit imports from {where}, not from the copy: the mutants would not be tested")
+        print(f"{'#':>3} | {'result':<8} | {'s':>4} | mutant")
+        for i, (path, old, new, tests) in enumerate(chosen):
+            source = open(os.path.join(tmp, path)).read()
+            if source.count(old) != 1:
+                sys.exit(f"mutant {i}: {old!r} is not in {path} exactly once (the code changed: update the list)")
+            with open(os.path.join(tmp, path), "w") as f:
+                f.write(source.replace(old, new))
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                                  cwd=tmp, env=env, capture_output=True, text=True)  # fmt: skip
+            with open(os.path.join(tmp, path), "w") as f:
+                f.write(source)
+            # 1: a test failed. 0: none did. Anything else (collection error, interrupt) is no verdict.
+            result = {1: "caught", 0: "SURVIVED"}.get(proc.returncode, f"ERROR {proc.returncode}")
+            survived += result != "caught"
+            what = f"{path}: {old.strip()[:50]!r} -> {new.strip()[:50]!r}"
+            print(f"{i:>3} | {result:<8} | {time.perf_counter() - start:>4.0f} | {what}", flush=True)
+    print(f"{len(chosen)} mutants, {len(chosen) - survived} caught, {survived} survived or gave no verdict")
+    sys.exit(1 if survived else 0)
+
+
+if __name__ == "__main__":
+    main()
