@@ -21,6 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINES, SHARDS = "tests/test_data_pipelines.py", "tests/test_data_shards.py"
 TRAIN = "tests/test_train.py"
+MULTISTEP = "tests/test_diffusion_multistep.py"
 EMA_TEST = TRAIN + "::test_ema_update_and_warmup"
 
 # (file, original text, mutated text, tests that must fail)
@@ -183,6 +184,18 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         "return (sigma > self.interval[0]) &",
         ["tests/test_diffusion_guidance.py"],
     ),
+    # multistep samplers
+    ("diffit/diffusion/multistep.py", "phi_3 = phi_2 / h - 0.5", "phi_3 = phi_2 / h - 0.4", [MULTISTEP]),
+    ("diffit/diffusion/multistep.py", "/ (r0 + r1)", "/ (r0 + r1 + 0.1)", [MULTISTEP]),
+    ("diffit/diffusion/multistep.py", "phi_2 * d1 - 2 * phi_3 * d2", "phi_2 * d1 - phi_3 * d2", [MULTISTEP]),
+    ("diffit/diffusion/multistep.py", "(23 / 12, -16 / 12, 5 / 12)", "(23 / 12, -15 / 12, 4 / 12)", [MULTISTEP]),
+    (
+        "diffit/diffusion/multistep.py",
+        "(55 / 24, -59 / 24, 37 / 24, -9 / 24)",
+        "(55 / 24, -59 / 24, 36 / 24, -8 / 24)",
+        [MULTISTEP],
+    ),
+    ("diffit/diffusion/multistep.py", "h_phi_k / hh - 1 / factorial", "h_phi_k / hh - 1.01 / factorial", [MULTISTEP]),
     # training: objectives, EMA, learning rate, checkpoints
     (
         "diffit/objectives.py",

@@ -50,7 +50,8 @@ def test_multistep_samplers_converge_with_their_order(karras_problem, sampler, o
 
 
 def test_ipndm_is_adams_bashforth_4_on_equal_steps() -> None:
-    # iPNDM's coefficients are those of equal steps: on a uniform sigma grid down to 0 it is 4th order.
+    # iPNDM's coefficients are those of equal steps: on a uniform sigma grid down to 0 it is 4th order, and with
+    # order=2 or 3 (also its warm-up steps' coefficients) 2nd or 3rd.
     gm = mixture()
     x = torch.randn(32, 2, generator=torch.Generator().manual_seed(2), dtype=F64) * 2.0
 
@@ -60,8 +61,29 @@ def test_ipndm_is_adams_bashforth_4_on_equal_steps() -> None:
 
     sol = solve_ivp(rhs, (2.0, 0.0), x.reshape(-1).numpy(), method="DOP853", rtol=1e-12, atol=1e-12)
     ref = torch.from_numpy(sol.y[:, -1].reshape(x.shape))
-    e = [rms(sample_ipndm(gm, x, torch.linspace(2.0, 0.0, n + 1, dtype=F64)), ref) for n in (40, 80)]
-    assert abs(math.log2(e[0] / e[1]) - 4) < 0.4, e
+    for order in (2, 3, 4):
+        e = [rms(sample_ipndm(gm, x, torch.linspace(2.0, 0.0, n + 1, dtype=F64), order=order), ref) for n in (40, 80)]
+        assert abs(math.log2(e[0] / e[1]) - order) < 0.4, (order, e)
+
+
+def test_dpmpp_3m_step_integrates_the_quadratic_through_its_last_three_predictions() -> None:
+    """In lambda = -log sigma the ODE is dx/dlambda = D - x, so x(l_t) = e^(l_s - l_t) x_s + int e^(l - l_t) D dl
+    over [l_s, l_t]; DPM-Solver++(3M)'s 3rd-order step puts in D the quadratic through the last three data
+    predictions (integrated here by 20-point Gauss-Legendre, independently of the phi functions)."""
+    gm, states = mixture(), []
+    sigmas = torch.tensor([5.0, 2.0, 0.9, 0.4, 0.0], dtype=F64)
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(4), dtype=F64) * 5.0
+    sample_dpmpp_3m(gm, x, sigmas, callback=states.append)
+    lam = (-sigmas[:4].log()).tolist()
+    nodes, weights = np.polynomial.legendre.leggauss(20)
+    a, b = lam[2], lam[3]  # step 2: from sigma 0.9 to 0.4, the first of order 3
+    points = (b - a) / 2 * nodes + (a + b) / 2
+    expected = math.exp(a - b) * states[1]["x"]
+    for j in range(3):  # the Lagrange basis polynomial of lam[j] among lam[0..2]
+        basis = np.prod([(points - lam[m]) / (lam[j] - lam[m]) for m in range(3) if m != j], axis=0)
+        expected = expected + float(((b - a) / 2 * weights * np.exp(points - b) * basis).sum()) * states[j]["denoised"]
+    assert states[2]["order"] == 3
+    torch.testing.assert_close(states[2]["x"], expected, rtol=1e-10, atol=1e-10)
 
 
 def test_warm_start_equivalences() -> None:
