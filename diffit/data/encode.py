@@ -138,6 +138,8 @@ def _same_input(source: str, stamp: object) -> bool:
     if not (isinstance(stamp, list) and len(stamp) == 3):  # recorded before inputs were stamped: encoded again
         return False
     if [(st := os.stat(source)).st_size, st.st_mtime_ns] != stamp[:2]:
+        if st.st_size != stamp[0]:  # other bytes for certain: not read and hashed only to be encoded again
+            return False
         if (now := _input_stamp(source)) is None or (now[0], now[2]) != (stamp[0], stamp[2]):
             return False
         stamp[1] = now[1]  # the next rerun need not read the input again
