@@ -36,6 +36,7 @@ from types import ModuleType
 
 import numpy as np
 import torch
+from _timing import median_seconds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -123,12 +124,8 @@ def fast_forward_rate(urls: str, skip: int) -> float:
 
 
 def per_image_ms(work: Callable, images: np.ndarray | list[bytes]) -> float:
-    """Milliseconds per image of ``work(image)`` over ``images`` (after one warm-up call)."""
-    work(images[0])
-    start = time.perf_counter()
-    for image in images:
-        work(image)
-    return (time.perf_counter() - start) / len(images) * 1e3
+    """Milliseconds per image of ``work(image)`` over ``images``: the median of 3 passes after one warm-up pass."""
+    return median_seconds(lambda: [work(image) for image in images], repeats=3, warmup=1) / len(images) * 1e3
 
 
 def pil_png(pixels: np.ndarray, level: int) -> bytes:
