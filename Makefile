@@ -30,7 +30,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check diffit cli tests examples benchmarks docs
 	$(BIN)/ruff format --check diffit cli tests examples benchmarks docs
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	# One pytest-xdist worker per core (at most 8), each with one torch thread (tests/conftest.py). For a quick
+	# loop while editing: .venv/bin/python -m pytest -n auto -m "not slow" (the tests over ~5 s left out).
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --maxprocesses 8 --dist worksteal
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -221,6 +221,7 @@ def _steps(urls: list[str], start: int, count: int, *, workers: int, monkeypatch
 
 
 @pytest.mark.filterwarnings("ignore::diffit.data.BadSampleWarning")
+@pytest.mark.slow
 def test_resume_and_evaluation_are_exact_over_random_shard_layouts(tmp_path, monkeypatch):
     """24 random sets (uneven, empty, bad, truncated shards; with and without dataset.json) x ranks x workers x
     shuffle buffers: a stream resumed at a random step k yields the uninterrupted stream's batches from k on, and

@@ -61,6 +61,7 @@ def test_every_snippet_is_python_or_marked() -> None:
         assert "```py\n" not in text, f"{page.name}: use ```python so the snippet runs in tests"
 
 
+@pytest.mark.slow
 def test_site_builds_strict(tmp_path: Path) -> None:
     """`make docs`: no undocumented public name, no broken reference, offline."""
     pytest.importorskip("mkdocs")

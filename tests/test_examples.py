@@ -24,11 +24,13 @@ def test_minimal_sample(tmp_path: Path) -> None:
     assert out.is_file() and "10 digits, 7 network evaluations each" in stdout
 
 
+@pytest.mark.slow
 def test_tmsa_in_your_model(tmp_path: Path) -> None:
     stdout = run("tmsa_in_your_model.py", "--steps", "4", "--out", str(tmp_path / "run"))
     assert "trained 2 steps, resumed to 4" in stdout and "sampled (10, 16, 16, 1) uint8 images" in stdout
 
 
+@pytest.mark.slow
 def test_custom_objective(tmp_path: Path) -> None:
     stdout = run("custom_objective.py", "--steps", "3", "--out", str(tmp_path / "flow"))
     assert "completed at step 3; sampled (10, 16, 16, 1)" in stdout

@@ -160,6 +160,7 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path: Path) -> None
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_compiled_model_checkpoints_without_orig_mod(tmp_path: Path) -> None:
     # Dynamo cannot trace through the jaxtyping hook of the test run, so the compiled run is a subprocess
     # (backend "eager": the wrapper and its `_orig_mod.` prefix without inductor's C++ build time).
@@ -242,6 +243,7 @@ def test_collectives_wait_until_another_thread_lets_go_and_give_up_once(monkeypa
     assert len(gathered) == 1 and gathered[0] is t
 
 
+@pytest.mark.slow
 def test_ranks_exit_cleanly_right_after_a_collective(tmp_path: Path) -> None:
     """A rank that leaves right after diffit's collectives, with DDP still holding the gloo group, exits with 0.
 
@@ -264,6 +266,7 @@ def test_ranks_exit_cleanly_right_after_a_collective(tmp_path: Path) -> None:
         run_two_ranks(script)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(
@@ -296,6 +299,7 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
         torch.testing.assert_close(r0[k], single[k], atol=5e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cmd = [

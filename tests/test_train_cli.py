@@ -77,6 +77,7 @@ def test_batch_must_divide_over_processes(tmp_path: Path, monkeypatch: pytest.Mo
     assert res.exit_code == 2 and "--batch-size must be divisible by the world size 3" in res.output
 
 
+@pytest.mark.slow
 def test_latent_training_on_encoded_shards(tmp_path: Path, tiny_vae: str) -> None:
     images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / "a.npz", images=images, labels=np.arange(8) % 4)
