@@ -7,7 +7,8 @@ Each mutant is one source edit, applied to a copy of the working tree in a tempo
 touched), then the named tests run there with ``-x``. A mutant is caught when they fail. The list holds the
 mutants that a hand-made pass (2026-11-27) found surviving the suite, with the tests added for them, beside the
 caught ones that guard the same promises: resume and exact-once data, the EDM/ADM formulas, samplers, guidance,
-EMA, checkpoint rotation and evaluation. Prints one row per mutant and exits 1 if any survived.
+EMA, checkpoint rotation, the U-Net and its blocks, the release loader, the CLI's options and evaluation. Prints
+one row per mutant and exits 1 if any survived.
 """
 
 import argparse
@@ -23,6 +24,8 @@ PIPELINES, SHARDS = "tests/test_data_pipelines.py", "tests/test_data_shards.py"
 TRAIN = "tests/test_train.py"
 MULTISTEP = "tests/test_diffusion_multistep.py"
 EMA_TEST = TRAIN + "::test_ema_update_and_warmup"
+UNET, LATENT, RELEASE = "tests/test_nn_unet.py", "tests/test_nn_latent.py", "tests/test_release.py"
+TRAIN_CLI = "tests/test_train_cli.py::test_every_option_reaches_train_with_its_value"
 
 # (file, original text, mutated text, tests that must fail)
 MUTANTS: list[tuple[str, str, str, list[str]]] = [
@@ -262,6 +265,60 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         '"b (h w) (q p c) -> b c (h p) (w q)"',
         ["tests/test_nn_latent.py"],
     ),
+    # nn: the image-space U-Net and its blocks (paper Eq. 7-10)
+    (
+        "diffit/nn/unet.py",
+        "torch.cat([h, skips.pop()], dim=1)",
+        "torch.cat([h, 0 * skips.pop()], dim=1)",
+        [UNET],
+    ),
+    ("diffit/nn/unet.py", 'scale_factor=2.0, mode="nearest")', 'scale_factor=2.0, mode="bilinear")', [UNET]),
+    (
+        "diffit/nn/unet.py",
+        "self.head_conv(self.head_act(self.head_norm(h)))",
+        "self.head_conv(self.head_norm(h))",
+        [UNET],
+    ),
+    (
+        "diffit/nn/unet.py",
+        "t = t + self.augment_embed(",
+        "t = t - self.augment_embed(",
+        [UNET, "tests/test_augment.py"],
+    ),
+    ("diffit/nn/blocks.py", '"b h w c -> b c h w").to(x.dtype) + x', '"b h w c -> b c h w").to(x.dtype)', [UNET]),
+    ("diffit/nn/blocks.py", "self.conv(self.act(self.norm(x)))", "self.act(self.conv(self.norm(x)))", [UNET]),
+    ("diffit/nn/blocks.py", "return x + self.mlp(layer_norm_fp32(x))", "return x + self.mlp(x)", [UNET, LATENT]),
+    ("diffit/nn/blocks.py", "x = x + attend(h, t)", "x = h + attend(h, t)", [UNET, LATENT]),
+    ("diffit/nn/blocks.py", "x * (1 + _per_token(scale, x))", "x * _per_token(scale, x)", ["tests/test_nn_core.py"]),
+    (
+        "diffit/nn/blocks.py",
+        'Float[Tensor, "*batch d"], eps: float = 1e-6)',
+        'Float[Tensor, "*batch d"], eps: float = 1e-5)',
+        [UNET, LATENT],
+    ),
+    ("diffit/nn/blocks.py", "self.weight, self.bias, self.eps)", "self.weight, self.bias, 1e-5)", [UNET]),
+    # the release loader
+    ("diffit/release.py", "return model.eval()", "return model", [RELEASE]),
+    ("diffit/release.py", "pos_embed.requires_grad_(False)", "pos_embed.requires_grad_(True)", [RELEASE]),
+    ("diffit/release.py", "{k: v.to(dtype) if v.is_floating_point()", "{k: v if v.is_floating_point()", [RELEASE]),
+    ("diffit/release.py", "if len(found) == 1:", "if len(found) >= 1:", [RELEASE]),
+    # the CLI's wiring of its options into the library
+    ("cli/sample.py", "use_ema=not raw", "use_ema=True", ["tests/test_sample.py"]),
+    ("cli/sample.py", "    return lo, hi\n", "    return 0.0, hi\n", ["tests/test_sample.py"]),
+    ("cli/sample.py", "channels=cfg_channels, interval", "channels=None, interval", ["tests/test_sample.py"]),
+    (
+        "cli/train.py",
+        "micro_batch=micro_batch, lr=lr, warmup",
+        "micro_batch=micro_batch, lr=lr * 2, warmup",
+        [TRAIN_CLI],
+    ),
+    ("cli/train.py", "torch.manual_seed(seed)  # the initial", "torch.manual_seed(0)  # the initial", [TRAIN_CLI]),
+    (
+        "cli/train.py",
+        "label_dropout=label_dropout, ckpt_every=ckpt_every, keep_last=keep_last, log_every",
+        "label_dropout=0.0, ckpt_every=ckpt_every, keep_last=keep_last, log_every",
+        [TRAIN_CLI],
+    ),
     # evaluation
     (
         "diffit/evaluation/statistics.py",
@@ -303,11 +360,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tree_copy(tmp)
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        # The copy's diffit must be the one imported: run from the copy, whose folder comes first on sys.path.
-        where = subprocess.run([sys.executable, "-c", "import diffit; print(diffit.__file__)"], cwd=tmp, env=env,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-        if not where.startswith(os.path.realpath(tmp)) and not where.startswith(tmp):
-            sys.exit(f"diffit imports from {where}, not from the copy: the mutants would not be tested")
+        # The copy's diffit and CLI must be the ones imported: run from the copy, whose folder comes first on
+        # sys.path, with diffit_cli (installed from cli/) linked to the copy's cli/.
+        os.symlink("cli", os.path.join(tmp, "diffit_cli"))
+        for package in ("diffit", "diffit_cli"):
+            where = subprocess.run([sys.executable, "-c", f"import {package}; print({package}.__file__)"], cwd=tmp,
+                                   env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+            if not where.startswith((os.path.realpath(tmp), tmp)):
+                sys.exit(f"{package} imports from {where}, not from the copy: the mutants would not be tested")
         print(f"{'#':>3} | {'result':<8} | {'s':>4} | mutant")
         for i, (path, old, new, tests) in enumerate(chosen):
             source = open(os.path.join(tmp, path)).read()

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_image_diffit
+from helpers import tiny_image_diffit, tmsa_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jaxtyping import TypeCheckError
@@ -73,34 +73,6 @@ def test_relative_position_index_brute_force(w: int) -> None:
             dy, dx = i // w - j // w, i % w - j % w
             assert idx[i, j] == (dy + w - 1) * (2 * w - 1) + (dx + w - 1)
     assert idx.max() == (2 * w - 1) ** 2 - 1
-
-
-def tmsa_reference(attn: TMSA, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Slow per-token TMSA straight from the paper's Eq. 3-6, one window (b, n, d) at a time."""
-    d, h, e = attn.dim, attn.num_heads, attn.head_dim
-    W_s, b_s = attn.qkv.weight.double(), attn.qkv.bias.double()
-    table, index = attn.relative_position_bias_table.double(), attn.relative_position_index
-    out = torch.zeros(x.shape, dtype=torch.float64)
-    for bi in range(x.shape[0]):
-        xt = torch.zeros(3 * d, dtype=torch.float64)  # plain attention (time_qkv=False)
-        if attn.qkv_temb is not None:
-            xt = attn.qkv_temb.weight.double() @ t[bi].double() + attn.qkv_temb.bias.double()  # x_t [W_qt W_kt W_vt]
-        if attn.bias_temb is not None:  # time_bias: B(x_t) = B + x_t W_B, one table per sample
-            shift = attn.bias_temb.weight.double() @ t[bi].double() + attn.bias_temb.bias.double()
-            table = attn.relative_position_bias_table.double() + shift.reshape(-1, h)
-        qkv = [W_s @ x[bi, i].double() + b_s + xt for i in range(x.shape[1])]  # q_s = x_s W_qs + x_t W_qt ...
-        q = torch.stack([v[:d] for v in qkv]).reshape(-1, h, e)
-        k = torch.stack([v[d : 2 * d] for v in qkv]).reshape(-1, h, e)
-        v = torch.stack([v[2 * d :] for v in qkv]).reshape(-1, h, e)
-        heads = []
-        for hi in range(h):
-            logits = torch.empty(x.shape[1], x.shape[1], dtype=torch.float64)
-            for i in range(x.shape[1]):
-                for j in range(x.shape[1]):
-                    logits[i, j] = q[i, hi] @ k[j, hi] / math.sqrt(e) + table[index[i, j], hi]
-            heads.append(torch.softmax(logits, dim=-1) @ v[:, hi])
-        out[bi] = torch.cat(heads, dim=-1) @ attn.proj.weight.double().T + attn.proj.bias.double()
-    return out
 
 
 def _random_tmsa(dim: int = 16, heads: int = 4, window: int = 2, time_dim: int = 8) -> TMSA:

@@ -2,10 +2,13 @@
 
 import inspect
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from helpers import tmsa_reference
 
 from diffit.nn import ImageDiffiT, diffit_cifar10, diffit_ffhq64, diffit_tiny, unet
 
@@ -41,6 +44,88 @@ def test_preset_sizes() -> None:
     assert 20e6 < counts["diffit_cifar10"] < 40e6 and 30e6 < counts["diffit_ffhq64"] < 60e6
     tiny = diffit_tiny()
     assert 1e6 < sum(p.numel() for p in tiny.parameters()) < 4e6
+
+
+def _group_norm(x: torch.Tensor, norm: torch.nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm from its definition, eps 1e-6 (the model's)."""
+    g = x.reshape(x.shape[0], norm.num_groups, -1)
+    g = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    return g.reshape(x.shape) * norm.weight.double()[:, None, None] + norm.bias.double()[:, None, None]
+
+
+def _layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the channels, no affine parameters, eps 1e-6."""
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-6)
+
+
+def _swish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+def _conv(x: torch.Tensor, conv: torch.nn.Conv2d, stride: int = 1) -> torch.Tensor:
+    return F.conv2d(x, conv.weight.double(), conv.bias.double(), stride=stride, padding=conv.kernel_size[0] // 2)
+
+
+def _resblock_reference(block, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Paper Eq. 9-10 around Eq. 7-8, with TMSA applied to each w x w window by the per-token reference."""
+    h = _conv(_swish(_group_norm(x, block.norm)), block.conv)  # Eq. 9
+    grid, w = h.permute(0, 2, 3, 1), block.block.attn.window
+    attended = torch.zeros_like(grid)
+    normed = _layer_norm(grid)
+    for bi in range(grid.shape[0]):
+        for i in range(0, grid.shape[1], w):
+            for j in range(0, grid.shape[2], w):
+                win = normed[bi : bi + 1, i : i + w, j : j + w].reshape(1, w * w, -1)
+                out = tmsa_reference(block.block.attn, win, t[bi : bi + 1])
+                attended[bi, i : i + w, j : j + w] = out.reshape(w, w, -1)
+    grid = grid + attended  # Eq. 7
+    mlp = block.block.mlp
+    hidden = _layer_norm(grid) @ mlp.fc1.weight.double().T + mlp.fc1.bias.double()
+    hidden = 0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2)))  # exact GELU (gelu="none")
+    grid = grid + hidden @ mlp.fc2.weight.double().T + mlp.fc2.bias.double()  # Eq. 8
+    return grid.permute(0, 3, 1, 2) + x  # Eq. 10
+
+
+def unet_reference(
+    model: ImageDiffiT, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor, a: torch.Tensor
+) -> torch.Tensor:
+    """The U-Net of the module docstring in float64, written from its description: a 3x3 tokenizer; per stage
+    ResBlocks then a stride-2 3x3 conv; per decoder stage a nearest x2 upsample and 3x3 conv, the encoder's
+    output at that resolution concatenated after it and projected by a 1x1 conv, ResBlocks; GN, Swish, 3x3 conv.
+    The time token adds the label's row and the augmentation labels ``a`` through a bias-free linear map."""
+    x = x.double()
+    freqs = torch.exp(-math.log(10_000) * torch.arange(128, dtype=torch.float64) / 128)
+    mlp = model.time_embed.mlp
+    t = torch.cat([torch.cos(s.double()[:, None] * freqs), torch.sin(s.double()[:, None] * freqs)], dim=1)
+    t = _swish(t @ mlp[0].weight.double().T + mlp[0].bias.double()) @ mlp[2].weight.double().T + mlp[2].bias.double()
+    t = t + model.label_embed.embedding_table.weight.double()[y] + a.double() @ model.augment_embed.weight.double().T
+    h, skips = _conv(x, model.tokenizer), []
+    for stage in model.encoder:
+        for block in stage.blocks:
+            h = _resblock_reference(block, h, t)
+        skips.append(h)
+        if stage.down is not None:
+            h = _conv(h, stage.down, stride=2)
+    for stage in model.decoder:
+        h = _conv(h.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3), stage.up[1])
+        skip = next(k for k in reversed(skips) if k.shape[-1] == h.shape[-1])
+        h = _conv(torch.cat([h, skip], dim=1), stage.fuse)
+        for block in stage.blocks:
+            h = _resblock_reference(block, h, t)
+    return _conv(_swish(_group_norm(h, model.head_norm)), model.head_conv)
+
+
+def test_forward_matches_a_reference_written_from_the_paper() -> None:
+    """Three stages (two skips), labels and augmentation labels, every parameter random (the zero-initialised head
+    too), in float64."""
+    model = _small(channels=(4, 8, 8), blocks_per_stage=(1, 1, 1), num_heads=2, time_dim=8, groups=2,
+                   num_classes=3, augment_dim=3, gelu="none").double().eval()  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    x, s, y = torch.randn(2, 2, 8, 8, dtype=torch.float64), torch.randn(2, dtype=torch.float64), torch.tensor([0, 2])
+    a = torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(model(x, s, y, a), unet_reference(model, x, s, y, a), rtol=1e-9, atol=1e-9)
 
 
 def test_tiny_forward_shape_and_init_options() -> None:

@@ -35,6 +35,12 @@ def test_load_from_local_file_or_folder(tmp_path, as_folder: bool) -> None:
     reference.load_state_dict(sd, strict=True)
     x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([0.0, 999.0]), torch.tensor([0, 6])
     torch.testing.assert_close(model(x, t, y), reference(x, t, y))
+    # dtype= converts the floating-point weights only (the position index stays integer).
+    double = load_release(tmp_path if as_folder else tmp_path / "diffit_256.safetensors", dtype=torch.float64)
+    for k, v in double.state_dict().items():
+        assert v.dtype == (torch.float64 if sd[k].is_floating_point() else sd[k].dtype) and torch.equal(
+            v, sd[k].to(v.dtype)
+        )
 
 
 def test_folder_picks_the_resolution(tmp_path) -> None:
@@ -44,6 +50,13 @@ def test_folder_picks_the_resolution(tmp_path) -> None:
     save_file(big, str(tmp_path / "diffit_512.safetensors"))
     assert load_release(tmp_path, resolution=512).input_size == 16
     assert load_release_state_dict(tmp_path, resolution=256).keys() == small.keys()
+    # A folder without that name: its one .safetensors file, whatever it is called; of two, neither is guessed.
+    (other := tmp_path / "other").mkdir()
+    save_file(small, str(other / "ema.safetensors"))
+    assert load_release_state_dict(other).keys() == small.keys()
+    save_file(big, str(other / "raw.safetensors"))
+    with pytest.raises(ValueError, match=r"folder has no diffit_256.safetensors \(found \['ema.safetensors', 'raw"):
+        load_release(other)
 
 
 def test_mismatching_files_give_one_line_errors(tmp_path) -> None:

@@ -272,6 +272,28 @@ def test_cli_png_npz_dir_and_protocol(tmp_path: Path, ckpt: Path) -> None:
     assert (tmp_path / "g.png").is_file() and (tmp_path / "g.json").is_file()
 
 
+def test_cli_raw_samples_the_raw_weights_of_a_training_checkpoint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run" / "ckpt-00000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    ema, raw = tiny_image_model(), tiny_image_model()
+    with torch.no_grad():
+        for p in raw.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_weights(ckpt / "ema.safetensors", ema, extra_metadata={"diffit.weights": "ema"})
+    save_weights(ckpt / "model.safetensors", raw, extra_metadata={"diffit.weights": "raw"})
+    pixels = {}
+    for flag, weights, name in (([], "ema", "ema.safetensors"), (["--raw"], "raw", "model.safetensors")):
+        out = tmp_path / f"{weights}.npz"
+        args = ["sample", "--ckpt", str(tmp_path / "run"), "--steps", "2", "--n", "2", *flag, "--out", str(out)]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        record = json.loads(out.with_suffix(".json").read_text())
+        assert record["weights"] == weights and record["checkpoint"]["path"] == str(ckpt / name)
+        pixels[weights] = np.load(out)["arr_0"]
+    assert not np.array_equal(pixels["ema"], pixels["raw"])
+
+
 def test_cli_guided_sampling_counts_both_passes(tmp_path: Path, ckpt: Path) -> None:
     out = tmp_path / "g.npz"
     res = runner.invoke(

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from diffit.data import array_source, encode_latents, write_image_shards
 from diffit.nn import ImageDiffiT
 from diffit.runs import IMAGE_PRESETS, preview_needs_vae
+from diffit.train import TrainResult
 from diffit_cli.common import refusing
 from diffit_cli.main import app
 
@@ -186,6 +187,38 @@ def test_same_seed_gives_bit_identical_runs(tmp_path: Path) -> None:
     a = load_file(str(tmp_path / "a" / "ckpt-00000002" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "ckpt-00000002" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_option_reaches_train_with_its_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each option set away from its default arrives in ``diffit.train.train`` as given, and the initial weights are
+    a function of --seed (a dropped option would train silently with its default)."""
+    import diffit_cli.train as cli_train
+
+    calls: list[dict] = []
+
+    def record(**kwargs: object) -> TrainResult:
+        calls.append(kwargs)
+        return TrainResult(step=int(kwargs["steps"]), status="completed", checkpoint=None, skipped_steps=0)
+
+    monkeypatch.setattr(cli_train, "train", record)
+    expected = dict(
+        steps=9, batch_size=8, micro_batch=4, lr=3e-4, warmup=7, betas=(0.8, 0.99), weight_decay=0.01, ema=0.99,
+        grad_clip=2.0, precision="bf16", seed=5, ckpt_every=3, keep_last=2, log_every=4, sample_every=0,
+        label_dropout=0.2, max_bad_steps=3, compile=True, guard_updates=False, resume=False,
+        run_dir=tmp_path / "run",
+    )  # fmt: skip
+    options = {"--beta1": 0.8, "--beta2": 0.99, "--augment": 0.15, "--out": tmp_path / "run"}
+    options |= {f"--{k.replace('_', '-')}": v for k, v in expected.items() if type(v) in (int, float, str)}
+    args = [str(v) for item in options.items() for v in item] + ["--compile", "--no-guard-updates"]
+    res = runner.invoke(app, ["train", *args])
+    assert res.exit_code == 0, res.output
+    assert {k: calls[0][k] for k in expected} == expected and calls[0]["objective"].augment_p == 0.15
+    for i, seed in enumerate((5, 5, 6)):
+        base = ["train", "--steps", "1", "--batch-size", "4", "--sample-every", "0", "--seed", str(seed)]
+        assert runner.invoke(app, [*base, "--out", str(tmp_path / str(i))]).exit_code == 0
+    first, same, other = (c["model"].state_dict() for c in calls[-3:])
+    assert all(torch.equal(first[k], same[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
 def test_warnings_of_the_checks_are_shown_only_when_nothing_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
