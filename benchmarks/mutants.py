@@ -22,6 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINES, SHARDS = "tests/test_data_pipelines.py", "tests/test_data_shards.py"
 TRAIN = "tests/test_train.py"
+ENCODE = "tests/test_data_encode.py"
 MULTISTEP = "tests/test_diffusion_multistep.py"
 EMA_TEST = TRAIN + "::test_ema_update_and_warmup"
 UNET, LATENT, RELEASE = "tests/test_nn_unet.py", "tests/test_nn_latent.py", "tests/test_release.py"
@@ -84,6 +85,23 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
     # data: in-memory batches
     ("diffit/data/memory.py", "_permutation(n, seed, int(epoch))", "_permutation(n, seed, 0)", [PIPELINES]),
     ("diffit/data/memory.py", ".random(batch_size)[lo:hi] < 0.5", ".random(batch_size)[: hi - lo] < 0.5", [PIPELINES]),
+    # data: pixels and latents as decoded, and the encoding of images and their mirrors
+    ("diffit/data/images.py", "np.full((h, 1), 2, np.uint8)", "np.full((h, 1), 0, np.uint8)", [SHARDS, PIPELINES]),
+    (
+        "diffit/data/images.py",
+        "left, top = (img.size[0] - resolution) // 2,",
+        "left, top = 0,",
+        [SHARDS, PIPELINES, "tests/test_data_cli.py"],
+    ),
+    ("diffit/data/images.py", "image = image[:, :, ::-1]", "image = image[:, ::-1, :]", [PIPELINES]),
+    ("diffit/data/images.py", "view = 1 if self.flip", "view = 0 if self.flip", [PIPELINES, ENCODE]),
+    ("diffit/data/images.py", "torch.addcmul(z[:, 0], z[:, 1], eps)", "z[:, 0]", [PIPELINES, ENCODE]),
+    ("diffit/data/images.py", "x /= 127.5", "x /= 128.0", [PIPELINES]),
+    ("diffit/data/images.py", "label >= classes)", "label > classes)", [PIPELINES, SHARDS]),
+    ("diffit/data/encode.py", "torch.cat([x, x.flip(-1)])", "torch.cat([x, x.flip(-2)])", [ENCODE]),
+    ("diffit/data/encode.py", "return dist.mean, dist.std", "return dist.mean, dist.var", [ENCODE]),
+    ("diffit/data/encode.py", "mean[i::b], std[i::b]", "mean[2 * i : 2 * i + 2], std[2 * i : 2 * i + 2]", [ENCODE]),
+    ("diffit/generate.py", "* 127.5).round().to(torch.uint8)", "* 127.5).to(torch.uint8)", ["tests/test_sample.py"]),
     # diffusion
     (
         "diffit/diffusion/denoisers.py",

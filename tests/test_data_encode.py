@@ -52,8 +52,10 @@ def test_encode_stores_posterior_of_image_and_mirror(tmp_path, tiny_vae, image_s
     vae = load_vae(tiny_vae)
     images, labels = load_images(image_shards)
     x = images.float() / 127.5 - 1
-    mean, std = vae_posterior(vae, x)
-    mean_m, std_m = vae_posterior(vae, x.flip(-1))
+    with torch.no_grad():  # diffusers' own posterior: the moments exp(logvar / 2) and mean of q(z | x)
+        posterior, mirrored = vae.encode(x).latent_dist, vae.encode(x.flip(-1)).latent_dist
+    mean, std, mean_m, std_m = posterior.mean, posterior.std, mirrored.mean, mirrored.std
+    assert all(torch.equal(a, b) for a, b in zip(vae_posterior(vae, x), (mean, std), strict=True))
     samples = [s for i in range(3) for s in read_shard(str(tmp_path / "lat" / f"l-{i:03d}.tar"), BadSampleLog())]
     assert [s["__key__"] for s in samples] == [f"{i:08d}" for i in range(10)]
     for i, s in enumerate(samples):
@@ -62,6 +64,7 @@ def test_encode_stores_posterior_of_image_and_mirror(tmp_path, tiny_vae, image_s
         assert m.dtype == np.float16 and m.shape == (2, 4, 4, 4)
         np.testing.assert_allclose(m[0], mean[i].numpy(), rtol=2e-3, atol=2e-3)
         np.testing.assert_allclose(m[1], mean_m[i].numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(sd[0], std[i].numpy(), rtol=2e-3, atol=2e-3)
         np.testing.assert_allclose(sd[1], std_m[i].numpy(), rtol=2e-3, atol=2e-3)
         assert int(s["cls"]) == labels[i]
     # The pipeline's deterministic view (no flip, no sampling) is the scaled posterior mean.

@@ -545,12 +545,12 @@ def test_label_outside_the_class_range_is_a_bad_sample_named_in_one_line(tmp_pat
     urls = _shards(tmp_path, n=5, per_shard=5)  # labels 0..4: dataset.json says 5 classes
     good = load_images(urls)[0]
     with ShardWriter(str(tmp_path / "s-%03d.tar"), start_index=1) as w:
-        for key, cls in (("ok", b"4"), ("big", b"57"), ("neg", b"-3"), ("abc", b"abc")):
+        for key, cls in (("ok", b"4"), ("big", b"57"), ("edge", b"5"), ("neg", b"-3"), ("abc", b"abc")):
             w.write(key, {"png": _png(good[0, 0].numpy()), "cls": cls})
     both = [str(tmp_path / "s-000.tar"), str(tmp_path / "s-001.tar")]
     batches, messages = _caught(lambda: [b for b in eval_pipeline(both, batch_size=4)])
     keys = [k for _, _, ks in batches for k in ks]
-    assert "ok" in keys and not {"big", "neg", "abc"} & set(keys) and len(keys) == 6
+    assert "ok" in keys and not {"big", "edge", "neg", "abc"} & set(keys) and len(keys) == 6  # 5 is the null class
     first = next(m for m in messages if "skipping bad sample" in m)
     assert "'big'" in first and "57" in first and "0..4" in first and "\n" not in first
 
