@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINES, SHARDS = "tests/test_data_pipelines.py", "tests/test_data_shards.py"
 TRAIN = "tests/test_train.py"
 ENCODE = "tests/test_data_encode.py"
+AUGMENT, EVAL = "tests/test_augment.py", "tests/test_eval.py"
 MULTISTEP = "tests/test_diffusion_multistep.py"
 EMA_TEST = TRAIN + "::test_ema_update_and_warmup"
 UNET, LATENT, RELEASE = "tests/test_nn_unet.py", "tests/test_nn_latent.py", "tests/test_release.py"
@@ -257,6 +258,24 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         "and _CKPT_RE.match(p.name)]",
         [TRAIN + "::test_rotation_keeps_the_newest_keep_last_and_the_kept_steps"],
     ),
+    # training step: micro-batches, clipping, the optimizer; EDM's augmentation
+    ("diffit/train.py", "(loss * (micro_batch / n)).backward()", "loss.backward()", [TRAIN]),
+    (
+        "diffit/train.py",
+        "grad_clip if grad_clip > 0 else math.inf",
+        "2 * grad_clip if grad_clip > 0 else math.inf",
+        [TRAIN],
+    ),
+    ("diffit/train.py", "total += loss.detach() * (micro_batch / n)", "total += loss.detach()", [TRAIN]),
+    ("diffit/train.py", "betas=betas, weight_decay=weight_decay\n", "betas=betas, weight_decay=0.0\n", [TRAIN]),
+    ("diffit/augment.py", "[1 - 2 * fx, 1 - 2 * fy]", "[1 - 2 * fy, 1 - 2 * fx]", [AUGMENT]),
+    (
+        "diffit/augment.py",
+        "shift = torch.stack([tx, ty], dim=1) * 2",
+        "shift = torch.stack([tx, ty], dim=1)",
+        [AUGMENT],
+    ),
+    ("diffit/augment.py", "[2.0**w, 2.0**-w]", "[2.0**w, 2.0**w]", [AUGMENT]),
     # nn
     (
         "diffit/nn/windows.py",
@@ -338,6 +357,13 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         [TRAIN_CLI],
     ),
     # evaluation
+    (
+        "diffit/evaluation/inception.py",
+        "src = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)",
+        "src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)",
+        [EVAL],
+    ),
+    ("diffit/evaluation/inception.py", "return (x - 128.0) / 128.0", "return (x - 127.5) / 127.5", [EVAL]),
     (
         "diffit/evaluation/statistics.py",
         "np.trace(sigma2) - 2.0 * trace_sqrt",

@@ -1,16 +1,18 @@
 """Non-leaking geometric augmentation for image-space training (Karras et al. 2022, App. F.2; the paper's
 image-space recipe trains "with the EDM formulation and augmentation").
 
-Each image is flipped, scaled, rotated, stretched and translated with probability ``p`` per transform, and the
-network is told what was done: the 9 augmentation labels are embedded and added to its time token. At sampling
-time the labels are zero (no augmentation), so the model generates un-augmented images while training sees
-``1 / (1 - p)^k`` times more distinct inputs: the augmentations do not leak into the samples.
+Each image is flipped, scaled, stretched, rotated and translated (in this order) with probability ``p`` per
+transform, and the network is told what was done: the 9 augmentation labels are embedded and added to its time
+token. At sampling time the labels are zero (no augmentation), so the model generates un-augmented images while
+training sees ``1 / (1 - p)^k`` times more distinct inputs: the augmentations do not leak into the samples.
 
 Labels (per image): [xflip, yflip, log2 scale, cos(angle) - 1, sin(angle), w cos(r), w sin(r), tx, ty], where
 the anisotropic stretch scales by 2^w along direction r and 2^-w across it, and (tx, ty) is the translation in
 units of the image size. All-zero labels mean the identity. Defaults follow EDM's CIFAR-10 setting: x-flips
 always possible, the other transforms with probability p, log2 scale ~ N(0, 0.2^2), angle ~ U(-pi, pi),
-w ~ N(0, 0.2^2), translation ~ N(0, 0.125^2).
+w ~ N(0, 0.2^2), translation ~ N(0, 0.125^2). EDM rotates before it stretches: with the angle and the stretch
+direction both uniform the two orders give the same distribution of transforms, and the labels need only describe
+the transform applied (the network reads them; at sampling time they are zero).
 """
 
 import math

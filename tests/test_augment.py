@@ -37,6 +37,11 @@ def test_transforms_are_exact_where_they_should_be() -> None:
     ramp = torch.arange(8.0).expand(1, 1, 8, 8)
     zoomed = apply_augment(ramp, labels(log_scale=1.0))
     torch.testing.assert_close(zoomed[0, 0, 4], 1.75 + 0.5 * torch.arange(8.0))
+    # The anisotropic stretch with w = 1 along x (r = 0): 2x along x, 1/2 along y. A vertical ramp then shows
+    # input row 3.5 + 2 (i - 3.5) in output row i (rows 2..5 stay inside the image).
+    stretched = apply_augment(ramp.transpose(-1, -2), labels(wc=1.0))
+    torch.testing.assert_close(stretched[0, 0, 2:6, 0], torch.tensor([0.5, 2.5, 4.5, 6.5]))
+    torch.testing.assert_close(apply_augment(ramp, labels(wc=1.0))[0, 0, 4], zoomed[0, 0, 4])  # x as in the zoom
 
 
 def test_draws_follow_p() -> None:

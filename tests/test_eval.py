@@ -310,6 +310,16 @@ def test_sources_give_identical_features(tmp_path, stand_in):
         evaluate_images(str(tmp_path / "f"), net, probabilities=True)
 
 
+def test_preprocessing_is_tf_fid_s(stand_in):
+    """RGB, TF1 bilinear resize to 299 (skipped at 299), then (x - 128) / 128: the TF-FID graph's input."""
+    net = load_inception(stand_in)
+    gray = torch.randint(0, 256, (2, 1, 299, 299), dtype=torch.uint8)
+    x = net.preprocess(gray)
+    assert x.shape == (2, 3, 299, 299) and torch.equal(x, ((gray.float() - 128) / 128).expand(-1, 3, -1, -1))
+    small = torch.randint(0, 256, (1, 3, 7, 9), dtype=torch.uint8)
+    torch.testing.assert_close(net.preprocess(small), (tf_bilinear_resize(small.float(), 299) - 128) / 128)
+
+
 def test_nvlabs_style_network_gives_inception_score(tmp_path):
     path = str(tmp_path / "nv.pt")
     torch.jit.script(_NvlabsStandIn()).save(path)

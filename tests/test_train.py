@@ -20,7 +20,7 @@ from diffit.distributed import DistInfo
 from diffit.ema import ema_decay, ema_update, make_ema, strip_wrapper_prefixes, unwrap
 from diffit.nn import ImageDiffiT
 from diffit.objectives import ADMObjective, EDMObjective
-from diffit.train import TrainingDiverged, lr_at, train
+from diffit.train import TrainingDiverged, lr_at, train, train_step
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -75,11 +75,43 @@ def test_exact_resume_is_bit_identical(tmp_path: Path) -> None:
 
 
 def test_micro_batches_equal_one_batch(tmp_path: Path) -> None:
-    whole = run(tmp_path / "a", 3, micro_batch=8)
-    accumulated = run(tmp_path / "b", 3, micro_batch=2)
+    whole = run(tmp_path / "a", 3, micro_batch=8, log_every=1)
+    accumulated = run(tmp_path / "b", 3, micro_batch=2, log_every=1)
     wa, wb = weights(whole.checkpoint), weights(accumulated.checkpoint)
     for key in wa["model.safetensors"]:
         torch.testing.assert_close(wa["model.safetensors"][key], wb["model.safetensors"][key], atol=2e-5, rtol=1e-4)
+    # The logged loss and gradient norm are the whole batch's too.
+    logs = [[json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in "ab"]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2, 3]
+    for a, b in zip(*logs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(
+            b["grad_norm"], rel=1e-4
+        )
+
+
+def test_a_step_clips_the_gradient_norm_and_decays_the_weights_decoupled(tmp_path: Path) -> None:
+    """grad_clip bounds the norm of the gradient the optimizer is given (the step reports the norm before
+    clipping); weight_decay is AdamW's decoupled decay: a step with it is the step without it minus lr wd w."""
+    images, labels = toy_data()
+    x, y = images[:8].float() / 127.5 - 1, labels[:8]
+    draws = EDMObjective().draw(torch.Generator().manual_seed(0), 8, x.shape[1:])
+    norms = []
+    for clip in (0.0, 1e-3):  # plain SGD at lr 1: the update is minus the gradient the optimizer was given
+        model = tiny_model()
+        before = [p.detach().clone() for p in model.parameters()]
+        sgd = torch.optim.SGD(model.parameters(), lr=1.0)
+        stats = train_step(model=model, objective=EDMObjective(), optimizer=sgd, x=x, y=y, draws=draws,
+                           micro_batch=8, grad_clip=clip, precision="fp32", dist=CPU)  # fmt: skip
+        update = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
+        norms.append((stats.grad_norm, float(update.norm())))
+    (raw, unclipped), (reported, clipped) = norms
+    assert raw == pytest.approx(unclipped, rel=1e-5) and reported == pytest.approx(raw, rel=1e-5) and raw > 1e-2
+    assert clipped == pytest.approx(1e-3, rel=1e-4)
+    plain = weights(run(tmp_path / "a", 1, warmup=0, lr=1e-2).checkpoint)["model.safetensors"]
+    decayed = weights(run(tmp_path / "b", 1, warmup=0, lr=1e-2, weight_decay=0.5).checkpoint)["model.safetensors"]
+    for key, w0 in tiny_model().state_dict().items():
+        if w0.is_floating_point():
+            torch.testing.assert_close(decayed[key], plain[key] - 1e-2 * 0.5 * w0, atol=1e-6, rtol=1e-5)
 
 
 def test_checkpoint_is_self_describing_and_rotated(tmp_path: Path) -> None:
