@@ -36,6 +36,13 @@ def run_two_ranks(script: Path, *args: str, timeout: float = 240) -> None:
         assert p.returncode == 0, err[-2000:]
 
 
+def layer_norm_reference(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the last axis from its definition: no affine parameters, eps 1e-6 (the blocks' and the
+    release's)."""
+    mu = x.mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + 1e-6)
+
+
 def tmsa_reference(attn: TMSA, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Slow per-token TMSA straight from the paper's Eq. 3-6, one window (b, n, d) at a time."""
     d, h, e = attn.dim, attn.num_heads, attn.head_dim

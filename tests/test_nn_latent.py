@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import layer_norm_reference
 
 from diffit.nn import (
     LatentDiffiT,
@@ -29,11 +30,6 @@ def _random_tiny(**overrides: object) -> LatentDiffiT:
             if name != "pos_embed":
                 p.normal_(0, 0.2)
     return model
-
-
-def _layer_norm(x: torch.Tensor) -> torch.Tensor:
-    mu = x.mean(-1, keepdim=True)
-    return (x - mu) / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + 1e-6)
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +87,7 @@ def latent_reference(sd: dict, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor
     ]
     for blk in range(cfg["depth"]):
         pre = f"blocks.{blk}."
-        xn = _layer_norm(tokens)
+        xn = layer_norm_reference(tokens)
         # Eq. 3-5: q_s = x_s W_qs + x_t W_qt (and k, v), both with bias.
         qkv = xn @ sd[pre + "attn.qkv.weight"].T + sd[pre + "attn.qkv.bias"]
         qkv = qkv + (cvec @ sd[pre + "attn.qkv_temb.weight"].T + sd[pre + "attn.qkv_temb.bias"])[:, None]
@@ -111,9 +107,9 @@ def latent_reference(sd: dict, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor
                 )
                 attn_out[bi, :, sl] = torch.softmax(logits, dim=-1) @ v[bi, :, sl]
         tokens = tokens + attn_out @ sd[pre + "attn.proj.weight"].T + sd[pre + "attn.proj.bias"]  # Eq. 7
-        hid = _gelu_tanh(_layer_norm(tokens) @ sd[pre + "mlp.fc1.weight"].T + sd[pre + "mlp.fc1.bias"])
+        hid = _gelu_tanh(layer_norm_reference(tokens) @ sd[pre + "mlp.fc1.weight"].T + sd[pre + "mlp.fc1.bias"])
         tokens = tokens + hid @ sd[pre + "mlp.fc2.weight"].T + sd[pre + "mlp.fc2.bias"]  # Eq. 8
-    fin = _layer_norm(tokens)
+    fin = layer_norm_reference(tokens)
     fin = fin * torch.sigmoid(fin)
     fin = fin @ sd["final_layer.linear.weight"].T + sd["final_layer.linear.bias"]  # (b, T, p*p*out_c)
     # Unpatchify: token (i, j) holds its p x p x C patch with channels last.

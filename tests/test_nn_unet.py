@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tmsa_reference
+from helpers import layer_norm_reference, tmsa_reference
 
 from diffit.nn import ImageDiffiT, diffit_cifar10, diffit_ffhq64, diffit_tiny, unet
 
@@ -53,11 +53,6 @@ def _group_norm(x: torch.Tensor, norm: torch.nn.GroupNorm) -> torch.Tensor:
     return g.reshape(x.shape) * norm.weight.double()[:, None, None] + norm.bias.double()[:, None, None]
 
 
-def _layer_norm(x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over the channels, no affine parameters, eps 1e-6."""
-    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-6)
-
-
 def _swish(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
@@ -71,7 +66,7 @@ def _resblock_reference(block, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor
     h = _conv(_swish(_group_norm(x, block.norm)), block.conv)  # Eq. 9
     grid, w = h.permute(0, 2, 3, 1), block.block.attn.window
     attended = torch.zeros_like(grid)
-    normed = _layer_norm(grid)
+    normed = layer_norm_reference(grid)
     for bi in range(grid.shape[0]):
         for i in range(0, grid.shape[1], w):
             for j in range(0, grid.shape[2], w):
@@ -80,7 +75,7 @@ def _resblock_reference(block, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor
                 attended[bi, i : i + w, j : j + w] = out.reshape(w, w, -1)
     grid = grid + attended  # Eq. 7
     mlp = block.block.mlp
-    hidden = _layer_norm(grid) @ mlp.fc1.weight.double().T + mlp.fc1.bias.double()
+    hidden = layer_norm_reference(grid) @ mlp.fc1.weight.double().T + mlp.fc1.bias.double()
     hidden = 0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2)))  # exact GELU (gelu="none")
     grid = grid + hidden @ mlp.fc2.weight.double().T + mlp.fc2.bias.double()  # Eq. 8
     return grid.permute(0, 3, 1, 2) + x  # Eq. 10
