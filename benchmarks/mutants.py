@@ -24,6 +24,7 @@ PIPELINES, SHARDS = "tests/test_data_pipelines.py", "tests/test_data_shards.py"
 TRAIN = "tests/test_train.py"
 ENCODE = "tests/test_data_encode.py"
 AUGMENT, EVAL = "tests/test_augment.py", "tests/test_eval.py"
+SAMPLE = "tests/test_sample.py"
 MULTISTEP = "tests/test_diffusion_multistep.py"
 EMA_TEST = TRAIN + "::test_ema_update_and_warmup"
 UNET, LATENT, RELEASE = "tests/test_nn_unet.py", "tests/test_nn_latent.py", "tests/test_release.py"
@@ -258,6 +259,26 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         "and _CKPT_RE.match(p.name)]",
         [TRAIN + "::test_rotation_keeps_the_newest_keep_last_and_the_kept_steps"],
     ),
+    # generation: guidance settings as they reach the guided denoiser
+    (
+        "diffit/generate.py",
+        "guidance_channels=guidance.channels, interval=guidance.interval",
+        "guidance_channels=None, interval=guidance.interval",
+        [SAMPLE],
+    ),
+    (
+        "diffit/generate.py",
+        "guidance_channels=guidance.channels, interval=guidance.interval",
+        "guidance_channels=guidance.channels, interval=None",
+        [SAMPLE],
+    ),
+    (
+        "diffit/generate.py",
+        "    if guidance.scale == 1.0:\n        _warn_unused(guidance)\n        return bind_labels",
+        "    if guidance.scale <= 1.0:\n        _warn_unused(guidance)\n        return bind_labels",
+        [SAMPLE],
+    ),
+    ("diffit/generate.py", "((levels >= lo) & (levels <= hi))", "((levels > lo) & (levels <= hi))", [SAMPLE]),
     # training step: micro-batches, clipping, the optimizer; EDM's augmentation
     ("diffit/train.py", "(loss * (micro_batch / n)).backward()", "loss.backward()", [TRAIN]),
     (

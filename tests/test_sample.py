@@ -30,6 +30,7 @@ from diffit.generate import (
     to_uint8,
 )
 from diffit.nn import ImageDiffiT, LatentDiffiT
+from diffit.objectives import EDMObjective
 from diffit_cli.main import app
 
 runner = CliRunner()
@@ -131,6 +132,24 @@ def test_generate_names_a_bad_argument_before_any_work_also_without_the_type_che
 def test_guidance_settings_of_the_wrong_type_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         inspect.unwrap(Guidance.__init__)(Guidance.__new__(Guidance), **kwargs)
+
+
+def test_guided_denoiser_applies_the_scale_and_channels_it_is_given() -> None:
+    """D = D_u + s (D_c - D_u) on the first ``channels`` channels and D_c on the rest, for scales below 1 too
+    (s = 0 is the unconditional model, the null class)."""
+    torch.manual_seed(0)
+    model = ImageDiffiT(resolution=8, in_channels=2, channels=(8, 16), blocks_per_stage=(1, 1), window=4,
+                        num_heads=2, time_dim=16, num_classes=3).eval()  # fmt: skip
+    with torch.no_grad():
+        model.head_conv.weight.normal_(0, 0.1)
+    x, sigma, labels = torch.randn(2, 2, 8, 8), torch.tensor([0.7, 2.0]), torch.tensor([0, 2])
+    base = EDMObjective().denoiser(model)
+    cond, uncond = base(x, sigma, y=labels), base(x, sigma, y=torch.full_like(labels, 3))
+    for scale, channels in ((3.0, 1), (0.5, None), (0.0, None)):
+        guided = guided_denoiser(model, labels, Guidance(scale=scale, channels=channels), EDMObjective())(x, sigma)
+        k = channels or 2
+        torch.testing.assert_close(guided[:, :k], uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k]))
+        torch.testing.assert_close(guided[:, k:], cond[:, k:])
 
 
 def test_grids_and_class_lists_refuse_what_they_would_silently_change() -> None:
