@@ -177,11 +177,17 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         "weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data)",
         ["tests/test_diffusion_losses.py"],
     ),
-    (
+    (  # the one log-normal draw of edm_loss and EDMObjective (what train uses)
         "diffit/diffusion/losses.py",
-        "sigma = (rnd * P_std + P_mean).exp()",
-        "sigma = (rnd * P_std - P_mean).exp()",
-        ["tests/test_diffusion_losses.py"],
+        "dtype=torch.float32) * P_std + P_mean).exp()",
+        "dtype=torch.float32) * P_std - P_mean).exp()",
+        ["tests/test_diffusion_losses.py", TRAIN + "::test_objectives_draw_the_training_distributions"],
+    ),
+    (  # ADM's timesteps, also ADMObjective's
+        "diffit/diffusion/losses.py",
+        "torch.randint(0, num_timesteps, (batch_size,)",
+        "torch.randint(0, num_timesteps - 1, (batch_size,)",
+        [TRAIN + "::test_objectives_draw_the_training_distributions"],
     ),
     (
         "diffit/diffusion/guidance.py",
@@ -220,18 +226,6 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
     ),
     ("diffit/diffusion/multistep.py", "h_phi_k / hh - 1 / factorial", "h_phi_k / hh - 1.01 / factorial", [MULTISTEP]),
     # training: objectives, EMA, learning rate, checkpoints
-    (
-        "diffit/objectives.py",
-        "sigma = (torch.randn(n, generator=generator) * self.P_std + self.P_mean).exp()",
-        "sigma = (torch.randn(n, generator=generator) * self.P_std - self.P_mean).exp()",
-        [TRAIN + "::test_objectives_draw_the_training_distributions"],
-    ),
-    (
-        "diffit/objectives.py",
-        "t = torch.randint(0, len(self.alphas_cumprod), (n,)",
-        "t = torch.randint(0, len(self.alphas_cumprod) - 1, (n,)",
-        [TRAIN + "::test_objectives_draw_the_training_distributions"],
-    ),
     ("diffit/ema.py", "(1.0 + step) / (10.0 + step)", "(1.0 + step) / (9.0 + step)", [EMA_TEST]),
     ("diffit/ema.py", "dtype), 1.0 - decay)", "dtype), decay)", [EMA_TEST]),
     ("diffit/train.py", "min(1.0, (step + 1) / warmup)", "min(1.0, step / warmup)", [EMA_TEST]),

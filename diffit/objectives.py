@@ -12,7 +12,6 @@ The two built in:
   on the linear-beta chain of T = 1000 steps).
 """
 
-import math
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -26,11 +25,14 @@ from diffit.diffusion import (
     VPEpsDenoiser,
     adm_hybrid_loss,
     betas_to_alphas_cumprod,
+    check_log_normal,
     check_sigma_data,
     edm_loss,
     karras_sigmas,
     linear_betas,
     respaced_sigmas,
+    sample_timesteps,
+    sample_training_sigmas,
 )
 from diffit.ema import unwrap
 from diffit.nn import LatentDiffiT, capture_config
@@ -105,15 +107,14 @@ class EDMObjective:
         if not 0.0 <= augment_p <= 1.0:
             raise ValueError(f"augment_p must be in [0, 1], got {augment_p}")
         check_sigma_data(sigma_data)
-        if not (0 < P_std < math.inf and math.isfinite(P_mean)):
-            raise ValueError(f"P_std must be finite and > 0, P_mean finite; got P_std={P_std}, P_mean={P_mean}")
+        check_log_normal(P_mean, P_std)
         karras_sigmas(1, sigma_min, sigma_max, rho)  # checks 0 < sigma_min < sigma_max < inf and rho
         self.sigma_data, self.P_mean, self.P_std, self.augment_p = sigma_data, P_mean, P_std, augment_p
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
 
     def draw(self, generator: torch.Generator, n: int, sample_shape: tuple[int, ...]) -> dict[str, Tensor]:
         """Per-sample randomness of a global batch: ln sigma ~ N(P_mean, P_std^2), unit noise, augmentations."""
-        sigma = (torch.randn(n, generator=generator) * self.P_std + self.P_mean).exp()
+        sigma = sample_training_sigmas(n, P_mean=self.P_mean, P_std=self.P_std, generator=generator)
         draws = {"sigma": sigma, "noise": torch.randn((n, *sample_shape), generator=generator)}
         if self.augment_p > 0:
             draws["augment"] = draw_augment_labels(generator, n, p=self.augment_p)
@@ -167,7 +168,7 @@ class ADMObjective:
 
     def draw(self, generator: torch.Generator, n: int, sample_shape: tuple[int, ...]) -> dict[str, Tensor]:
         """t ~ Uniform{0..T-1} and unit noise per sample."""
-        t = torch.randint(0, len(self.alphas_cumprod), (n,), generator=generator)
+        t = sample_timesteps(n, len(self.alphas_cumprod), generator=generator)
         return {"t": t, "noise": torch.randn((n, *sample_shape), generator=generator)}
 
     def loss(

@@ -9,10 +9,12 @@ from diffit.diffusion.denoisers import EDMPrecond, VPEpsDenoiser, check_sigma_da
 from diffit.diffusion.guidance import ClassifierFreeGuidance, GuidanceScale, PowerCosineScale
 from diffit.diffusion.losses import (
     adm_hybrid_loss,
+    check_log_normal,
     discretized_gaussian_log_likelihood,
     edm_loss,
     normal_kl,
     sample_timesteps,
+    sample_training_sigmas,
 )
 from diffit.diffusion.multistep import sample_dpmpp_3m, sample_ipndm, sample_unipc
 from diffit.diffusion.noise import NoiseSampler, PerSampleNoise, check_seeds, global_noise, per_sample_noise
@@ -83,6 +85,7 @@ __all__ = [
     "alpha_bar_to_sigma",
     "betas_to_alphas_cumprod",
     "bind_labels",
+    "check_log_normal",
     "check_seeds",
     "check_sigma_data",
     "check_sigmas",
@@ -111,6 +114,7 @@ __all__ = [
     "sample_heun",
     "sample_ipndm",
     "sample_timesteps",
+    "sample_training_sigmas",
     "sample_unipc",
     "schedule_sigmas",
     "sigma_to_alpha_bar",

@@ -51,16 +51,14 @@ def edm_loss(
     if not x0.is_floating_point():
         raise ValueError(f"x0 must be a floating-point tensor, got {x0.dtype}")
     check_sigma_data(sigma_data)
-    if not (0 < P_std < math.inf and math.isfinite(P_mean)):
-        raise ValueError(f"P_std must be finite and > 0, P_mean finite; got P_std={P_std}, P_mean={P_mean}")
+    check_log_normal(P_mean, P_std)
     if sigma is not None:
         check_sigma_shape(sigma, x0)
     if noise is not None and noise.shape != x0.shape:
         raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
     b = x0.shape[0]
     if sigma is None:
-        rnd = torch.randn(b, generator=generator, device=x0.device, dtype=torch.float32)
-        sigma = (rnd * P_std + P_mean).exp()
+        sigma = sample_training_sigmas(b, P_mean=P_mean, P_std=P_std, generator=generator, device=x0.device)
     sigma = sigma.to(device=x0.device, dtype=x0.dtype)
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     if noise is None:
@@ -69,6 +67,26 @@ def edm_loss(
     extra = {k: v for k, v in (("y", y), ("augment_labels", augment_labels)) if v is not None}
     denoised = precond_denoiser(x0 + n, sigma, **extra)
     return weight * _mean_flat((denoised - x0) ** 2)
+
+
+def check_log_normal(P_mean: float, P_std: float) -> None:
+    """ValueError unless ln sigma ~ N(P_mean, P_std^2) is a distribution: P_std finite and > 0, P_mean finite."""
+    if not (0 < P_std < math.inf and math.isfinite(P_mean)):
+        raise ValueError(f"P_std must be finite and > 0, P_mean finite; got P_std={P_std}, P_mean={P_mean}")
+
+
+def sample_training_sigmas(
+    batch_size: int,
+    *,
+    P_mean: float = -1.2,
+    P_std: float = 1.2,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Float[Tensor, " b"]:
+    """sigma per sample with ln sigma ~ N(P_mean, P_std^2), in float32: EDM's training distribution (Table 1)."""
+    check_integer("batch_size", batch_size, minimum=0)
+    check_log_normal(P_mean, P_std)
+    return (torch.randn(batch_size, generator=generator, device=device, dtype=torch.float32) * P_std + P_mean).exp()
 
 
 def sample_timesteps(
