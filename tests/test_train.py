@@ -84,9 +84,8 @@ def test_micro_batches_equal_one_batch(tmp_path: Path) -> None:
     logs = [[json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in "ab"]
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2, 3]
     for a, b in zip(*logs, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(
-            b["grad_norm"], rel=1e-4
-        )
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
 
 
 def test_a_step_clips_the_gradient_norm_and_decays_the_weights_decoupled(tmp_path: Path) -> None:
