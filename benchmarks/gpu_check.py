@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes: the same code paths in seconds")
     parser.add_argument("--out", default="runs/gpu-check", help="directory for the JSON record and the table")
     parser.add_argument("--parts", default=",".join(PART_NAMES), help="comma-separated subset of the parts")
-    parser.add_argument("--budget-s", type=float, default=470.0, help="stop starting parts after this long")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="stop starting parts after this long")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--part-extra", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -19,6 +19,7 @@ from diffit.nn import (
     diffit_tiny,
     flex_available,
     latent_diffit_s_2,
+    measure_backends,
     relative_position_index,
     set_attention_backend,
 )
@@ -142,3 +143,14 @@ def test_auto_is_sdpa_on_cpu_and_flex_model_matches() -> None:
         assert torch.equal(model.set_attention_backend("auto")(x, sigma, y), ref)
         out = model.set_attention_backend("flex")(x, sigma, y)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_measure_backends_says_why_flex_was_refused() -> None:
+    """Where flex cannot run (here: torch has no CPU FlexAttention backward), "auto"'s timing gives it inf and
+    warns once with the layer, the input and torch's reason, instead of falling back to SDPA in silence."""
+    attn = TMSA(dim=8, time_dim=8, num_heads=2, window=4)
+    x = torch.randn(1, 8, 8, 8)
+    with pytest.warns(RuntimeWarning, match=r"TMSA\(dim=8, num_heads=2, window=4\): flex attention failed on a "
+                      r"\(1, 8, 8, 8\) torch.float32 input \(\w+: .+\); SDPA is used") as caught:  # fmt: skip
+        times = measure_backends(attn, x, None, backward=True, repeats=1)
+    assert len(caught) == 1 and times["flex"] == float("inf") and 0 < times["sdpa"] < float("inf")

@@ -29,6 +29,7 @@ part of the state dict or the model's config, so checkpoints load unchanged):
 
 import math
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -235,7 +236,8 @@ def measure_backends(
 ) -> dict[str, float]:
     """Median seconds of ``attn`` on ``x`` with each of SDPA and flex (forward, or forward + backward to the
     input and the bias table; parameter ``.grad`` is never touched), after an uncounted warm-up call that
-    also compiles flex's kernels; inf for flex where it fails to run. What ``"auto"`` decides from."""
+    also compiles flex's kernels; inf for flex where it fails to run, with a warning that says why. What
+    ``"auto"`` decides from."""
 
     def call(backend: str) -> None:
         with torch.set_grad_enabled(backward):
@@ -252,9 +254,16 @@ def measure_backends(
     for backend in ("sdpa", "flex"):
         try:
             call(backend)  # warm-up (and compilation)
-        except Exception:  # flex cannot run this shape here (a head width its kernels lack, no compiler): SDPA
+        except Exception as err:  # flex cannot run this shape here (a head width its kernels lack, no compiler)
             if backend == "sdpa":
                 raise
+            reason = (str(err).strip().splitlines() or [""])[0][:300]
+            warnings.warn(
+                f"TMSA(dim={attn.dim}, num_heads={attn.num_heads}, window={attn.window}): flex attention failed on a "
+                f"{tuple(x.shape)} {x.dtype} input ({type(err).__name__}: {reason}); SDPA is used",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             times[backend] = math.inf
             continue
         samples = []
