@@ -160,7 +160,7 @@ def test_loss_arguments_are_named_not_broadcast_or_turned_into_nan() -> None:
         loss(net, x0, noise=torch.randn(1, 2))  # one noise sample for the whole batch, before
     with pytest.raises(ValueError, match=r"^sigma must have shape \(4,\), one noise level per sample of x, got \(\)$"):
         loss(net, x0, sigma=torch.tensor(1.0))
-    with pytest.raises(ValueError, match=r"^P_std must be finite and > 0"):
+    with pytest.raises(ValueError, match=r"^P_std must be a finite number > 0, got nan$"):
         edm_loss(net, x0, P_std=math.nan)  # a NaN loss before
     with pytest.raises(ValueError, match=r"^sigma_data must be a finite number > 0, got 0"):
         edm_loss(net, x0, sigma_data=0)

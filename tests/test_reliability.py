@@ -695,8 +695,8 @@ def test_every_cli_option_has_a_spelling_that_torchrun_passes_through() -> None:
     [
         ({"sigma_data": float("nan")}, "^sigma_data must be a finite number > 0, got nan$"),
         ({"sigma_data": 0.0}, "^sigma_data must be a finite number > 0, got 0.0$"),
-        ({"P_std": 0.0}, "^P_std must be finite and > 0, P_mean finite; got P_std=0.0, P_mean=-1.2$"),
-        ({"P_mean": float("inf")}, "^P_std must be finite and > 0, P_mean finite; got P_std=1.2, P_mean=inf$"),
+        ({"P_std": 0.0}, "^P_std must be a finite number > 0, got 0.0$"),
+        ({"P_mean": float("inf")}, "^P_mean must be a finite number, got inf$"),
         ({"augment_p": 1.5}, "^augment_p must be in \\[0, 1\\], got 1.5$"),
         ({"rho": float("nan")}, "rho"),
     ],

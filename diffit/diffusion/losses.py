@@ -71,8 +71,10 @@ def edm_loss(
 
 def check_log_normal(P_mean: float, P_std: float) -> None:
     """ValueError unless ln sigma ~ N(P_mean, P_std^2) is a distribution: P_std finite and > 0, P_mean finite."""
-    if not (0 < P_std < math.inf and math.isfinite(P_mean)):
-        raise ValueError(f"P_std must be finite and > 0, P_mean finite; got P_std={P_std}, P_mean={P_mean}")
+    if not 0 < P_std < math.inf:
+        raise ValueError(f"P_std must be a finite number > 0, got {P_std}")
+    if not math.isfinite(P_mean):
+        raise ValueError(f"P_mean must be a finite number, got {P_mean}")
 
 
 def sample_training_sigmas(
