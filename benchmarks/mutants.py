@@ -24,11 +24,12 @@ PIPELINES, SHARDS = "tests/test_data_pipelines.py", "tests/test_data_shards.py"
 TRAIN = "tests/test_train.py"
 ENCODE = "tests/test_data_encode.py"
 AUGMENT, EVAL = "tests/test_augment.py", "tests/test_eval.py"
-SAMPLE = "tests/test_sample.py"
+SAMPLE, NFE = "tests/test_sample.py", "tests/test_sample_nfe.py"
 MULTISTEP = "tests/test_diffusion_multistep.py"
 EMA_TEST = TRAIN + "::test_ema_update_and_warmup"
 UNET, LATENT, RELEASE = "tests/test_nn_unet.py", "tests/test_nn_latent.py", "tests/test_release.py"
 TRAIN_CLI = "tests/test_train_cli.py::test_every_option_reaches_train_with_its_value"
+RUNS = ["tests/test_open_library.py", "tests/test_reliability.py", "tests/test_train_cli.py"]
 
 # (file, original text, mutated text, tests that must fail)
 MUTANTS: list[tuple[str, str, str, list[str]]] = [
@@ -397,6 +398,47 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         "radii[r0:r1] = best[:, k - 1]",
         ["tests/test_eval_manifold.py"],
     ),
+    # runs: what a run decides from the data before it starts (pass 6)
+    ("diffit/runs.py", "flip = data is not None if flip is None else flip", "flip = data is not None", RUNS),
+    ("diffit/runs.py", "counts = shard_counts(urls, manifest)", "counts = None", RUNS),
+    (
+        "diffit/runs.py",
+        "rank=rank, world_size=world_size, flip=self.flip)",
+        "rank=rank, world_size=1, flip=self.flip)",
+        RUNS,
+    ),
+    ("diffit/runs.py", "net.set_grad_checkpointing(True)", "net.set_grad_checkpointing(False)", RUNS),
+    ("diffit/runs.py", "manifest.classes > 0 else None", "manifest.classes > 1 else None", RUNS),
+    (
+        "diffit/runs.py",
+        'writes no sample grids", UserWarning, stacklevel=2)\n        return False',
+        'writes no sample grids", UserWarning, stacklevel=2)\n        return True',
+        RUNS,
+    ),
+    # distributed: collectives and the process group
+    (
+        "diffit/distributed.py",
+        "return _all_reduce(x, dist.ReduceOp.SUM, info) / info.world_size if info.enabled else x",
+        "return _all_reduce(x, dist.ReduceOp.SUM, info) if info.enabled else x",
+        [TRAIN],
+    ),
+    ("diffit/distributed.py", "zip(flats, sizes, strict=True)", "zip(flats[::-1], sizes[::-1], strict=True)", [TRAIN]),
+    (
+        "diffit/distributed.py",
+        'launched = world > 1 or ("MASTER_ADDR" in os.environ and "RANK" in os.environ)',
+        "launched = world > 1",
+        [TRAIN, "tests/test_train_cli.py"],
+    ),
+    # generation: seeds over ranks, the fitted schedule, grids
+    ("diffit/generate.py", "return gathered[order]", "return gathered", [SAMPLE]),
+    ("diffit/generate.py", "x * sigma_max, steps, sigma_min", "x, steps, sigma_min", [SAMPLE, NFE]),
+    (
+        "diffit/generate.py",
+        "len(FIT_SEEDS) * (1 if guidance.scale == 1.0 else 2)",
+        "len(FIT_SEEDS)",
+        [SAMPLE, NFE],
+    ),
+    ("diffit/generate.py", "cols = nrow or int(np.ceil(np.sqrt(b)))", "cols = int(np.ceil(np.sqrt(b)))", [SAMPLE]),
 ]
 
 
@@ -418,15 +460,17 @@ def main() -> None:
     survived = 0
     with tempfile.TemporaryDirectory() as tmp:
         tree_copy(tmp)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        # The copy's diffit and CLI must be the ones imported: run from the copy, whose folder comes first on
-        # sys.path, with diffit_cli (installed from cli/) linked to the copy's cli/.
+        # The copy's diffit and CLI must be the ones imported, also by the processes tests start from other
+        # folders (two-rank workers, the CLI): the copy comes first on PYTHONPATH, with diffit_cli (installed
+        # from cli/) linked to the copy's cli/.
+        env = {**os.environ, "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")]))}  # fmt: skip
         os.symlink("cli", os.path.join(tmp, "diffit_cli"))
-        for package in ("diffit", "diffit_cli"):
-            where = subprocess.run([sys.executable, "-c", f"import {package}; print({package}.__file__)"], cwd=tmp,
+        for package, cwd in [(p, c) for p in ("diffit", "diffit_cli") for c in (tmp, os.path.dirname(tmp))]:
+            where = subprocess.run([sys.executable, "-c", f"import {package}; print({package}.__file__)"], cwd=cwd,
                                    env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
             if not where.startswith((os.path.realpath(tmp), tmp)):
-                sys.exit(f"{package} imports from {where}, not from the copy: the mutants would not be tested")
+                sys.exit(f"{package} imports from {where} (run in {cwd}), not from the copy: mutants go untested")
         print(f"{'#':>3} | {'result':<8} | {'s':>4} | mutant")
         for i, (path, old, new, tests) in enumerate(chosen):
             source = open(os.path.join(tmp, path)).read()

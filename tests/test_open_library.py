@@ -20,7 +20,7 @@ from diffit.distributed import DistInfo
 from diffit.generate import generate
 from diffit.nn import capture_config
 from diffit.objectives import EDMObjective
-from diffit.runs import IMAGE_PRESETS, LATENT_PRESETS, training_data
+from diffit.runs import IMAGE_PRESETS, LATENT_PRESETS, build_backbone, training_data
 from diffit.train import step_generator, train
 from diffit_cli.main import app
 
@@ -203,3 +203,48 @@ def test_runs_saved_before_an_argument_existed_still_resume(tmp_path: Path) -> N
         run(tmp_path, 4, model=tiny(time_conditioning="adaln"), resume=True)
     with pytest.raises(ValueError, match="is for model ImageDiffiT"):  # the current preset is another model
         run(tmp_path, 4, model=tiny(label_init_std=0.5, gelu="none"), resume=True)
+
+
+def test_training_data_gives_each_rank_its_slice_of_the_global_batch() -> None:
+    """``TrainingData.batches`` passes rank and world size on: RAM-held data's two ranks hold the two halves of
+    the one-process global batch; a stream's two ranks read half a batch each, of different samples."""
+    held = training_data(None)
+    whole = next(held.batches(batch_size=8, seed=0)(0))
+    halves = [next(held.batches(batch_size=8, seed=0, rank=r, world_size=2)(0)) for r in (0, 1)]
+    for k in (0, 1):  # images, labels
+        assert torch.equal(torch.cat([h[k] for h in halves]), whole[k])
+    stream = training_data(None, memory_limit=0)
+    parts = [next(stream.batches(batch_size=8, seed=0, rank=r, world_size=2)(0)) for r in (0, 1)]
+    assert stream.kind == "stream" and [len(p[0]) for p in parts] == [4, 4]
+    assert not torch.equal(parts[0][0], parts[1][0])
+
+
+def test_build_backbone_switches_gradient_checkpointing_on() -> None:
+    """With ``grad_checkpointing`` a ResBlock's forward starts again in the backward pass (a pre-hook counts it:
+    torch stops a recomputation once it holds what the backward needs, before any forward hook)."""
+    from diffit.nn.blocks import ResBlock
+
+    data = training_data(None)
+    calls = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        net = build_backbone(data, model="tiny", grad_checkpointing=on).train()
+        block = next(m for m in net.modules() if isinstance(m, ResBlock))
+        count = [0]
+        block.register_forward_pre_hook(lambda *args, count=count: count.__setitem__(0, count[0] + 1))
+        net(
+            torch.randn(2, 1, data.resolution, data.resolution), torch.zeros(2), torch.tensor([1, 2])
+        ).square().sum().backward()
+        calls.append(count[0])
+    assert calls == [1, 2]
+
+
+def test_one_class_data_gives_a_conditional_model_and_unlabelled_data_an_unconditional_one(tmp_path: Path) -> None:
+    np.savez(tmp_path / "one.npz", images=np.zeros((4, 16, 16), np.uint8), labels=np.zeros(4, np.int64))
+    np.save(tmp_path / "none.npy", np.zeros((4, 16, 16), np.uint8))
+    found = []
+    for name, src in (("one", "one.npz"), ("none", "none.npy")):
+        write_image_shards(array_source(str(tmp_path / src)), str(tmp_path / name / "s-%03d.tar"))
+        data = training_data(str(tmp_path / name / "s-000.tar"))
+        found.append((data.num_classes, build_backbone(data, model="tiny").num_classes))
+    assert found == [(1, 1), (None, None)]

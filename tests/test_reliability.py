@@ -479,6 +479,23 @@ def test_a_part_of_a_shard_set_is_counted_as_the_part(tmp_path: Path) -> None:
     assert (part.describe()["shards"], part.content_hash) == (1, whole.content_hash)
 
 
+def test_flip_defaults_by_data_and_an_explicit_choice_reaches_the_batches(tmp_path: Path) -> None:
+    """Mirroring is on by default for the user's data and off for the digits (not mirror-symmetric); ``flip=``
+    overrides either default, and only then do the batches hold mirrored images."""
+    np.save(tmp_path / "a.npy", np.arange(16, dtype=np.uint8).reshape(1, 4, 4).repeat(16, 0))  # left != right
+    write_image_shards(array_source(str(tmp_path / "a.npy")), str(tmp_path / "s" / "s-%03d.tar"))
+    url = str(tmp_path / "s" / "s-000.tar")
+    assert [training_data(url).flip, training_data(url, flip=False).flip] == [True, False]
+    assert [training_data(None).flip, training_data(None, flip=True).flip] == [False, True]
+    plain, flipped = (next(training_data(url, flip=f).batches(batch_size=16, seed=0)(0))[0] for f in (False, True))
+    image = plain[0]
+    assert not torch.equal(image, image.flip(-1)) and all(torch.equal(img, image) for img in plain)
+    mirrored = [torch.equal(img, image.flip(-1)) for img in flipped]
+    assert 0 < sum(mirrored) < 16 and all(
+        m or torch.equal(img, image) for m, img in zip(mirrored, flipped, strict=True)
+    )
+
+
 class NaNAtEnd(EDMObjective):
     def __init__(self, bad_from: int) -> None:
         super().__init__()

@@ -152,6 +152,16 @@ def test_guided_denoiser_applies_the_scale_and_channels_it_is_given() -> None:
         torch.testing.assert_close(guided[:, k:], cond[:, k:])
 
 
+def test_make_grid_tiles_images_row_by_row_in_nrow_columns_between_black_padding() -> None:
+    images = torch.arange(1, 7, dtype=torch.uint8).view(6, 1, 1, 1) * torch.ones(1, 2, 2, 1, dtype=torch.uint8)
+    grid = make_grid(images, nrow=2, pad=1)  # 3 rows of 2
+    assert grid.shape == (3 * 3 + 1, 2 * 3 + 1, 1) and grid.sum() == 4 * sum(range(1, 7))  # padding stays 0
+    for i in range(6):
+        r, c = divmod(i, 2)
+        assert (grid[1 + 3 * r : 3 + 3 * r, 1 + 3 * c : 3 + 3 * c] == i + 1).all()
+    assert make_grid(images, pad=0).shape == (2 * 2, 3 * 2, 1)  # no nrow: ceil(sqrt(6)) = 3 columns
+
+
 def test_grids_and_class_lists_refuse_what_they_would_silently_change() -> None:
     images = torch.zeros(4, 2, 2, 1, dtype=torch.uint8)
     with pytest.raises(ValueError, match=r"^nrow must be an integer >= 1, got 0$"):  # a square grid before

@@ -58,6 +58,9 @@ def test_cli_fitted_schedule_records_its_cost(tmp_path: Path, ckpt: Path, monkey
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["schedule"] == "optimized" and record["schedule_fit_nfe"] == 15 * 2
     assert record["nfe_per_image"] == 5 and len(record["sigmas"]) == 6 and record["sigmas"][-1] == 0
+    res = runner.invoke(app, [*args, "--cfg", "2"])  # guided: the fit evaluates both denoisers
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.with_suffix(".json").read_text())["schedule_fit_nfe"] == 15 * 2 * 2
 
 
 @pytest.mark.parametrize(
@@ -76,3 +79,33 @@ def test_cli_bad_budget_or_schedule_exits_2(tmp_path: Path, ckpt: Path, extra: l
     assert message in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
+
+
+def test_fitted_sigmas_fit_the_models_guided_denoiser_from_each_seeds_noise_at_sigma_max(monkeypatch) -> None:
+    """The "optimized" schedule is ``optimized_sigmas`` on the model's own guided denoiser, started from every
+    seed's noise scaled to sigma_max with that seed's random class (what reaches it is recorded: on a tiny
+    model, a start of the wrong scale can pick the same sigmas)."""
+    import torch
+    from helpers import tiny_image_diffit
+
+    from diffit.diffusion import per_sample_noise
+    from diffit.generate import Guidance, fitted_sigmas, guided_denoiser, random_labels, sigma_range
+    from diffit.objectives import default_objective
+
+    model, seeds, guidance = tiny_image_diffit().eval(), [7, 8, 9], Guidance(scale=2.0)
+    objective = default_objective(model)
+    lo, hi = sigma_range(objective)
+    seen = {}
+
+    def spy(denoiser, x, n, sigma_min, sigma_max, *, fine_steps):  # type: ignore[no-untyped-def]
+        seen.update(denoiser=denoiser, x=x, args=(n, sigma_min, sigma_max, fine_steps))
+        return torch.linspace(sigma_max, 0, n + 1, dtype=torch.float64)
+
+    monkeypatch.setattr(generate_module, "optimized_sigmas", spy)
+    with torch.no_grad():
+        got = fitted_sigmas(model, 4, guidance=guidance, seeds=seeds, fine_steps=6)
+        assert torch.equal(seen["x"], per_sample_noise(seeds, (1, 8, 8))() * hi) and seen["args"] == (4, lo, hi, 6)
+        y, sigma = torch.randn(3, 1, 8, 8), torch.full((3,), 2.0)
+        want = guided_denoiser(model, random_labels(seeds, model.num_classes), guidance, objective)(y, sigma)
+        assert torch.equal(seen["denoiser"](y, sigma), want)
+    assert got.dtype == torch.float32 and got[0] == hi and len(got) == 5

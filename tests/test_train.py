@@ -274,6 +274,27 @@ def test_collectives_wait_until_another_thread_lets_go_and_give_up_once(monkeypa
     assert len(gathered) == 1 and gathered[0] is t
 
 
+def test_a_process_torchrun_started_alone_joins_a_group_and_a_plain_one_does_not() -> None:
+    """Under torchrun (RANK, MASTER_ADDR...) even a world of one creates the process group, so a one-GPU job runs
+    the DDP code of a multi-GPU one; a plain process creates none."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = (
+        "from diffit.distributed import init_distributed, shutdown; i = init_distributed('cpu'); "
+        "print(i.group, i.enabled, i.world_size); shutdown(i)"
+    )
+    torchrun = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    plain = {k: v for k, v in os.environ.items() if k not in torchrun}
+    found = [
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout.split()
+        for env in ({**plain, **torchrun}, plain)
+    ]
+    assert found == [["True", "True", "1"], ["False", "False", "1"]]
+
+
 @pytest.mark.slow
 def test_ranks_exit_cleanly_right_after_a_collective(tmp_path: Path) -> None:
     """A rank that leaves right after diffit's collectives, with DDP still holding the gloo group, exits with 0.
@@ -316,7 +337,7 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
         "    seen['model'] = model\n"
         "    return orig(model)\n"
         "T.make_ema = spy\n"
-        f"run(Path({str(tmp_path / 'ddp')!r}), 3, dist=dist, micro_batch=2)\n"
+        f"run(Path({str(tmp_path / 'ddp')!r}), 3, dist=dist, micro_batch=2, log_every=1)\n"
         "save_file({k: v.contiguous() for k, v in seen['model'].state_dict().items()},\n"
         f"          {str(tmp_path)!r} + f'/rank{{dist.rank}}.safetensors')\n"
         "shutdown(dist)\n"
@@ -325,9 +346,12 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
     r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k  # replicas stay bit-identical
-    single = weights(run(tmp_path / "single", 3, micro_batch=4).checkpoint)["model.safetensors"]
+    single = weights(run(tmp_path / "single", 3, micro_batch=4, log_every=1).checkpoint)["model.safetensors"]
     for k in r0:
         torch.testing.assert_close(r0[k], single[k], atol=5e-5, rtol=1e-4)
+    logged = [[e["loss"] for e in map(json.loads, (tmp_path / d / "log.jsonl").read_text().splitlines())
+               if e["event"] == "log"] for d in ("ddp", "single")]  # fmt: skip
+    assert len(logged[0]) == 3 and logged[0] == pytest.approx(logged[1], rel=1e-4)  # the mean over both ranks
 
 
 @pytest.mark.slow
