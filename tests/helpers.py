@@ -21,11 +21,16 @@ def tiny_image_diffit(num_classes: int | None = 3) -> ImageDiffiT:
     )  # fmt: skip
 
 
-def run_two_ranks(script: Path, *args: str, timeout: float = 240) -> None:
-    """Run ``script`` (with ``args``) as ranks 0 and 1 of a job on a free local port; both must exit with 0."""
+def free_port() -> int:
+    """A local TCP port nothing listens on now (for a job's MASTER_PORT)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def run_two_ranks(script: Path, *args: str, timeout: float = 240) -> None:
+    """Run ``script`` (with ``args``) as ranks 0 and 1 of a job on a free local port; both must exit with 0."""
+    port = free_port()
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_two_ranks, tiny_image_diffit
+from helpers import free_port, run_two_ranks, tiny_image_diffit
 from safetensors.torch import load_file
 
 import diffit.checkpoint as ckpt_mod
@@ -277,16 +277,17 @@ def test_collectives_wait_until_another_thread_lets_go_and_give_up_once(monkeypa
 def test_a_process_torchrun_started_alone_joins_a_group_and_a_plain_one_does_not() -> None:
     """Under torchrun (RANK, MASTER_ADDR...) even a world of one creates the process group, so a one-GPU job runs
     the DDP code of a multi-GPU one; a plain process creates none."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     code = (
         "from diffit.distributed import init_distributed, shutdown; i = init_distributed('cpu'); "
         "print(i.group, i.enabled, i.world_size); shutdown(i)"
     )
-    torchrun = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    torchrun = {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
     plain = {k: v for k, v in os.environ.items() if k not in torchrun}
     found = [
         subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout.split()
