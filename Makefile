@@ -49,10 +49,11 @@ figures: $(STAMP)
 # One command on a CUDA machine (< 8 min on an H100): correctness, attention kernels, XL/2 training and sampling
 # throughput, `diffit train` end to end, and exits right after collectives; writes
 # runs/gpu-check/gpu_check.{json,md}. GPU_PY is a Python whose torch has CUDA and diffit's dependencies (.venv
-# holds the CPU build); diffit runs from this source tree.
+# holds the CPU build); diffit runs from this source tree, ahead of any PYTHONPATH already set (where packages
+# missing on that machine, such as beartype and webdataset, can be installed with pip --target).
 GPU_PY ?= python3
 gpu-check:
-	PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(GPU_PY) benchmarks/gpu_check.py --device cuda --out runs/gpu-check
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} HF_HUB_OFFLINE=1 $(GPU_PY) benchmarks/gpu_check.py --device cuda --out runs/gpu-check
 
 clean:
 	rm -rf $(VENV) build *.egg-info

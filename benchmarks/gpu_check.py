@@ -33,8 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gpu_check_parts as parts
 import torch
+
+try:
+    import gpu_check_parts as parts
+except ImportError as missing:  # a GPU machine's own Python often lacks some of diffit's dependencies
+    print(f"error: {missing}: this Python lacks a dependency of diffit; install it, or pip install --target DIR and "
+          "set PYTHONPATH=DIR (make gpu-check keeps it)", file=sys.stderr)  # fmt: skip
+    sys.exit(2)
 
 PART_NAMES = [
     "correctness", "attention", "train_step_eager", "train_step_compiled", "sampling", "train_cli", "teardown",

@@ -62,3 +62,16 @@ def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "CUDA is not available" in proc.stderr
+
+
+def test_gpu_check_names_a_missing_dependency_in_one_line(tmp_path: Path) -> None:
+    """Run with a GPU machine's own Python, which may lack webdataset (say): one line and exit 2, not a traceback."""
+    code = (
+        "import runpy, sys; sys.modules['webdataset'] = None; sys.path.insert(0, sys.argv[1]); "
+        "sys.argv = [sys.argv[2], '--device', 'cuda', '--out', sys.argv[3]]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(SCRIPT.parent), str(SCRIPT), str(tmp_path)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("error: import of webdataset halted") and "PYTHONPATH=DIR" in proc.stderr
