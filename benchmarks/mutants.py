@@ -6,9 +6,10 @@ and confirm that the tests meant to guard each one fail.
 Each mutant is one source edit, applied to a copy of the working tree in a temporary folder (the checkout is never
 touched), then the named tests run there with ``-x``. A mutant is caught when they fail. The list holds the
 mutants that a hand-made pass (2026-11-27) found surviving the suite, with the tests added for them, beside the
-caught ones that guard the same promises: resume and exact-once data, the EDM/ADM formulas, samplers, guidance,
-EMA, checkpoint rotation, the U-Net and its blocks, the release loader, the CLI's options and evaluation. Prints
-one row per mutant and exits 1 if any survived.
+caught ones that guard the same promises: resume and exact-once data, the shards' bytes and content hash, the
+EDM/ADM formulas, samplers, guidance, EMA, checkpoint rotation, the U-Net and its blocks, the release loader, what a
+run decides from its data, the collectives, the CLI's options and evaluation. Prints one row per mutant and exits 1
+if any survived (docs/benchmarks.md, "Mutation check", lists each pass).
 """
 
 import argparse
@@ -29,6 +30,7 @@ MULTISTEP = "tests/test_diffusion_multistep.py"
 EMA_TEST = TRAIN + "::test_ema_update_and_warmup"
 UNET, LATENT, RELEASE = "tests/test_nn_unet.py", "tests/test_nn_latent.py", "tests/test_release.py"
 TRAIN_CLI = "tests/test_train_cli.py::test_every_option_reaches_train_with_its_value"
+WRITE = [SHARDS, "tests/test_data_cli.py"]
 RUNS = ["tests/test_open_library.py", "tests/test_reliability.py", "tests/test_train_cli.py"]
 
 # (file, original text, mutated text, tests that must fail)
@@ -439,6 +441,29 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         [SAMPLE, NFE],
     ),
     ("diffit/generate.py", "cols = nrow or int(np.ceil(np.sqrt(b)))", "cols = int(np.ceil(np.sqrt(b)))", [SAMPLE]),
+    # data writing: deterministic shards, the content hash, image sources (pass 7)
+    ("diffit/data/shards.py", "fileobj=self._files[0], mtime=0))", "fileobj=self._files[0], mtime=None))", WRITE),
+    ("diffit/data/shards.py", 'gzip.GzipFile(filename="", mode="wb"', 'gzip.GzipFile(filename=path, mode="wb"', WRITE),
+    (
+        "diffit/data/shards.py",
+        '"\\n".join(s.sha256 for s in shards).encode()',
+        '"\\n".join(sorted(s.sha256 for s in shards)).encode()',
+        WRITE + [PIPELINES, "tests/test_reliability.py"],
+    ),
+    ("diffit/data/shards.py", "        if key in self._keys:\n", "        if False:\n", WRITE),
+    ("diffit/data/shards.py", "os.remove(self._files[-1].name)", "pass", WRITE),
+    (
+        "diffit/data/writing.py",
+        "for d, found in subfolders.items() if found]",
+        "for d, found in subfolders.items()]",
+        WRITE,
+    ),
+    (
+        "diffit/data/writing.py",
+        "img = img.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)",
+        "img = img.resize((resolution, resolution), resample=Image.Resampling.BILINEAR)",
+        WRITE,
+    ),
 ]
 
 

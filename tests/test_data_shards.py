@@ -31,7 +31,7 @@ from diffit.data import (
     write_digits_shards,
     write_image_shards,
 )
-from diffit.data.shards import brace_count
+from diffit.data.shards import brace_count, content_hash
 from diffit.data.writing import DIGITS_PATTERN
 
 
@@ -62,7 +62,11 @@ def test_writer_is_byte_deterministic_and_gzip_hash_is_of_the_tar(tmp_path):
     b = _write(str(tmp_path / "y-%03d.tar.gz"), 5)
     raw = (tmp_path / "x-000.tar").read_bytes()
     assert a[0].sha256 == hashlib.sha256(raw).hexdigest() == b[0].sha256
-    assert gzip.decompress((tmp_path / "y-000.tar.gz").read_bytes()) == raw
+    gz = (tmp_path / "y-000.tar.gz").read_bytes()
+    assert gzip.decompress(gz) == raw
+    assert gz[3] & 0x08 == 0 and gz[4:8] == bytes(4)  # the gzip header (RFC 1952) holds no file name and mtime 0
+    _write(str(tmp_path / "other-name-%03d.tar.gz"), 5)
+    assert (tmp_path / "other-name-000.tar.gz").read_bytes() == gz
     with tarfile.open(tmp_path / "x-000.tar") as tar:
         assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in tar.getmembers())
 
@@ -295,3 +299,29 @@ def test_encoder_settings_out_of_range_are_refused_naming_them(tmp_path) -> None
     with pytest.raises(ValueError, match=r"^jpeg_quality must be an integer in \[1, 100\], got 0$"):
         write_image_shards(array_source_of(tmp_path), str(tmp_path / "o" / "a-%03d.tar"), jpeg_quality=0)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_without_images_is_no_class_and_a_plain_resize_is_bicubic(tmp_path):
+    """Class ids count only the subfolders that hold images (an empty one would shift every later label), and
+    without --center-crop the images are resized with PIL's bicubic filter, as the docs say."""
+    img = np.random.default_rng(0).integers(0, 256, (12, 12), dtype=np.uint8)
+    for name in ("a", "b", "c"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+    Image.fromarray(img).save(tmp_path / "src" / "a" / "0.png")
+    Image.fromarray(255 - img).save(tmp_path / "src" / "c" / "0.png")  # "b" holds no image
+    source = folder_source(str(tmp_path / "src"))
+    assert source.class_names == ["a", "c"] and [label for _, _, label in source.samples()] == [0, 1]
+    write_image_shards(source, str(tmp_path / "s" / "s-%03d.tar"), resolution=8)
+    images, labels = load_images(str(tmp_path / "s" / "s-000.tar"))
+    for i, pixels in enumerate((img, 255 - img)):
+        want = np.asarray(Image.fromarray(pixels).resize((8, 8), resample=Image.Resampling.BICUBIC))
+        assert np.array_equal(images[i, 0].numpy(), want)
+    assert labels.tolist() == [0, 1] and read_manifest(str(tmp_path / "s")).classes == 2
+
+
+def test_the_content_hash_is_over_the_shards_in_order(tmp_path):
+    """docs/data-format.md: sha256 over the shards' sha256 in order. The same shards in another order stream other
+    batches, so they are other data to a resumed run."""
+    shards = _write(str(tmp_path / "x-%03d.tar"), 6, max_count=3)
+    assert content_hash(shards) == hashlib.sha256("\n".join(s.sha256 for s in shards).encode()).hexdigest()
+    assert content_hash(shards[::-1]) != content_hash(shards)
