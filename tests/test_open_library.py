@@ -19,6 +19,7 @@ from diffit.diffusion import sample_euler, sample_heun
 from diffit.distributed import DistInfo
 from diffit.generate import generate
 from diffit.nn import capture_config
+from diffit.nn.blocks import ResBlock
 from diffit.objectives import EDMObjective
 from diffit.runs import IMAGE_PRESETS, LATENT_PRESETS, build_backbone, training_data
 from diffit.train import step_generator, train
@@ -222,8 +223,6 @@ def test_training_data_gives_each_rank_its_slice_of_the_global_batch() -> None:
 def test_build_backbone_switches_gradient_checkpointing_on() -> None:
     """With ``grad_checkpointing`` a ResBlock's forward starts again in the backward pass (a pre-hook counts it:
     torch stops a recomputation once it holds what the backward needs, before any forward hook)."""
-    from diffit.nn.blocks import ResBlock
-
     data = training_data(None)
     calls = []
     for on in (False, True):

@@ -4,10 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import tiny_image_diffit
 from test_sample import ckpt, runner  # noqa: F401 (the module-scoped checkpoint fixture)
 
 import diffit.generate as generate_module
-from diffit.diffusion import plan_sampling
+from diffit.diffusion import per_sample_noise, plan_sampling
+from diffit.generate import Guidance, fitted_sigmas, guided_denoiser, random_labels, sigma_range
+from diffit.objectives import default_objective
 from diffit_cli.main import app
 
 
@@ -85,13 +89,6 @@ def test_fitted_sigmas_fit_the_models_guided_denoiser_from_each_seeds_noise_at_s
     """The "optimized" schedule is ``optimized_sigmas`` on the model's own guided denoiser, started from every
     seed's noise scaled to sigma_max with that seed's random class (what reaches it is recorded: on a tiny
     model, a start of the wrong scale can pick the same sigmas)."""
-    import torch
-    from helpers import tiny_image_diffit
-
-    from diffit.diffusion import per_sample_noise
-    from diffit.generate import Guidance, fitted_sigmas, guided_denoiser, random_labels, sigma_range
-    from diffit.objectives import default_objective
-
     model, seeds, guidance = tiny_image_diffit().eval(), [7, 8, 9], Guidance(scale=2.0)
     objective = default_objective(model)
     lo, hi = sigma_range(objective)
