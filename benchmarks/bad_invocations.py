@@ -141,6 +141,7 @@ data shard notes.txt out/x-%03d.tar
 data shard full out/x.tar
 data shard full out/x-%03d.tar --res 0
 data shard full out/x-%03d.tar --max-count 0
+data shard full out/x-%03d.tar --workers -1
 data digits --res 0
 data digits --res 100000
 data shard full out/x-%03d.tar --center-crop

@@ -460,10 +460,24 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
     ),
     (
         "diffit/data/writing.py",
-        "img = img.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)",
-        "img = img.resize((resolution, resolution), resample=Image.Resampling.BILINEAR)",
+        "img = img.resize((self.resolution, self.resolution), resample=Image.Resampling.BICUBIC)",
+        "img = img.resize((self.resolution, self.resolution), resample=Image.Resampling.BILINEAR)",
         WRITE,
     ),
+    # shard writing in worker processes
+    (
+        "diffit/data/writing.py",
+        "workers:\n                yield from pending.popleft()",
+        "workers:\n                yield from pending.pop()",
+        WRITE,
+    ),
+    (
+        "diffit/data/writing.py",
+        "pending:\n            yield from pending.popleft()",
+        "pending:\n            yield from pending.pop()",
+        WRITE,
+    ),
+    ("diffit/data/writing.py", "log.skip(str(size[0]), key, str(size[1]))", "pass  # log.skip", WRITE),
 ]
 
 

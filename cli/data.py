@@ -67,6 +67,14 @@ def shard(
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace a shard set already in the output folder (else refused).")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Processes that decode, resize and encode the images (0: this one); e.g. the CPU count for a "
+            "large set. The shards are byte-identical for every count.",
+        ),
+    ] = 0,
 ) -> None:
     """Write images as WebDataset shards plus dataset.json."""
     if digits:
@@ -80,7 +88,7 @@ def shard(
         if digits:
             source = digits_source(16 if res is None else res)
         elif os.path.isdir(src):
-            source = folder_source(src, log=log)
+            source = folder_source(src)
         else:
             source = array_source(src)
         with _bad_sample_summary(log), progress_bar("sharding") as progress:
@@ -96,6 +104,8 @@ def shard(
                 max_count=max_count,
                 max_size=max_size,
                 replace=replace,
+                workers=workers,
+                log=log,
                 progress=progress,
             )
     except (ValueError, OSError) as exc:

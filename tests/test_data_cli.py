@@ -145,10 +145,17 @@ def test_shard_skips_undecodable_files_and_reports_the_count(tmp_path):
     (tmp_path / "src").mkdir()
     Image.new("L", (4, 4)).save(tmp_path / "src" / "ok.png")
     (tmp_path / "src" / "broken.png").write_bytes(b"not a png")
-    result = runner.invoke(app, ["data", "shard", str(tmp_path / "src"), str(tmp_path / "o" / "s-%03d.tar")])
-    assert result.exit_code == 0, result.output
-    assert "warning: skipping bad sample 'broken'" in result.output and "skipped 1 bad sample(s)" in result.output
-    assert read_manifest(str(tmp_path / "o")).count == 1
+    for workers in ("0", "2"):  # the bad file is found in a worker process, and counted here
+        out = str(tmp_path / f"o{workers}" / "s-%03d.tar")
+        result = runner.invoke(app, ["data", "shard", str(tmp_path / "src"), out, "--workers", workers])
+        assert result.exit_code == 0, result.output
+        assert "warning: skipping bad sample 'broken'" in result.output and "skipped 1 bad sample(s)" in result.output
+        assert read_manifest(str(tmp_path / f"o{workers}")).count == 1
+    bad = runner.invoke(
+        app, ["data", "shard", str(tmp_path / "src"), str(tmp_path / "x" / "s-%03d.tar"), "--workers", "-1"]
+    )
+    assert bad.exit_code == 2 and "--workers must be an integer >= 0, got -1" in bad.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_npz_files_and_url_variables_exit_2_in_one_line_and_write_nothing(tmp_path, monkeypatch):

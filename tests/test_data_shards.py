@@ -14,6 +14,7 @@ from PIL import Image
 
 from diffit.data import (
     BadSampleLog,
+    BadSampleWarning,
     ImageSource,
     ShardWriter,
     array_source,
@@ -30,6 +31,7 @@ from diffit.data import (
     verify_shards,
     write_digits_shards,
     write_image_shards,
+    writing,
 )
 from diffit.data.shards import brace_count, content_hash
 from diffit.data.writing import DIGITS_PATTERN
@@ -149,17 +151,50 @@ def test_writer_rejects_bad_pattern_and_keys(tmp_path):
             w.write("ok", {"txt": b""})
 
 
-def test_failed_write_leaves_no_shards(tmp_path):
-    def samples():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_failed_write_leaves_no_shards(tmp_path, workers):
+    def samples(last):
         img = Image.new("L", (4, 4))
-        yield "a", img, 0
-        yield "b", img, 1
-        raise RuntimeError("source broke")
+        for i in range(40):  # more than the tasks in flight: shards are written before the failure
+            yield f"s{i}", img, i % 2
+        yield "last", last, 0
 
-    source = ImageSource(samples, 3, ["0", "1"], True)
-    with pytest.raises(RuntimeError):
-        write_image_shards(source, str(tmp_path / "f-%03d.tar"), max_count=1)
-    assert os.listdir(tmp_path) == []
+    for last, error in [(None, RuntimeError("source broke")), (7, None)]:
+
+        def failing(last=last, error=error):
+            yield from samples(last)
+            if error is not None:
+                raise error
+
+        source = ImageSource(failing, 41, ["0", "1"], True)
+        with pytest.raises(
+            RuntimeError if error else ValueError,
+            match="source broke|sample 'last': expected a PIL image or a path, got int",
+        ):
+            write_image_shards(source, str(tmp_path / "f-%03d.tar"), max_count=1, workers=workers)
+        assert os.listdir(tmp_path) == []
+
+
+def test_worker_processes_write_the_same_bytes_and_count_the_same_bad_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(writing, "CHUNK", 1)  # 25 tasks: more than the 8 that 2 workers keep in flight
+    for i in range(24):
+        (tmp_path / "src" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 256, (10 + i, 14, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "src" / f"c{i % 3}" / f"{i}.jpg", quality=90)
+    (tmp_path / "src" / "c1" / "broken.png").write_bytes(b"not a png")
+    written = {}
+    for workers in (0, 2):
+        log, out = BadSampleLog(), tmp_path / f"out{workers}"
+        with pytest.warns(BadSampleWarning, match="skipping bad sample 'c1_broken' in shard .*broken.png: undecodable"):
+            manifest = write_image_shards(
+                folder_source(str(tmp_path / "src")), str(out / "t-%03d.tar"), resolution=8, center_crop=True,
+                max_count=5, workers=workers, log=log,
+            )  # fmt: skip
+        assert (manifest.count, log.count, len(manifest.shards)) == (24, 1, 5)
+        written[workers] = {s.name: (out / s.name).read_bytes() for s in manifest.shards}
+    assert written[0] == written[2]
+    with pytest.raises(ValueError, match="workers must be an integer >= 0, got -1"):
+        write_image_shards(folder_source(str(tmp_path / "src")), str(tmp_path / "x" / "t-%03d.tar"), workers=-1)
 
 
 def test_bundled_digits_match_manifest_and_regenerate_identically(tmp_path):

@@ -3,13 +3,18 @@ bundled digits (their provenance: docs/data-format.md). On any error the shards 
 again, so the output is complete or absent.
 """
 
+import multiprocessing
 import os
 import re
+import signal
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 from PIL import Image
@@ -25,8 +30,9 @@ from diffit.data.shards import (
     read_manifest,
     write_manifest,
 )
+from diffit.util import check_integer
 
-LabelledImage = tuple[str, Image.Image, int | None]
+LabelledImage = tuple[str, Image.Image | str, int | None]  # (key, image or the path of an image file, label)
 MAX_CLASSES = 1_000_000  # labels are class indices 0..C-1; a larger one is no class index (it would name C classes)
 DIGITS_RESOLUTION = 16
 DIGITS_PATTERN = "digits-%06d.tar.gz"
@@ -38,7 +44,8 @@ DIGITS_CITATION = (
 
 @dataclass(frozen=True)
 class ImageSource:
-    """Images to shard: ``samples()`` yields ``(key, PIL image, label or None)`` in a stable order."""
+    """Images to shard: ``samples()`` yields ``(key, image, label or None)`` in a stable order; an image is a PIL
+    image or the path of an image file, which the writer opens (in its worker processes, when it has any)."""
 
     samples: Callable[[], Iterator[LabelledImage]]
     count: int
@@ -68,15 +75,14 @@ def image_files(folder: str) -> list[str]:
     return found
 
 
-def folder_source(root: str, *, log: BadSampleLog | None = None) -> ImageSource:
+def folder_source(root: str) -> ImageSource:
     """Images under ``root``: one subfolder per class (labels = sorted folder names) or flat (unlabelled).
 
-    Keys are the relative paths with separators and dots replaced by ``_`` (stable across rewrites).
-    Undecodable files are skipped and counted in ``log``.
+    Keys are the relative paths with separators and dots replaced by ``_`` (stable across rewrites). The
+    samples are file paths: the writer decodes them, and skips and counts the undecodable ones.
     """
     if not os.path.isdir(root):
         raise ValueError(f"src: {root!r} is not a folder")
-    log = log or BadSampleLog()
     entries = sorted(os.listdir(root))
     subfolders = {d: image_files(os.path.join(root, d)) for d in entries if os.path.isdir(os.path.join(root, d))}
     classes = [d for d, found in subfolders.items() if found]  # a folder without images is no class
@@ -93,13 +99,7 @@ def folder_source(root: str, *, log: BadSampleLog | None = None) -> ImageSource:
 
     def samples() -> Iterator[LabelledImage]:
         for key, (path, label) in zip(keys, files, strict=True):
-            try:
-                img = Image.open(path)
-                img.load()
-            except Exception as exc:  # PIL raises many types for bad files
-                log.skip(path, key, f"undecodable image ({type(exc).__name__}: {exc})")
-                continue
-            yield key, img, label
+            yield key, path, label
 
     return ImageSource(samples, len(files), classes, bool(classes), extra={"source": "folder"})
 
@@ -174,6 +174,69 @@ def array_source(path: str) -> ImageSource:
     )
 
 
+# (key, members, (width, height)), or for a file that could not be decoded (key, None, (path, why))
+Encoded = tuple[str, dict[str, bytes] | None, tuple[int, int] | tuple[str, str]]
+CHUNK = 16  # samples per task of a worker process
+
+
+@dataclass(frozen=True)
+class _Encoder:
+    """Samples -> shard members: each image opened (a path), converted, resized or cropped, and encoded. A
+    picklable callable, run by the writer's worker processes."""
+
+    channels: int
+    resolution: int | None
+    center_crop: bool
+    ext: str
+    jpeg_quality: int
+    png_compress_level: int
+
+    def __call__(self, samples: list[LabelledImage]) -> list[Encoded]:
+        encoded: list[Encoded] = []
+        for key, img, label in samples:
+            if isinstance(img, str):
+                try:
+                    img = Image.open(path := img)
+                    img.load()
+                except Exception as exc:  # PIL raises many types for bad files
+                    encoded.append((key, None, (path, f"undecodable image ({type(exc).__name__}: {exc})")))
+                    continue
+            if not isinstance(img, Image.Image):
+                raise ValueError(f"source: sample {key!r}: expected a PIL image or a path, got {type(img).__name__}")
+            img = img.convert("L" if self.channels == 1 else "RGB")
+            if self.resolution is not None and self.center_crop:
+                img = center_crop_resize(img, self.resolution)
+            elif self.resolution is not None:  # a plain bicubic resize (PIL returns a copy when the size matches)
+                img = img.resize((self.resolution, self.resolution), resample=Image.Resampling.BICUBIC)
+            q, level = self.jpeg_quality, self.png_compress_level
+            fields = {self.ext: encode_image(img, self.ext, quality=q, png_compress_level=level)}
+            if label is not None:
+                fields["cls"] = str(label).encode()
+            encoded.append((key, fields, img.size))
+        return encoded
+
+
+def _encoded(samples: Iterable[LabelledImage], encoder: _Encoder, workers: int) -> Iterator[Encoded]:
+    """``encoder`` over ``samples``, in order, in ``workers`` processes (0: in this one). At most 4 tasks per
+    worker are in flight, so a large source is never read far ahead of the shards written."""
+    samples = iter(samples)  # a list would be sliced from its start again and again
+    chunks = iter(lambda: list(islice(samples, CHUNK)), [])
+    if workers == 0:
+        for chunk in chunks:
+            yield from encoder(chunk)
+        return
+    # spawn: no forked copy of this process's threads; the workers ignore Ctrl-C, which this process handles.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(encoder, (chunk,)))
+            if len(pending) >= 4 * workers:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
 def write_image_shards(
     source: ImageSource,
     out_pattern: str,
@@ -187,6 +250,8 @@ def write_image_shards(
     max_count: int = 10_000,
     max_size: int = 1 << 30,
     replace: bool = False,
+    workers: int = 0,
+    log: BadSampleLog | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Manifest:
     """Write ``source`` as shards ``out_pattern % i`` plus ``dataset.json``; return the manifest.
@@ -194,8 +259,9 @@ def write_image_shards(
     ``resolution``: square side to produce (``center_crop``: ADM center crop, else a plain resize);
     None keeps the sizes. ``channels``: 1 or 3 (default: the source's, else 3). A folder that already
     holds shards or a dataset.json is refused (ValueError) unless ``replace``: then the old set is deleted
-    first, so no stale shard ever sits beside the new dataset.json. ``progress(done, total)`` is called
-    after each sample.
+    first, so no stale shard ever sits beside the new dataset.json. ``workers``: processes that open, resize and
+    encode the images (0: this process); the shards are byte-identical for every count. Image files that cannot
+    be decoded are skipped and counted in ``log``. ``progress(done, total)`` is called after each sample.
     """
     if resolution is not None:
         check_resolution(resolution)
@@ -205,6 +271,9 @@ def write_image_shards(
     if channels not in (1, 3):
         raise ValueError(f"channels: expected 1 or 3, got {channels}")
     ext = image_extension(image_format, jpeg_quality, png_compress_level, quality_name="jpeg_quality")
+    check_integer("workers", workers, minimum=0)
+    encoder = _Encoder(channels, resolution, center_crop, ext, jpeg_quality, png_compress_level)
+    log = log or BadSampleLog()
     writer = ShardWriter(out_pattern, max_count=max_count, max_size=max_size)
     folder = check_out_folder(out_pattern)
     old = existing_shards(folder)
@@ -218,19 +287,15 @@ def write_image_shards(
         os.remove(os.path.join(folder, name))
     sides: set[int] = set()  # every width and height written: a single value when all are the same square
     try:
-        for done, (key, img, label) in enumerate(source.samples(), 1):
-            img = img.convert("L" if channels == 1 else "RGB")
-            if resolution is not None and center_crop:
-                img = center_crop_resize(img, resolution)
-            elif resolution is not None:  # a plain bicubic resize (PIL returns a copy when the size matches)
-                img = img.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
-            sides.update(img.size)
-            fields = {ext: encode_image(img, ext, quality=jpeg_quality, png_compress_level=png_compress_level)}
-            if label is not None:
-                fields["cls"] = str(label).encode()
-            writer.write(key, fields)
-            if progress is not None:
-                progress(done, source.count)
+        with closing(_encoded(source.samples(), encoder, workers)) as encoded:
+            for done, (key, fields, size) in enumerate(encoded, 1):
+                if fields is None:
+                    log.skip(str(size[0]), key, str(size[1]))
+                else:
+                    sides.update(size)
+                    writer.write(key, fields)
+                if progress is not None:
+                    progress(done, source.count)
         shards = writer.close()
         if not shards:
             raise ValueError("src: no readable images to write")
