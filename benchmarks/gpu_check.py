@@ -7,7 +7,7 @@ Parts (each in its own subprocess with a time budget, so a hang or a crashed CUD
    flex cores against an unbiased flash call of the same shape, and what the "auto" backend picks.
 3. train step: latent_diffit_xl_2 at 256 px (32x32x4 latents), bf16, the largest batch that fits (an OOM is
    reported and the next smaller batch tried): images/s, peak memory, MFU against the card's dense bf16
-   peak; eager, then ``torch.compile`` at that batch.
+   peak; eager, then ``torch.compile`` at that batch, then its blocks compiled (``train(compile="blocks")``).
 4. sampling: XL/2 with guidance at batch 64 (a few DDPM steps timed, extrapolated to 250), and
    diffit_cifar10 Heun-18 images/s.
 5. train CLI: ``diffit train`` on the digits with ``--precision bf16 --compile``, and through torchrun with
@@ -43,11 +43,12 @@ except ImportError as missing:  # a GPU machine's own Python often lacks some of
     sys.exit(2)
 
 PART_NAMES = [
-    "correctness", "attention", "train_step_eager", "train_step_compiled", "sampling", "train_cli", "teardown",
+    "correctness", "attention", "train_step_eager", "train_step_compiled", "train_step_compiled_blocks", "sampling",
+    "train_cli", "teardown",
 ]  # fmt: skip
 # Seconds per part on a GPU (caps, not expectations); the whole run also stops at --budget-s.
 GPU_BUDGETS = {"correctness": 45, "attention": 150, "train_step_eager": 75, "train_step_compiled": 240,
-               "sampling": 50, "train_cli": 180, "teardown": 60}  # fmt: skip
+               "train_step_compiled_blocks": 120, "sampling": 50, "train_cli": 180, "teardown": 60}  # fmt: skip
 QUICK_BUDGETS = {name: 150 if name == "train_cli" else 90 for name in PART_NAMES}
 RESERVE_S = 5.0  # kept back for writing the record
 
@@ -129,7 +130,7 @@ def main() -> None:
             record["parts"][name] = {"status": "skipped", "reason": "out of time budget"}
             continue
         print(f"[gpu-check] {name} (budget {min(budgets[name], left):.0f} s) ...", file=sys.stderr, flush=True)
-        extra = {"batch": found_batch} if name == "train_step_compiled" and found_batch else {}
+        extra = {"batch": found_batch} if name.startswith("train_step_compiled") and found_batch else {}
         rec = run_part(name, args, min(budgets[name], left), extra)
         record["parts"][name] = rec
         print(f"[gpu-check] {name}: {rec['status']} in {rec['seconds']} s", file=sys.stderr, flush=True)

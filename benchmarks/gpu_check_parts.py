@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from diffit.nn import (
     window_partition,
 )
 from diffit.objectives import ADMObjective, EDMObjective
-from diffit.train import train_step
+from diffit.train import compiled_blocks, train_step
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendor data sheets, FLOP/s; matched in this order.
 DENSE_BF16_PEAKS = [
@@ -431,7 +432,11 @@ def _top_kernels(step: Callable[[], object], top: int = 15) -> list[dict[str, An
     ]
 
 
-def part_train_step(*, device: str, quick: bool, out: Path, compiled: bool, batch: int | None = None) -> dict[str, Any]:
+def part_train_step(
+    *, device: str, quick: bool, out: Path, compiled: bool | str, batch: int | None = None
+) -> dict[str, Any]:
+    """The bf16 training step of the largest model, eager, under ``torch.compile`` (``compiled=True``) or with its
+    blocks compiled (``compiled="blocks"``, ``diffit.train.compiled_blocks``)."""
     dev = torch.device(device)
     factory, batches, label = _train_case(quick)
     torch.manual_seed(0)
@@ -441,10 +446,12 @@ def part_train_step(*, device: str, quick: bool, out: Path, compiled: bool, batc
         net, torch.randn(shape, device=dev), torch.ones(1, device=dev), torch.zeros(1, dtype=torch.long, device=dev)
     )
     step_flops_per_image = 3 * fwd_flops  # forward + backward (2x forward)
-    model = torch.compile(net, backend=_compile_backend(device, quick)) if compiled else net
+    model = torch.compile(net, backend=_compile_backend(device, quick)) if compiled is True else net
+    regional = compiled_blocks(net, backend=_compile_backend(device, quick)) if compiled == "blocks" else nullcontext()
+    regional.__enter__()  # for the rest of this part's process
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     peak = dense_bf16_peak(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else None
-    part = "train_step_compiled" if compiled else "train_step_eager"
+    part = {False: "train_step_eager", True: "train_step_compiled", "blocks": "train_step_compiled_blocks"}[compiled]
     tries, failures, result = [], [], None
     for b in [b for b in batches if b <= batch] if batch else batches:  # from the batch eager found, down
         try:
@@ -500,6 +507,10 @@ def part_train_step_eager(*, device: str, quick: bool, out: Path) -> dict[str, A
 
 def part_train_step_compiled(*, device: str, quick: bool, out: Path, batch: int | None = None) -> dict[str, Any]:
     return part_train_step(device=device, quick=quick, out=out, compiled=True, batch=batch)
+
+
+def part_train_step_compiled_blocks(*, device: str, quick: bool, out: Path, batch: int | None = None) -> dict[str, Any]:
+    return part_train_step(device=device, quick=quick, out=out, compiled="blocks", batch=batch)
 
 
 # ------------------------------------------------------------------------------------------------- 4. sampling
@@ -739,6 +750,7 @@ PARTS: dict[str, Callable[..., dict[str, Any]]] = {
     "attention": part_attention,
     "train_step_eager": part_train_step_eager,
     "train_step_compiled": part_train_step_compiled,
+    "train_step_compiled_blocks": part_train_step_compiled_blocks,
     "sampling": part_sampling,
     "train_cli": part_train_cli,
     "teardown": part_teardown,
@@ -806,7 +818,7 @@ def markdown(record: dict[str, Any]) -> str:
         errors = [f"- {r['case']}, {key.removesuffix('_error').replace('_', ' ')}: {r[key]}"
                   for r in get["attention"]["rows"] for key in sorted(r) if key.endswith("_error")]  # fmt: skip
         lines += ["", "Where flex did not run:", ""] + errors if errors else []
-    steps = [get.get(n, {}) for n in ("train_step_eager", "train_step_compiled")]
+    steps = [get.get(n, {}) for n in ("train_step_eager", "train_step_compiled", "train_step_compiled_blocks")]
     if any(s.get("batch") for s in steps):
         lines += [
             "",
@@ -819,7 +831,8 @@ def markdown(record: dict[str, Any]) -> str:
             if s.get("batch"):
                 oom = ", ".join(str(t["batch"]) for t in s["tries"] if t["status"] != "ok") or "-"
                 lines.append(
-                    f"| {s['model']} | {'compiled' if s['compiled'] else 'eager'} | {s['batch']} "
+                    f"| {s['model']} | {({False: 'eager', True: 'compiled'}).get(s['compiled'], 'compiled blocks')} "
+                    f"| {s['batch']} "
                     f"| {_fmt(s.get('first_step_s'))} | {_fmt(s['images_per_s'])} | {_fmt(s['peak_memory_gib'])} "
                     f"| {_fmt(s['achieved_tflops'])} "
                     f"| {_fmt(s['mfu'])} | {oom} |"

@@ -66,7 +66,14 @@ def train_command(
     grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this value; 0 disables.")] = 0.0,
     precision: Precision = "fp32",
     tf32: TF32 = True,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the whole model.")] = False,
+    compile_blocks: Annotated[
+        bool,
+        typer.Option(
+            "--compile-blocks",
+            help="torch.compile each repeated block instead (regional: compile time does not grow with depth).",
+        ),
+    ] = False,
     grad_checkpointing: Annotated[
         bool, typer.Option(help="Recompute block activations in backward (less memory).")
     ] = False,
@@ -121,11 +128,15 @@ def train_command(
     set_tf32(tf32)
     aliases = {"betas": "--beta1/--beta2", "factory": "--model-factory", "run_dir": "--out"}
     with out_of_memory(ctx, aliases), refusing(ctx, aliases, hold_warnings=True):
+        if compile and compile_blocks:
+            raise ValueError("compile and compile_blocks: give one of them (the whole model, or each block)")
+        compile_mode = "blocks" if compile_blocks else compile
         check_train_args(
             steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=world_size(), lr=lr,
             warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,
             precision=precision, label_dropout=label_dropout, ckpt_every=ckpt_every, keep_last=keep_last,
             log_every=log_every, sample_every=sample_every, max_bad_steps=max_bad_steps, seed=seed,
+            compile=compile_mode,
         )  # fmt: skip
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -157,7 +168,7 @@ def train_command(
                 data=data_.batches(batch_size=batch_size, seed=seed, rank=dist.rank, world_size=dist.world_size,
                                    num_workers=num_workers),
                 micro_batch=micro_batch, lr=lr, warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay,
-                ema=ema, grad_clip=grad_clip, precision=precision, compile=compile, seed=seed,
+                ema=ema, grad_clip=grad_clip, precision=precision, compile=compile_mode, seed=seed,
                 label_dropout=label_dropout, ckpt_every=ckpt_every, keep_last=keep_last, log_every=log_every,
                 sample_every=sample_every, on_sample=on_sample, max_bad_steps=max_bad_steps,
                 guard_updates=guard_updates, resume=resume, callback=callback,

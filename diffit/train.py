@@ -244,6 +244,36 @@ def _data_info(run_info: dict[str, Any] | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The elements of ``model``'s innermost ``nn.ModuleList``s (those holding no ModuleList themselves): its
+    repeated blocks, such as a transformer's layers or a U-Net stage's blocks; ValueError naming compile when
+    there are none."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    inner = [ml for ml in lists if not any(isinstance(s, nn.ModuleList) for b in ml for s in b.modules())]
+    if not inner:
+        raise ValueError(
+            f"compile: 'blocks' compiles the elements of the model's nn.ModuleLists, and {type(model).__name__} "
+            "has none; pass compile=True to compile the whole model"
+        )
+    return [block for ml in inner for block in ml]
+
+
+@contextmanager
+def compiled_blocks(model: nn.Module, **options: Any) -> Iterator[list[nn.Module]]:
+    """Regional compilation while the block runs: each of :func:`repeated_blocks` is compiled in place
+    (``nn.Module.compile(**options)``, options as ``torch.compile``'s), so blocks of one shape share one compiled
+    graph and compile time does not grow with depth; the model is not wrapped, so its state-dict keys stay as they
+    are. Undone on exit."""
+    blocks = repeated_blocks(model)
+    for block in blocks:
+        block.compile(**options)
+    try:
+        yield blocks
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None  # what nn.Module.compile set: calls go to forward again
+
+
 def check_train_args(
     *,
     steps: int,
@@ -264,6 +294,7 @@ def check_train_args(
     sample_every: int,
     max_bad_steps: int,
     seed: int = 0,
+    compile: bool | str = False,
 ) -> None:
     """ValueError naming the first argument of :func:`train` that is out of range (called before any work)."""
 
@@ -285,6 +316,12 @@ def check_train_args(
     need(0 <= ema < 1, "ema", "in [0, 1)", ema)
     need(math.isfinite(grad_clip) and grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 disables)", grad_clip)
     need(precision in ("fp32", "bf16"), "precision", "'fp32' or 'bf16'", repr(precision))
+    need(
+        isinstance(compile, bool) or compile in ("model", "blocks"),
+        "compile",
+        "a bool, 'model' or 'blocks'",
+        repr(compile),
+    )
     need(label_dropout is None or 0 <= label_dropout < 1, "label_dropout", "in [0, 1)", label_dropout)
     need(batch_size % world_size == 0, "batch_size", f"divisible by the world size {world_size}", batch_size)
     per_rank = batch_size // world_size
@@ -318,7 +355,7 @@ def train(
     ema_warmup: bool = True,
     grad_clip: float = 0.0,
     precision: str = "fp32",
-    compile: bool = False,
+    compile: bool | str = False,
     seed: int = 0,
     label_dropout: float | None = None,
     ckpt_every: int = 1000,
@@ -342,6 +379,9 @@ def train(
     (``train``), the model and the objective, and ``run_info`` (what the caller wants kept, e.g. the data's
     content hash, see :func:`diffit.runs.check_resume_data`).
 
+    ``compile``: True or "model" wraps the model (under DDP: the DDP module) in ``torch.compile``; "blocks"
+    compiles each of its repeated blocks instead (:func:`compiled_blocks`: compile time independent of depth).
+
     Label dropout for classifier-free guidance (``label_dropout``, default: the backbone's own
     ``class_dropout_prob``) is drawn here for the global batch, so the backbone's internal random dropout is
     switched off for the run (and restored afterwards). Arguments out of range raise ValueError before any work;
@@ -361,10 +401,12 @@ def train(
         steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=dist.world_size, lr=lr,
         warmup=warmup, betas=betas, weight_decay=weight_decay, ema=ema, grad_clip=grad_clip, precision=precision,
         label_dropout=label_dropout, ckpt_every=ckpt_every, keep_last=keep_last, log_every=log_every,
-        sample_every=sample_every, max_bad_steps=max_bad_steps, seed=seed,
+        sample_every=sample_every, max_bad_steps=max_bad_steps, seed=seed, compile=compile,
     )  # fmt: skip
     per_rank = batch_size // dist.world_size
     micro_batch = per_rank if micro_batch is None else micro_batch
+    if compile == "blocks":
+        repeated_blocks(unwrap(model))  # refused before the run directory is made
     run_dir = check_run_dir(run_dir, resume=resume)
     model = to_device(unwrap(model), dist.device).train()
     num_classes = model.num_classes
@@ -408,7 +450,7 @@ def train(
     if dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if compile:
+    if compile is True or compile == "model":
         wrapped = torch.compile(wrapped)
 
     rank_slice = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
@@ -416,7 +458,8 @@ def train(
     clock, images_since = time.perf_counter(), 0
     # The main process creates run_dir (removed again if the run fails before writing to it) and locks it.
     holding = locked_folder(run_dir, name="run_dir") if dist.is_main else nullcontext()
-    with holding, _label_dropout_off(model), _StopFlag() as flag:
+    regional = compiled_blocks(model) if compile == "blocks" else nullcontext()
+    with holding, _label_dropout_off(model), _StopFlag() as flag, regional:
         if dist.is_main:
             _truncate_log(log_path, run.step)  # under the lock: another process may be writing this run
         batches = data(run.step)

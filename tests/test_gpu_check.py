@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
-PARTS = ["correctness", "attention", "train_step_eager", "train_step_compiled", "sampling", "train_cli", "teardown"]
+PARTS = ["correctness", "attention", "train_step_eager", "train_step_compiled", "train_step_compiled_blocks",
+         "sampling", "train_cli", "teardown"]  # fmt: skip
 
 
 @pytest.mark.slow  # ~1 min on two idle cores: six part processes, four `diffit train` runs, one via torchrun
@@ -34,12 +35,15 @@ def test_gpu_check_quick_cpu_run_writes_a_complete_record(tmp_path: Path) -> Non
     for r in attention.values():
         assert r["sdpa_kernels"]["forward"] and r["sdpa_kernels"]["backward"]
         assert r["flex_vs_sdpa_fwd_rel"] < 1e-5 and r["sdpa_fwd_vs_flash"] > 0 and r["flex_fwd_ms"] > 0
-    for name in ("train_step_eager", "train_step_compiled"):
+    for name in ("train_step_eager", "train_step_compiled", "train_step_compiled_blocks"):
         assert res[name]["batch"] >= 1 and res[name]["images_per_s"] > 0 and res[name]["model_flops_per_image"] > 0
     assert (
-        res["train_step_compiled"]["compiled"]
-        and res["train_step_compiled"]["batch"] == res["train_step_eager"]["batch"]
+        res["train_step_compiled"]["batch"]
+        == res["train_step_compiled_blocks"]["batch"]
+        == res["train_step_eager"]["batch"]
     )
+    assert [res[n]["compiled"] for n in PARTS[2:5]] == [False, True, "blocks"]
+    assert "| compiled blocks |" in (tmp_path / "gpu_check.md").read_text()
     assert [r["images_per_s"] > 0 for r in res["sampling"]["rows"]] == [True, True]
     runs = res["train_cli"]["rows"]
     assert len(runs) == 4 and all(r["exit"] == 0 for r in runs)

@@ -20,7 +20,7 @@ from diffit.distributed import DistInfo
 from diffit.ema import ema_decay, ema_update, make_ema, strip_wrapper_prefixes, unwrap
 from diffit.nn import ImageDiffiT
 from diffit.objectives import ADMObjective, EDMObjective
-from diffit.train import TrainingDiverged, lr_at, train, train_step
+from diffit.train import TrainingDiverged, compiled_blocks, lr_at, repeated_blocks, train, train_step
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -193,26 +193,57 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_compiled_model_checkpoints_without_orig_mod(tmp_path: Path) -> None:
-    # Dynamo cannot trace through the jaxtyping hook of the test run, so the compiled run is a subprocess
-    # (backend "eager": the wrapper and its `_orig_mod.` prefix without inductor's C++ build time).
+    # Dynamo cannot trace through the jaxtyping hook of the test run, so the compiled runs are a subprocess
+    # (backend "eager": the wrapper and its `_orig_mod.` prefix without inductor's C++ build time), which also runs
+    # the uncompiled reference (with its own thread count: a CPU matmul's rounding depends on it).
     script = (
         "import sys, torch\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from pathlib import Path\n"
-        "real = torch.compile\n"
-        "torch.compile = lambda m, **kw: real(m, backend='eager')\n"
         "from test_train import run\n"
-        f"print(run(Path({str(tmp_path / 'run')!r}), 5, compile=True).checkpoint)\n"
+        f"print(run(Path({str(tmp_path / 'plain')!r}), 5).checkpoint)\n"
+        "real, calls = torch.compile, []\n"
+        "torch.compile = lambda m, **kw: calls.append(m) or real(m, backend='eager')\n"
+        f"print(run(Path({str(tmp_path / 'run')!r}), 5, compile=True).checkpoint, len(calls))\n"
+        f"print(run(Path({str(tmp_path / 'blocks')!r}), 5, compile='blocks').checkpoint, len(calls))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ckpt = Path(proc.stdout.strip().splitlines()[-1])
-    for name in ("model.safetensors", "ema.safetensors"):
-        keys = set(load_file(str(ckpt / name)))
-        assert keys == set(tiny_model().state_dict()), name
+    plain, whole, calls_whole, blocks, calls_all = proc.stdout.split()[-5:]
+    assert int(calls_whole) == 1 and int(calls_all) - 1 == len(repeated_blocks(tiny_model())) == 3  # each ResBlock
+    for ckpt in (whole, blocks):
+        for name in ("model.safetensors", "ema.safetensors"):
+            keys = set(load_file(str(Path(ckpt) / name)))
+            assert keys == set(tiny_model().state_dict()), name
+        # The same weights as the uncompiled run: dynamo's graphs call the same operators in the same order.
+        assert all(torch.equal(a, b) for a, b in zip(_flat(Path(ckpt)), _flat(Path(plain)), strict=True))
     compiled = torch.compile(tiny_model(), backend="eager")  # wrapping only; never called under the hook
     assert unwrap(compiled) is compiled._orig_mod
     assert set(strip_wrapper_prefixes(compiled.state_dict())) == set(tiny_model().state_dict())
+
+
+def _flat(ckpt: Path) -> list[torch.Tensor]:
+    return [t for name, state in sorted(weights(ckpt).items()) for _, t in sorted(state.items())]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # dynamo's import
+def test_compile_blocks_compiles_the_repeated_blocks_for_the_run_only(tmp_path: Path) -> None:
+    model = tiny_model()
+    blocks = repeated_blocks(model)
+    assert [type(b).__name__ for b in blocks] == ["ResBlock"] * 3
+    with compiled_blocks(model) as compiled:  # compiling wraps lazily: nothing is traced until a call
+        assert compiled == blocks and all(b._compiled_call_impl is not None for b in blocks)
+        assert sum(m._compiled_call_impl is not None for m in model.modules()) == 3
+        assert set(model.state_dict()) == set(tiny_model().state_dict())
+    assert all(m._compiled_call_impl is None for m in model.modules())
+    with pytest.raises(
+        ValueError, match="^compile: 'blocks' compiles the elements of the model's nn.ModuleLists, and "
+    ):
+        repeated_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    for bad in ("yes", "Blocks"):  # other types are the typecheck hook's (beartype) in this suite
+        with pytest.raises(ValueError, match=f"^compile must be a bool, 'model' or 'blocks', got {bad!r}$"):
+            run(tmp_path / "bad", 1, compile=bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_ema_update_and_warmup() -> None:

@@ -213,6 +213,11 @@ def test_every_option_reaches_train_with_its_value(tmp_path: Path, monkeypatch: 
     res = runner.invoke(app, ["train", *args])
     assert res.exit_code == 0, res.output
     assert {k: calls[0][k] for k in expected} == expected and calls[0]["objective"].augment_p == 0.15
+    assert runner.invoke(app, ["train", *args[:-2], "--compile-blocks", "--out", str(tmp_path / "b")]).exit_code == 0
+    assert calls[-1]["compile"] == "blocks"
+    both = runner.invoke(app, ["train", "--compile", "--compile-blocks", "--out", str(tmp_path / "c")])
+    assert both.exit_code == 2 and "--compile and --compile-blocks: give one of them" in both.output
+    assert len(calls) == 2 and not (tmp_path / "c").exists()
     for i, seed in enumerate((5, 5, 6)):
         base = ["train", "--steps", "1", "--batch-size", "4", "--sample-every", "0", "--seed", str(seed)]
         assert runner.invoke(app, [*base, "--out", str(tmp_path / str(i))]).exit_code == 0
