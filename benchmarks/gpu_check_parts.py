@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,34 @@ def _median_s(fn: Callable[[], object], device: torch.device, *, repeats: int, w
         _sync(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def _per_call_ms(fn: Callable[[], object], device: torch.device, *, repeats: int, sample_s: float) -> float:
+    """Median milliseconds per call of ``fn``. Each of the ``repeats`` samples times a run of back-to-back calls
+    lasting about ``sample_s`` (up to 200 calls), between two CUDA events on a GPU (the host clock on the CPU), so
+    that launch and synchronisation overheads, which one timed millisecond call includes, are spread out."""
+    fn()  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    calls = max(1, min(200, int(sample_s / max(time.perf_counter() - start, 1e-6))))
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(begin.elapsed_time(end) / calls)
+        else:
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples.append(1e3 * (time.perf_counter() - start) / calls)
+    return sorted(samples)[len(samples) // 2]
 
 
 def part_result_path(out: Path, part: str) -> Path:
@@ -250,10 +279,10 @@ def _attention_cases(quick: bool) -> dict[str, dict[str, int]]:
 
 
 def _try_ms(fn: Callable[[], object], dev: torch.device, repeats: int, row: dict[str, Any], key: str) -> float | None:
-    """Median milliseconds of ``fn``, or None with the error recorded in ``row[key]`` (flex on a shape or a
-    card its kernels do not support must not lose the part's other figures)."""
+    """Milliseconds per call of ``fn`` (:func:`_per_call_ms`), or None with the error recorded in ``row[key]`` (flex
+    on a shape or a card its kernels do not support must not lose the part's other figures)."""
     try:
-        return 1e3 * _median_s(fn, dev, repeats=repeats)
+        return _per_call_ms(fn, dev, repeats=repeats, sample_s=row["sample_s"])
     except Exception as err:
         row[key] = f"{type(err).__name__}: {str(err)[:300]}"
         return None
@@ -284,6 +313,7 @@ def _attention_row(
     dev: torch.device,
     dtype: torch.dtype,
     repeats: int,
+    sample_s: float,
     compile_flex: str,
     failures: list[str],
 ) -> dict[str, Any]:
@@ -324,18 +354,21 @@ def _attention_row(
         return step
 
     row: dict[str, Any] = {"case": case, **c, "dtype": str(dtype).removeprefix("torch."), "tokens": s * s}
+    row["sample_s"] = sample_s
+    row["timing"] = "CUDA events around back-to-back calls" if dev.type == "cuda" else "host clock"
     row["sdpa_kernels"] = _sdpa_kernels(sdpa_core)
+    timed = partial(_per_call_ms, device=dev, repeats=repeats, sample_s=sample_s)
     with torch.no_grad():
-        row["flash_fwd_ms"] = 1e3 * _median_s(flash_core, dev, repeats=repeats)
-        row["sdpa_fwd_ms"] = 1e3 * _median_s(sdpa_core, dev, repeats=repeats)
+        row["flash_fwd_ms"] = timed(flash_core)
+        row["sdpa_fwd_ms"] = timed(sdpa_core)
         row["flex_fwd_ms"] = _try_ms(flex_core, dev, repeats, row, "flex_fwd_error")
         row["flex_vs_sdpa_fwd_rel"] = None
         if row["flex_fwd_ms"] is not None:
             ref, flex_out = sdpa_core(), flex_core()
             flex_out = rearrange(flex_out, "b h (ny y nx x) e -> (b ny nx) h (y x) e", ny=s // w, nx=s // w, y=w)
             row["flex_vs_sdpa_fwd_rel"] = _rel(flex_out.float(), ref.float())
-    row["flash_fwd_bwd_ms"] = 1e3 * _median_s(fwd_bwd(flash_core), dev, repeats=repeats)
-    row["sdpa_fwd_bwd_ms"] = 1e3 * _median_s(fwd_bwd(sdpa_core), dev, repeats=repeats)
+    row["flash_fwd_bwd_ms"] = timed(fwd_bwd(flash_core))
+    row["sdpa_fwd_bwd_ms"] = timed(fwd_bwd(sdpa_core))
     row["flex_fwd_bwd_ms"] = (
         _try_ms(fwd_bwd(flex_core), dev, repeats, row, "flex_fwd_bwd_error") if flex_backward else None
     )
@@ -371,12 +404,21 @@ def _attention_row(
 def part_attention(*, device: str, quick: bool, out: Path) -> dict[str, Any]:
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    repeats = 1 if quick else 10
+    repeats, sample_s = (1, 0.0) if quick else (10, 0.05)
     compile_flex = _compile_backend(device, quick)
     rows, failures = [], []
     for case, c in _attention_cases(quick).items():
         rows.append(
-            _attention_row(case, c, dev=dev, dtype=dtype, repeats=repeats, compile_flex=compile_flex, failures=failures)
+            _attention_row(
+                case,
+                c,
+                dev=dev,
+                dtype=dtype,
+                repeats=repeats,
+                sample_s=sample_s,
+                compile_flex=compile_flex,
+                failures=failures,
+            )  # fmt: skip
         )
         save_part_result(out, "attention", {"rows": rows, "flex_compile_backend": compile_flex, "failures": failures})
     return {"rows": rows, "flex_compile_backend": compile_flex, "failures": failures}
@@ -815,6 +857,8 @@ def markdown(record: dict[str, Any]) -> str:
                 f"| {_fmt(r['flex_fwd_bwd_ms'])} ({_fmt(r['flex_fwd_bwd_vs_flash'], 2)}x) "
                 f"| {r['auto_picks']} | {_fmt(r.get('flex_fp32_rel'))} |"
             )
+        first = get["attention"]["rows"][0] if get["attention"]["rows"] else {}
+        lines += ["", f"Timing: {first.get('timing', '-')}, each sample about {first.get('sample_s', '-')} s of calls."]
         errors = [f"- {r['case']}, {key.removesuffix('_error').replace('_', ' ')}: {r[key]}"
                   for r in get["attention"]["rows"] for key in sorted(r) if key.endswith("_error")]  # fmt: skip
         lines += ["", "Where flex did not run:", ""] + errors if errors else []

@@ -35,6 +35,7 @@ def test_gpu_check_quick_cpu_run_writes_a_complete_record(tmp_path: Path) -> Non
     for r in attention.values():
         assert r["sdpa_kernels"]["forward"] and r["sdpa_kernels"]["backward"]
         assert r["flex_vs_sdpa_fwd_rel"] < 1e-5 and r["sdpa_fwd_vs_flash"] > 0 and r["flex_fwd_ms"] > 0
+        assert r["timing"] == "host clock"  # CUDA events on a GPU
     for name in ("train_step_eager", "train_step_compiled", "train_step_compiled_blocks"):
         assert res[name]["batch"] >= 1 and res[name]["images_per_s"] > 0 and res[name]["model_flops_per_image"] > 0
     assert (
@@ -44,6 +45,7 @@ def test_gpu_check_quick_cpu_run_writes_a_complete_record(tmp_path: Path) -> Non
     )
     assert [res[n]["compiled"] for n in PARTS[2:5]] == [False, True, "blocks"]
     assert "| compiled blocks |" in (tmp_path / "gpu_check.md").read_text()
+    assert "Timing: host clock, each sample about 0.0 s of calls." in (tmp_path / "gpu_check.md").read_text()
     assert [r["images_per_s"] > 0 for r in res["sampling"]["rows"]] == [True, True]
     runs = res["train_cli"]["rows"]
     assert len(runs) == 4 and all(r["exit"] == 0 for r in runs)
