@@ -478,6 +478,15 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         WRITE,
     ),
     ("diffit/data/writing.py", "log.skip(str(size[0]), key, str(size[1]))", "pass  # log.skip", WRITE),
+    # regional compilation
+    ("diffit/train.py", "block._compiled_call_impl = None", "pass  # left compiled", [TRAIN]),
+    (
+        "diffit/train.py",
+        "if not any(isinstance(s, nn.ModuleList) for b",
+        "if any(isinstance(s, nn.ModuleList) for b",
+        [TRAIN],
+    ),
+    ("diffit/train.py", 'if compile is True or compile == "model":', "if compile:", [TRAIN]),
 ]
 
 
