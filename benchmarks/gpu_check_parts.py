@@ -408,18 +408,8 @@ def part_attention(*, device: str, quick: bool, out: Path) -> dict[str, Any]:
     compile_flex = _compile_backend(device, quick)
     rows, failures = [], []
     for case, c in _attention_cases(quick).items():
-        rows.append(
-            _attention_row(
-                case,
-                c,
-                dev=dev,
-                dtype=dtype,
-                repeats=repeats,
-                sample_s=sample_s,
-                compile_flex=compile_flex,
-                failures=failures,
-            )  # fmt: skip
-        )
+        timing = {"repeats": repeats, "sample_s": sample_s, "compile_flex": compile_flex}
+        rows.append(_attention_row(case, c, dev=dev, dtype=dtype, failures=failures, **timing))
         save_part_result(out, "attention", {"rows": rows, "flex_compile_backend": compile_flex, "failures": failures})
     return {"rows": rows, "flex_compile_backend": compile_flex, "failures": failures}
 

@@ -191,7 +191,7 @@ class _Encoder:
     jpeg_quality: int
     png_compress_level: int
 
-    def __call__(self, samples: list[LabelledImage]) -> list[Encoded]:
+    def __call__(self, samples: list[tuple[str, object, int | None]]) -> list[Encoded]:  # images checked below
         encoded: list[Encoded] = []
         for key, img, label in samples:
             if isinstance(img, str):
