@@ -21,7 +21,7 @@ from diffit.runs import (
     preview_needs_vae,
     training_data,
 )
-from diffit.train import TrainingDiverged, check_run_dir, check_train_args, train
+from diffit.train import TrainingDiverged, check_run_dir, check_train_args, compile_option, train
 from diffit.util import check_device
 from diffit_cli.common import TF32, Device, Precision, console, out_of_memory, refusing, set_tf32
 
@@ -128,9 +128,7 @@ def train_command(
     set_tf32(tf32)
     aliases = {"betas": "--beta1/--beta2", "factory": "--model-factory", "run_dir": "--out"}
     with out_of_memory(ctx, aliases), refusing(ctx, aliases, hold_warnings=True):
-        if compile and compile_blocks:
-            raise ValueError("compile and compile_blocks: give one of them (the whole model, or each block)")
-        compile_mode = "blocks" if compile_blocks else compile
+        compile_mode = compile_option(compile, compile_blocks)
         check_train_args(
             steps=steps, batch_size=batch_size, micro_batch=micro_batch, world_size=world_size(), lr=lr,
             warmup=warmup, betas=(beta1, beta2), weight_decay=weight_decay, ema=ema, grad_clip=grad_clip,
@@ -150,9 +148,8 @@ def train_command(
             check_resume_data(run_dir, data_.content_hash)
         torch.manual_seed(seed)  # the initial weights are a function of --seed (identical on every rank)
         net = build_backbone(
-            data_, model=model, factory=factory, augment=augment,
-            grad_checkpointing=grad_checkpointing,
-        )  # fmt: skip
+            data_, model=model, factory=factory, augment=augment, grad_checkpointing=grad_checkpointing
+        )
         decode = latent_decoder(load_vae(vae, check_device(device))) if use_vae else None
     objective = ADMObjective() if latent else EDMObjective(augment_p=augment)
     preview = preview_writer(run_dir, objective=objective, decode=decode, upscale=max(1, 128 // data_.resolution))

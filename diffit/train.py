@@ -274,6 +274,14 @@ def compiled_blocks(model: nn.Module, **options: Any) -> Iterator[list[nn.Module
             block._compiled_call_impl = None  # what nn.Module.compile set: calls go to forward again
 
 
+def compile_option(whole: bool, blocks: bool) -> bool | str:
+    """:func:`train`'s ``compile`` from two switches (``--compile``, ``--compile-blocks``): True, "blocks" or
+    False; ValueError naming both when both are on."""
+    if whole and blocks:
+        raise ValueError("compile and compile_blocks: give one of them (the whole model, or each block)")
+    return "blocks" if blocks else whole
+
+
 def check_train_args(
     *,
     steps: int,
