@@ -278,11 +278,13 @@ def _attention_cases(quick: bool) -> dict[str, dict[str, int]]:
     }
 
 
-def _try_ms(fn: Callable[[], object], dev: torch.device, repeats: int, row: dict[str, Any], key: str) -> float | None:
-    """Milliseconds per call of ``fn`` (:func:`_per_call_ms`), or None with the error recorded in ``row[key]`` (flex
-    on a shape or a card its kernels do not support must not lose the part's other figures)."""
+def _try_ms(
+    timed: Callable[[Callable[[], object]], float], fn: Callable[[], object], row: dict[str, Any], key: str
+) -> float | None:
+    """``timed(fn)`` (milliseconds per call), or None with the error recorded in ``row[key]`` (flex on a shape or a
+    card its kernels do not support must not lose the part's other figures)."""
     try:
-        return _per_call_ms(fn, dev, repeats=repeats, sample_s=row["sample_s"])
+        return timed(fn)
     except Exception as err:
         row[key] = f"{type(err).__name__}: {str(err)[:300]}"
         return None
@@ -361,7 +363,7 @@ def _attention_row(
     with torch.no_grad():
         row["flash_fwd_ms"] = timed(flash_core)
         row["sdpa_fwd_ms"] = timed(sdpa_core)
-        row["flex_fwd_ms"] = _try_ms(flex_core, dev, repeats, row, "flex_fwd_error")
+        row["flex_fwd_ms"] = _try_ms(timed, flex_core, row, "flex_fwd_error")
         row["flex_vs_sdpa_fwd_rel"] = None
         if row["flex_fwd_ms"] is not None:
             ref, flex_out = sdpa_core(), flex_core()
@@ -369,9 +371,7 @@ def _attention_row(
             row["flex_vs_sdpa_fwd_rel"] = _rel(flex_out.float(), ref.float())
     row["flash_fwd_bwd_ms"] = timed(fwd_bwd(flash_core))
     row["sdpa_fwd_bwd_ms"] = timed(fwd_bwd(sdpa_core))
-    row["flex_fwd_bwd_ms"] = (
-        _try_ms(fwd_bwd(flex_core), dev, repeats, row, "flex_fwd_bwd_error") if flex_backward else None
-    )
+    row["flex_fwd_bwd_ms"] = _try_ms(timed, fwd_bwd(flex_core), row, "flex_fwd_bwd_error") if flex_backward else None
     for k in ("sdpa", "flex"):
         for p in ("fwd", "fwd_bwd"):
             ms = row[f"{k}_{p}_ms"]
