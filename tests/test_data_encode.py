@@ -255,3 +255,60 @@ def test_a_second_encoding_job_in_the_same_folder_is_refused(tmp_path, tiny_vae,
             encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
         assert os.listdir(tmp_path / "lat") == [".lock"]  # nothing of the second job
     assert encode_latents(image_shards, out, vae=tiny_vae, resolution=8).count == 10  # free once the first ends
+
+
+def _members(folder, member: str) -> list[np.ndarray]:
+    """``member`` of every sample of the latent shard ``folder/l-000.tar``, as float32."""
+    return [
+        np.load(io.BytesIO(s[member])).astype(np.float32) for s in read_shard(str(folder / "l-000.tar"), BadSampleLog())
+    ]
+
+
+def test_sampled_latents_draw_fresh_noise_for_every_sample_from_the_seed(tmp_path, tiny_vae, image_shards):
+    vae, first = load_vae(tiny_vae), image_shards.replace("{000..002}", "000")  # 4 images
+
+    def encode(name: str, **kwargs) -> list[np.ndarray]:  # batches of 3 and 1: index 0 in the shard's both batches
+        encode_latents(first, str(tmp_path / name / "l-%03d.tar"), vae=vae, resolution=8, batch_size=3, **kwargs)
+        return _members(tmp_path / name, "latent.npy" if kwargs else "mean.npy")
+
+    means, stds = encode("moments"), _members(tmp_path / "moments", "std.npy")
+    drawn = encode("seed0", store="sample")
+    eps = np.stack([(z - m) / s for z, m, s in zip(drawn, means, stds, strict=True)])  # z = mean + std * eps
+    assert eps.shape == (4, 2, 4, 4, 4) and abs(eps.mean()) < 0.2 and abs(eps.std() - 1) < 0.2
+    flat = eps.reshape(4, -1)
+    assert all(np.abs(flat[i] - flat[j]).max() > 0.5 for i in range(4) for j in range(i))  # no noise shared
+    assert all(np.array_equal(a, b) for a, b in zip(encode("again", store="sample", seed=0), drawn, strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(encode("seed1", store="sample", seed=1), drawn, strict=True))
+
+
+def test_without_a_dataset_json_the_class_count_is_the_largest_label_plus_one(tmp_path, tiny_vae, image_shards):
+    os.remove(tmp_path / "img" / "dataset.json")  # labels 0..3 in the shards, nothing beside them says 4 classes
+    out = str(tmp_path / "lat" / "l-%03d.tar")
+    manifest = encode_latents(image_shards, out, vae=tiny_vae, resolution=8)
+    assert (manifest.count, manifest.classes, manifest.class_names) == (10, 4, [])
+    # A rerun counts the labels of the shards it keeps: keeping all three, then re-encoding only the last (labels
+    # 0 and 1), gave 0 and 2 classes, and a latent labelled 3 became a bad sample.
+    assert encode_latents(image_shards, out, vae=tiny_vae, resolution=8) == manifest
+    os.remove(out % 2)
+    assert encode_latents(image_shards, out, vae=tiny_vae, resolution=8) == manifest
+    record_path = tmp_path / "lat" / ".encode.json"
+    record = json.loads(record_path.read_text())
+    assert [entry["max_label"] for _, entry in sorted(record["done"].items())] == [3, 3, 1]
+    del record["done"]["l-000.tar"]["max_label"]  # a record written before labels were recorded: encoded again
+    record_path.write_text(json.dumps(record))
+    done = []
+    assert (
+        encode_latents(image_shards, out, vae=tiny_vae, resolution=8, progress=lambda d, t: done.append(d)) == manifest
+    )
+    assert done == [4]
+
+
+def test_the_manifest_takes_channels_and_side_from_the_latents_also_when_every_shard_is_resumed(
+    tmp_path, tiny_vae, image_shards
+):
+    out = str(tmp_path / "lat" / "l-%03d.tar")
+    first = encode_latents(image_shards, out, vae=tiny_vae, resolution=16)  # 4 channels of 8x8: side != channels
+    assert (first.channels, first.resolution, first.extra["image_resolution"]) == (4, 8, 16)
+    done = []
+    again = encode_latents(image_shards, out, vae=tiny_vae, resolution=16, progress=lambda d, t: done.append(d))
+    assert done == [] and again == first == read_manifest(str(tmp_path / "lat"))  # read from a stored sample

@@ -146,15 +146,19 @@ def _same_input(source: str, stamp: object) -> bool:
     return True
 
 
-def _finished(path: str, recorded: object, source: str) -> ShardInfo | None:
-    """The recorded shard at ``path`` when its tar still has the recorded bytes and sha256 and its input ``source``
-    is unchanged, else None: a shard truncated, changed or renamed into place after the record was last written,
-    or one of an input rewritten with other bytes, is encoded again."""
+def _finished(path: str, recorded: object, source: str) -> tuple[ShardInfo, int] | None:
+    """The recorded shard at ``path`` and the largest label it holds (-1: none), when its tar still has the
+    recorded bytes and sha256 and its input ``source`` is unchanged, else None: a shard truncated, changed or
+    renamed into place after the record was last written, one of an input rewritten with other bytes, or one
+    recorded without its largest label (which the class count needs), is encoded again."""
     try:
         fields = dict(recorded)  # type: ignore[call-overload]
-        shard, stamp = ShardInfo(**{k: v for k, v in fields.items() if k != "input"}), fields.get("input")
+        shard = ShardInfo(**{k: v for k, v in fields.items() if k not in ("input", "max_label")})
+        stamp, max_label = fields.get("input"), fields.get("max_label")
+        if not isinstance(max_label, int) or isinstance(max_label, bool):
+            return None
         intact = os.path.isfile(path) and tar_digest(path) == (shard.bytes, shard.sha256)
-        return shard if intact and _same_input(source, stamp) else None
+        return (shard, max_label) if intact and _same_input(source, stamp) else None
     except (TypeError, ValueError, OSError, EOFError, zlib.error):  # a malformed entry, an unreadable or corrupt gzip
         return None
 
@@ -236,12 +240,13 @@ def encode_latents(
         for index, url in enumerate(expanded):
             path = out_pattern % index
             if (kept := _finished(path, record["done"].get(os.path.basename(path)), inputs[index])) is not None:
-                shards.append(kept)  # finished earlier by this job, intact
-                done += kept.count
+                shards.append(kept[0])  # finished earlier by this job, intact
+                done, max_label = done + kept[0].count, max(max_label, kept[1])
                 continue
             if os.path.isfile(path):  # replaced below, or gone if its input no longer holds a readable image
                 os.remove(path)
             stamp = _input_stamp(inputs[index])  # before reading: an input rewritten meanwhile is encoded again
+            shard_max = -1  # the largest label of this shard: a rerun that keeps it still counts its classes
             with ShardWriter(out_pattern, max_count=1 << 40, max_size=1 << 60, start_index=index) as writer:
                 for keys, images, labels in good_batches(read_shard(url, log), decoder, log, batch_size):
                     x = torch.from_numpy(np.stack(images)).to(device).float().div(127.5).sub(1.0)
@@ -262,15 +267,16 @@ def encode_latents(
                             fields = {"latent.npy": _npy((pair + pair_std * eps).astype(np.float16))}
                         if label >= 0:
                             fields["cls"] = str(label).encode()
-                            max_label = max(max_label, label)
+                            shard_max = max(shard_max, label)
                         writer.write(key, fields)
                     latent_shape = mean.shape[1:]
                     done += b
                     if progress is not None:
                         progress(done, total)
             shards.extend(writer.shards)  # empty when no sample of the input shard was readable
+            max_label = max(max_label, shard_max)
             for shard in writer.shards:
-                record["done"][shard.name] = {**asdict(shard), "input": stamp}
+                record["done"][shard.name] = {**asdict(shard), "input": stamp, "max_label": shard_max}
             if writer.shards:
                 write_json(os.path.join(folder, RECORD_NAME), record)
         if not shards or sum(s.count for s in shards) == 0:
@@ -286,7 +292,7 @@ def encode_latents(
         if latent_shape is None:  # everything was resumed: read the shape from a stored sample
             first = next(read_shard(os.path.join(folder, shards[0].name), log))
             latent_shape = np.load(io.BytesIO(first.get("mean.npy") or first["latent.npy"])).shape[1:]
-        # Without a source dataset.json the class count is inferred from the labels encoded in this call.
+        # Without a source dataset.json the class count is inferred from the labels of every output shard.
         classes = source.classes if source is not None else (max_label + 1 if labelled else 0)
         return write_manifest(
             folder,
