@@ -261,8 +261,9 @@ def save_checkpoint(
     keep_last: int = 3,
     keep: set[int] | None = None,
 ) -> Path:
-    """Write ``run_dir/ckpt-<step>`` atomically, then delete all but the newest ``keep_last`` (and ``keep`` steps)
-    and any temporary directory an interrupted write left behind. Refuses weights that are not finite."""
+    """Write ``run_dir/ckpt-<step>`` atomically, then delete all but the newest ``keep_last`` of the checkpoints up to
+    this step (and the ``keep`` steps; later ones are left alone) and any temporary directory an interrupted write
+    left behind. Refuses weights that are not finite."""
     # Everything checked before anything is written (step 1.5 created run_dir, then failed formatting its name).
     check_integer("keep_last", keep_last)
     if not is_integer(step) or not 0 <= step < 10**8:  # the eight digits of ckpt-<step>, which checkpoint_dirs reads
@@ -304,7 +305,9 @@ def save_checkpoint(
         raise
     fsync_dir(run_dir)
     protected = {run_dir / f"ckpt-{s:08d}" for s in (keep or set())}
-    for old in checkpoint_dirs(run_dir)[:-keep_last]:
+    # Only checkpoints up to this one rotate (zero-padded names sort by step): a newer one is a damaged checkpoint a
+    # resume passed over, which this run replaces when it reaches its step. Counted in, it deleted `final` itself.
+    for old in [p for p in checkpoint_dirs(run_dir) if p.name <= final.name][:-keep_last]:
         if old not in protected:
             shutil.rmtree(old)
     return final

@@ -6,6 +6,7 @@ import inspect
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,21 @@ from helpers import tiny_image_diffit
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from diffit.checkpoint import checkpoint_dirs, load_model, load_weights, save_checkpoint, save_weights
+from diffit.checkpoint import (
+    checkpoint_dirs,
+    load_model,
+    load_weights,
+    model_spec,
+    save_checkpoint,
+    save_weights,
+    verify_checkpoint,
+)
 from diffit.data import array_source, memory_batches, write_image_shards
 from diffit.diffusion import karras_sigmas, sample_euler
 from diffit.distributed import DistInfo
 from diffit.generate import generate, preview_writer, sample
 from diffit.objectives import EDMObjective, check_objective
-from diffit.runs import check_resume_data, training_data
+from diffit.runs import TrainingData, build_backbone, check_resume_data, import_factory, training_data
 from diffit.train import TrainingOutOfMemory, check_train_args, train, train_step
 from diffit.util import OutOfMemory, is_out_of_memory, to_device
 from diffit_cli.main import app
@@ -104,6 +113,40 @@ def test_damaged_weight_files_give_one_line_errors_naming_them(tmp_path: Path) -
     assert load_weights(good)[0].config == model.config
 
 
+def test_weights_that_do_not_fit_the_model_are_named_in_one_line_and_wrapper_prefixes_are_dropped(
+    tmp_path: Path,
+) -> None:
+    model = tiny_image_diffit(3)
+    metadata = {"diffit.model": json.dumps(model_spec(model))}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    save_file({f"module._orig_mod.{k}": v for k, v in state.items()}, tmp_path / "ddp.safetensors", metadata=metadata)
+    loaded, _ = load_weights(tmp_path / "ddp.safetensors")  # keys as DDP and torch.compile name them
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
+    shape = tuple(state["head_conv.weight"].shape)
+    bad = {**state, "extra.w": torch.zeros(1), "head_conv.weight": state["head_conv.weight"].flatten()}
+    del bad["head_conv.bias"]
+    save_file(bad, tmp_path / "bad.safetensors", metadata=metadata)
+    message = (f"{tmp_path / 'bad.safetensors'} does not fit the model: keys 1 missing (e.g. head_conv.bias); "
+               f"1 unexpected (e.g. extra.w); 1 of another shape (e.g. head_conv.weight: ({math.prod(shape)},) vs "
+               f"{shape})")  # fmt: skip
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        load_weights(tmp_path / "bad.safetensors")
+
+
+def test_a_checkpoint_without_rng_states_fails_its_check(tmp_path: Path) -> None:
+    model = tiny_image_diffit(3)
+    save_checkpoint(tmp_path, step=1, model=model, ema=model, optimizer=torch.optim.SGD(model.parameters()),
+                    rng_states={"rank0.cpu": torch.get_rng_state()}, state={})  # fmt: skip
+    ckpt = checkpoint_dirs(tmp_path)[0]
+    assert verify_checkpoint(ckpt)["step"] == 1
+    record = json.loads((ckpt / "state.json").read_text())
+    del record["files"]["rng.safetensors"]  # as checkpoints before 2026-11-27 recorded it: not hashed
+    (ckpt / "state.json").write_text(json.dumps(record))
+    (ckpt / "rng.safetensors").unlink()
+    with pytest.raises(ValueError, match=f"^checkpoint {re.escape(str(ckpt))} has no rng.safetensors$"):
+        verify_checkpoint(ckpt)
+
+
 @pytest.mark.parametrize("step", [-1, 10**8])
 def test_a_step_outside_the_checkpoint_names_is_refused(tmp_path: Path, step: int) -> None:
     model = tiny_image_diffit(3)
@@ -119,6 +162,7 @@ def test_a_step_outside_the_checkpoint_names_is_refused(tmp_path: Path, step: in
         ({"step": 1.5}, r"^step must be an integer in \[0, 10\*\*8\), got 1.5$"),  # "Unknown format code 'd'"
         ({"rng_states": {"cpu": 1}}, r"^rng_states must map names to tensors, got a int for 'cpu'$"),
         ({"state": {"x": object()}}, r"^state must be plain JSON data \(it is written to state.json\): Object of"),
+        ({"keep_last": 0}, r"^keep_last must be an integer >= 1, got 0$"),  # [:-0] would have kept every one
     ],
 )
 def test_save_checkpoint_checks_everything_before_writing_anything(tmp_path: Path, kwargs: dict, match: str) -> None:
@@ -410,6 +454,22 @@ def test_a_damaged_latest_checkpoint_is_passed_over_on_resume(tmp_path: Path, da
         _toy_run(tmp_path, 8, resume=True)
 
 
+def test_a_resume_past_a_damaged_newer_checkpoint_keeps_the_checkpoints_it_writes(tmp_path: Path) -> None:
+    _toy_run(tmp_path, 6, ckpt_every=2, seed=2)
+    with open(tmp_path / "ckpt-00000006" / "model.safetensors", "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"XXXX")
+    # Resumed from ckpt-4: rotation to keep_last=1 counted the damaged ckpt-6 as the newest and deleted ckpt-5, the
+    # checkpoint it had just written (the result named a folder that did not exist; the next resume fell back).
+    result = _toy_run(tmp_path, 5, ckpt_every=1, keep_last=1, resume=True, seed=2)
+    assert result.checkpoint == tmp_path / "ckpt-00000005" and result.checkpoint.is_dir()
+    names = {p.name for p in checkpoint_dirs(tmp_path)}  # beside them, at most the best step's (always kept)
+    assert {"ckpt-00000005", "ckpt-00000006"} <= names and "ckpt-00000004" not in names
+    assert _toy_run(tmp_path, 7, ckpt_every=1, keep_last=1, resume=True, seed=2).step == 7  # from ckpt-5
+    names = {p.name for p in checkpoint_dirs(tmp_path)}
+    assert "ckpt-00000007" in names and not names & {"ckpt-00000005", "ckpt-00000006"}  # ckpt-6 rewritten, rotated
+
+
 @pytest.mark.parametrize("state", ["{}", "[]", "{bad", '{"step": 4, "model": {}, "files": []}'])
 def test_a_newest_checkpoint_with_a_damaged_state_json_is_passed_over(tmp_path: Path, state: str) -> None:
     _toy_run(tmp_path, 4)
@@ -467,6 +527,37 @@ def test_a_streamed_run_resumed_with_other_ranks_or_workers_says_so(tmp_path: Pa
     assert [e["message"] for e in events if e["event"] == "warning"] == [
         "resumed with changed arguments: data readers 1 rank(s) x 1 reader(s) -> 2 rank(s) x 2 reader(s)"
     ]
+
+
+def test_resumed_data_is_checked_against_the_newest_readable_record_and_that_of_diffit_0_1_0(tmp_path: Path) -> None:
+    def checkpoint(run: str, step: int, state: str) -> Path:
+        (tmp_path / run / f"ckpt-{step:08d}").mkdir(parents=True)
+        (tmp_path / run / f"ckpt-{step:08d}" / "state.json").write_text(state)
+        return tmp_path / run
+
+    run = checkpoint("run", 2, json.dumps({"step": 2, "model": {}, "run": {"data": {"content_hash": "a" * 64}}}))
+    checkpoint("run", 4, "{bad")  # the newest, damaged: passed over, as train passes it over
+    check_resume_data(run, "a" * 64)
+    with pytest.raises(ValueError, match=rf"^data is not the data the run in {run} was trained on \(content hash "
+                       r"bbbbbbbbbbbb, run: aaaaaaaaaaaa\); resume with the same shards$"):  # fmt: skip
+        check_resume_data(run, "b" * 64)
+    old = checkpoint("old", 1, json.dumps({"step": 1, "model": {}, "args": {"data_content_hash": "c" * 64}}))
+    check_resume_data(old, "c" * 64)
+    with pytest.raises(ValueError, match=r"\(content hash bbbbbbbbbbbb, run: cccccccccccc\)"):
+        check_resume_data(old, "b" * 64)
+
+
+def test_import_factory_follows_dotted_names_and_augment_is_refused_for_latent_data() -> None:
+    assert import_factory("diffit.runs:TrainingData.batches") is TrainingData.batches
+    with pytest.raises(ValueError, match=r"^model_factory 'diffit.runs:TrainingData.nope': 'diffit.runs' has no "
+                       r"attribute 'TrainingData.nope'$"):  # fmt: skip
+        import_factory("diffit.runs:TrainingData.nope")
+    with pytest.raises(ValueError, match=r"^model_factory 'diffit.runs:VAE_FACTOR' is not callable$"):
+        import_factory("diffit.runs:VAE_FACTOR")
+    latent = TrainingData(urls=["l-000.tar"], latent=True, resolution=32, side=4, channels=4, num_classes=None,
+                          count=None, content_hash=None, kind="stream", flip=False)  # fmt: skip
+    with pytest.raises(ValueError, match="^augment is for image-space training only$"):
+        build_backbone(latent, model="s2", augment=0.5)
 
 
 def test_a_part_of_a_shard_set_is_counted_as_the_part(tmp_path: Path) -> None:
