@@ -1,7 +1,7 @@
 """Mutation check: inject small bugs (a flipped sign, an off-by-one, a dropped case) into diffit's core formulas
 and confirm that the tests meant to guard each one fail.
 
-    python benchmarks/mutants.py [--only SUBSTRING]
+    python benchmarks/mutants.py [--only SUBSTRING] [--list CANDIDATES.json]
 
 Each mutant is one source edit, applied to a copy of the working tree in a temporary folder (the checkout is never
 touched), then the named tests run there with ``-x``. A mutant is caught when they fail. The list holds the
@@ -13,6 +13,7 @@ if any survived (docs/benchmarks.md, "Mutation check", lists each pass).
 """
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -240,8 +241,8 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
     ),
     (
         "diffit/checkpoint.py",
-        "checkpoint_dirs(run_dir)[:-keep_last]",
-        "checkpoint_dirs(run_dir)[: -keep_last - 1]",
+        "if p.name <= final.name][:-keep_last]",
+        "if p.name <= final.name][: -keep_last - 1]",
         [TRAIN + "::test_rotation_keeps_the_newest_keep_last_and_the_kept_steps"],
     ),
     (
@@ -487,6 +488,721 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         [TRAIN],
     ),
     ("diffit/train.py", 'if compile is True or compile == "model":', "if compile:", [TRAIN]),
+    # data (pass of 2026-11-27, second): latent encoding and its resume record, image sources, the shard CLI
+    (
+        "diffit/data/encode.py",
+        "mix_seed(seed, index, i, done)",
+        "mix_seed(seed, index, i, 0)",
+        ["tests/test_data_encode.py::test_sampled_latents_draw_fresh_noise_for_every_sample_from_the_seed"],
+    ),
+    (
+        "diffit/data/encode.py",
+        "mix_seed(seed, index, i, done)",
+        "mix_seed(0, index, i, done)",
+        ["tests/test_data_encode.py::test_sampled_latents_draw_fresh_noise_for_every_sample_from_the_seed"],
+    ),
+    (
+        "diffit/data/encode.py",
+        "(max_label + 1 if labelled else 0)",
+        "(max_label if labelled else 0)",
+        ["tests/test_data_encode.py::test_without_a_dataset_json_the_class_count_is_the_largest_label_plus_one"],
+    ),
+    (
+        "diffit/data/encode.py",
+        "resolution=int(latent_shape[-1])",
+        "resolution=int(latent_shape[0])",
+        [
+            "tests/test_data_encode.py::test_the_manifest_takes_channels_and_side_from_the_latents_also_when_every_shard_is_resumed"
+        ],
+    ),
+    (
+        "diffit/data/encode.py",
+        'first["latent.npy"])).shape[1:]',
+        'first["latent.npy"])).shape[2:]',
+        [
+            "tests/test_data_encode.py::test_the_manifest_takes_channels_and_side_from_the_latents_also_when_every_shard_is_resumed"
+        ],
+    ),
+    (
+        "diffit/data/encode.py",
+        "(now[0], now[2]) != (stamp[0], stamp[2])",
+        "now[0] != stamp[0]",
+        ["tests/test_data_encode.py::test_encode_resumes_only_its_own_intact_shards"],
+    ),
+    (
+        "diffit/data/encode.py",
+        "if label >= 0:",
+        "if label > 0:",
+        ["tests/test_data_encode.py::test_encode_stores_posterior_of_image_and_mirror"],
+    ),
+    (
+        "cli/data.py",
+        "batch_size=batch_size,",
+        "batch_size=32,",
+        ["tests/test_data_cli.py::test_every_encode_option_reaches_encode_latents_with_its_value"],
+    ),
+    (
+        "cli/data.py",
+        "png_compress_level=0 if digits else 6,",
+        "png_compress_level=0,",
+        ["tests/test_data_cli.py::test_shard_writes_the_bytes_the_library_writes_with_its_defaults"],
+    ),
+    (
+        "diffit/data/writing.py",
+        "labels.min(initial=0) < 0 or ",
+        "",
+        [
+            "tests/test_data_shards.py::test_array_labels_must_be_one_class_index_per_image_and_name_every_class_up_to_the_largest"
+        ],
+    ),
+    (
+        "diffit/data/writing.py",
+        "if labels is not None and len(labels) != len(images):",
+        "if False:",
+        [
+            "tests/test_data_shards.py::test_array_labels_must_be_one_class_index_per_image_and_name_every_class_up_to_the_largest"
+        ],
+    ),
+    (
+        "diffit/data/writing.py",
+        "range(labels.max(initial=-1) + 1)",
+        "range(len(np.unique(labels)))",
+        [
+            "tests/test_data_shards.py::test_array_labels_must_be_one_class_index_per_image_and_name_every_class_up_to_the_largest"
+        ],
+    ),
+    (
+        "diffit/data/writing.py",
+        "if classes and flat:",
+        "if False:",
+        [
+            "tests/test_data_shards.py::test_folder_source_skips_hidden_files_refuses_mixed_layouts_and_records_no_single_size"
+        ],
+    ),
+    (
+        "diffit/data/writing.py",
+        "channels = channels if channels is not None else source.channels or 3",
+        "channels = channels if channels is not None else 3",
+        ["tests/test_data_shards.py::test_an_array_source_keeps_its_channel_count"],
+    ),
+    (
+        "diffit/data/writing.py",
+        "resolution=sides.pop() if len(sides) == 1 else None,",
+        "resolution=max(sides),",
+        [
+            "tests/test_data_shards.py::test_folder_source_skips_hidden_files_refuses_mixed_layouts_and_records_no_single_size"
+        ],
+    ),
+    (
+        "diffit/data/writing.py",
+        "if not shards:\n            raise",
+        "if False:\n            raise",
+        ["tests/test_data_shards.py::test_a_source_without_one_readable_image_writes_nothing"],
+    ),
+    (
+        "diffit/data/images.py",
+        "while min(img.size) >= 2 * resolution:",
+        "while min(img.size) > 2 * resolution:",
+        ["tests/test_data_shards.py::test_center_crop_halves_with_a_box_filter_while_at_least_twice_the_target"],
+    ),
+    (
+        "diffit/data/writing.py",
+        ' in IMAGE_EXTENSIONS and not name.startswith(".")',
+        " in IMAGE_EXTENSIONS",
+        [
+            "tests/test_data_shards.py::test_folder_source_skips_hidden_files_refuses_mixed_layouts_and_records_no_single_size"
+        ],
+    ),
+    (
+        "diffit/data/writing.py",
+        "images.transpose(0, 2, 3, 1)",
+        "images.transpose(0, 3, 2, 1)",
+        ["tests/test_data_shards.py::test_array_sources_round_trip_exactly"],
+    ),
+    (
+        "diffit/data/encode.py",
+        "done, max_label = done + kept[0].count, max(max_label, kept[1])",
+        "done, max_label = done + kept[0].count, max_label",
+        ["tests/test_data_encode.py::test_without_a_dataset_json_the_class_count_is_the_largest_label_plus_one"],
+    ),
+    (
+        "diffit/data/encode.py",
+        "if not isinstance(max_label, int) or isinstance(max_label, bool):\n            return None",
+        "if not isinstance(max_label, int) or isinstance(max_label, bool):\n            max_label = -1",
+        ["tests/test_data_encode.py::test_without_a_dataset_json_the_class_count_is_the_largest_label_plus_one"],
+    ),
+    # diffusion (pass of 2026-11-27, second): schedules, step schedules, planner, noise, samplers, objectives
+    (
+        "diffit/diffusion/step_schedules.py",
+        "    power: float = 2.0,\n",
+        "    power: float = 1.0,\n",
+        ["tests/test_diffusion_step_schedules.py::test_vp_time_defaults_to_the_time_quadratic_spacing"],
+    ),
+    (
+        "diffit/diffusion/step_schedules.py",
+        "if sigma_next > 0:\n            nxt",
+        "if False:\n            nxt",
+        ["tests/test_diffusion_step_schedules.py::test_optimized_schedule_is_a_fine_grid_path_that_beats_karras"],
+    ),
+    (
+        "diffit/diffusion/step_schedules.py",
+        "(traj[i] - sig[i] * slope[i] - x_end.flatten(1))",
+        "(traj[i] - x_end.flatten(1))",
+        [
+            "tests/test_diffusion_step_schedules.py::test_optimized_schedule_is_the_cheapest_path_of_n_steps_by_brute_force"
+        ],
+    ),
+    (
+        "diffit/diffusion/step_schedules.py",
+        "return torch.cat([sigmas[:-2], sigmas[-1:]])",
+        "return torch.cat([sigmas[:-3], sigmas[-2:]])",
+        ["tests/test_diffusion_step_schedules.py::test_schedules_span_the_range_and_end_with_zero"],
+    ),
+    (
+        "diffit/diffusion/step_schedules.py",
+        "sigmas = torch.expm1(0.5 * VP_BETA_D * t**2 + VP_BETA_MIN * t).sqrt()",
+        "sigmas = torch.expm1(VP_BETA_D * t**2 + VP_BETA_MIN * t).sqrt()",
+        ["tests/test_diffusion_step_schedules.py::test_closed_forms"],
+    ),
+    (
+        "diffit/diffusion/schedules.py",
+        "kept.add(start + round(cur))",
+        "kept.add(start + int(cur))",
+        ["tests/test_diffusion_schedules.py::test_space_timesteps_matches_adm_also_for_uneven_sections"],
+    ),
+    (
+        "diffit/diffusion/schedules.py",
+        "size = size_per + (1 if i < extra else 0)",
+        "size = size_per",
+        ["tests/test_diffusion_schedules.py::test_space_timesteps_matches_adm_also_for_uneven_sections"],
+    ),
+    (
+        "diffit/diffusion/schedules.py",
+        "max_beta: float = 0.999)",
+        "max_beta: float = 0.99)",
+        ["tests/test_diffusion_schedules.py::test_cosine_betas_match_adm_and_clip_at_max_beta"],
+    ),
+    (
+        "diffit/diffusion/schedules.py",
+        "t64 = t.double().clamp(0, len(alphas_cumprod) - 1)",
+        "t64 = t.double()",
+        ["tests/test_diffusion_schedules.py::test_sigma_alpha_bar_timestep_round_trips"],
+    ),
+    (
+        "diffit/diffusion/schedules.py",
+        "hi = (lo + 1).clamp(max=len(alphas_cumprod) - 1)",
+        "hi = lo.clamp(max=len(alphas_cumprod) - 1)",
+        ["tests/test_diffusion_schedules.py::test_sigma_alpha_bar_timestep_round_trips"],
+    ),
+    (
+        "diffit/diffusion/noise.py",
+        "else torch.float32\n",
+        "else self.dtype\n",
+        [
+            "tests/test_diffusion_samplers.py::test_per_sample_noise_draws_one_stream_whatever_the_dtype_and_takes_every_64_bit_seed"
+        ],
+    ),
+    (
+        "diffit/diffusion/noise.py",
+        "return is_integer(s) and 0 <= s < 2**64",
+        "return is_integer(s) and 0 <= s",
+        [
+            "tests/test_diffusion_samplers.py::test_per_sample_noise_draws_one_stream_whatever_the_dtype_and_takes_every_64_bit_seed"
+        ],
+    ),
+    (
+        "diffit/diffusion/noise.py",
+        "manual_seed(int(s)) for s in seeds]",
+        "manual_seed(int(seeds[0])) for s in seeds]",
+        ["tests/test_diffusion_samplers.py::test_per_sample_seeds_are_batch_invariant"],
+    ),
+    (
+        "diffit/diffusion/sampling.py",
+        "if any(a <= b for a, b in",
+        "if any(a < b for a, b in",
+        ["tests/test_diffusion_samplers.py::test_a_repeated_sigma_is_not_strictly_decreasing"],
+    ),
+    (
+        "diffit/diffusion/sampling.py",
+        "return functools.partial(method, *args, **kwargs) if bind else method",
+        "return method",
+        [
+            "tests/test_diffusion_samplers.py::test_ddpm_counts_the_evaluations_of_a_learned_variance_denoiser_and_binds_the_outer_labels"
+        ],
+    ),
+    (
+        "diffit/diffusion/sampling.py",
+        "        s = self._sigma(x, sigma)\n        self._count(s)\n        denoised, variance",
+        "        s = self._sigma(x, sigma)\n        denoised, variance",
+        [
+            "tests/test_diffusion_samplers.py::test_ddpm_counts_the_evaluations_of_a_learned_variance_denoiser_and_binds_the_outer_labels"
+        ],
+    ),
+    (
+        "diffit/diffusion/planning.py",
+        '(4, MAX_STEPS + 1, "unipc", "vp-time")',
+        '(4, MAX_STEPS + 1, "unipc", "karras")',
+        ["tests/test_diffusion_planning.py::test_each_budget_gets_the_measured_sampler_and_schedule"],
+    ),
+    (
+        "diffit/diffusion/planning.py",
+        "steps = (calls + 1) // 2 if sampler in TWO_STAGE else calls",
+        "steps = calls // 2 if sampler in TWO_STAGE else calls",
+        ["tests/test_diffusion_planning.py::test_known_budgets"],
+    ),
+    (
+        "diffit/objectives.py",
+        "return karras_sigmas(steps, self.sigma_min, self.sigma_max, rho=self.rho)",
+        "return karras_sigmas(steps, self.sigma_min, self.sigma_max)",
+        ["tests/test_diffusion_losses.py::test_objectives_apply_their_own_settings"],
+    ),
+    (
+        "diffit/objectives.py",
+        'noise=draws["noise"], sigma_data=self.sigma_data,',
+        'noise=draws["noise"],',
+        ["tests/test_diffusion_losses.py::test_objectives_apply_their_own_settings"],
+    ),
+    (
+        "diffit/objectives.py",
+        "return respaced_sigmas(self.alphas_cumprod, steps)",
+        'return respaced_sigmas(self.alphas_cumprod, f"ddim{steps}")',
+        ["tests/test_diffusion_losses.py::test_objectives_apply_their_own_settings"],
+    ),
+    # evaluation (pass of 2026-11-27, second): statistics, FID, Inception Score, sources, k-NN manifolds, eval CLI
+    (
+        "diffit/evaluation/statistics.py",
+        "self.scatter / (self.count - 1), self.count)",
+        "self.scatter / self.count, self.count)",
+        ["tests/test_eval.py::test_streaming_statistics_match_numpy_for_any_batching"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "self.scatter = self.scatter + scatter_b + np.outer(delta, delta) * (n_a * n_b / n)",
+        "self.scatter = self.scatter + scatter_b",
+        ["tests/test_eval.py::test_streaming_statistics_match_numpy_for_any_batching"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "self.mean = self.mean + delta * (n_b / n)",
+        "self.mean = self.mean + delta * (n_a / n)",
+        ["tests/test_eval.py::test_streaming_statistics_match_numpy_for_any_batching"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "middle = root1 @ sigma2 @ root1",
+        "middle = sigma1 @ sigma2",
+        ["tests/test_eval.py::test_frechet_matches_scipy_sqrtm_on_general_covariances"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()",
+        "trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None).sum())",
+        ["tests/test_eval.py::test_frechet_commuting_covariances_closed_form"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2",
+        "sigma1, sigma2 = sigma1, sigma2",
+        ["tests/test_eval.py::test_frechet_uses_the_symmetric_part_of_covariances_with_round_off"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "return max(float(d2), 0.0)",
+        "return float(d2)",
+        ["tests/test_eval.py::test_frechet_singular_covariances_are_stable"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        '    _check_covariance("sigma2", np.linalg.eigvalsh(sigma2))',
+        "    pass",
+        ["tests/test_eval.py::test_frechet_bad_input"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):",
+        "if False:",
+        ["tests/test_eval.py::test_statistics_of_the_wrong_shape_are_refused_and_an_unknown_count_stays_unknown"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "np.int64(-1 if stats.count is None else stats.count)",
+        "np.int64(0 if stats.count is None else stats.count)",
+        ["tests/test_eval.py::test_statistics_of_the_wrong_shape_are_refused_and_an_unknown_count_stays_unknown"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        'members is None or not members <= {"mu", "sigma", "count"}',
+        'members is None or not {"mu", "sigma"} <= members',
+        ["tests/test_eval.py::test_statistics_never_replace_images_the_source_itself_or_a_reference_batch"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "part = p[i * n // splits : (i + 1) * n // splits]",
+        "part = p[i * (n // splits) : (i + 1) * (n // splits)]",
+        ["tests/test_eval.py::test_inception_score_matches_the_definition_on_uneven_splits"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "marginal = part.mean(dim=0, keepdim=True)",
+        "marginal = p.mean(dim=0, keepdim=True)",
+        ["tests/test_eval.py::test_inception_score_matches_the_definition_on_uneven_splits"],
+    ),
+    (
+        "diffit/evaluation/statistics.py",
+        "return float(np.mean(scores)), float(np.std(scores))",
+        "return float(np.mean(scores)), float(np.std(scores, ddof=1))",
+        ["tests/test_eval.py::test_inception_score_matches_the_definition_on_uneven_splits"],
+    ),
+    (
+        "diffit/evaluation/sources.py",
+        "images.transpose(0, 3, 1, 2)",
+        "images.transpose(0, 3, 2, 1)",
+        ["tests/test_eval.py::test_npz_folder_and_shards_yield_the_same_images"],
+    ),
+    (
+        "diffit/evaluation/sources.py",
+        "((x + 1.0) * 127.5).round_()",
+        "((x + 1.0) * 127.5)",
+        ["tests/test_eval.py::test_npz_folder_and_shards_yield_the_same_images"],
+    ),
+    (
+        "diffit/evaluation/sources.py",
+        "if pending and (len(pending) == batch_size or image.shape != pending[0].shape):",
+        "if pending and image.shape != pending[0].shape:",
+        ["tests/test_eval.py::test_folder_batches_hold_at_most_batch_size_images_of_one_size"],
+    ),
+    (
+        "diffit/evaluation/sources.py",
+        "if pending and (len(pending) == batch_size or image.shape != pending[0].shape):",
+        "if pending and len(pending) == batch_size:",
+        ["tests/test_eval.py::test_folder_batches_hold_at_most_batch_size_images_of_one_size"],
+    ),
+    (
+        "diffit/evaluation/sources.py",
+        "count = shape[0] if limit is None else min(shape[0], limit)",
+        "count = shape[0] if limit is None else limit",
+        ["tests/test_eval.py::test_max_count_above_the_number_of_images_reads_them_all"],
+    ),
+    (
+        "diffit/evaluation/sources.py",
+        "if limit is not None and done + len(x) > limit:",
+        "if False:",
+        ["tests/test_eval.py::test_npz_folder_and_shards_yield_the_same_images"],
+    ),
+    (
+        "diffit/evaluation/extract.py",
+        "open_images(src, batch_size=batch_size, max_count=max_count) if",
+        "open_images(src, batch_size=batch_size) if",
+        ["tests/test_eval_manifold.py::test_max_count_and_progress_reach_a_source_given_by_path"],
+    ),
+    (
+        "diffit/evaluation/extract.py",
+        "if stats.mu.shape != (FEATURE_DIM,):",
+        "if False:",
+        ["tests/test_eval_manifold.py::test_no_images_and_statistics_of_another_width_are_refused"],
+    ),
+    (
+        "diffit/evaluation/extract.py",
+        '    if not features:\n        raise ValueError("src: no images were read")',
+        "    if False:\n        pass",
+        ["tests/test_eval_manifold.py::test_no_images_and_statistics_of_another_width_are_refused"],
+    ),
+    (
+        "diffit/evaluation/extract.py",
+        "if source is not None and not is_statistics_file(ref):",
+        "if source is not None:",
+        ["tests/test_eval_manifold.py::test_one_pass_gives_statistics_and_features_and_the_reference_kinds"],
+    ),
+    (
+        "diffit/evaluation/extract.py",
+        "done += len(images)",
+        "done = len(images)",
+        ["tests/test_eval_manifold.py::test_max_count_and_progress_reach_a_source_given_by_path"],
+    ),
+    (
+        "diffit/evaluation/extract.py",
+        "progress(acc.count, source.count)",
+        "progress(len(images), source.count)",
+        ["tests/test_eval_manifold.py::test_max_count_and_progress_reach_a_source_given_by_path"],
+    ),
+    (
+        "diffit/evaluation/manifold.py",
+        "torch.promote_types(features.dtype, torch.float32)",
+        "torch.float32",
+        ["tests/test_eval_manifold.py::test_float64_features_stay_float64_and_mixed_precisions_meet_in_float64"],
+    ),
+    (
+        "diffit/evaluation/manifold.py",
+        "if real.dtype != fake.dtype:",
+        "if False:",
+        ["tests/test_eval_manifold.py::test_float64_features_stay_float64_and_mixed_precisions_meet_in_float64"],
+    ),
+    (
+        "diffit/evaluation/manifold.py",
+        "if bool(inside[r0:r1].all()):",
+        "if bool(inside[r0:r1].any()):",
+        ["tests/test_eval_manifold.py::test_matches_a_brute_force_reference_for_any_block"],
+    ),
+    (
+        "diffit/evaluation/manifold.py",
+        "inside[r0:r1] |= (d <= radii",
+        "inside[r0:r1] = (d <= radii",
+        ["tests/test_eval_manifold.py::test_matches_a_brute_force_reference_for_any_block"],
+    ),
+    (
+        "diffit/evaluation/manifold.py",
+        "if len(features) <= k:",
+        "if len(features) < k:",
+        ["tests/test_eval_manifold.py::test_bad_input_is_one_line_naming_the_argument"],
+    ),
+    (
+        "cli/eval.py",
+        "ref_source = open_reference(ref, features=with_pr, batch_size=batch_size, max_count=max_count)",
+        "ref_source = open_reference(ref, features=with_pr, batch_size=batch_size)",
+        ["tests/test_eval.py::test_cli_max_count_reaches_ref_and_ref_is_the_real_side_of_precision_recall"],
+    ),
+    (
+        "cli/eval.py",
+        "inception_score_from_probabilities(result.probabilities, min(splits, len(result.probabilities)))",
+        "inception_score_from_probabilities(result.probabilities, min(10, len(result.probabilities)))",
+        ["tests/test_eval.py::test_cli_splits_reach_the_inception_score"],
+    ),
+    (
+        "cli/eval.py",
+        '    _check_count(None if ref_source is None or ref_is_stats else ref_source.count, "REF")',
+        "    pass",
+        ["tests/test_eval.py::test_cli_a_reference_of_one_image_is_refused_naming_ref_before_any_work"],
+    ),
+    (
+        "cli/eval.py",
+        "pr = precision_recall(reference.features.to(device), result.features.to(device))",
+        "pr = precision_recall(result.features.to(device), reference.features.to(device))",
+        ["tests/test_eval.py::test_cli_max_count_reaches_ref_and_ref_is_the_real_side_of_precision_recall"],
+    ),
+    (
+        "cli/eval.py",
+        'source = _open(ctx, src, "SRC", batch_size, max_count)',
+        'source = _open(ctx, src, "SRC", 50, max_count)',
+        ["tests/test_eval.py::test_cli_a_batch_out_of_memory_is_one_line_naming_batch_size_and_writes_nothing"],
+    ),
+    (
+        "diffit/evaluation/sources.py",
+        "    if fortran:\n",
+        "    if False:\n",
+        ["tests/test_eval.py::test_open_images_bad_input"],
+    ),
+    (
+        "diffit/evaluation/sources.py",
+        "(sum(counts) if limit is None else min(sum(counts), limit))",
+        "sum(counts)",
+        ["tests/test_eval.py::test_npz_folder_and_shards_yield_the_same_images"],
+    ),
+    (
+        "cli/eval.py",
+        'source = _open(ctx, src, "SRC", batch_size, max_count)',
+        'source = _open(ctx, src, "SRC", batch_size, None)',
+        ["tests/test_eval.py::test_cli_errors_exit_2_with_one_line_and_no_output"],
+    ),
+    # checkpoints and runs (pass of 2026-11-27, second): saving, rotation, loading, resume checks, files
+    (
+        "diffit/checkpoint.py",
+        'check_integer("keep_last", keep_last)',
+        "pass",
+        ["tests/test_reliability.py::test_save_checkpoint_checks_everything_before_writing_anything"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]",
+        "shapes = []",
+        [
+            "tests/test_reliability.py::test_weights_that_do_not_fit_the_model_are_named_in_one_line_and_wrapper_prefixes_are_dropped"
+        ],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "missing = sorted(set(own) - set(state))",
+        "missing = []",
+        [
+            "tests/test_reliability.py::test_weights_that_do_not_fit_the_model_are_named_in_one_line_and_wrapper_prefixes_are_dropped"
+        ],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "state = strip_wrapper_prefixes(state)\n",
+        "state = dict(state)\n",
+        [
+            "tests/test_reliability.py::test_weights_that_do_not_fit_the_model_are_named_in_one_line_and_wrapper_prefixes_are_dropped"
+        ],
+    ),
+    (
+        "diffit/checkpoint.py",
+        'if saved.get("class") != current["class"] or not _same_config(saved.get("config"), current["config"], model):',
+        'if saved.get("class") != current["class"]:',
+        ["tests/test_open_library.py::test_runs_saved_before_an_argument_existed_still_resume"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "return _without_legacy(saved) | filled == current",
+        "return _without_legacy(saved) == current",
+        ["tests/test_open_library.py::test_runs_saved_before_an_argument_existed_still_resume"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        'load_state_strict(ema, load_file(str(ckpt_dir / "ema.safetensors"))',
+        'load_state_strict(ema, load_file(str(ckpt_dir / "model.safetensors"))',
+        [
+            "tests/test_train.py::test_a_checkpoint_restores_weights_ema_optimizer_and_rng_bit_exactly_and_a_step_saved_again_replaces_it"
+        ],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "    if optimizer is not None:\n        optimizer.load_state_dict",
+        "    if optimizer is None:\n        optimizer.load_state_dict",
+        [
+            "tests/test_train.py::test_a_checkpoint_restores_weights_ema_optimizer_and_rng_bit_exactly_and_a_step_saved_again_replaces_it"
+        ],
+    ),
+    (
+        "diffit/checkpoint.py",
+        'return record, load_file(str(ckpt_dir / "rng.safetensors"))',
+        "return record, {}",
+        [
+            "tests/test_train.py::test_a_checkpoint_restores_weights_ema_optimizer_and_rng_bit_exactly_and_a_step_saved_again_replaces_it"
+        ],
+    ),
+    (
+        "diffit/checkpoint.py",
+        'if not (ckpt_dir / "rng.safetensors").is_file():',
+        "if False:",
+        ["tests/test_reliability.py::test_a_checkpoint_without_rng_states_fails_its_check"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "if not (ckpt_dir / name).is_file() or sha256_file(ckpt_dir / name) != expected:",
+        "if not (ckpt_dir / name).is_file():",
+        ["tests/test_reliability.py::test_a_damaged_latest_checkpoint_is_passed_over_on_resume"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "        if final.exists():  # re-saving the same step (e.g. a signal right after a periodic save)\n"
+        "            shutil.rmtree(final)\n",
+        "",
+        [
+            "tests/test_train.py::test_a_checkpoint_restores_weights_ema_optimizer_and_rng_bit_exactly_and_a_step_saved_again_replaces_it"
+        ],
+    ),
+    (
+        "diffit/checkpoint.py",
+        'ckpt = path if (path / "state.json").is_file() else latest_checkpoint(path)',
+        "ckpt = latest_checkpoint(path.parent if _CKPT_RE.match(path.name) else path)",
+        ["tests/test_train.py::test_load_model_takes_the_checkpoint_it_is_named_in_eval_mode"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        'return ckpt / ("ema.safetensors" if use_ema else "model.safetensors")',
+        'return ckpt / "ema.safetensors"',
+        ["tests/test_sample.py::test_cli_raw_samples_the_raw_weights_of_a_training_checkpoint"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "return model.to(map_location).eval(), metadata",
+        "return model.to(map_location), metadata",
+        ["tests/test_train.py::test_load_model_takes_the_checkpoint_it_is_named_in_eval_mode"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        'extra_metadata={WEIGHTS_METADATA_KEY: "ema"})',
+        'extra_metadata={WEIGHTS_METADATA_KEY: "raw"})',
+        [
+            "tests/test_train.py::test_a_checkpoint_restores_weights_ema_optimizer_and_rng_bit_exactly_and_a_step_saved_again_replaces_it"
+        ],
+    ),
+    (
+        "diffit/util/files.py",
+        "        elif tmp.exists():\n            tmp.unlink()\n",
+        "        elif tmp.exists():\n            pass\n",
+        [
+            "tests/test_util.py::test_an_atomic_write_is_fsynced_before_its_rename_and_one_that_fails_leaves_the_old_file_and_no_temporary"
+        ],
+    ),
+    (
+        "diffit/util/files.py",
+        "        if durable:\n            fsync_file(tmp)\n",
+        "        if False:\n            fsync_file(tmp)\n",
+        [
+            "tests/test_util.py::test_an_atomic_write_is_fsynced_before_its_rename_and_one_that_fails_leaves_the_old_file_and_no_temporary"
+        ],
+    ),
+    (
+        "diffit/util/files.py",
+        "if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:",
+        "if [p.name for p in folder.iterdir()] == [LOCK_NAME]:",
+        [
+            "tests/test_util.py::test_a_failed_block_removes_only_the_folder_locked_folder_made_and_the_lock_names_its_holder_alone"
+        ],
+    ),
+    (
+        "diffit/util/files.py",
+        "            os.ftruncate(fd, 0)\n",
+        "",
+        [
+            "tests/test_util.py::test_a_failed_block_removes_only_the_folder_locked_folder_made_and_the_lock_names_its_holder_alone"
+        ],
+    ),
+    (
+        "diffit/util/files.py",
+        '        os.rmdir(tempfile.mkdtemp(prefix=".diffit-probe-", dir=ancestor))',
+        "        os.stat(ancestor)",
+        ["tests/test_reliability.py::test_bad_invocations_are_clean_refusals[train --out /proc/run]"],
+    ),
+    (
+        "diffit/util/files.py",
+        'name, limit = f".{path.stem}.tmp-{os.getpid()}{path.suffix}", _name_max(path.parent)',
+        'name, limit = f".{path.stem}.tmp-{os.getpid()}", _name_max(path.parent)',
+        [
+            "tests/test_util.py::test_an_atomic_write_is_fsynced_before_its_rename_and_one_that_fails_leaves_the_old_file_and_no_temporary"
+        ],
+    ),
+    (
+        "diffit/runs.py",
+        '    recorded = recorded or state.get("args", {}).get("data_content_hash")',
+        "    recorded = recorded",
+        [
+            "tests/test_reliability.py::test_resumed_data_is_checked_against_the_newest_readable_record_and_that_of_diffit_0_1_0"
+        ],
+    ),
+    (
+        "diffit/runs.py",
+        "if recorded is not None and recorded != content_hash:",
+        "if recorded != content_hash:",
+        ["tests/test_reliability.py::test_a_newest_checkpoint_with_a_damaged_state_json_is_passed_over"],
+    ),
+    (
+        "diffit/runs.py",
+        "state = next((s for s in states if s is not None), None)",
+        "state = next(states, None)",
+        [
+            "tests/test_reliability.py::test_resumed_data_is_checked_against_the_newest_readable_record_and_that_of_diffit_0_1_0"
+        ],
+    ),
+    (
+        "diffit/runs.py",
+        'for part in attr.split("."):',
+        "for part in [attr]:",
+        ["tests/test_reliability.py::test_import_factory_follows_dotted_names_and_augment_is_refused_for_latent_data"],
+    ),
+    (
+        "diffit/runs.py",
+        "if augment > 0 and data.latent:",
+        "if False:",
+        ["tests/test_reliability.py::test_import_factory_follows_dotted_names_and_augment_is_refused_for_latent_data"],
+    ),
+    (
+        "diffit/checkpoint.py",
+        "if p.name <= final.name][:-keep_last]",
+        "][:-keep_last]",
+        ["tests/test_reliability.py::test_a_resume_past_a_damaged_newer_checkpoint_keeps_the_checkpoints_it_writes"],
+    ),
 ]
 
 
@@ -503,8 +1219,13 @@ def tree_copy(dest: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the mutants whose file or text contains this")
+    parser.add_argument("--list", help="a JSON list of [file, original, mutated, [tests]] to run instead (a new pass)")
     args = parser.parse_args()
-    chosen = [m for m in MUTANTS if args.only in m[0] or args.only in m[2]]
+    mutants = MUTANTS
+    if args.list:
+        with open(args.list) as f:
+            mutants = [(path, old, new, list(tests)) for path, old, new, tests in json.load(f)]
+    chosen = [m for m in mutants if args.only in m[0] or args.only in m[2]]
     survived = 0
     with tempfile.TemporaryDirectory() as tmp:
         tree_copy(tmp)

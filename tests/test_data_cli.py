@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffit.data import ShardWriter, digits_manifest, load_images, read_manifest
+from diffit.data import ShardWriter, array_source, digits_manifest, load_images, read_manifest, write_image_shards
 from diffit_cli.main import app
 
 runner = CliRunner()
@@ -190,3 +190,30 @@ def test_encode_into_a_folder_of_other_settings_exits_2_and_keeps_it(tmp_path, t
         assert result.exit_code == 2 and len(lines) == 1, result.output
         assert "out_pattern: " in lines[0] and "holds an encoding of other inputs or settings" in lines[0]
     assert {p.name: p.read_bytes() for p in (tmp_path / "l").iterdir()} == finished
+
+
+def test_shard_writes_the_bytes_the_library_writes_with_its_defaults(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images, labels=np.array([0, 1, 2]))
+    result = runner.invoke(app, ["data", "shard", str(tmp_path / "a.npz"), str(tmp_path / "cli" / "s-%03d.tar")])
+    assert result.exit_code == 0, result.output
+    library = write_image_shards(array_source(str(tmp_path / "a.npz")), str(tmp_path / "lib" / "s-%03d.tar"))
+    assert read_manifest(str(tmp_path / "cli")) == library  # PNG at zlib level 6, as documented: not level 0
+    assert (tmp_path / "cli" / "s-000.tar").read_bytes() == (tmp_path / "lib" / "s-000.tar").read_bytes()
+
+
+def test_every_encode_option_reaches_encode_latents_with_its_value(tmp_path, monkeypatch):
+    seen = {}
+
+    def encode_latents(urls, out_pattern, **kwargs):
+        seen.update(urls=urls, out_pattern=out_pattern, **kwargs)
+        raise ValueError("store: stopped here")
+
+    monkeypatch.setattr("diffit_cli.data.encode_latents", encode_latents)
+    options = ["--res", "16", "--batch-size", "3", "--device", "cuda:1", "--scale-factor", "0.5", "--sample"]
+    result = runner.invoke(app, ["data", "encode", "i-{000..001}.tar", "l/l-%03d.tar", "--vae", "v", *options])
+    assert result.exit_code == 2 and "stopped here" in result.output, result.output
+    assert {k: v for k, v in seen.items() if k not in ("log", "progress")} == {
+        "urls": "i-{000..001}.tar", "out_pattern": "l/l-%03d.tar", "vae": "v", "resolution": 16, "batch_size": 3,
+        "device": "cuda:1", "scale_factor": 0.5, "store": "sample",
+    }  # fmt: skip

@@ -360,3 +360,66 @@ def test_the_content_hash_is_over_the_shards_in_order(tmp_path):
     shards = _write(str(tmp_path / "x-%03d.tar"), 6, max_count=3)
     assert content_hash(shards) == hashlib.sha256("\n".join(s.sha256 for s in shards).encode()).hexdigest()
     assert content_hash(shards[::-1]) != content_hash(shards)
+
+
+def test_array_labels_must_be_one_class_index_per_image_and_name_every_class_up_to_the_largest(tmp_path):
+    images = np.zeros((3, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "neg.npz", images=images, labels=np.array([0, -1, 2]))  # -1 stored as cls "-1"
+    np.savez(tmp_path / "long.npz", images=images, labels=np.array([0, 1, 2, 0]))  # the extra label dropped silently
+    np.savez(tmp_path / "gap.npz", images=images, labels=np.array([0, 2, 2]))  # class 1 has no image
+    with pytest.raises(
+        ValueError, match=r"^src: labels in .*neg.npz' must be class indices 0..C-1 with C <= 1,000,000"
+    ):
+        array_source(str(tmp_path / "neg.npz"))
+    with pytest.raises(ValueError, match=r"^src: .*long.npz' has 3 images but 4 labels$"):
+        array_source(str(tmp_path / "long.npz"))
+    source = array_source(str(tmp_path / "gap.npz"))
+    assert source.class_names == ["0", "1", "2"]  # label 2 is class 2 of 3, not of the 2 labels seen
+    manifest = write_image_shards(source, str(tmp_path / "o" / "g-%03d.tar"))
+    assert manifest.classes == 3 and load_images(str(tmp_path / "o" / "g-000.tar"))[1].tolist() == [0, 2, 2]
+
+
+def test_an_array_source_keeps_its_channel_count(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, images in (
+        ("nhw", rng.integers(0, 256, (2, 5, 5), np.uint8)),
+        ("nhwc", rng.integers(0, 256, (2, 5, 5, 1), np.uint8)),
+    ):
+        np.save(tmp_path / f"{name}.npy", images)
+        manifest = write_image_shards(array_source(str(tmp_path / f"{name}.npy")), str(tmp_path / name / "g-%03d.tar"))
+        loaded, _ = load_images(str(tmp_path / name / "g-000.tar"))
+        assert manifest.channels == 1 and loaded.shape == (2, 1, 5, 5)  # not 3 copies of the gray channel
+        assert np.array_equal(loaded.numpy()[:, 0], images.reshape(2, 5, 5))
+
+
+def test_folder_source_skips_hidden_files_refuses_mixed_layouts_and_records_no_single_size(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("L", (4, 4)).save(src / "a.png")
+    Image.new("L", (6, 6)).save(src / "b.png")
+    (src / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # macOS AppleDouble file beside a.png: no image
+    source = folder_source(str(src))
+    assert source.count == 2 and [key for key, _, _ in source.samples()] == ["a", "b"]
+    manifest = write_image_shards(source, str(tmp_path / "o" / "s-%03d.tar"))
+    assert manifest.count == 2 and manifest.resolution is None  # 4x4 and 6x6: no one resolution to promise
+    (src / "c").mkdir()
+    Image.new("L", (4, 4)).save(src / "c" / "0.png")
+    with pytest.raises(ValueError, match=r"^src: .*src' mixes images and class subfolders; use only one layout$"):
+        folder_source(str(src))
+
+
+def test_a_source_without_one_readable_image_writes_nothing(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "broken.png").write_bytes(b"not a png")
+    with pytest.warns(BadSampleWarning), pytest.raises(ValueError, match=r"^src: no readable images to write$"):
+        write_image_shards(folder_source(str(tmp_path / "src")), str(tmp_path / "o" / "s-%03d.tar"))
+    assert not (tmp_path / "o").exists()  # no dataset.json of 0 samples
+
+
+def test_center_crop_halves_with_a_box_filter_while_at_least_twice_the_target():
+    """ADM's loop: ``while min(size) >= 2 * resolution`` halve with BOX; an image of exactly twice the target is
+    box-halved (no bicubic step is left at scale 1), then the middle is cropped."""
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 32, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)  # 32 wide, 16 high
+    want = img.resize((16, 8), resample=Image.Resampling.BOX).crop((4, 0, 12, 8))
+    assert np.array_equal(np.asarray(center_crop_resize(img, 8)), np.asarray(want))

@@ -9,13 +9,17 @@ from diffit.diffusion import (
     EDMPrecond,
     GaussianMixture,
     adm_hybrid_loss,
+    alpha_bar_to_sigma,
     betas_to_alphas_cumprod,
     discretized_gaussian_log_likelihood,
     edm_loss,
+    karras_sigmas,
     linear_betas,
     normal_kl,
     sample_timesteps,
+    space_timesteps,
 )
+from diffit.objectives import ADMObjective, EDMObjective
 
 F64 = torch.float64
 
@@ -178,3 +182,26 @@ def test_loss_arguments_are_named_not_broadcast_or_turned_into_nan() -> None:
         adm(TinyNet(4), x0, torch.zeros(4, dtype=torch.long), y=y, alphas_cumprod=acp[:1])
     with pytest.raises(ValueError, match=r"^batch_size must be an integer >= 1, got 2.5$"):
         inspect.unwrap(sample_timesteps)(2.5, 10)  # torch's randint() TypeError before
+
+
+class TanhNet(nn.Module):
+    """A parameter-free image backbone F(x, c_noise) = tanh(x) (1 + c_noise)."""
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.tanh(x) * (1 + noise[:, None, None, None].to(x.dtype))
+
+
+def test_objectives_apply_their_own_settings() -> None:
+    """EDMObjective's sigma_data reaches both the preconditioning and the loss weight, its rho the sampling
+    schedule; ADMObjective samples ADM's respaced chain (it keeps T - 1, the noisiest step)."""
+    edm, model = EDMObjective(sigma_data=1.0, sigma_min=0.01, sigma_max=10.0, rho=3.0), TanhNet()
+    torch.testing.assert_close(edm.sampling_sigmas(5), karras_sigmas(5, 0.01, 10.0, rho=3.0))
+    x0, noise, sigma = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2), torch.tensor([0.1, 1.0, 5.0])
+    den = EDMPrecond(model, sigma_data=1.0)
+    weight = (sigma**2 + 1.0) / sigma**2  # (sigma^2 + s_d^2) / (sigma s_d)^2 at s_d = 1
+    expected = weight * ((den(x0 + sigma[:, None, None, None] * noise, sigma) - x0) ** 2).mean((1, 2, 3))
+    torch.testing.assert_close(edm.loss(model, x0, None, {"sigma": sigma, "noise": noise}), expected)
+    adm, kept = ADMObjective(), space_timesteps(1000, 100)
+    assert kept[-1] == 999
+    want = torch.cat([alpha_bar_to_sigma(adm.alphas_cumprod[kept]).flip(0), torch.zeros(1, dtype=F64)])
+    torch.testing.assert_close(adm.sampling_sigmas(100), want.float())

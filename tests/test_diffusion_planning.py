@@ -32,6 +32,21 @@ def test_known_budgets() -> None:
     assert plan_sampling(2).sampler == "euler"  # below every higher-order method's minimum
 
 
+def test_each_budget_gets_the_measured_sampler_and_schedule() -> None:
+    """LOW_NFE_CHOICE: Euler/Karras for 1-2 calls, DPM++(2M)/Karras for 3, UniPC/VP-time (ending at zero) from 4."""
+    plans = [plan_sampling(nfe) for nfe in (1, 2, 3, 4, 10, 100)]
+    assert [(p.sampler, p.schedule, p.final, p.steps, p.nfe) for p in plans] == [
+        ("euler", "karras", "sigma_min", 1, 1),
+        ("euler", "karras", "sigma_min", 2, 2),
+        ("dpmpp-2m", "karras", "sigma_min", 3, 3),
+        ("unipc", "vp-time", "zero", 4, 4),
+        ("unipc", "vp-time", "zero", 10, 10),
+        ("unipc", "vp-time", "zero", 100, 100),
+    ]
+    guided = plan_sampling(7, guidance_scale=2.0)  # 3 guided calls: the 3-call choice, an odd budget rounded down
+    assert (guided.sampler, guided.schedule, guided.steps, guided.nfe) == ("dpmpp-2m", "karras", 3, 6)
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [

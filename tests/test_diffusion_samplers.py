@@ -14,6 +14,7 @@ from diffit.diffusion import (
     PerSampleNoise,
     VPEpsDenoiser,
     betas_to_alphas_cumprod,
+    bind_labels,
     check_sigmas,
     karras_sigmas,
     linear_betas,
@@ -27,6 +28,7 @@ from diffit.diffusion import (
     sample_euler_maruyama,
     sample_heun,
 )
+from diffit.diffusion.sampling import find_method
 
 F64 = torch.float64
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -320,3 +322,62 @@ def test_a_denoiser_output_of_another_shape_is_refused_not_broadcast(name: str, 
     gm = mixture()
     with pytest.raises(ValueError, match=r"denoiser must return a tensor shaped like x \(3, 2\)"):
         SAMPLERS[name](lambda x, s: cut[wrong](gm(x, s)), x, karras_sigmas(3, SIGMA_MIN, SIGMA_MAX, dtype=F64))
+
+
+def test_per_sample_noise_draws_one_stream_whatever_the_dtype_and_takes_every_64_bit_seed() -> None:
+    """Half-precision noise is the float32 stream cast (drawn in bf16, 16 of 27 values differed on CPU), and a
+    seed is any integer in [0, 2**64): torch would take -1 and 2**64 modulo 2**64 (or overflow)."""
+    seeds, shape = [3, 2**64 - 1], (3, 3, 3)  # not a multiple of 16: CPU's vectorised randn draws the tail apart
+    ref = per_sample_noise(seeds, shape)()
+    for dtype in (torch.float16, torch.bfloat16):
+        assert torch.equal(per_sample_noise(seeds, shape, dtype=dtype)(), ref.to(dtype)), dtype
+    for bad in (-1, 2**64):
+        with pytest.raises(ValueError, match=rf"^seeds must be integers in \[0, 2\*\*64\), got {bad}$"):
+            per_sample_noise([0, bad], shape)
+
+
+def test_a_repeated_sigma_is_not_strictly_decreasing() -> None:
+    x, repeated = torch.randn(2, 2, dtype=F64), torch.tensor([2.0, 1.0, 1.0, 0.0], dtype=F64)
+    for sampler in SAMPLERS.values():  # a zero-length step: a division by sigma - sigma_next = 0 in some
+        with pytest.raises(ValueError, match="^sigmas must be strictly decreasing$"):
+            sampler(mixture(), x, repeated)
+
+
+class LearnedVariance:
+    """A denoiser with ADM's learned variance (v = 0: halfway between small and large) costing 2 per call."""
+
+    def __init__(self) -> None:
+        self.gm, self.labels = mixture(), []
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.denoise_with_variance(x, sigma, y)[0]
+
+    def denoise_with_variance(
+        self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.labels.append(y)
+        return self.gm(x, sigma), torch.zeros_like(x)
+
+    def evaluations(self, sigma: torch.Tensor) -> int:
+        return 2
+
+
+def test_ddpm_counts_the_evaluations_of_a_learned_variance_denoiser_and_binds_the_outer_labels() -> None:
+    n, den = 5, LearnedVariance()
+    sigmas = respaced_sigmas(betas_to_alphas_cumprod(linear_betas()), n, dtype=F64)
+    states: list[dict] = []
+    sample_ddpm(den, torch.randn(3, 2, dtype=F64) * sigmas[0], sigmas, callback=states.append)
+    assert [s["nfe"] for s in states] == [2, 4, 6, 8, 10] and den.labels == [None] * n
+    # Class-conditional: the labels bound to the denoiser reach its learned variance too.
+    y0, y1 = torch.tensor([0, 0, 0]), torch.tensor([1, 2, 0])
+    den.labels.clear()
+    sample_ddpm(bind_labels(den, y0), torch.randn(3, 2, dtype=F64) * sigmas[0], sigmas)
+    assert len(den.labels) == n and all(v is y0 for v in den.labels)
+    # Labels bound twice: the outer binding wins, as it does when the partial itself is called.
+    rebound = partial(bind_labels(den, y0), y=y1)
+    method = find_method(rebound, "denoise_with_variance")
+    den.labels.clear()
+    x, sigma = torch.zeros(3, 2, dtype=F64), torch.ones(3, dtype=F64)
+    rebound(x, sigma)
+    method(x, sigma)
+    assert [v is y1 for v in den.labels] == [True, True]

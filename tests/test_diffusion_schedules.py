@@ -66,6 +66,14 @@ def test_linear_and_cosine_betas() -> None:
             linear_betas(**kwargs)  # 10 steps scale beta_end 0.02 to 2.0: beyond 1
 
 
+def test_cosine_betas_match_adm_and_clip_at_max_beta() -> None:
+    """ADM's betas_for_alpha_bar: beta_t = min(1 - alpha_bar(t + 1) / alpha_bar(t), 0.999), the last ones clipped."""
+    f = [math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2 for t in range(1001)]
+    expected = torch.tensor([min(1 - f[t + 1] / f[t], 0.999) for t in range(1000)], dtype=torch.float64)
+    torch.testing.assert_close(cosine_betas(1000), expected, rtol=1e-12, atol=0)
+    assert cosine_betas(1000)[-1].item() == 0.999
+
+
 def test_sigma_alpha_bar_timestep_round_trips() -> None:
     acp = betas_to_alphas_cumprod(linear_betas())
     sig = alpha_bar_to_sigma(acp)
@@ -76,7 +84,9 @@ def test_sigma_alpha_bar_timestep_round_trips() -> None:
     assert torch.equal(sigma_to_timestep(sig.float(), acp), t.float())
     frac = torch.tensor([0.25, 10.5, 500.75, 998.9], dtype=torch.float64)
     torch.testing.assert_close(sigma_to_timestep(timestep_to_sigma(frac, acp), acp, continuous=True), frac)
-    # Out-of-range sigmas clamp to the chain's ends.
+    # Out-of-range timesteps and sigmas clamp to the chain's ends (-2 read log_sigmas[-2], 1500 an IndexError).
+    ends = timestep_to_sigma(torch.tensor([-2.0, -0.5, 999.5, 1500.0], dtype=torch.float64), acp)
+    torch.testing.assert_close(ends, sig[[0, 0, -1, -1]], rtol=1e-12, atol=0)
     assert sigma_to_timestep(torch.tensor([1e-9, 1e9]), acp, continuous=True).tolist() == [0.0, 999.0]
 
 
@@ -104,6 +114,61 @@ def test_space_timesteps_adm_semantics() -> None:
     assert space_timesteps(10, 10) == list(range(10))
     with pytest.raises(ValueError, match="section_counts"):
         space_timesteps(100, 101)
+
+
+@pytest.mark.parametrize(
+    ("num_timesteps", "counts", "expected"),
+    [
+        # sections of T // k + 1 for the first T % k of them: 10 in 3 is 4, 3, 3
+        (10, [2, 3, 3], [0, 3, 4, 5, 6, 7, 8, 9]),
+        # Python's rounding of the accumulated stride 99 / 14: the ninth step is round(56.57) = 57, not 56
+        (100, [15], [0, 7, 14, 21, 28, 35, 42, 49, 57, 64, 71, 78, 85, 92, 99]),
+        # 1000 in 3 is 334, 333, 333; strides 55.5 (round half to even: 56, 166, 278), 33.2 and 27.75
+        (
+            1000,
+            [7, 11, 13],
+            [
+                0,
+                56,
+                111,
+                166,
+                222,
+                278,
+                333,
+                334,
+                367,
+                400,
+                434,
+                467,
+                500,
+                533,
+                566,
+                600,
+                633,
+                666,
+                667,
+                695,
+                722,
+                750,
+                778,
+                805,
+                833,
+                861,
+                888,
+                916,
+                944,
+                971,
+                999,
+            ],
+        ),  # fmt: skip
+    ],
+)
+def test_space_timesteps_matches_adm_also_for_uneven_sections(
+    num_timesteps: int, counts: list[int], expected: list[int]
+) -> None:
+    """ADM's respacing: T split into len(counts) sections, the first T % k one step longer; section i keeps
+    counts[i] steps at start + round(j * (size - 1) / (counts[i] - 1))."""
+    assert space_timesteps(num_timesteps, counts) == expected
 
 
 def test_respaced_sigmas() -> None:

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -45,6 +46,14 @@ def test_closed_forms() -> None:
     torch.testing.assert_close(t.diff(), t.diff().mean().expand(8), rtol=1e-9, atol=1e-12)
 
 
+def test_vp_time_defaults_to_the_time_quadratic_spacing() -> None:
+    """The planner's "vp-time" is Lu et al.'s time-quadratic schedule: equal steps in sqrt(t) (power 2)."""
+    s = schedule_sigmas("vp-time", 9, SIGMA_MIN, SIGMA_MAX, dtype=F64)[:-1]
+    t = ((VP_BETA_MIN**2 + 2 * VP_BETA_D * torch.log1p(s**2)).sqrt() - VP_BETA_MIN) / VP_BETA_D
+    root = t.sqrt()
+    torch.testing.assert_close(root.diff(), root.diff().mean().expand(8), rtol=1e-9, atol=1e-12)
+
+
 def test_bad_schedule_arguments_raise_naming_them() -> None:
     with pytest.raises(ValueError, match="schedule must be one of karras, log-snr, vp-time, got 'cosine'"):
         schedule_sigmas("cosine", 5, SIGMA_MIN, SIGMA_MAX)
@@ -81,3 +90,33 @@ def test_optimized_schedule_is_a_fine_grid_path_that_beats_karras() -> None:
     fitted = (sample_ipndm(gm, x, s) - ref).norm(dim=1).mean()
     karras = (sample_ipndm(gm, x, karras_sigmas(8, SIGMA_MIN, SIGMA_MAX, dtype=F64)) - ref).norm(dim=1).mean()
     assert fitted < 0.7 * karras, (fitted, karras)
+
+
+def test_optimized_schedule_is_the_cheapest_path_of_n_steps_by_brute_force() -> None:
+    """GITS on a 10-point grid: the path that optimized_sigmas picks is the one of least summed local error
+    among all C(9, n - 1), recomputed here: Euler from teacher node i to node j against the Heun teacher at j, and
+    for the final step to 0 the denoised D_i against the teacher's end point (x_i instead chose other paths)."""
+    gm, fine_steps = mixture(), 10
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(7), dtype=F64) * SIGMA_MAX
+    fine = karras_sigmas(fine_steps, SIGMA_MIN, SIGMA_MAX, dtype=F64).tolist()
+
+    def slope(y: torch.Tensor, sigma: float) -> torch.Tensor:
+        return (y - gm(y, torch.full((len(y),), sigma, dtype=F64))) / sigma
+
+    xs, ds = [x], []
+    for sigma, sigma_next in itertools.pairwise(fine):
+        ds.append(slope(xs[-1], sigma))
+        euler = xs[-1] + (sigma_next - sigma) * ds[-1]
+        xs.append(euler if sigma_next == 0 else xs[-1] + (sigma_next - sigma) * (ds[-1] + slope(euler, sigma_next)) / 2)
+
+    def step_error(i: int, j: int) -> float:
+        pred = xs[i] - fine[i] * ds[i] if j == fine_steps else xs[i] + (fine[j] - fine[i]) * ds[i]
+        return (pred - xs[j]).norm(dim=1).mean().item()
+
+    errors = {(i, j): step_error(i, j) for i, j in itertools.combinations(range(fine_steps + 1), 2)}
+
+    for n in (1, 2, 3, 4, fine_steps):  # the final step's error picked the path at n = 2
+        paths = [(0, *mid, fine_steps) for mid in itertools.combinations(range(1, fine_steps), n - 1)]
+        best = min(paths, key=lambda path: sum(errors[step] for step in itertools.pairwise(path)))
+        got = optimized_sigmas(gm, x, n, SIGMA_MIN, SIGMA_MAX, fine_steps=fine_steps)
+        torch.testing.assert_close(got, torch.tensor([fine[j] for j in best], dtype=F64), rtol=1e-12, atol=0)

@@ -5,6 +5,7 @@ import importlib.util
 import inspect
 import io
 import json
+import math
 import os
 import zipfile
 
@@ -107,6 +108,19 @@ def test_frechet_bad_input():
             frechet_distance(np.zeros(2), sigmas[0], np.zeros(2), sigmas[1])
 
 
+def test_frechet_uses_the_symmetric_part_of_covariances_with_round_off():
+    # A covariance summed in another order, or read from float32, is symmetric only up to round-off: its symmetric
+    # part counts (an eigendecomposition alone reads one triangle and ignores the other).
+    rng = np.random.default_rng(7)
+    s1, s2 = _random_spd(rng, 6), _random_spd(rng, 6)
+    mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
+    skew = rng.standard_normal((6, 6)) * 1e-3
+    skew = skew - skew.T
+    expected = frechet_distance(mu1, s1, mu2, s2)
+    assert frechet_distance(mu1, s1 + skew, mu2, s2 - skew) == pytest.approx(expected, rel=1e-10)
+    assert frechet_distance(mu2, s2 + skew, mu1, s1 - skew) == pytest.approx(expected, rel=1e-10)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Inception Score and statistics
 
@@ -123,6 +137,28 @@ def test_inception_score_uniform_is_one_and_even_one_hot_is_k():
         inception_score(torch.zeros(3, 5), splits=4)
     with pytest.raises(ValueError, match="probability"):
         inception_score_from_probabilities(torch.ones(4, 3), splits=1)
+
+
+def _brute_force_inception_score(probs: list[list[float]], bounds: list[tuple[int, int]]) -> tuple[float, float]:
+    """From the definition: split [lo, hi) scores exp(mean over its samples of KL(p(y|x) || p(y))), p(y) the split's
+    mean prediction; the result is the mean and the population std of the splits' scores."""
+    scores = []
+    for lo, hi in bounds:
+        marginal = [sum(probs[i][c] for i in range(lo, hi)) / (hi - lo) for c in range(len(probs[0]))]
+        kls = [sum(p * math.log(p / q) for p, q in zip(probs[i], marginal, strict=True)) for i in range(lo, hi)]
+        scores.append(math.exp(sum(kls) / len(kls)))
+    mean = sum(scores) / len(scores)
+    return mean, math.sqrt(sum((score - mean) ** 2 for score in scores) / len(scores))
+
+
+def test_inception_score_matches_the_definition_on_uneven_splits():
+    # 11 samples in 3 splits [i * 11 // 3, (i + 1) * 11 // 3): 3, 4 and 4 samples, each with its own marginal p(y).
+    logits = torch.from_numpy(np.random.default_rng(8).standard_normal((11, 5)) * 2)
+    probs = torch.softmax(logits, dim=1)
+    expected = _brute_force_inception_score(probs.tolist(), [(0, 3), (3, 7), (7, 11)])
+    assert expected[1] > 0.01
+    assert inception_score(logits, splits=3) == pytest.approx(expected, rel=1e-12)
+    assert inception_score_from_probabilities(probs, splits=3) == pytest.approx(expected, rel=1e-12)
 
 
 def test_streaming_statistics_match_numpy_for_any_batching():
@@ -168,6 +204,16 @@ def test_statistics_round_trip_and_adm_layout(tmp_path):
             load_statistics(str(tmp_path / name))
     with pytest.raises(ValueError, match="does not exist"):
         save_statistics(str(tmp_path / "missing" / "s.npz"), stats)
+
+
+def test_statistics_of_the_wrong_shape_are_refused_and_an_unknown_count_stays_unknown(tmp_path):
+    for name, mu, sigma in (("wide.npz", np.zeros(3), np.eye(3)[:, :2]), ("column.npz", np.zeros((3, 1)), np.eye(3))):
+        np.savez(tmp_path / name, mu=mu, sigma=sigma)
+        with pytest.raises(ValueError, match=f"^statistics: '.*{name}' has mu .* expected \\(d,\\) and \\(d, d\\)$"):
+            load_statistics(str(tmp_path / name))
+    # An ADM reference batch's statistics (count None) saved and read back: still None, not 0 images.
+    save_statistics(str(tmp_path / "s.npz"), FeatureStats(np.zeros(3), np.eye(3), None))
+    assert load_statistics(str(tmp_path / "s.npz")).count is None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,7 +264,29 @@ def test_npz_folder_and_shards_yield_the_same_images(tmp_path):
     assert torch.equal(_all(str(tmp_path / "s.npz"), batch_size=2, max_count=5), expected[:5])
     assert torch.equal(_all(str(tmp_path / "shards"), batch_size=2, max_count=5), expected[:5])
     assert open_images(str(tmp_path / "folder"), max_count=5).count == 5
+    assert open_images(str(tmp_path / "shards"), max_count=5).count == 5
+    assert open_images(str(tmp_path / "s.npz"), max_count=5).count == 5
     assert open_images(str(tmp_path / "shards/t-{000..001}.tar")).count == 6  # 2 of the set's 3 shards
+
+
+def test_folder_batches_hold_at_most_batch_size_images_of_one_size(tmp_path):
+    rng = np.random.default_rng(9)
+    images = [rng.integers(0, 256, (5, 5, 3), dtype=np.uint8) for _ in range(3)]
+    images += [rng.integers(0, 256, (4, 6, 3), dtype=np.uint8) for _ in range(2)]  # a second size, not square
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    batches = list(open_images(str(tmp_path), batch_size=2).batches())
+    assert [tuple(b.shape) for b in batches] == [(2, 3, 5, 5), (1, 3, 5, 5), (2, 3, 4, 6)]
+    got = [image for batch in batches for image in batch]
+    assert all(torch.equal(g, torch.from_numpy(e).permute(2, 0, 1)) for g, e in zip(got, images, strict=True))
+
+
+def test_max_count_above_the_number_of_images_reads_them_all(tmp_path):
+    images = _tiny_images(5, 4)
+    np.savez(tmp_path / "s.npz", arr_0=images)
+    source = open_images(str(tmp_path / "s.npz"), batch_size=2, max_count=100)
+    assert source.count == 5
+    assert torch.equal(torch.cat(list(source.batches())), torch.from_numpy(images).permute(0, 3, 1, 2))
 
 
 def test_grayscale_npz_is_one_channel(tmp_path):
@@ -235,6 +303,7 @@ def test_grayscale_npz_is_one_channel(tmp_path):
         ("stats.npz", "stats", "no image array 'arr_0'"),
         ("empty", "dir", "no images"),
         ("broken.npz", "text", "not a readable .npz"),
+        ("fortran.npz", "fortran", "is Fortran-ordered; save it C-ordered"),
     ],
 )
 def test_open_images_bad_input(tmp_path, name, setup, message):
@@ -247,6 +316,8 @@ def test_open_images_bad_input(tmp_path, name, setup, message):
         np.savez(path, mu=np.zeros(3), sigma=np.eye(3))
     elif setup == "dir":
         path.mkdir()
+    elif setup == "fortran":  # its bytes are column-major: read as rows, every image would be scrambled
+        np.savez(path, arr_0=np.asfortranarray(_tiny_images(2, 4)))
     with pytest.raises(ValueError, match=message):
         open_images(str(path))
 
@@ -575,6 +646,55 @@ def test_cli_precision_recall_refusals_are_one_line_before_any_work(tmp_path, st
     assert result.exit_code == 2, result.output
     assert result.output.strip().startswith(message.format(tmp=tmp_path)) and len(result.output.splitlines()) == 1
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_cli_a_reference_of_one_image_is_refused_naming_ref_before_any_work(tmp_path, stand_in):
+    np.savez(tmp_path / "s.npz", arr_0=_tiny_images(3, 4))
+    np.savez(tmp_path / "one.npz", arr_0=_tiny_images(1, 4))
+    before = sorted(os.listdir(tmp_path))
+    args = ["eval", "fid", str(tmp_path / "s.npz"), str(tmp_path / "one.npz"), "--inception", stand_in]
+    result = runner.invoke(app, [*args, "--device", "cpu", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: REF: a covariance needs at least 2 images, got 1"
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_cli_max_count_reaches_ref_and_ref_is_the_real_side_of_precision_recall(tmp_path, stand_in, monkeypatch):
+    """The FID of two 2048-d covariances takes seconds on a CPU: it is stubbed here, recording its arguments."""
+    calls = []
+    monkeypatch.setattr("diffit_cli.eval.frechet_distance", lambda *args: calls.append(args) or 0.0)
+    rng = np.random.default_rng(10)
+    tight = (128 + rng.integers(-3, 4, (6, 6, 6, 3))).astype(np.uint8)  # a small cluster inside the reference's
+    np.savez(tmp_path / "s.npz", arr_0=tight)
+    np.savez(tmp_path / "r.npz", arr_0=_tiny_images(7, 6))
+    samples, ref = str(tmp_path / "s.npz"), str(tmp_path / "r.npz")
+    args = [samples, ref, "--inception", stand_in, "--precision-recall", "--max-count", "5"]
+    body = _fid_json(args, str(tmp_path / "a.json"))
+    assert body["samples"]["count"] == 5 and body["reference"]["count"] == 5
+    assert body["reference"]["precision_recall_count"] == 5
+    net = load_inception(stand_in, device="cpu")
+    real, fake = extract_features(ref, net, max_count=5), extract_features(samples, net, max_count=5)
+    expected = precision_recall(real, fake)
+    assert expected == (1.0, 0.0) and (body["precision"], body["recall"]) == expected
+    ((mu1, sigma1, mu2, sigma2),) = calls  # samples first, then the reference
+    np.testing.assert_allclose(mu1, fake.double().mean(dim=0).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mu2, real.double().mean(dim=0).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sigma2, np.cov(real.double().numpy(), rowvar=False), rtol=1e-6, atol=1e-6)
+
+
+def test_cli_splits_reach_the_inception_score(tmp_path, monkeypatch):
+    monkeypatch.setattr("diffit_cli.eval.frechet_distance", lambda *args: 0.0)  # seconds for 2048-d on a CPU
+    path = str(tmp_path / "nv.pt")
+    torch.manual_seed(0)
+    torch.jit.script(_NvlabsStandIn()).save(path)
+    np.savez(tmp_path / "s.npz", arr_0=_tiny_images(6, 5))
+    samples = str(tmp_path / "s.npz")
+    body = _fid_json([samples, samples, "--inception", path, "--splits", "2"], str(tmp_path / "a.json"))
+    probs = evaluate_images(samples, load_inception(path, device="cpu"), probabilities=True).probabilities
+    expected = inception_score_from_probabilities(probs, splits=2)
+    assert expected[0] > 1.0 + 1e-9  # 6 splits of one image each give exactly 1
+    assert body["inception_score_splits"] == 2
+    assert (body["inception_score"], body["inception_score_std"]) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.skipif(

@@ -52,6 +52,19 @@ def test_matches_a_brute_force_reference_for_any_block(block, k):
     np.testing.assert_allclose(radii.numpy(), _brute_radii(real, k), rtol=1e-5)
 
 
+def test_float64_features_stay_float64_and_mixed_precisions_meet_in_float64():
+    rng = np.random.default_rng(12)
+    real, fake = rng.standard_normal((20, 6)), rng.standard_normal((15, 6)) + 0.3
+    radii = manifold_radii(torch.from_numpy(real), k=2, block=7)
+    assert radii.dtype == torch.float64
+    np.testing.assert_allclose(radii.numpy(), _brute_radii(real, 2), rtol=1e-12)
+    real32 = torch.from_numpy(real).float()
+    expected = _brute_precision_recall(real32.double().numpy(), fake, 3)
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1
+    assert precision_recall(real32, torch.from_numpy(fake)) == expected
+    assert precision_recall(torch.from_numpy(fake), real32) == expected[::-1]
+
+
 def test_a_hand_checked_example_on_a_line():
     real = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0]])
     # k = 3: the 4th smallest of each row of squared distances, the zero to itself included.
@@ -159,3 +172,35 @@ def test_one_pass_gives_statistics_and_features_and_the_reference_kinds(tmp_path
             call(str(tmp_path / "stats.npz"), features=True)
     with pytest.raises(ValueError, match="^ref: '.*missing.npz' does not exist"):
         open_reference(str(tmp_path / "missing.npz"), features=True)
+
+
+def _images_npz(tmp_path, n: int = 6) -> str:
+    np.savez(tmp_path / "s.npz", arr_0=np.random.default_rng(11).integers(0, 256, (n, 5, 5, 3), dtype=np.uint8))
+    return str(tmp_path / "s.npz")
+
+
+def test_max_count_and_progress_reach_a_source_given_by_path(tmp_path, net):
+    src = _images_npz(tmp_path)
+    all_features = extract_features(src, net, batch_size=4)
+    calls = []
+    features = extract_features(src, net, batch_size=2, max_count=5, progress=lambda *a: calls.append(a))
+    assert features.shape == (5, FEATURE_DIM) and calls == [(2, 5), (4, 5), (5, 5)]
+    torch.testing.assert_close(features, all_features[:5])
+    calls.clear()
+    result = evaluate_images(src, net, batch_size=4, max_count=5, features=True, progress=lambda *a: calls.append(a))
+    assert result.stats.count == 5 and result.features is not None and len(result.features) == 5
+    assert calls == [(4, 5), (5, 5)]
+    calls.clear()
+    ref = evaluate_reference(src, net, batch_size=4, max_count=3, progress=lambda *a: calls.append(a))
+    assert ref.stats.count == 3 and calls == [(3, 3)]
+
+
+def test_no_images_and_statistics_of_another_width_are_refused(tmp_path, net):
+    np.savez(tmp_path / "empty.npz", arr_0=np.zeros((0, 5, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="^src: no images were read$"):
+        extract_features(str(tmp_path / "empty.npz"), net)
+    with pytest.raises(ValueError, match="^src: a covariance needs at least 2 images, got 0$"):
+        evaluate_images(str(tmp_path / "empty.npz"), net)
+    save_statistics(str(tmp_path / "narrow.npz"), FeatureStats(np.zeros(3), np.eye(3), 6))  # not Inception's
+    with pytest.raises(ValueError, match="^ref: '.*narrow.npz' holds 3-d statistics, expected 2048-d Inception"):
+        evaluate_reference(str(tmp_path / "narrow.npz"), net)

@@ -14,7 +14,15 @@ from helpers import free_port, run_two_ranks, tiny_image_diffit
 from safetensors.torch import load_file
 
 import diffit.checkpoint as ckpt_mod
-from diffit.checkpoint import checkpoint_dirs, latest_checkpoint, load_weights, save_checkpoint
+from diffit.checkpoint import (
+    checkpoint_dirs,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model,
+    load_weights,
+    read_metadata,
+    save_checkpoint,
+)
 from diffit.data import memory_batches
 from diffit.distributed import DistInfo
 from diffit.ema import ema_decay, ema_update, make_ema, strip_wrapper_prefixes, unwrap
@@ -135,6 +143,48 @@ def test_rotation_keeps_the_newest_keep_last_and_the_kept_steps(tmp_path: Path) 
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["ckpt-00000002", "ckpt-00000005", "ckpt-00000006"]
     (tmp_path / "ckpt-00000009").mkdir()  # no state.json (a write or a removal cut short): not a checkpoint
     assert latest_checkpoint(tmp_path) == tmp_path / "ckpt-00000006"
+
+
+def test_a_checkpoint_restores_weights_ema_optimizer_and_rng_bit_exactly_and_a_step_saved_again_replaces_it(
+    tmp_path: Path,
+) -> None:
+    model, ema = tiny_model(), tiny_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(0.1)
+    for note in ("first", "second"):  # step 3 saved twice (a signal right after a periodic save): the second wins
+        sum((p**2).sum() for p in model.parameters()).backward()
+        opt.step()
+        rng = {"rank0.cpu": torch.get_rng_state(), "rank1.cpu": torch.randint(0, 255, (16,), dtype=torch.uint8)}
+        ckpt = save_checkpoint(tmp_path, step=3, model=model, ema=ema, optimizer=opt, rng_states=rng,
+                               state={"note": note})  # fmt: skip
+    assert checkpoint_dirs(tmp_path) == [ckpt]
+    assert [read_metadata(ckpt / f"{n}.safetensors")["diffit.weights"] for n in ("model", "ema")] == ["raw", "ema"]
+    model2, ema2 = tiny_model(), tiny_model()
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-2)
+    record, rng2 = load_checkpoint(ckpt, model=model2, ema=ema2, optimizer=opt2)
+    assert (record["step"], record["note"]) == (3, "second")
+    for a, b in ((model, model2), (ema, ema2)):
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    saved, restored = opt.state_dict(), opt2.state_dict()
+    assert saved["param_groups"] == restored["param_groups"] and saved["state"].keys() == restored["state"].keys()
+    assert all(torch.equal(v, restored["state"][i][k]) for i, s in saved["state"].items() for k, v in s.items())
+    assert rng2.keys() == rng.keys() and all(torch.equal(rng2[k], v) for k, v in rng.items())
+
+
+def test_load_model_takes_the_checkpoint_it_is_named_in_eval_mode(tmp_path: Path) -> None:
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters())
+    for step in (1, 2):
+        with torch.no_grad():
+            model.head_conv.bias.fill_(step)
+        save_checkpoint(tmp_path, step=step, model=model, ema=model, optimizer=opt, rng_states={}, state={})
+    for source, use_ema, name, bias in ((tmp_path / "ckpt-00000001", True, "ema", 1), (tmp_path, False, "model", 2)):
+        loaded = load_model(source, use_ema=use_ema)
+        assert loaded.source["path"] == str(checkpoint_dirs(tmp_path)[bias - 1] / f"{name}.safetensors")
+        assert loaded.source["weights"] == ("ema" if use_ema else "raw") and not loaded.model.training
+        assert torch.equal(loaded.model.head_conv.bias, torch.full_like(model.head_conv.bias, bias))
 
 
 def test_crash_mid_write_keeps_the_latest_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

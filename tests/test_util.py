@@ -1,6 +1,8 @@
 """diffit.util: the checks every layer shares."""
 
 import inspect
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from diffit.util import (
     check_output_path,
     is_integer,
     is_out_of_memory,
+    locked_folder,
     out_of_memory_as,
     split_batch,
 )
@@ -108,3 +111,36 @@ def test_a_name_near_the_length_limit_is_written_atomically_and_one_past_it_refu
     assert [p.name for p in tmp_path.iterdir()] == [near.name]
     with pytest.raises(ValueError, match=r"is a file, not a directory$"):
         check_output_path(near / "x.png", file=True)  # a file among the parents, as before
+
+
+def test_an_atomic_write_is_fsynced_before_its_rename_and_one_that_fails_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "stats.npz"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="^disk full$"), atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and tmp.name == f".stats.tmp-{os.getpid()}.npz"  # suffix kept, as np.savez wants
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.npz"] and path.read_bytes() == b"old"
+    synced: list[tuple[str, bytes]] = []
+    monkeypatch.setattr("diffit.util.files.fsync_file", lambda f: synced.append((Path(f).name, path.read_bytes())))
+    for durable in (False, True):
+        with atomic_path(path, durable=durable) as tmp:
+            tmp.write_bytes(b"new")
+    assert synced == [(f".stats.tmp-{os.getpid()}.npz", b"new")]  # the durable one only, before it replaced "new"
+    assert path.read_bytes() == b"new"
+
+
+def test_a_failed_block_removes_only_the_folder_locked_folder_made_and_the_lock_names_its_holder_alone(
+    tmp_path: Path,
+) -> None:
+    made, mine = tmp_path / "made", tmp_path / "mine"
+    mine.mkdir()
+    for folder in (made, mine):
+        with pytest.raises(RuntimeError, match="^failed$"), locked_folder(folder):
+            raise RuntimeError("failed")
+    assert not made.exists() and [p.name for p in mine.iterdir()] == [".lock"]  # the user's folder stays
+    (mine / ".lock").write_text("pid 123456789 on a-host-whose-name-is-longer-than-this-one\n")  # an earlier holder
+    with locked_folder(mine):
+        assert (mine / ".lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
