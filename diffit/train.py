@@ -258,19 +258,43 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     return [block for ml in inner for block in ml]
 
 
+@dataclass
+class CompiledBlocks:
+    """What :func:`compiled_blocks` compiled, and which of those blocks have been called through the compiled
+    code so far."""
+
+    blocks: list[nn.Module]
+    called: set[int] = field(default_factory=set)  # ids of the blocks called as modules, block(...)
+
+    def missed(self) -> list[nn.Module]:
+        """The blocks never called as modules so far: a model that runs them only through another method (such as
+        ``block.forward_grid(h, t)``) bypasses ``__call__``, and with it the compiled code, so they run eager."""
+        return [block for block in self.blocks if id(block) not in self.called]
+
+
+def _noting_calls(compiled: Callable[..., Any], called: set[int], block: nn.Module) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        called.add(id(block))
+        return compiled(*args, **kwargs)
+
+    return call
+
+
 @contextmanager
-def compiled_blocks(model: nn.Module, **options: Any) -> Iterator[list[nn.Module]]:
+def compiled_blocks(model: nn.Module, **options: Any) -> Iterator[CompiledBlocks]:
     """Regional compilation while the block runs: each of :func:`repeated_blocks` is compiled in place
     (``nn.Module.compile(**options)``, options as ``torch.compile``'s), so blocks of one shape share one compiled
     graph and compile time does not grow with depth; the model is not wrapped, so its state-dict keys stay as they
-    are. Undone on exit."""
-    blocks = repeated_blocks(model)
-    for block in blocks:
+    are. Yields the blocks, and which of them were called through the compiled code (:meth:`CompiledBlocks.missed`).
+    Undone on exit."""
+    compiled = CompiledBlocks(repeated_blocks(model))
+    for block in compiled.blocks:
         block.compile(**options)
+        block._compiled_call_impl = _noting_calls(block._compiled_call_impl, compiled.called, block)
     try:
-        yield blocks
+        yield compiled
     finally:
-        for block in blocks:
+        for block in compiled.blocks:
             block._compiled_call_impl = None  # what nn.Module.compile set: calls go to forward again
 
 
@@ -467,10 +491,10 @@ def train(
     # The main process creates run_dir (removed again if the run fails before writing to it) and locks it.
     holding = locked_folder(run_dir, name="run_dir") if dist.is_main else nullcontext()
     regional = compiled_blocks(model) if compile == "blocks" else nullcontext()
-    with holding, _label_dropout_off(model), _StopFlag() as flag, regional:
+    with holding, _label_dropout_off(model), _StopFlag() as flag, regional as compiled:
         if dist.is_main:
             _truncate_log(log_path, run.step)  # under the lock: another process may be writing this run
-        batches = data(run.step)
+        batches, first_step = data(run.step), run.step
         while run.step < steps:
             with _step_memory(per_rank, micro_batch, dist.device):  # the step's batch, draws, forward, backward
                 x, y = next(batches)
@@ -501,6 +525,14 @@ def train(
                 )  # fmt: skip
             run.step += 1
             images_since += batch_size
+            if compiled is not None and run.step == first_step + 1 and (missed := compiled.missed()):
+                kinds = ", ".join(sorted({type(block).__name__ for block in missed}))
+                emit({"event": "warning", "message": (
+                    f"compile: 'blocks' compiled {len(compiled.blocks)} blocks, but {len(missed)} of them ({kinds}) "
+                    "were not called as modules in the first step, so they run eager: a method such as "
+                    "block.forward_grid(h, t) bypasses the compiled __call__; call each block as block(...), or "
+                    "compile the whole model (compile=True, --compile)"
+                )})  # fmt: skip
             if stats.skipped:
                 run.skipped += 1
                 run.bad_streak += 1

@@ -69,6 +69,19 @@ def test_custom_model_trains_resumes_bit_identically_checkpoints_and_samples(tmp
         load_model(tmp_path / "b")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # dynamo's import
+def test_compile_blocks_warns_once_when_the_model_bypasses_its_compiled_blocks(tmp_path: Path) -> None:
+    # MyDenoiser runs its TMSABlocks through block.forward_grid(h, t): nothing goes through the compiled __call__.
+    events: list[dict] = []
+    result = run(tmp_path / "a", 2, compile="blocks", callback=events.append)
+    assert result.status == "completed"
+    assert [e["message"] for e in events if e["event"] == "warning"] == [
+        "compile: 'blocks' compiled 1 blocks, but 1 of them (TMSABlock) were not called as modules in the first "
+        "step, so they run eager: a method such as block.forward_grid(h, t) bypasses the compiled __call__; call "
+        "each block as block(...), or compile the whole model (compile=True, --compile)"
+    ]
+
+
 def test_custom_model_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # --model-factory imports from the working directory, as uvicorn does
     out = tmp_path / "run"

@@ -255,12 +255,15 @@ def test_compiled_model_checkpoints_without_orig_mod(tmp_path: Path) -> None:
         "real, calls = torch.compile, []\n"
         "torch.compile = lambda m, **kw: calls.append(m) or real(m, backend='eager')\n"
         f"print(run(Path({str(tmp_path / 'run')!r}), 5, compile=True).checkpoint, len(calls))\n"
-        f"print(run(Path({str(tmp_path / 'blocks')!r}), 5, compile='blocks').checkpoint, len(calls))\n"
+        "events = []\n"
+        f"print(run(Path({str(tmp_path / 'blocks')!r}), 5, compile='blocks', callback=events.append).checkpoint, "
+        "len(calls), sum(e['event'] == 'warning' for e in events))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    plain, whole, calls_whole, blocks, calls_all = proc.stdout.split()[-5:]
+    plain, whole, calls_whole, blocks, calls_all, warned = proc.stdout.split()[-6:]
     assert int(calls_whole) == 1 and int(calls_all) - 1 == len(repeated_blocks(tiny_model())) == 3  # each ResBlock
+    assert warned == "0"  # each ResBlock was called as a module: none ran eager
     for ckpt in (whole, blocks):
         for name in ("model.safetensors", "ema.safetensors"):
             keys = set(load_file(str(Path(ckpt) / name)))
@@ -282,7 +285,8 @@ def test_compile_blocks_compiles_the_repeated_blocks_for_the_run_only(tmp_path: 
     blocks = repeated_blocks(model)
     assert [type(b).__name__ for b in blocks] == ["ResBlock"] * 3
     with compiled_blocks(model) as compiled:  # compiling wraps lazily: nothing is traced until a call
-        assert compiled == blocks and all(b._compiled_call_impl is not None for b in blocks)
+        assert compiled.blocks == blocks and all(b._compiled_call_impl is not None for b in blocks)
+        assert compiled.missed() == blocks  # none called yet
         assert sum(m._compiled_call_impl is not None for m in model.modules()) == 3
         assert set(model.state_dict()) == set(tiny_model().state_dict())
     assert all(m._compiled_call_impl is None for m in model.modules())
