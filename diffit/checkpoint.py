@@ -324,6 +324,7 @@ def read_state(ckpt_dir: Path) -> dict[str, Any]:
     if (
         not isinstance(record, dict)
         or not isinstance(record.get("step"), int)
+        or isinstance(record.get("step"), bool)  # true is an int to Python, and was read as step 1
         or not isinstance(record.get("model"), dict)
     ):
         raise ValueError(f"checkpoint {ckpt_dir}: state.json lacks its step or model record")

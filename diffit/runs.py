@@ -308,5 +308,5 @@ def check_resume_data(run_dir: str | Path, content_hash: str | None) -> None:
     if recorded is not None and recorded != content_hash:
         raise ValueError(
             f"data is not the data the run in {run_dir} was trained on (content hash {content_hash[:12]}, "
-            f"run: {recorded[:12]}); resume with the same shards"
+            f"run: {str(recorded)[:12]}); resume with the same shards"  # str: a hand-edited hash may be a number
         )

@@ -23,6 +23,7 @@ from diffit.checkpoint import (
     load_model,
     load_weights,
     model_spec,
+    read_state,
     save_checkpoint,
     save_weights,
     verify_checkpoint,
@@ -545,6 +546,11 @@ def test_resumed_data_is_checked_against_the_newest_readable_record_and_that_of_
     check_resume_data(old, "c" * 64)
     with pytest.raises(ValueError, match=r"\(content hash bbbbbbbbbbbb, run: cccccccccccc\)"):
         check_resume_data(old, "b" * 64)
+    edited = checkpoint("edited", 3, json.dumps({"step": 3, "model": {}, "run": {"data": {"content_hash": 1234}}}))
+    with pytest.raises(ValueError, match=r"\(content hash bbbbbbbbbbbb, run: 1234\)"):  # TypeError: not subscriptable
+        check_resume_data(edited, "b" * 64)
+    with pytest.raises(ValueError, match=r"state.json lacks its step or model record$"):  # true was read as step 1
+        read_state(checkpoint("bool", 5, json.dumps({"step": True, "model": {}})) / "ckpt-00000005")
 
 
 def test_import_factory_follows_dotted_names_and_augment_is_refused_for_latent_data() -> None:
