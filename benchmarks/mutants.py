@@ -1203,6 +1203,12 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
         "][:-keep_last]",
         ["tests/test_reliability.py::test_a_resume_past_a_damaged_newer_checkpoint_keeps_the_checkpoints_it_writes"],
     ),
+    (
+        "diffit/train.py",
+        "run.step == first_step + 1 and (missed := compiled.missed())",
+        "run.step == first_step + 1 and (missed := compiled.missed()) and False",
+        ["tests/test_open_library.py::test_compile_blocks_warns_once_when_the_model_bypasses_its_compiled_blocks"],
+    ),
 ]
 
 
