@@ -87,3 +87,23 @@ def test_cli_trains_with_augmentation(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     bad = CliRunner().invoke(app, ["train", "--augment", "2", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--augment must be in [0, 1]" in bad.output
+
+
+def test_without_xflip_no_label_flips_and_p_0_is_the_identity() -> None:
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(draw_augment_labels(g, 64, p=0.0, xflip=False), torch.zeros(64, AUGMENT_DIM))
+    every = draw_augment_labels(g, 64, p=1.0, xflip=False)
+    assert every[:, 0].abs().max() == 0 and (every[:, 1] != 0).any()
+
+
+def test_the_rotation_label_turns_the_x_axis_towards_y() -> None:
+    """The rotation by the angle a of the labels (cos a - 1, sin a) is R(a) = [[cos a, -sin a], [sin a, cos a]]
+    in pixel coordinates (x right, y down): a quarter turn moves the right edge's content to the bottom
+    (clockwise on screen), the labels of -a turn the other way."""
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 3:5, 7] = 1.0  # a mark at the middle of the right edge
+    quarter = apply_augment(x, labels(cos1=-1, sin=1))
+    torch.testing.assert_close(quarter, torch.rot90(x, -1, dims=(-2, -1)), rtol=0, atol=1e-5)
+    assert quarter[0, 0, 7, 3:5].min() > 0.99  # now at the bottom
+    back = apply_augment(x, labels(cos1=-1, sin=-1))
+    torch.testing.assert_close(back, torch.rot90(x, 1, dims=(-2, -1)), rtol=0, atol=1e-5)

@@ -129,3 +129,41 @@ def test_one_sigma_for_a_batch_is_refused_not_broadcast() -> None:
         ValueError, match=r"^sigma must have shape \(2,\), one noise level per sample of x, got \(1,\)$"
     ):
         inspect.unwrap(VPEpsDenoiser.denoise_with_variance)(vp, x, torch.ones(1))
+
+
+def test_edm_precond_computes_low_precision_sigmas_coefficients_in_float32() -> None:
+    """c_noise = ln(sigma)/4 (and c_skip, c_out, c_in) from a bf16 sigma are the float32 ones of its value: in bf16
+    they would round to 8 bits."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def backbone(x_in: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        seen.update(x_in=x_in, c_noise=c_noise)
+        return torch.ones_like(x_in)
+
+    x = torch.randn(2, 1, 2, 2, dtype=torch.bfloat16)
+    sigma = torch.tensor([0.37, 13.0], dtype=torch.bfloat16)
+    out = EDMPrecond(backbone, sigma_data=0.5)(x, sigma)
+    c_skip, c_out, c_in, c_noise = (c[:, None, None, None] for c in edm_coefficients(sigma.float(), 0.5))
+    assert seen["c_noise"].dtype == torch.float32 and torch.equal(seen["c_noise"], c_noise.flatten())
+    assert torch.equal(seen["x_in"], c_in.to(x.dtype) * x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, (c_skip * x.float() + c_out).to(x.dtype), rtol=0, atol=1e-2)
+
+
+def test_vp_eps_denoiser_passes_fractional_timesteps_only_when_asked() -> None:
+    """Halfway (in log sigma) between the chain's sigmas of t = 10 and 11: t = 10.5 with continuous_timesteps, the
+    nearest integer otherwise; sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)."""
+    acp = betas_to_alphas_cumprod(linear_betas())
+    s10, s11 = (((1 - acp[t]) / acp[t]).sqrt().item() for t in (10, 11))
+    sigma = torch.tensor([math.sqrt(s10 * s11), s10], dtype=F64)
+    seen: list[torch.Tensor] = []
+
+    def model(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        seen.append(t)
+        return torch.zeros_like(x_t)
+
+    x = torch.zeros(2, 3, dtype=F64)
+    VPEpsDenoiser(model, alphas_cumprod=acp, learned_sigma=False, continuous_timesteps=True)(x, sigma)
+    VPEpsDenoiser(model, alphas_cumprod=acp, learned_sigma=False)(x, sigma)
+    torch.testing.assert_close(seen[0], torch.tensor([10.5, 10.0], dtype=F64), rtol=0, atol=1e-9)
+    assert seen[1].tolist()[1] == 10.0 and seen[1].tolist()[0] in (10.0, 11.0)

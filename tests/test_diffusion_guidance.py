@@ -183,3 +183,16 @@ def test_release_pipeline_on_latent_shaped_tensors() -> None:
     both, nfe = run([0, 1])
     assert both.shape == (2, 4, 8, 8) and bool(torch.isfinite(both).all()) and nfe == 20
     torch.testing.assert_close(torch.cat([run([0])[0], run([1])[0]]), both, rtol=1e-5, atol=1e-5)
+
+
+def test_an_interval_of_one_sigma_guides_at_that_noise_level_only() -> None:
+    """lo == hi is a closed interval holding one noise level (what a sampler evaluates exactly), not an error."""
+    gm = mixture4()
+    x, _, y = batch(3)
+    cfg = ClassifierFreeGuidance(gm, num_classes=3, scale=2.0, interval=(1.0, 1.0))
+    sigma = torch.tensor([0.5, 1.0, 2.0], dtype=F64)
+    assert cfg.active(sigma).tolist() == [False, True, False]
+    cond, uncond = gm(x, sigma, y), gm(x, sigma, torch.full_like(y, 3))
+    out = cfg(x, sigma, y)
+    torch.testing.assert_close(out[1], (uncond + 2.0 * (cond - uncond))[1], rtol=1e-12, atol=1e-12)
+    assert torch.equal(out[[0, 2]], cond[[0, 2]])

@@ -18,6 +18,8 @@ from diffit.nn import (
     TimestepEmbedding,
     TMSABlock,
     attention,
+    backbone_problems,
+    check_backbone,
     checkpointed_call,
     relative_position_index,
     sincos_pos_embed_2d,
@@ -62,6 +64,8 @@ def test_window_errors_name_the_argument() -> None:
         unwrap(window_partition)(torch.randn(4, 4, 2), 2)
     with pytest.raises(ValueError, match=r"^windows must be \(B \* H/w \* W/w, w\*w, C\), got shape \(4, 4\)$"):
         unwrap(window_merge)(torch.randn(4, 4), 2, 4, 4)
+    with pytest.raises(ValueError, match=r"^windows count 5 is not a multiple of 4 windows per image$"):  # einops
+        window_merge(torch.randn(5, 4, 2), 2, 4, 4)
 
 
 @pytest.mark.parametrize("w", [1, 2, 3, 5])
@@ -207,6 +211,34 @@ def test_label_embedding_dropout_and_force_drop() -> None:
     assert 0.45 < dropped < 0.55
     with pytest.raises(ValueError, match="labels must be class ids in \\[0, 3\\]"):
         emb(torch.tensor([4]))
+
+
+def test_label_drops_follow_force_drop_in_training_and_the_generator() -> None:
+    """In training a label is dropped where it is forced *or* where u_i < p, u_i the generator's i-th uniform
+    draw: force_drop still holds, and a seeded generator alone decides the random drops (reproducible batches)."""
+    emb = LabelEmbedding(num_classes=3, dim=4, dropout_prob=0.3).train()
+    labels, null = torch.tensor([0, 1, 2, 1, 0, 2, 1, 0]), emb.embedding_table.weight[3]
+    forced = emb(labels, force_drop=torch.ones(8, dtype=torch.bool), generator=torch.Generator().manual_seed(0))
+    assert forced.eq(null).all()
+    u = torch.rand(8, generator=torch.Generator().manual_seed(5))
+    out = emb(labels, generator=torch.Generator().manual_seed(5))
+    expected = emb.embedding_table.weight[torch.where(u < 0.3, 3, labels)]
+    assert 0 < (u < 0.3).sum() < 8 and torch.equal(out, expected)
+
+
+def test_sinusoidal_embedding_odd_dim_float64_and_max_period() -> None:
+    """An odd dim gets its zero column last; float64 noise levels keep float64 sinusoids (the GPU check's
+    reference model); TimestepEmbedding's max_period sets the frequencies f_i = max_period^(-i/half)."""
+    t = torch.tensor([0.5, 999.25], dtype=torch.float64)
+    emb = sinusoidal_embedding(t, 7)
+    freqs = torch.exp(-math.log(1e4) * torch.arange(3, dtype=torch.float64) / 3)
+    expected = torch.cat([torch.cos(t[:, None] * freqs), torch.sin(t[:, None] * freqs), torch.zeros(2, 1)], dim=1)
+    assert emb.dtype == torch.float64
+    torch.testing.assert_close(emb, expected.double(), atol=1e-12, rtol=0)
+    temb = TimestepEmbedding(dim=4, frequency_dim=8, max_period=100.0)
+    freqs = 100.0 ** (-torch.arange(4) / 4)
+    sinusoids = torch.cat([torch.cos(t.float()[:, None] * freqs), torch.sin(t.float()[:, None] * freqs)], dim=1)
+    torch.testing.assert_close(temb(t.float()), temb.mlp(sinusoids))
 
 
 def test_sincos_pos_embed_matches_release_formula() -> None:
@@ -394,3 +426,38 @@ def test_a_window_whose_position_index_cannot_be_allocated_is_named(monkeypatch:
     monkeypatch.setattr(attention, "relative_position_index", fails)
     with pytest.raises(OutOfMemory, match=r"^window: a 256x256 window's relative position index \(65536, 65536\) "):
         TMSA(dim=8, time_dim=4, num_heads=2, window=256)
+
+
+def test_backbone_problems_name_each_missing_part_of_the_contract() -> None:
+    """Each rule of the Backbone contract (diffit.nn.contract) gives its own problem, the first one first."""
+
+    class Net(torch.nn.Module):
+        def __init__(self, **attrs: object) -> None:
+            super().__init__()
+            self.__dict__.update(attrs)
+
+    good = dict(in_channels=3, resolution=8, num_classes=None)
+    assert backbone_problems(Net(**good)) == [] and backbone_problems(Net(**(good | dict(num_classes=10)))) == []
+    assert backbone_problems(Net(**(good | dict(resolution=0)))) == [
+        "needs a positive int attribute 'resolution' (got 0)"
+    ]
+    assert backbone_problems(Net(**(good | dict(in_channels=2.0)))) == [
+        "needs a positive int attribute 'in_channels' (got 2.0)"
+    ]
+    assert backbone_problems(Net(in_channels=3, resolution=8)) == [
+        "needs an attribute 'num_classes' (an int, or None for an unconditional model)"
+    ]
+    assert backbone_problems(object())[0] == "is a object, not a torch.nn.Module"
+    for bad in (0, 10.0, True):
+        assert backbone_problems(Net(**(good | dict(num_classes=bad)))) == [
+            f"num_classes must be a positive int or None (got {bad!r})"
+        ]
+    with pytest.raises(ValueError, match=r"^model Net needs a positive int attribute 'resolution' \(got 0\) \(see "):
+        check_backbone(Net(in_channels=3, resolution=0))  # num_classes is missing too: the first problem is named
+
+
+def test_empty_batches_of_labels_and_windows() -> None:
+    """An empty batch is no error: the class-id range check has no min/max to read."""
+    assert LabelEmbedding(num_classes=3, dim=4)(torch.zeros(0, dtype=torch.long)).shape == (0, 4)
+    attn = TMSA(dim=8, time_dim=4, num_heads=2, window=2)
+    assert attn.forward_grid(torch.randn(0, 4, 4, 8), torch.randn(0, 4)).shape == (0, 4, 4, 8)

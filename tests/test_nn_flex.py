@@ -58,8 +58,8 @@ def _outputs_and_grads(attn: TMSA, backend: str, x: torch.Tensor, t: torch.Tenso
 
 @pytest.mark.parametrize(
     "window, shape, grid",
-    [(2, (2, 4, 6, 16), True), (3, (2, 6, 3, 16), True), (3, (2, 9, 16), False)],
-    ids=["windowed-4x6", "windowed-6x3", "global-3x3"],
+    [(2, (2, 4, 6, 16), True), (3, (2, 6, 3, 16), True), (3, (2, 3, 6, 16), True), (3, (2, 9, 16), False)],
+    ids=["windowed-4x6", "windowed-6x3", "windowed-3x6", "global-3x3"],
 )
 def test_flex_equals_sdpa_outputs_and_all_gradients(
     cpu_flex_backward: None, window: int, shape: tuple[int, ...], grid: bool
@@ -154,3 +154,20 @@ def test_measure_backends_says_why_flex_was_refused() -> None:
                       r"\(1, 8, 8, 8\) torch.float32 input \(\w+: .+\); SDPA is used") as caught:  # fmt: skip
         times = measure_backends(attn, x, None, backward=True, repeats=1)
     assert len(caught) == 1 and times["flex"] == float("inf") and 0 < times["sdpa"] < float("inf")
+
+
+def test_auto_never_times_flex_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "auto" on CPU is SDPA without measuring (torch has no CPU flex backward and an unfused CPU forward)."""
+
+    def no_timing(*args: object, **kwargs: object) -> dict[str, float]:
+        raise AssertionError("auto timed the backends on CPU")
+
+    monkeypatch.setattr("diffit.nn.attention.measure_backends", no_timing)
+    attn = _random_tmsa(window=2)
+    x, t = torch.randn(1, 4, 4, 16), torch.randn(1, 8)
+    for grad in (True, False):  # SDPA's CPU kernel differs with and without a bias gradient: compare like with like
+        with torch.set_grad_enabled(grad):
+            attn.attention_backend = "sdpa"
+            ref = attn.forward_grid(x, t)
+            attn.attention_backend = "auto"
+            assert torch.equal(attn.forward_grid(x, t), ref)

@@ -314,3 +314,20 @@ def test_count_params_and_flops_match_the_paper() -> None:
     assert count_params(xl) == count_params(xl, trainable_only=False) - 256 * 1152  # pos_embed is frozen
     linear = torch.nn.Linear(5, 7)
     assert count_flops(linear, torch.randn(3, 5)) == 2 * 3 * 5 * 7
+
+
+def test_inputs_on_another_device_are_named_and_autocast_takes_low_precision_latents() -> None:
+    """A noise label or class id on another device than x is named (meta stands in for a GPU here); under
+    autocast a bf16 latent is accepted (autocast casts it), outside autocast it is refused."""
+    model = _random_tiny()
+    x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([1.0, 500.0]), torch.tensor([0, 3])
+    with pytest.raises(ValueError, match=r"^noise_label is on meta but x is on cpu$"):
+        model(x, t.to("meta"), y)
+    with pytest.raises(ValueError, match=r"^y is on meta but x is on cpu$"):
+        model(x, t, y.to("meta"))
+    with pytest.raises(ValueError, match=r"^x has dtype torch.bfloat16 but the model's weights are torch.float32"):
+        model(x.bfloat16(), t, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x.bfloat16(), t, y)
+    ref = model(x, t, y)
+    assert low.dtype == torch.bfloat16 and (low.float() - ref).norm() / ref.norm() < 3e-2

@@ -491,3 +491,87 @@ def test_two_ranks_split_seeds_and_gather_in_order(tmp_path: Path, ckpt: Path) -
         gathered = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
         assert gathered.shape == single.shape == (5, 8, 8, 1)
         assert (gathered.int() - single.int()).abs().max() <= 1  # float rounding of other batch shapes at most
+
+
+def test_generate_gives_each_batch_the_labels_of_its_own_seeds() -> None:
+    """Labels follow their seeds into every batch: batch b of size k is conditioned on labels[b k : b k + k]."""
+    model, seen = tiny_image_model(), []
+    hook = model.register_forward_pre_hook(lambda m, args: seen.append(args[2].tolist()))
+    labels = torch.tensor([2, 0, 1, 1, 2])
+    try:
+        generate(model, sampler=sample_dpmpp_2m, sigmas=default_sigmas(model, 1), seeds=[3, 4, 5, 6, 7],
+                 labels=labels, batch_size=2)  # fmt: skip
+    finally:
+        hook.remove()
+    assert seen == [[2, 0], [1, 1], [2]]  # one step of dpmpp_2m: one evaluation per batch
+
+
+def test_a_labelled_png_grid_has_10_columns_and_is_upscaled_to_128_pixels_an_image(tmp_path: Path) -> None:
+    from PIL import Image
+
+    images = torch.randint(0, 256, (20, 8, 8, 1), dtype=torch.uint8)
+    save_images(images, tmp_path / "labelled.png", labels=torch.arange(20) % 10)
+    save_images(images, tmp_path / "plain.png")
+    # 8-pixel images upscaled 16 times, 2 pixels of padding: 10 columns x 2 rows with labels, else ceil(sqrt(20)).
+    assert Image.open(tmp_path / "labelled.png").size == ((10 * 10 + 2) * 16, (2 * 10 + 2) * 16)
+    assert Image.open(tmp_path / "plain.png").size == ((5 * 10 + 2) * 16, (4 * 10 + 2) * 16)
+    grid = np.asarray(Image.open(tmp_path / "labelled.png"))
+    assert np.array_equal(
+        grid[(12 + 0) * 16 : (12 + 8) * 16 : 16, (2 + 30) * 16 : (2 + 38) * 16 : 16], images[13, ..., 0]
+    )
+
+
+def test_guided_channels_may_be_all_the_models_channels_and_no_more() -> None:
+    model, labels = tiny_image_model(), torch.tensor([0])
+    assert callable(guided_denoiser(model, labels, Guidance(scale=2.0, channels=model.in_channels)))
+    with pytest.raises(ValueError, match=rf"^channels \(guided\) must be in \[1, {model.in_channels}\] for this model"):
+        guided_denoiser(model, labels, Guidance(scale=2.0, channels=model.in_channels + 1))
+
+
+def test_the_progress_bar_counts_the_steps_of_every_batch_of_this_rank() -> None:
+    from types import SimpleNamespace
+
+    from diffit_cli.sample import _progress
+
+    # 5 images in batches of 2: 3 batches (the last one short) of 4 steps each.
+    bar, callback, state = _progress(5, 2, 4, SimpleNamespace(is_main=False))
+    (task,) = bar.tasks
+    assert task.total == 3 * 4 and task.completed == 0
+    callback({"nfe": 3, "batch": 1, "i": 1, "images_done": 2, "batch_size": 2, "order": 2})
+    assert task.completed == 1 * 4 + 2 and state["nfe"] == 3 and state["orders"] == []  # orders: batch 0's
+    callback({"nfe": 8, "batch": 2, "i": 3, "images_done": 4, "batch_size": 1})
+    assert task.completed == task.total and task.fields["nfe"] == 8
+
+
+def test_cli_sampling_options_reach_generate_with_their_values(
+    tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict = {}
+
+    def fake_generate(model: object, **kwargs: object) -> torch.Tensor:
+        seen.update(kwargs)
+        return torch.zeros(len(kwargs["seeds"]), 8, 8, 1, dtype=torch.uint8)
+
+    monkeypatch.setattr("diffit_cli.sample.generate", fake_generate)
+    res = runner.invoke(
+        app,
+        ["sample", "--ckpt", str(ckpt), "--steps", "3", "--seeds", "4-6", "--batch-size", "2", "--class", "2,1",
+         "--precision", "bf16", "--sampler", "euler", "--cfg", "1.5", "--cfg-schedule", "power-cosine",
+         "--cfg-channels", "1", "--guidance-interval", "0.1,50", "--out", str(tmp_path / "s.npz")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert seen["seeds"] == [4, 5, 6] and seen["labels"].tolist() == [2, 1, 2] and seen["batch_size"] == 2
+    assert seen["precision"] == "bf16" and seen["sampler"].__name__ == "sample_euler" and len(seen["sigmas"]) == 4
+    assert seen["guidance"] == Guidance(scale=1.5, schedule="power-cosine", channels=1, interval=(0.1, 50.0))
+
+
+def test_seed_and_class_ranges_parse_inclusively_up_to_their_limit() -> None:
+    import typer
+
+    from diffit_cli.common import parse_int_ranges
+
+    assert parse_int_ranges("0-3, 7,10-11", name="--seeds") == [0, 1, 2, 3, 7, 10, 11]
+    assert parse_int_ranges("5-9", name="--seeds", limit=5) == [5, 6, 7, 8, 9]  # exactly the limit
+    for text, limit in (("5-10", 5), ("1-2-3", 10), ("-1", 10), ("3,", 10)):
+        with pytest.raises(typer.Exit):
+            parse_int_ranges(text, name="--seeds", limit=limit)

@@ -312,6 +312,13 @@ def test_ema_update_and_warmup() -> None:
         torch.testing.assert_close(p, 0.75 * before[k] + 0.25 * q)
     assert ema_decay(0, decay=0.9999) == pytest.approx(0.1) and ema_decay(10**7, decay=0.9999) == 0.9999
     assert lr_at(0, lr=1.0, warmup=4) == 0.25 and lr_at(10, lr=1.0, warmup=4) == 1.0
+    # Buffers are copied, not averaged: a user model's BatchNorm statistics (diffit's own buffers never change).
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    averaged = make_ema(net)
+    net(torch.randn(8, 3))  # train mode: the running statistics move
+    ema_update(averaged, net, 0.75)
+    assert all(torch.equal(b, dict(net.named_buffers())[k]) for k, b in averaged.named_buffers())
+    assert not torch.equal(averaged[1].running_mean, torch.zeros(4))
 
 
 def test_objectives_draw_the_training_distributions() -> None:
