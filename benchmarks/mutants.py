@@ -621,8 +621,8 @@ MUTANTS: list[tuple[str, str, str, list[str]]] = [
     ),
     (
         "diffit/data/encode.py",
-        "done, max_label = done + kept[0].count, max(max_label, kept[1])",
-        "done, max_label = done + kept[0].count, max_label",
+        "done, max_label = done + shard.count, max(max_label, shard_max)",
+        "done, max_label = done + shard.count, max_label",
         ["tests/test_data_encode.py::test_without_a_dataset_json_the_class_count_is_the_largest_label_plus_one"],
     ),
     (

@@ -264,17 +264,17 @@ class CompiledBlocks:
     code so far."""
 
     blocks: list[nn.Module]
-    called: set[int] = field(default_factory=set)  # ids of the blocks called as modules, block(...)
+    called: set[nn.Module] = field(default_factory=set)  # the blocks called as modules, block(...)
 
     def missed(self) -> list[nn.Module]:
         """The blocks never called as modules so far: a model that runs them only through another method (such as
         ``block.forward_grid(h, t)``) bypasses ``__call__``, and with it the compiled code, so they run eager."""
-        return [block for block in self.blocks if id(block) not in self.called]
+        return [block for block in self.blocks if block not in self.called]
 
 
-def _noting_calls(compiled: Callable[..., Any], called: set[int], block: nn.Module) -> Callable[..., Any]:
+def _noting_calls(compiled: Callable[..., Any], called: set[nn.Module], block: nn.Module) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
-        called.add(id(block))
+        called.add(block)
         return compiled(*args, **kwargs)
 
     return call

@@ -240,8 +240,9 @@ def encode_latents(
         for index, url in enumerate(expanded):
             path = out_pattern % index
             if (kept := _finished(path, record["done"].get(os.path.basename(path)), inputs[index])) is not None:
-                shards.append(kept[0])  # finished earlier by this job, intact
-                done, max_label = done + kept[0].count, max(max_label, kept[1])
+                shard, shard_max = kept
+                shards.append(shard)  # finished earlier by this job, intact
+                done, max_label = done + shard.count, max(max_label, shard_max)
                 continue
             if os.path.isfile(path):  # replaced below, or gone if its input no longer holds a readable image
                 os.remove(path)
